@@ -1,0 +1,80 @@
+"""The affected-patient portal: an application factory and the services the views share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask, current_app
+from sqlalchemy import event
+
+from portal.claims import CodeCipher
+from portal.config import load_config
+from portal.extensions import babel, csrf, db
+from portal.identity import Argon2Params, IdentifierHasher, Keyring
+from portal.programme import Programme, load_programme
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def asset_dir(name: str) -> str:
+    """``templates``/``static``/``migrations``: top level in a checkout, inside the package once installed."""
+    in_checkout = PACKAGE_DIR.parent / name
+    return str(in_checkout if in_checkout.is_dir() else PACKAGE_DIR / name)
+
+
+@dataclass(frozen=True)
+class Services:
+    """The domain objects built once per app from its configuration."""
+
+    hasher: IdentifierHasher
+    cipher: CodeCipher
+    programme: Programme
+
+
+def services() -> Services:
+    return current_app.extensions["portal"]
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        template_folder=asset_dir("templates"),
+        static_folder=asset_dir("static"),
+        instance_relative_config=True,
+    )
+    load_config(app, test_config)
+    app.extensions["portal"] = Services(
+        hasher=IdentifierHasher(Keyring.from_config(app.config, "IDENTIFIER_KEY"), Argon2Params.from_config(app.config)),
+        cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
+        programme=load_programme(app.config["PROGRAMME_FILE"]),
+    )
+
+    db.init_app(app)
+    with app.app_context():
+        _tune_engine(db.engine)
+    csrf.init_app(app)
+    babel.init_app(app)
+
+    from portal import errors, security
+    from portal.public.views import bp as public_bp
+
+    security.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(public_bp)
+    return app
+
+
+def _tune_engine(engine: Any) -> None:
+    """SQLite: write-ahead log so readers never wait for the importer, and foreign keys enforced."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()

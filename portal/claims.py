@@ -1,0 +1,156 @@
+"""The activation-code pool: encrypted at rest, handed out exactly once, always the same one per person.
+
+Guarantees, and what makes them hold:
+* two people never share a code — a claim takes one free row with ``FOR UPDATE SKIP LOCKED``
+  (PostgreSQL) or under SQLite's single-writer lock, and re-checks ``patient_id IS NULL``;
+* a person never holds two codes — a partial unique index on ``patient_id``; the loser of a
+  race gets the winner's code back;
+* a crash or retry changes nothing — the claim is one committed UPDATE, and a repeat finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from portal.identity import Keyring
+from portal.models import ActivationCode, Patient, utcnow
+
+CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]{3,63}")
+PRODUCT_MAX = 80
+CLAIM_ATTEMPTS = 5
+
+
+class PoolEmpty(Exception):
+    """No unclaimed, unexpired code is left; nothing was changed."""
+
+
+class PoolBusy(Exception):
+    """Free codes exist but other claims kept them locked on every attempt; retrying is safe."""
+
+
+@dataclass(frozen=True)
+class ClaimedCode:
+    code: str
+    product: str
+    enroll_by: date
+    claimed_at: datetime
+
+
+class CodeCipher:
+    """AES-256-GCM for codes at rest, with a keyed digest to find duplicates without the plaintext."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._aead = {v: AESGCM(keyring.subkey("code-encryption", v)) for v in keyring.keys}
+        self._index_key = keyring.subkey("code-index")
+
+    def digest(self, code: str) -> bytes:
+        return hmac.new(self._index_key, code.encode("ascii"), hashlib.sha256).digest()
+
+    def seal(self, code: str) -> ActivationCode:
+        """A new pool row for ``code``; the digest is the associated data, binding ciphertext to row."""
+        digest = self.digest(code)
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + self._aead[self.keyring.current_version].encrypt(nonce, code.encode("ascii"), digest)
+        return ActivationCode(code_digest=digest, ciphertext=sealed, key_version=self.keyring.current_version)
+
+    def open(self, row: ActivationCode) -> str:
+        sealed = row.ciphertext
+        return self._aead[row.key_version].decrypt(sealed[:12], sealed[12:], row.code_digest).decode("ascii")
+
+
+def normalise_code(text: str) -> str:
+    code = text.strip()
+    if not CODE_PATTERN.fullmatch(code):
+        raise ValueError("code must be 4 to 64 letters, digits or dashes")
+    return code
+
+
+def _reveal(cipher: CodeCipher, row: ActivationCode) -> ClaimedCode:
+    assert row.claimed_at is not None
+    return ClaimedCode(cipher.open(row), row.product, row.enroll_by, row.claimed_at)
+
+
+def code_of(session: Session, cipher: CodeCipher, patient: Patient) -> ClaimedCode | None:
+    """The code this person already holds, if any."""
+    row = session.scalar(select(ActivationCode).where(ActivationCode.patient_id == patient.id))
+    return _reveal(cipher, row) if row else None
+
+
+def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: date | None = None) -> ClaimedCode:
+    """Give ``patient`` their code: the one they hold, or the next free one that can still be enrolled.
+
+    Raises PoolEmpty when no usable code is left, PoolBusy when contention outlasted the retries.
+    """
+    today = today or date.today()
+    for _ in range(CLAIM_ATTEMPTS):
+        held = code_of(session, cipher, patient)
+        if held:
+            return held
+        free = (
+            select(ActivationCode.id)
+            .where(ActivationCode.patient_id.is_(None), ActivationCode.enroll_by >= today)
+            .order_by(ActivationCode.enroll_by, ActivationCode.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        take = (
+            update(ActivationCode)
+            .where(ActivationCode.id == free, ActivationCode.patient_id.is_(None))
+            .values(patient_id=patient.id, claimed_at=utcnow())
+            .returning(ActivationCode.id)
+            .execution_options(synchronize_session=False)
+        )
+        try:
+            taken = session.execute(take).scalar_one_or_none()
+            session.commit()
+        except IntegrityError:
+            # A concurrent claim for the same person won; the next turn returns its code.
+            session.rollback()
+            continue
+        if taken is not None:
+            return _reveal(cipher, session.get_one(ActivationCode, taken, populate_existing=True))
+        if not _has_free_code(session, today):
+            raise PoolEmpty()
+        # Every free row was locked by other claims at that instant: try again.
+    raise PoolBusy()
+
+
+def _has_free_code(session: Session, today: date) -> bool:
+    free = select(ActivationCode.id).where(ActivationCode.patient_id.is_(None), ActivationCode.enroll_by >= today)
+    found = session.scalar(free.limit(1)) is not None
+    session.rollback()
+    return found
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    total: int
+    claimed: int
+    available: int
+
+
+def pool_status(session: Session, today: date | None = None) -> PoolStatus:
+    today = today or date.today()
+    total = session.scalar(select(func.count(ActivationCode.id))) or 0
+    claimed = session.scalar(select(func.count(ActivationCode.id)).where(ActivationCode.patient_id.is_not(None))) or 0
+    available = (
+        session.scalar(
+            select(func.count(ActivationCode.id)).where(
+                ActivationCode.patient_id.is_(None), ActivationCode.enroll_by >= today
+            )
+        )
+        or 0
+    )
+    return PoolStatus(total, claimed, available)

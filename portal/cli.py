@@ -1,0 +1,273 @@
+"""The ``portal`` command: Flask's CLI plus database, import and demo commands."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+from sqlalchemy import func, select
+
+from portal import create_app, schema, services, synthetic
+from portal.claims import pool_status
+from portal.config import write_development_secrets
+from portal.extensions import db
+from portal.identity import format_reference
+from portal.importer import (
+    CODE_COLUMNS,
+    CODE_OPTIONAL_COLUMNS,
+    PATIENT_COLUMNS,
+    ImportFileError,
+    ImportReport,
+    PatientImporter,
+    import_codes,
+    read_csv,
+)
+from portal.models import Patient
+
+EXIT_REJECTED = 1
+EXIT_BAD_FILE = 2
+
+
+@click.group(cls=FlaskGroup, create_app=create_app, add_version_option=False, load_dotenv=False)
+def main() -> None:
+    """Affected-patient portal: set PORTAL_* variables, then run a command below."""
+
+
+# --- Database ------------------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """Schema migrations (Alembic)."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Bring the database, new or old, to REVISION (default: the newest)."""
+    schema.upgrade(db.engine, revision)
+    click.echo(f"database at {revision}")
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@with_appcontext
+def db_downgrade(revision: str) -> None:
+    """Step the schema back to REVISION (for example -1)."""
+    schema.downgrade(db.engine, revision)
+
+
+@db_group.command("current")
+@with_appcontext
+def db_current() -> None:
+    """Show the revision the database is at."""
+    schema.current(db.engine)
+
+
+# --- Imports -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_csv(path: str) -> Iterator[IO[str]]:
+    """A CSV file (or ``-`` for standard input), tolerant of a byte-order mark."""
+    if path == "-":
+        yield sys.stdin
+        return
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            yield stream
+    except OSError as error:
+        raise click.FileError(path, error.strerror) from error
+
+
+def report_rejection(line: int, reason: str) -> None:
+    click.echo(f"line {line}: rejected: {reason}", err=True)
+
+
+class Progress:
+    """A one-line progress display, only on a terminal (logs get the summary alone)."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, report: ImportReport) -> None:
+        if self.enabled:
+            rate = report.read / max(time.monotonic() - self.started, 1e-6)
+            click.echo(f"\r{report.read:,} rows read, {report.added:,} added ({rate:,.0f} rows/s)  ", err=True, nl=False)
+
+    def close(self) -> None:
+        if self.enabled:
+            click.echo("", err=True)
+
+
+def parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise click.BadParameter("write it K/N, for example 0/4") from None
+    if not 0 <= index < count:
+        raise click.BadParameter("K must be between 0 and N-1")
+    return index, count
+
+
+def finish(report: ImportReport, elapsed: float) -> None:
+    click.echo(f"{report.summary()} in {elapsed:,.1f} s")
+    if report.rejected:
+        sys.exit(EXIT_REJECTED)
+
+
+@main.command("import-patients")
+@click.argument("path", metavar="FILE.csv")
+@click.option("--workers", type=click.IntRange(1, 256), default=os.cpu_count() or 1, show_default=True,
+              help="Processes hashing in parallel.")
+@click.option("--dry-run", is_flag=True, help="Validate every row, write nothing.")
+@click.option("--letters", "letters_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write record_id,reference for records without an SSN (for the mail house).")
+@click.option("--shard", callback=parse_shard, metavar="K/N", help="Import only this machine's share of the rows.")
+@with_appcontext
+def import_patients_command(
+    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None
+) -> None:
+    """Import the breach list as keyed hashes. Exit 1 when any row was rejected, 2 when the file is unusable."""
+    progress = Progress()
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        letters = None
+        if letters_path:
+            letters_file = stack.enter_context(open(letters_path, "w", newline="", encoding="utf-8"))
+            letters = csv.writer(letters_file, lineterminator="\n")
+            letters.writerow(["record_id", "reference"])
+        stream = stack.enter_context(open_csv(path))
+        importer = PatientImporter(
+            db.session, services().hasher, workers=workers, on_reject=report_rejection,
+            on_progress=progress, letters=letters, shard=shard, dry_run=dry_run,
+        )  # fmt: skip
+        try:
+            report = importer.run(read_csv(stream, PATIENT_COLUMNS))
+        except ImportFileError as error:
+            progress.close()
+            click.echo(f"{path}: {error}; nothing more was imported", err=True)
+            sys.exit(EXIT_BAD_FILE)
+        progress.close()
+    finish(report, time.monotonic() - started)
+
+
+@main.command("import-codes")
+@click.argument("path", metavar="FILE.csv")
+@click.option("--dry-run", is_flag=True, help="Validate every row, write nothing.")
+@with_appcontext
+def import_codes_command(path: str, dry_run: bool) -> None:
+    """Add activation codes to the pool (encrypted). Exit 1 when any row was rejected."""
+    started = time.monotonic()
+    with open_csv(path) as stream:
+        try:
+            report = import_codes(
+                db.session, services().cipher, read_csv(stream, CODE_COLUMNS, CODE_OPTIONAL_COLUMNS),
+                on_reject=report_rejection, dry_run=dry_run,
+            )  # fmt: skip
+        except ImportFileError as error:
+            click.echo(f"{path}: {error}; nothing more was imported", err=True)
+            sys.exit(EXIT_BAD_FILE)
+    status = pool_status(db.session)
+    click.echo(f"pool: {status.total:,} codes, {status.claimed:,} claimed, {status.available:,} available")
+    finish(report, time.monotonic() - started)
+
+
+# --- Synthetic data and the demo -----------------------------------------------------------------
+
+
+@main.command("generate-patients")
+@click.argument("count", type=click.IntRange(1))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
+def generate_patients_command(count: int, seed: int, out: str) -> None:
+    """Write COUNT synthetic (made-up) patients as an import CSV: for rehearsals and benchmarks."""
+    synthetic.write_csv(sys.stdout if out == "-" else out, synthetic.PATIENT_HEADER, synthetic.synthetic_patients(count, seed))
+
+
+@main.command("generate-codes")
+@click.argument("count", type=click.IntRange(1))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
+def generate_codes_command(count: int, seed: int, out: str) -> None:
+    """Write COUNT synthetic activation codes as an import CSV."""
+    synthetic.write_csv(sys.stdout if out == "-" else out, synthetic.CODE_HEADER, synthetic.synthetic_codes(count, seed))
+
+
+DEMO_SEED = 2026
+
+
+def enumerate_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Number generated rows as a CSV file would (the header is line 1)."""
+    for line, row in enumerate(rows, start=2):
+        yield line, row
+
+
+def load_demo_data(app: Flask, patients: int) -> None:
+    """Migrate, then import synthetic patients and codes straight from memory (no CSV on disk)."""
+    with app.app_context():
+        schema.upgrade(db.engine)
+        present = db.session.scalar(select(func.count(Patient.id))) or 0
+        if present < patients:
+            click.echo(f"Hashing {patients:,} synthetic patients with Argon2id (about {patients // 100} s)...")
+            PatientImporter(
+                db.session, services().hasher, workers=os.cpu_count() or 1, on_reject=report_rejection,
+                on_progress=Progress(),
+            ).run(enumerate_rows(synthetic.synthetic_patients(patients, DEMO_SEED)))  # fmt: skip
+            click.echo("")
+            import_codes(
+                db.session, services().cipher, enumerate_rows(synthetic.synthetic_codes(patients, DEMO_SEED)),
+                on_reject=report_rejection,
+            )  # fmt: skip
+
+
+def sample_identities(patients: int) -> list[str]:
+    """Three people of the synthetic list to try: plain, tricky spelling, and one with no SSN."""
+    rows = list(synthetic.synthetic_patients(min(patients, 500), DEMO_SEED))
+    plain = next(r for r in rows if r["ssn"] and r["last_name"].isascii() and r["last_name"].isalpha())
+    tricky = next(r for r in rows if r["ssn"] and not (r["last_name"].isascii() and r["last_name"].isalpha()))
+    no_ssn = next(r for r in rows if not r["ssn"])
+    hasher = current_app.extensions["portal"].hasher
+    lines = []
+    for row in (plain, tricky, no_ssn):
+        factor = (
+            f"SSN last 4 {row['ssn'][-4:]}" if row["ssn"]
+            else f"reference {format_reference(hasher.letter_reference(row['record_id']))}"
+        )  # fmt: skip
+        lines.append(f"  {row['last_name']:<22} born {row['date_of_birth']}  ZIP {row['zip'][:5]}  {factor}")
+    return lines
+
+
+@click.command("demo")
+@click.option("--patients", type=click.IntRange(10, 1_000_000), default=2000, show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--serve/--no-serve", default=True, help="Start the site after loading the data.")
+def demo_command(patients: int, port: int, serve: bool) -> None:
+    """Create instance/ with fresh secrets and synthetic data, then serve the site on 127.0.0.1."""
+    secrets_file = write_development_secrets(Flask("portal").instance_path)
+    app = create_app()
+    load_demo_data(app, patients)
+    with app.app_context():
+        samples = sample_identities(patients)
+    click.echo(f"Secrets: {secrets_file} (development only).")
+    click.echo("Try these synthetic people at /lookup:")
+    click.echo("\n".join(samples))
+    if serve:
+        click.echo(f"Serving http://127.0.0.1:{port}/  (Ctrl+C stops)")
+        app.run(host="127.0.0.1", port=port, debug=False, load_dotenv=False)
+
+
+main.add_command(demo_command)

@@ -1,0 +1,137 @@
+"""Settings: defaults, then ``instance/config.py``, then ``PORTAL_*`` environment variables.
+
+Production (the default ``ENV``) refuses to start without its secrets or with weak hashing
+parameters: a portal that silently ran on a made-up key would hash a million people with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+
+RELAXED_ENVS = frozenset({"development", "testing"})
+
+DEFAULTS: dict[str, Any] = {
+    "ENV": "production",
+    # Relative SQLite paths are resolved inside the instance folder.
+    "DATABASE_URL": "sqlite:///portal.sqlite3",
+    "SECRET_KEY": None,
+    "IDENTIFIER_KEY": None,
+    "IDENTIFIER_KEY_VERSION": 1,
+    "IDENTIFIER_KEY_PREVIOUS": None,
+    "CODE_KEY": None,
+    "CODE_KEY_VERSION": 1,
+    "CODE_KEY_PREVIOUS": None,
+    # OWASP's Argon2id floor (m=19 MiB, t=2, p=1); stored with each hash scheme so it can rise later.
+    "ARGON2_TIME_COST": 2,
+    "ARGON2_MEMORY_COST": 19456,
+    "ARGON2_PARALLELISM": 1,
+    "VERIFICATION_TTL_SECONDS": 15 * 60,
+    "PROGRAMME_FILE": None,
+    "TRUSTED_PROXIES": 0,
+    "MAX_CONTENT_LENGTH": 16 * 1024,
+    "SESSION_COOKIE_NAME": "__Host-portal",
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "SESSION_COOKIE_SECURE": True,
+    "PERMANENT_SESSION_LIFETIME": 15 * 60,
+    "WTF_CSRF_TIME_LIMIT": 60 * 60,
+    "BABEL_DEFAULT_LOCALE": "en",
+}
+
+# OWASP Argon2id minimums (time cost -> memory in KiB) with parallelism 1.
+ARGON2_FLOORS = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
+
+SECRET_NAMES = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")
+
+
+class ConfigError(RuntimeError):
+    """The configuration is unsafe or incomplete; the message says what to set."""
+
+
+def load_config(app: Flask, overrides: Mapping[str, Any] | None) -> None:
+    """Fill ``app.config`` in order of precedence and refuse an unsafe result."""
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("PORTAL")
+    if overrides:
+        app.config.from_mapping(overrides)
+    config = app.config
+    if config["ENV"] in RELAXED_ENVS:
+        # Plain HTTP on 127.0.0.1 during development: a __Host- cookie needs Secure.
+        config["SESSION_COOKIE_SECURE"] = False
+        config["SESSION_COOKIE_NAME"] = "portal"
+    config["SQLALCHEMY_ENGINES"] = {"default": engine_options(config["DATABASE_URL"])}
+    check_config(config)
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    """Engine settings per backend: pre-ping so a restarted PostgreSQL is reconnected transparently."""
+    # hide_parameters: error messages and logs never carry bound values.
+    if url.startswith("sqlite"):
+        return {"url": url, "hide_parameters": True, "connect_args": {"timeout": 15}}
+    return {
+        "url": url,
+        "hide_parameters": True,
+        "pool_pre_ping": True,
+        "pool_size": 5,
+        "max_overflow": 5,
+        "pool_timeout": 10,
+    }
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming the first unsafe setting (outside development and testing)."""
+    relaxed = config["ENV"] in RELAXED_ENVS
+    for name in SECRET_NAMES:
+        if not config.get(name):
+            raise ConfigError(f"PORTAL_{name} is not set; the portal will not start without it.")
+    for name in ("IDENTIFIER_KEY", "CODE_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"):
+        if config.get(name):
+            decode_key(config[name], f"PORTAL_{name}")
+    if len({str(config[name]) for name in SECRET_NAMES}) != len(SECRET_NAMES):
+        raise ConfigError("PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY and PORTAL_CODE_KEY must all differ.")
+    if not relaxed:
+        if len(str(config["SECRET_KEY"])) < 32:
+            raise ConfigError("PORTAL_SECRET_KEY must be at least 32 characters.")
+        time_cost, memory_cost = config["ARGON2_TIME_COST"], config["ARGON2_MEMORY_COST"]
+        if time_cost < 1 or memory_cost < ARGON2_FLOORS[min(time_cost, 5)]:
+            raise ConfigError(
+                "PORTAL_ARGON2_TIME_COST/PORTAL_ARGON2_MEMORY_COST are below OWASP's Argon2id floor "
+                "(for example t=2 with m=19456 KiB)."
+            )
+        if not config.get("PROGRAMME_FILE"):
+            raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
+
+
+def decode_key(value: str, name: str) -> bytes:
+    """Decode a base64url key of at least 32 bytes, as ``secrets.token_urlsafe(32)`` prints it."""
+    text = str(value).strip()
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as error:
+        raise ConfigError(f"{name} is not base64url text.") from error
+    if len(raw) < 32:
+        raise ConfigError(f"{name} must encode at least 32 random bytes (use secrets.token_urlsafe(32)).")
+    return raw
+
+
+def write_development_secrets(instance_path: str) -> Path:
+    """Create ``instance/config.py`` with fresh random secrets for a development or demo instance."""
+    path = Path(instance_path) / "config.py"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Generated for a development/demo instance. Never use these values in production.",
+        'ENV = "development"',
+        *(f'{name} = "{secrets.token_urlsafe(32)}"' for name in SECRET_NAMES),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path

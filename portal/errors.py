@@ -1,0 +1,60 @@
+"""Every error becomes a short, plain page with the right status: never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from flask import Flask, render_template
+from flask_babel import lazy_gettext as _l
+from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 30
+
+MESSAGES = {
+    400: _l("We could not read that request. Please go back and try again."),
+    403: _l("You do not have access to this page."),
+    404: _l("There is no page at this address."),
+    405: _l("This page cannot be used that way."),
+    413: _l("That request is too large."),
+    429: _l("Too many attempts. Please wait and try again later."),
+    500: _l("Something went wrong on our side. Nothing you entered was stored. Please try again."),
+    503: _l("The service is busy or briefly unavailable. Please try again in a minute."),
+}
+CSRF_MESSAGE = _l("This form expired or was sent from another page. Please reload the page and try again.")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(OperationalError, handle_database_unavailable)
+    app.register_error_handler(Exception, handle_unexpected_error)
+
+
+def render_error(status: int, message: object = None, retry_after: int | None = None):  # type: ignore[no-untyped-def]
+    body = render_template("error.html", status=status, message=message or MESSAGES.get(status, MESSAGES[400]))
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    return body, status, headers
+
+
+def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
+    status = error.code or 500
+    if isinstance(error, CSRFError):
+        return render_error(400, CSRF_MESSAGE)
+    return render_error(status, retry_after=RETRY_AFTER_SECONDS if status == 503 else None)
+
+
+def handle_database_unavailable(error: DBAPIError):  # type: ignore[no-untyped-def]
+    """A lost or locked database: the request is refused cleanly and the pool reconnects on its own."""
+    log.warning("database unavailable: %s", error.__class__.__name__)
+    return render_error(ServiceUnavailable.code, retry_after=RETRY_AFTER_SECONDS)
+
+
+def handle_unexpected_error(error: Exception):  # type: ignore[no-untyped-def]
+    # The type and the stack for the operators; not the message, which may quote a value.
+    stack = "".join(traceback.format_tb(error.__traceback__))
+    log.error("unhandled %s\n%s", error.__class__.__name__, stack)
+    return render_error(InternalServerError.code)

@@ -1,0 +1,367 @@
+"""Who is this person? Normalisation, keyed identifier hashes and verification.
+
+The security-critical core of the portal; it knows nothing of HTTP.
+
+Design, in short:
+* Identifiers are normalised (``normalise_*``) so that the spellings a real person types match
+  the record the vendor holds.
+* The normalised fields are joined into one canonical message and HMAC-ed with a subkey of
+  ``PORTAL_IDENTIFIER_KEY`` (the pepper, never in the database), then stretched with Argon2id.
+  The result is indexed, so a lookup is one slow hash plus one index probe whether or not the
+  person exists: the same work, the same answer, no oracle.
+* Without the key a dump of the database cannot test a single guess; with the key each guess
+  still costs one Argon2id evaluation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any, Mapping
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from portal.config import decode_key
+from portal.models import HashScheme, Patient, Verification, utcnow
+
+DIGEST_SIZE = 32
+MAX_NAME_LENGTH = 100
+EARLIEST_BIRTH_DATE = date(1900, 1, 1)
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", CROCKFORD)
+REFERENCE_LENGTH = 24  # 24 Crockford characters = 120 random-looking bits (ASVS asks >= 112)
+
+# Letters that Unicode does not decompose into a base letter plus accent.
+_LETTER_FOLDS = str.maketrans({"ø": "o", "æ": "ae", "œ": "oe", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i"})
+_REFERENCE_FOLDS = str.maketrans({"I": "1", "L": "1", "O": "0"})
+_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+class InvalidIdentifier(ValueError):
+    """An identifier that cannot belong to anyone (wrong shape); the message never repeats the value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# --- Normalisation -------------------------------------------------------------------------------
+
+
+def normalise_last_name(text: str) -> str:
+    """Fold case, accents, spaces, apostrophes, hyphens and other punctuation away.
+
+    "O'Brien", "o brien" and "OBRIEN" match; so do "García-López" and "garcia lopez",
+    "Müller" and "Muller", "Nguyễn" and "Nguyen". Letters and digits of every script are kept.
+    """
+    if len(text) > MAX_NAME_LENGTH:
+        raise InvalidIdentifier("last_name", f"last name is longer than {MAX_NAME_LENGTH} characters")
+    folded = unicodedata.normalize("NFKD", text.casefold().translate(_LETTER_FOLDS))
+    name = "".join(ch for ch in folded if ch.isalnum() and not unicodedata.combining(ch))
+    if not name:
+        raise InvalidIdentifier("last_name", "last name has no letters")
+    return name
+
+
+def normalise_zip(text: str) -> str:
+    """ZIP or ZIP+4, with or without the dash, to the five-digit ZIP."""
+    digits = _SEPARATORS.sub("", text)
+    if not re.fullmatch(r"[0-9]{5}(?:[0-9]{4})?", digits):
+        raise InvalidIdentifier("zip_code", "ZIP code must be 5 digits (or ZIP+4)")
+    return digits[:5]
+
+
+def normalise_ssn(text: str) -> str | None:
+    """A full SSN (import side): 9 digits with or without dashes or spaces; blank means none on file."""
+    digits = _SEPARATORS.sub("", text)
+    if not digits:
+        return None
+    if not re.fullmatch(r"[0-9]{9}", digits):
+        raise InvalidIdentifier("ssn", "SSN must be 9 digits")
+    if digits[:3] == "000" or digits[3:5] == "00" or digits[5:] == "0000":
+        raise InvalidIdentifier("ssn", "SSN has an all-zero group and cannot have been issued")
+    return digits
+
+
+def normalise_ssn_last4(text: str) -> str:
+    digits = _SEPARATORS.sub("", text)
+    if not re.fullmatch(r"[0-9]{4}", digits):
+        raise InvalidIdentifier("ssn_last4", "last four SSN digits must be 4 digits")
+    return digits
+
+
+def normalise_reference(text: str) -> str:
+    """A letter reference as typed: case, spaces, dashes and look-alikes (I, L -> 1; O -> 0) forgiven."""
+    code = _SEPARATORS.sub("", text).upper().translate(_REFERENCE_FOLDS)
+    if len(code) != REFERENCE_LENGTH or any(ch not in CROCKFORD for ch in code):
+        raise InvalidIdentifier("reference", f"reference code must be {REFERENCE_LENGTH} letters and digits from your letter")
+    return code
+
+
+def parse_birth_date(text: str, today: date | None = None) -> date:
+    """YYYY-MM-DD, as an HTML date input sends it; not in the future, not before 1900."""
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text.strip()):
+        raise InvalidIdentifier("date_of_birth", "date of birth must be written YYYY-MM-DD")
+    try:
+        born = date.fromisoformat(text.strip())
+    except ValueError as error:
+        raise InvalidIdentifier("date_of_birth", "date of birth is not a real date") from error
+    if not EARLIEST_BIRTH_DATE <= born <= (today or date.today()):
+        raise InvalidIdentifier("date_of_birth", "date of birth is out of range")
+    return born
+
+
+def format_reference(code: str) -> str:
+    """Print a reference in groups of four so that people can read it out on the phone."""
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+@dataclass(frozen=True)
+class IdentityClaim:
+    """What a person asserts, already normalised. Exactly one of ``ssn_last4``/``reference`` is set."""
+
+    last_name: str
+    date_of_birth: date
+    zip_code: str
+    ssn_last4: str | None = None
+    reference: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ssn_last4 is None) == (self.reference is None):
+            raise InvalidIdentifier("ssn_last4", "give either the last four SSN digits or the letter reference")
+
+    @classmethod
+    def from_input(
+        cls, last_name: str, date_of_birth: str, zip_code: str, ssn_last4: str = "", reference: str = ""
+    ) -> IdentityClaim:
+        """Normalise raw form or JSON values; raises InvalidIdentifier naming the bad field."""
+        return cls(
+            last_name=normalise_last_name(last_name),
+            date_of_birth=parse_birth_date(date_of_birth),
+            zip_code=normalise_zip(zip_code),
+            ssn_last4=normalise_ssn_last4(ssn_last4) if ssn_last4.strip() else None,
+            reference=normalise_reference(reference) if reference.strip() else None,
+        )
+
+    def canonical(self) -> bytes:
+        """One unambiguous byte string; the unit separator cannot occur in a normalised field."""
+        factor = f"ssn:{self.ssn_last4}" if self.ssn_last4 is not None else f"ref:{self.reference}"
+        parts = ("v1", self.last_name, self.date_of_birth.isoformat(), self.zip_code, factor)
+        return "\x1f".join(parts).encode("utf-8")
+
+
+# --- Keys and hashes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Versioned master keys: the current one, plus the previous one while a rotation runs."""
+
+    current_version: int
+    keys: Mapping[int, bytes]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], name: str) -> Keyring:
+        """Read ``NAME``, ``NAME_VERSION`` and the optional ``NAME_PREVIOUS`` (version - 1)."""
+        version = int(config[f"{name}_VERSION"])
+        keys = {version: decode_key(config[name], f"PORTAL_{name}")}
+        if config.get(f"{name}_PREVIOUS"):
+            keys[version - 1] = decode_key(config[f"{name}_PREVIOUS"], f"PORTAL_{name}_PREVIOUS")
+        return cls(version, keys)
+
+    def subkey(self, purpose: str, version: int | None = None) -> bytes:
+        """A key for one purpose only, so that no two uses of the master key can be confused."""
+        master = self.keys[self.current_version if version is None else version]
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"portal/{purpose}".encode()).derive(
+            master
+        )
+
+
+@dataclass(frozen=True)
+class Argon2Params:
+    time_cost: int
+    memory_cost: int
+    parallelism: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Argon2Params:
+        return cls(config["ARGON2_TIME_COST"], config["ARGON2_MEMORY_COST"], config["ARGON2_PARALLELISM"])
+
+
+def stretch(message: bytes, salt: bytes, params: Argon2Params) -> bytes:
+    """The slow part: one Argon2id evaluation. Module level so import workers can call it."""
+    return hash_secret_raw(
+        message,
+        salt,
+        time_cost=params.time_cost,
+        memory_cost=params.memory_cost,
+        parallelism=params.parallelism,
+        hash_len=DIGEST_SIZE,
+        type=Type.ID,
+    )
+
+
+def scheme_params(scheme: HashScheme) -> Argon2Params:
+    return Argon2Params(scheme.time_cost, scheme.memory_cost, scheme.parallelism)
+
+
+class IdentifierHasher:
+    """Every keyed hash of an identifier is made here, and nowhere else."""
+
+    def __init__(self, keyring: Keyring, params: Argon2Params) -> None:
+        self.keyring = keyring
+        self.params = params
+        self._subkeys = {
+            (purpose, version): keyring.subkey(purpose, version)
+            for purpose in ("lookup", "record", "letter", "person")
+            for version in keyring.keys
+        }
+
+    def _mac(self, purpose: str, message: bytes, version: int | None = None) -> bytes:
+        key = self._subkeys[(purpose, self.keyring.current_version if version is None else version)]
+        return hmac.new(key, message, hashlib.sha256).digest()
+
+    def lookup_message(self, claim: IdentityClaim, key_version: int) -> bytes:
+        """The keyed (fast) half of the lookup digest; ``stretch`` makes it slow."""
+        return self._mac("lookup", claim.canonical(), key_version)
+
+    def lookup_digest(self, claim: IdentityClaim, scheme: HashScheme) -> bytes:
+        return stretch(self.lookup_message(claim, scheme.key_version), scheme.salt, scheme_params(scheme))
+
+    def record_keys(self, record_id: str) -> list[bytes]:
+        """The record key under every held key version, current first: finds rows during a rotation."""
+        versions = sorted(self.keyring.keys, key=lambda v: v != self.keyring.current_version)
+        return [self._mac("record", record_id.encode("utf-8"), v) for v in versions]
+
+    def letter_reference(self, record_id: str) -> str:
+        """The reference printed on the letter of a person with no SSN on file.
+
+        Derived, not random, so a re-run or a crash never changes a letter already printed.
+        It changes with the identifier key: a rotated (possibly leaked) key means new letters.
+        """
+        raw = self._mac("letter", record_id.encode("utf-8"))[:15]
+        return base64.b32encode(raw).decode("ascii").translate(_TO_CROCKFORD)
+
+    def person_bucket(self, last_name: str, date_of_birth: date) -> str:
+        """A keyed hash of name and birth date for failure counters: the same whether or not the person exists."""
+        return self._mac("person", f"{last_name}\x1f{date_of_birth.isoformat()}".encode()).hex()
+
+
+def current_scheme(session: Session, hasher: IdentifierHasher) -> HashScheme:
+    """The scheme new records are hashed with, created on first use."""
+    params = hasher.params
+    scheme = session.scalar(
+        select(HashScheme).filter_by(
+            key_version=hasher.keyring.current_version,
+            time_cost=params.time_cost,
+            memory_cost=params.memory_cost,
+            parallelism=params.parallelism,
+        )
+    )
+    if scheme is None:
+        scheme = HashScheme(
+            key_version=hasher.keyring.current_version,
+            time_cost=params.time_cost,
+            memory_cost=params.memory_cost,
+            parallelism=params.parallelism,
+            salt=secrets.token_bytes(16),
+            active=True,
+        )
+        session.add(scheme)
+        session.flush()
+    elif not scheme.active:
+        scheme.active = True
+    return scheme
+
+
+def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[HashScheme]:
+    """The schemes a verification must try: every active one whose key we hold.
+
+    With none in the database yet, an unsaved scheme of the current parameters stands in,
+    so that even an empty portal spends the same time on every attempt.
+    """
+    schemes = [
+        s for s in session.scalars(select(HashScheme).where(HashScheme.active)) if s.key_version in hasher.keyring.keys
+    ]
+    if schemes:
+        return schemes
+    return [
+        HashScheme(
+            key_version=hasher.keyring.current_version,
+            time_cost=hasher.params.time_cost,
+            memory_cost=hasher.params.memory_cost,
+            parallelism=hasher.params.parallelism,
+            salt=bytes(16),
+        )
+    ]
+
+
+# --- Verification --------------------------------------------------------------------------------
+
+
+def find_patient(session: Session, hasher: IdentifierHasher, claim: IdentityClaim) -> Patient | None:
+    """The patient whose identifiers match the claim, or None.
+
+    Always the same work: one Argon2id per active scheme and one indexed query, whether the
+    person is unknown or one field is wrong. Callers must answer both cases identically.
+    """
+    digests = [hasher.lookup_digest(claim, scheme) for scheme in lookup_schemes(session, hasher)]
+    return session.scalar(select(Patient).where(Patient.lookup_digest.in_(digests)).limit(1))
+
+
+def _token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+def start_verification(session: Session, patient: Patient, channel: str, ttl_seconds: int) -> str:
+    """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored)."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        Verification(
+            token_digest=_token_digest(token),
+            patient_id=patient.id,
+            channel=channel,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
+    )
+    session.commit()
+    return token
+
+
+def verified_patient(session: Session, token: str | None) -> Patient | None:
+    """The patient behind a live verification token, or None when absent, unknown or expired."""
+    if not token or len(token) > 100:
+        return None
+    verification = session.scalar(
+        select(Verification).where(
+            Verification.token_digest == _token_digest(token), Verification.expires_at > utcnow()
+        )
+    )
+    return session.get(Patient, verification.patient_id) if verification else None
+
+
+def retire_unused_schemes(session: Session, keep_id: int) -> None:
+    """Stop trying schemes no record uses any more (after a re-hash), so lookups stay one hash."""
+    unused = ~select(Patient.id).where(Patient.scheme_id == HashScheme.id).exists()
+    session.execute(
+        update(HashScheme).where(HashScheme.id != keep_id, HashScheme.active, unused).values(active=False)
+    )
+
+
+def end_verification(session: Session, token: str | None) -> None:
+    """Sign out: the token stops working at once, not only when it expires."""
+    if token and len(token) <= 100:
+        session.execute(delete(Verification).where(Verification.token_digest == _token_digest(token)))
+        session.commit()

@@ -1,0 +1,430 @@
+"""Streaming, resumable imports of the breach list and of the code pool.
+
+Plaintext identifiers live only in this process's memory, one batch at a time. Worker processes
+receive HMAC outputs (already keyed) and return Argon2id digests: they never see an identifier
+or a key. Each batch is one transaction, so a crash loses at most the batch in flight, and a
+re-run skips what is already there (found by the keyed hash of ``record_id``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from typing import IO, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from portal import exposure
+from portal.claims import PRODUCT_MAX, CodeCipher, normalise_code
+from portal.identity import (
+    Argon2Params,
+    IdentifierHasher,
+    IdentityClaim,
+    InvalidIdentifier,
+    current_scheme,
+    format_reference,
+    normalise_last_name,
+    normalise_ssn,
+    normalise_zip,
+    parse_birth_date,
+    retire_unused_schemes,
+    scheme_params,
+    stretch,
+)
+from portal.models import ActivationCode, Patient
+
+PATIENT_COLUMNS = (
+    "record_id", "first_name", "last_name", "date_of_birth", "ssn",
+    "street", "city", "state", "zip", "phone", "exposed_fields",
+)  # fmt: skip
+CODE_COLUMNS = ("code", "enroll_by")
+CODE_OPTIONAL_COLUMNS = ("product",)
+DEFAULT_PRODUCT = "Identity protection, 24 months"
+BATCH_SIZE = 200
+MAX_FIELD_LENGTH = 200
+
+US_STATES = frozenset(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
+    "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY AS GU MP PR VI AA AE AP".split()
+)
+RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\-]{0,63}")
+
+
+class ImportFileError(Exception):
+    """The file as a whole cannot be read (header, encoding); nothing was imported."""
+
+
+class RowError(ValueError):
+    """One row is invalid; the message names the column and the reason, never the value."""
+
+
+@dataclass
+class ImportReport:
+    read: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    skipped_other_shard: int = 0
+    letters: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.read:,} rows read", f"{self.added:,} added", f"{self.updated:,} updated"]
+        parts += [f"{self.unchanged:,} already up to date", f"{self.rejected:,} rejected"]
+        if self.skipped_other_shard:
+            parts.append(f"{self.skipped_other_shard:,} left to other shards")
+        if self.letters:
+            parts.append(f"{self.letters:,} letter references written")
+        return ", ".join(parts)
+
+
+RejectFn = Callable[[int, str], None]
+ProgressFn = Callable[[ImportReport], None]
+
+
+def read_csv(stream: IO[str], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, row) lazily; a malformed header stops the import before any row."""
+    reader = csv.DictReader(stream)
+    try:
+        header = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ImportFileError(f"cannot read the header: {error.__class__.__name__}") from error
+    header = [name.strip() for name in header]
+    missing = [name for name in required if name not in header]
+    unknown = [name for name in header if name not in required + optional]
+    if missing or unknown:
+        raise ImportFileError(
+            f"header must be {','.join(required)}"
+            + (f" (optional: {','.join(optional)})" if optional else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unexpected: {', '.join(unknown)}" if unknown else "")
+        )
+    reader.fieldnames = header
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ImportFileError(f"line {reader.line_num + 1}: unreadable ({error.__class__.__name__})") from error
+
+
+def _cell(row: dict[str, Any], column: str, required: bool = True) -> str:
+    value = row.get(column)
+    if not isinstance(value, str) or None in row:
+        raise RowError("wrong number of columns")
+    value = value.strip()
+    if required and not value:
+        raise RowError(f"{column} is empty")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise RowError(f"{column} is longer than {MAX_FIELD_LENGTH} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class PatientRow:
+    """A validated row: only what the portal keeps, plus the claim to hash (in memory only)."""
+
+    line: int
+    record_id: str
+    record_key: bytes  # under the current key version
+    claim: IdentityClaim
+    exposed: int
+
+
+def parse_patient_row(line: int, row: dict[str, Any], hasher: IdentifierHasher) -> PatientRow:
+    """Validate every column (even those not kept) so the vendor learns of bad data now."""
+    try:
+        record_id = _cell(row, "record_id")
+        if not RECORD_ID.fullmatch(record_id):
+            raise RowError("record_id must be 1-64 letters, digits or . _ : / -")
+        _cell(row, "first_name")
+        last_name = normalise_last_name(_cell(row, "last_name"))
+        born = parse_birth_date(_cell(row, "date_of_birth"))
+        ssn = normalise_ssn(_cell(row, "ssn", required=False))
+        _cell(row, "street", required=False)
+        _cell(row, "city", required=False)
+        state = _cell(row, "state", required=False).upper()
+        if state and state not in US_STATES:
+            raise RowError("state is not a two-letter US state or territory code")
+        zip_code = normalise_zip(_cell(row, "zip"))
+        phone = re.sub(r"[\s().\-]", "", _cell(row, "phone", required=False)).removeprefix("+1")
+        if phone and not re.fullmatch(r"[2-9][0-9]{9}", phone):
+            raise RowError("phone is not a 10-digit US number")
+        exposed = exposure.parse_exposed_fields(_cell(row, "exposed_fields"))
+    except (InvalidIdentifier, RowError) as error:
+        raise RowError(str(error)) from error
+    except ValueError as error:  # exposure.parse_exposed_fields names the unknown token
+        raise RowError(str(error)) from error
+    if ssn:
+        claim = IdentityClaim(last_name, born, zip_code, ssn_last4=ssn[-4:])
+    else:
+        claim = IdentityClaim(last_name, born, zip_code, reference=hasher.letter_reference(record_id))
+    return PatientRow(line, record_id, hasher.record_keys(record_id)[0], claim, exposed)
+
+
+def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
+    """``--shard K/N``: a stable split of the rows across N importing machines."""
+    if shard is None:
+        return True
+    index, count = shard
+    return int.from_bytes(hashlib.sha256(record_id.encode()).digest()[:8], "big") % count == index
+
+
+def stretch_all(messages: list[bytes], salt: bytes, params: Argon2Params) -> list[bytes]:
+    """A worker's job: Argon2id over keyed messages. It never sees an identifier or a key."""
+    return [stretch(message, salt, params) for message in messages]
+
+
+@dataclass
+class _Batch:
+    rows: list[PatientRow]
+    rehash: dict[int, int]  # index in rows -> id of the record it re-hashes
+    pending: Future[list[bytes]] | list[bytes] = field(default_factory=list)
+
+
+class PatientImporter:
+    """Streams validated rows through parallel hashing into batched, idempotent writes."""
+
+    def __init__(
+        self,
+        session: Session,
+        hasher: IdentifierHasher,
+        *,
+        workers: int = 1,
+        on_reject: RejectFn,
+        on_progress: ProgressFn | None = None,
+        letters: csv.writer | None = None,  # type: ignore[valid-type]
+        shard: tuple[int, int] | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.session = session
+        self.hasher = hasher
+        self.workers = max(1, workers)
+        self.on_reject = on_reject
+        self.on_progress = on_progress
+        self.letters = letters
+        self.shard = shard
+        self.dry_run = dry_run
+        self.report = ImportReport()
+        self._seen: set[int] = set()  # 8-byte prefixes of record keys met in this run
+
+    def run(self, rows: Iterable[tuple[int, dict[str, str]]]) -> ImportReport:
+        scheme = current_scheme(self.session, self.hasher)
+        self.session.commit()
+        self._scheme_id, self._salt, self._params = scheme.id, scheme.salt, scheme_params(scheme)
+        in_flight: deque[_Batch] = deque()
+        executor = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
+        try:
+            for batch in self._batches(rows):
+                if executor is None:
+                    batch.pending = self._stretch(batch)
+                else:
+                    batch.pending = executor.submit(stretch_all, self._messages(batch), self._salt, self._params)
+                in_flight.append(batch)
+                if len(in_flight) > 2 * self.workers:
+                    self._write(in_flight.popleft())
+            while in_flight:
+                self._write(in_flight.popleft())
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
+        if not self.dry_run:
+            retire_unused_schemes(self.session, self._scheme_id)
+            self.session.commit()
+        return self.report
+
+    def _reject(self, line: int, reason: str) -> None:
+        self.report.rejected += 1
+        self.on_reject(line, reason)
+
+    def _batches(self, rows: Iterable[tuple[int, dict[str, str]]]) -> Iterator[_Batch]:
+        parsed: list[PatientRow] = []
+        for line, raw in rows:
+            self.report.read += 1
+            try:
+                row = parse_patient_row(line, raw, self.hasher)
+            except RowError as error:
+                self._reject(line, str(error))
+                continue
+            if not in_shard(row.record_id, self.shard):
+                self.report.skipped_other_shard += 1
+                continue
+            seen_key = int.from_bytes(row.record_key[:8], "big")
+            if seen_key in self._seen:
+                self._reject(line, "record_id repeats an earlier row of this file")
+                continue
+            self._seen.add(seen_key)
+            if row.claim.reference and self.letters is not None:
+                self.letters.writerow([row.record_id, format_reference(row.claim.reference)])
+                self.report.letters += 1
+            parsed.append(row)
+            if len(parsed) >= BATCH_SIZE:
+                yield from self._prepare(parsed)
+                parsed = []
+        if parsed:
+            yield from self._prepare(parsed)
+
+    def _prepare(self, rows: list[PatientRow]) -> Iterator[_Batch]:
+        """Sort a batch into unchanged, flag updates, and rows that need (re-)hashing."""
+        if self.dry_run:
+            self.report.unchanged += len(rows)
+            self._progress()
+            return
+        keys = {key: i for i, row in enumerate(rows) for key in self.hasher.record_keys(row.record_id)}
+        found = self.session.scalars(select(Patient).where(Patient.record_key.in_(keys)))
+        existing = {keys[patient.record_key]: patient for patient in found}
+        to_hash: list[PatientRow] = []
+        rehash: dict[int, int] = {}
+        for i, row in enumerate(rows):
+            patient = existing.get(i)
+            if patient is not None and patient.scheme_id == self._scheme_id and patient.record_key == row.record_key:
+                if patient.exposed_fields != row.exposed:
+                    patient.exposed_fields = row.exposed
+                    self.report.updated += 1
+                else:
+                    self.report.unchanged += 1
+                continue
+            if patient is not None:
+                rehash[len(to_hash)] = patient.id
+            to_hash.append(row)
+        self.session.commit()
+        self.session.expunge_all()
+        if to_hash:
+            yield _Batch(to_hash, rehash)
+        else:
+            self._progress()
+
+    def _messages(self, batch: _Batch) -> list[bytes]:
+        version = self.hasher.keyring.current_version
+        return [self.hasher.lookup_message(row.claim, version) for row in batch.rows]
+
+    def _stretch(self, batch: _Batch) -> list[bytes]:
+        return stretch_all(self._messages(batch), self._salt, self._params)
+
+    def _write(self, batch: _Batch) -> None:
+        digests = batch.pending.result() if isinstance(batch.pending, Future) else batch.pending
+        entries = list(zip(batch.rows, digests, strict=True))
+        try:
+            self._store(entries, batch.rehash)
+            self.session.commit()
+        except IntegrityError:
+            # Another importer (another shard) stored the same identity meanwhile: go row by row.
+            self.session.rollback()
+            for i, entry in enumerate(entries):
+                try:
+                    self._store([entry], {0: batch.rehash[i]} if i in batch.rehash else {})
+                    self.session.commit()
+                except IntegrityError:
+                    self.session.rollback()
+                    self._reject(entry[0].line, "identity duplicates another record (imported concurrently)")
+        self.session.expunge_all()
+        self._progress()
+
+    def _store(self, entries: list[tuple[PatientRow, bytes]], rehash: dict[int, int]) -> None:
+        """Insert new records, re-hash old ones; reject identities that collide with another record."""
+        taken = set(
+            self.session.scalars(select(Patient.lookup_digest).where(Patient.lookup_digest.in_([d for _, d in entries])))
+        )
+        for i, (row, digest) in enumerate(entries):
+            if digest in taken:
+                self._reject(row.line, "identity duplicates another record (same last name, birth date, ZIP and SSN)")
+                continue
+            taken.add(digest)
+            values = dict(
+                record_key=row.record_key, scheme_id=self._scheme_id, lookup_digest=digest, exposed_fields=row.exposed
+            )
+            if i in rehash:
+                self.session.execute(update(Patient).where(Patient.id == rehash[i]).values(**values))
+                self.report.updated += 1
+            else:
+                self.session.add(Patient(**values))
+                self.report.added += 1
+        self.session.flush()
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.report)
+
+
+@dataclass(frozen=True)
+class CodeRow:
+    code: str
+    enroll_by: date
+    product: str
+
+
+def parse_code_row(row: dict[str, Any], today: date) -> CodeRow:
+    """Validate one pool row; the caller seals the code."""
+    try:
+        code = normalise_code(_cell(row, "code"))
+    except ValueError as error:
+        raise RowError(str(error)) from error
+    try:
+        enroll_by = date.fromisoformat(_cell(row, "enroll_by"))
+    except ValueError as error:
+        raise RowError("enroll_by must be a date written YYYY-MM-DD") from error
+    if enroll_by < today:
+        raise RowError("enroll_by is in the past")
+    product = (row.get("product") or "").strip() or DEFAULT_PRODUCT
+    if len(product) > PRODUCT_MAX:
+        raise RowError(f"product is longer than {PRODUCT_MAX} characters")
+    return CodeRow(code, enroll_by, product)
+
+
+def import_codes(
+    session: Session,
+    cipher: CodeCipher,
+    rows: Iterable[tuple[int, dict[str, str]]],
+    *,
+    on_reject: RejectFn,
+    dry_run: bool = False,
+    today: date | None = None,
+) -> ImportReport:
+    """Add codes to the pool, sealed; a code already there is left as it is, so re-runs are harmless."""
+    report = ImportReport()
+    seen: set[int] = set()  # 8-byte digest prefixes met in this run
+    batch: list[ActivationCode] = []
+    today = today or date.today()
+
+    def flush() -> None:
+        digests = [row.code_digest for row in batch]
+        present = set(session.scalars(select(ActivationCode.code_digest).where(ActivationCode.code_digest.in_(digests))))
+        for row in batch:
+            if row.code_digest in present:
+                report.unchanged += 1
+            else:
+                report.added += 1
+                if not dry_run:
+                    session.add(row)
+        session.commit()
+        session.expunge_all()
+        batch.clear()
+
+    for line, raw in rows:
+        report.read += 1
+        try:
+            parsed = parse_code_row(raw, today)
+        except RowError as error:
+            report.rejected += 1
+            on_reject(line, str(error))
+            continue
+        row = cipher.seal(parsed.code)
+        if int.from_bytes(row.code_digest[:8], "big") in seen:
+            report.rejected += 1
+            on_reject(line, "code repeats an earlier row of this file")
+            continue
+        seen.add(int.from_bytes(row.code_digest[:8], "big"))
+        row.enroll_by, row.product = parsed.enroll_by, parsed.product
+        batch.append(row)
+        if len(batch) >= BATCH_SIZE:
+            flush()
+    if batch:
+        flush()
+    return report

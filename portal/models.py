@@ -1,0 +1,154 @@
+"""The schema. It holds keyed hashes, flags, ciphertexts and opaque ids — never an identifier.
+
+Each column that is derived from a person says from what, so a reviewer can check that a dump
+of these tables is useless without the keys that live only in the app's configuration.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store naive UTC (SQLite has no time zones) and hand back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use portal.models.utcnow()")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def new_public_id() -> str:
+    return secrets.token_hex(16)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class HashScheme(Base):
+    """One identifier key version with one set of Argon2id parameters.
+
+    Records point at the scheme they were hashed with, so parameters can rise and keys can
+    rotate by re-importing; verification hashes once per *active* scheme, the same for everyone.
+    """
+
+    __tablename__ = "hash_schemes"
+    __table_args__ = (UniqueConstraint("key_version", "time_cost", "memory_cost", "parallelism"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_version: Mapped[int] = mapped_column(Integer)
+    time_cost: Mapped[int] = mapped_column(Integer)
+    memory_cost: Mapped[int] = mapped_column(Integer)  # KiB
+    parallelism: Mapped[int] = mapped_column(Integer)
+    salt: Mapped[bytes] = mapped_column(LargeBinary(16))  # public; the secret is the HMAC key
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Patient(Base):
+    """An affected person, as far as the portal needs to know them."""
+
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Random; the only reference to a person that leaves the database (sessions, logs, audit).
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    # HMAC of the vendor's record_id: makes the import idempotent without storing the id.
+    record_key: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("hash_schemes.id"), index=True)
+    # Argon2id(HMAC(normalised last name, date of birth, ZIP, SSN last four or letter reference)).
+    lookup_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    exposed_fields: Mapped[int] = mapped_column(Integer)  # bit mask, see portal.exposure.FIELDS
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ActivationCode(Base):
+    """One vendor activation code of the pool, encrypted at rest.
+
+    The partial unique index on ``patient_id`` makes a second code for one person impossible
+    whatever the application does; the claim itself takes the row under a lock.
+    """
+
+    __tablename__ = "activation_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # HMAC of the code: rejects duplicates on import without storing the code in clear.
+    code_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)  # AES-256-GCM nonce || ciphertext
+    key_version: Mapped[int] = mapped_column(Integer)
+    product: Mapped[str] = mapped_column(String(80))
+    enroll_by: Mapped[date] = mapped_column(Date)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "uq_activation_codes_patient_id",
+            "patient_id",
+            unique=True,
+            sqlite_where=patient_id.is_not(None),
+            postgresql_where=patient_id.is_not(None),
+        ),
+        Index(
+            "ix_activation_codes_available",
+            "enroll_by",
+            "id",
+            sqlite_where=patient_id.is_(None),
+            postgresql_where=patient_id.is_(None),
+        ),
+    )
+
+
+class Verification(Base):
+    """A successful verification, referenced from the browser by an opaque token.
+
+    Only the token's SHA-256 is stored, so a dump does not let anyone resume someone's session.
+    """
+
+    __tablename__ = "verifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

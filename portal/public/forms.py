@@ -1,0 +1,47 @@
+"""The patient's lookup form: bounds every field before anything is hashed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from wtforms import StringField
+from wtforms.validators import InputRequired, Length, Optional
+from wtforms.widgets import DateInput
+
+from portal.identity import IdentityClaim, InvalidIdentifier
+
+FIELD_MESSAGES = {
+    "last_name": _l("Enter your last name as it appears on your letter."),
+    "date_of_birth": _l("Enter your date of birth as YYYY-MM-DD, for example 1980-04-23."),
+    "zip_code": _l("Enter the 5-digit ZIP code of the address on your letter."),
+    "ssn_last4": _l("Enter the last 4 digits of your Social Security number, or the reference code from your letter."),
+    "reference": _l("Enter the 24-character reference code printed on your letter."),
+}
+
+
+class LookupForm(FlaskForm):
+    last_name = StringField(_l("Last name"), [InputRequired(), Length(max=100)])
+    date_of_birth = StringField(_l("Date of birth"), [InputRequired(), Length(max=10)], widget=DateInput())
+    zip_code = StringField(_l("ZIP code"), [InputRequired(), Length(max=10)])
+    ssn_last4 = StringField(_l("Last 4 digits of your Social Security number"), [Optional(), Length(max=4)])
+    reference = StringField(_l("Or: reference code from your letter"), [Optional(), Length(max=40)])
+
+    claim: IdentityClaim | None = None
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        """Field bounds first, then the domain's normalisation; each failure is pinned to its field."""
+        if not super().validate(extra_validators):
+            return False
+        if bool(self.ssn_last4.data.strip()) == bool(self.reference.data.strip()):
+            self.ssn_last4.errors.append(FIELD_MESSAGES["ssn_last4"])
+            return False
+        try:
+            self.claim = IdentityClaim.from_input(
+                self.last_name.data, self.date_of_birth.data, self.zip_code.data, self.ssn_last4.data, self.reference.data
+            )
+        except InvalidIdentifier as error:
+            getattr(self, error.field).errors.append(FIELD_MESSAGES[error.field])
+            return False
+        return True

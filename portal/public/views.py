@@ -1,0 +1,101 @@
+"""The public site: landing page, lookup, exposure, claim. Thin: validate, call the domain, render."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, redirect, render_template, session, url_for
+from flask_babel import gettext as _
+from werkzeug.wrappers import Response
+
+from portal import exposure, services
+from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
+from portal.errors import render_error
+from portal.extensions import db
+from portal.identity import end_verification, find_patient, start_verification, verified_patient
+from portal.models import Patient
+from portal.public.forms import LookupForm
+
+bp = Blueprint("public", __name__)
+
+SESSION_KEY = "verification"
+
+
+@bp.get("/")
+def index() -> str:
+    return render_template("public/index.html", programme=services().programme)
+
+
+@bp.route("/lookup", methods=["GET", "POST"])
+def lookup() -> Response | tuple[str, int]:
+    form = LookupForm()
+    if not form.validate_on_submit():
+        return render_template("public/lookup.html", form=form), 400 if form.is_submitted() else 200
+    assert form.claim is not None
+    patient = find_patient(db.session, services().hasher, form.claim)
+    if patient is None:
+        # Unknown person or one wrong field: the same page, the same status, after the same work.
+        return render_template("public/lookup.html", form=form, not_matched=True), 200
+    session.clear()
+    session.permanent = True
+    session[SESSION_KEY] = start_verification(
+        db.session, patient, "public", current_app.config["VERIFICATION_TTL_SECONDS"]
+    )
+    return redirect(url_for("public.exposure_page"), 303)
+
+
+def _verified() -> Patient | None:
+    return verified_patient(db.session, session.get(SESSION_KEY))
+
+
+def _ask_to_verify() -> Response:
+    if SESSION_KEY in session:
+        session.clear()
+        flash(_("For your safety your session ended after 15 minutes. Please enter your details again."))
+    return redirect(url_for("public.lookup"), 303)
+
+
+@bp.get("/exposure")
+def exposure_page() -> Response | str:
+    patient = _verified()
+    if patient is None:
+        return _ask_to_verify()
+    return render_template(
+        "public/exposure.html",
+        fields=exposure.fields_in(patient.exposed_fields),
+        programme=services().programme,
+        held=code_of(db.session, services().cipher, patient),
+    )
+
+
+@bp.post("/claim")
+def claim() -> Response | tuple[str, int, dict[str, str]]:
+    patient = _verified()
+    if patient is None:
+        return _ask_to_verify()
+    try:
+        claim_code(db.session, services().cipher, patient)
+    except PoolEmpty:
+        return render_error(503, _(
+            "All activation codes are handed out at the moment. Nothing was changed; more codes are on the way. "
+            "Please try again tomorrow or call us."
+        ))
+    except PoolBusy:
+        return render_error(503, retry_after=5)
+    return redirect(url_for("public.code_page"), 303)
+
+
+@bp.get("/code")
+def code_page() -> Response | str:
+    patient = _verified()
+    if patient is None:
+        return _ask_to_verify()
+    held = code_of(db.session, services().cipher, patient)
+    if held is None:
+        return redirect(url_for("public.exposure_page"), 303)
+    return render_template("public/code.html", held=held, programme=services().programme)
+
+
+@bp.post("/sign-out")
+def sign_out() -> Response:
+    end_verification(db.session, session.get(SESSION_KEY))
+    session.clear()
+    return redirect(url_for("public.index"), 303)
