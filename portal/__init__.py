@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask, current_app
+from flask_babel import get_locale
 from sqlalchemy import event
 
 from portal.claims import CodeCipher
@@ -56,6 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         _tune_engine(db.engine)
     csrf.init_app(app)
     babel.init_app(app)
+    app.jinja_env.globals["get_locale"] = get_locale
 
     from portal import errors, security
     from portal.public.views import bp as public_bp

@@ -22,11 +22,27 @@ FIELD_MESSAGES = {
 
 
 class LookupForm(FlaskForm):
-    last_name = StringField(_l("Last name"), [InputRequired(), Length(max=100)])
-    date_of_birth = StringField(_l("Date of birth"), [InputRequired(), Length(max=10)], widget=DateInput())
-    zip_code = StringField(_l("ZIP code"), [InputRequired(), Length(max=10)])
-    ssn_last4 = StringField(_l("Last 4 digits of your Social Security number"), [Optional(), Length(max=4)])
-    reference = StringField(_l("Or: reference code from your letter"), [Optional(), Length(max=40)])
+    last_name = StringField(
+        _l("Last name"), [InputRequired(), Length(max=100)], render_kw={"autocomplete": "family-name"}
+    )
+    date_of_birth = StringField(
+        _l("Date of birth"), [InputRequired(), Length(max=10)], widget=DateInput(), render_kw={"autocomplete": "bday"}
+    )
+    zip_code = StringField(
+        _l("ZIP code"),
+        [InputRequired(), Length(max=10)],
+        render_kw={"autocomplete": "postal-code", "inputmode": "numeric", "size": 10},
+    )
+    ssn_last4 = StringField(
+        _l("Last 4 digits of your Social Security number"),
+        [Optional(), Length(max=4)],
+        render_kw={"autocomplete": "off", "inputmode": "numeric", "size": 4},
+    )
+    reference = StringField(
+        _l("Or: reference code from your letter"),
+        [Optional(), Length(max=40)],
+        render_kw={"autocomplete": "off", "size": 30},
+    )
 
     claim: IdentityClaim | None = None
 

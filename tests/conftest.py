@@ -1,0 +1,164 @@
+"""Fixtures: a real database per test (SQLite file, or a fresh PostgreSQL schema), the app, clients.
+
+PostgreSQL and Redis tests run when PORTAL_TEST_POSTGRES_URL / PORTAL_TEST_REDIS_URL are set
+(`.ci/run` sets both). Without them those tests are deselected — reported in the header, never
+counted as passed — and a configured but unreachable server fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from portal import create_app, schema, services, synthetic
+from portal.extensions import db
+from portal.importer import PatientImporter
+
+POSTGRES_URL = os.environ.get("PORTAL_TEST_POSTGRES_URL", "")
+REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
+
+# Cheap Argon2id for speed; test_identity checks the production defaults separately.
+FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"PostgreSQL tests: {'on ' + _redacted(POSTGRES_URL) if POSTGRES_URL else 'NOT RUN (set PORTAL_TEST_POSTGRES_URL)'}",
+        f"Redis tests: {'on ' + REDIS_URL if REDIS_URL else 'NOT RUN (set PORTAL_TEST_REDIS_URL)'}",
+    ]
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) the tests whose server is not configured, and say how many."""
+    wanted = {"postgres": bool(POSTGRES_URL), "redis": bool(REDIS_URL)}
+    keep, drop = [], []
+    for item in items:
+        (keep if all(wanted[m] for m in wanted if item.get_closest_marker(m)) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'portal.sqlite3'}"
+        return
+    yield from postgres_schema_url()
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """A private schema on the test PostgreSQL, dropped afterwards, so tests never see each other."""
+    name = f"t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {name}"))
+    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={name}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP SCHEMA {name} CASCADE"))
+        admin.dispose()
+
+
+def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "ENV": "testing",
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "IDENTIFIER_KEY": secrets.token_urlsafe(32),
+        "CODE_KEY": secrets.token_urlsafe(32),
+        **FAST_ARGON2,
+        **overrides,
+    }
+
+
+def make_app(database_url: str, **overrides: Any) -> Flask:
+    app = create_app(make_config(database_url, **overrides))
+    with app.app_context():
+        schema.upgrade(db.engine)
+    return app
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Flask]:
+    app = make_app(database_url)
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+def numbered(rows: list[dict[str, str]]) -> list[tuple[int, dict[str, str]]]:
+    """Rows as a CSV reader yields them: the header is line 1."""
+    return list(enumerate(rows, start=2))
+
+
+def import_patients(app: Flask, rows: list[dict[str, str]], workers: int = 1) -> list[tuple[int, str]]:
+    """Import rows in-process; return the rejections."""
+    rejected: list[tuple[int, str]] = []
+    with app.app_context():
+        PatientImporter(
+            db.session, services().hasher, workers=workers, on_reject=lambda line, why: rejected.append((line, why))
+        ).run(numbered(rows))
+    return rejected
+
+
+def patient_row(**overrides: str) -> dict[str, str]:
+    """One valid breach-list row (synthetic), with chosen columns replaced."""
+    row = next(synthetic.synthetic_patients(1, seed=99))
+    row.update(
+        record_id="R-1",
+        first_name="Maria",
+        last_name="García-López",
+        date_of_birth="1980-04-23",
+        ssn="123-45-6789",
+        zip="10001",
+        exposed_fields="name;date_of_birth;ssn",
+    )
+    row.update(overrides)
+    return row
+
+
+def csrf_token(client: FlaskClient, path: str = "/lookup") -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+def lookup(client: FlaskClient, **fields: str) -> Any:
+    """Submit the public lookup form with a valid CSRF token."""
+    data = {"last_name": "", "date_of_birth": "", "zip_code": "", "ssn_last4": "", "reference": ""}
+    data.update(fields)
+    data["csrf_token"] = csrf_token(client)
+    return client.post("/lookup", data=data)
