@@ -12,7 +12,7 @@ from sqlalchemy import event
 
 from portal.claims import CodeCipher
 from portal.config import load_config
-from portal.extensions import babel, csrf, db
+from portal.extensions import babel, csrf, db, limiter
 from portal.identity import Argon2Params, IdentifierHasher, Keyring
 from portal.programme import Programme, load_programme
 
@@ -56,6 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         _tune_engine(db.engine)
     csrf.init_app(app)
+    limiter.init_app(app)
     babel.init_app(app)
     app.jinja_env.globals["get_locale"] = get_locale
 

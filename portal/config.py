@@ -42,6 +42,17 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # Failed verifications (see portal/throttle.py for why these numbers).
+    "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
+    "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
+    "VERIFY_LIMIT_GLOBAL": "6000 per minute",
+    # memory:// is per process; several workers or servers share redis://host:6379/0.
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "RATELIMIT_STRATEGY": "moving-window",
+    "RATELIMIT_HEADERS_ENABLED": True,
+    # Redis down: count in process memory (and log it) rather than fail or stop counting.
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    "RATELIMIT_KEY_PREFIX": "portal",
 }
 
 # OWASP Argon2id minimums (time cost -> memory in KiB) with parallelism 1.

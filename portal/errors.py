@@ -21,7 +21,10 @@ MESSAGES = {
     404: _l("There is no page at this address."),
     405: _l("This page cannot be used that way."),
     413: _l("That request is too large."),
-    429: _l("Too many attempts. Please wait and try again later."),
+    429: _l(
+        "Too many attempts were made with these details. For your protection, please wait and try again later, "
+        "or call our help line (the number is on your letter): we can verify you by phone."
+    ),
     500: _l("Something went wrong on our side. Nothing you entered was stored. Please try again."),
     503: _l("The service is busy or briefly unavailable. Please try again in a minute."),
 }

@@ -1,9 +1,13 @@
 """Flask extensions, created unbound and bound to each app in ``create_app``."""
 
 from flask_babel import Babel
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_sqlalchemy_lite import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 
 db = SQLAlchemy()
 csrf = CSRFProtect()
 babel = Babel()
+# Keys on the client address as ProxyFix (with PORTAL_TRUSTED_PROXIES) resolved it.
+limiter = Limiter(key_func=get_remote_address)

@@ -13,6 +13,7 @@ from portal.extensions import db
 from portal.identity import end_verification, find_patient, start_verification, verified_patient
 from portal.models import Patient
 from portal.public.forms import LookupForm
+from portal.throttle import guard_verification, note_failure
 
 bp = Blueprint("public", __name__)
 
@@ -25,6 +26,7 @@ def index() -> str:
 
 
 @bp.route("/lookup", methods=["GET", "POST"])
+@guard_verification
 def lookup() -> Response | tuple[str, int]:
     form = LookupForm()
     if not form.validate_on_submit():
@@ -33,6 +35,7 @@ def lookup() -> Response | tuple[str, int]:
     patient = find_patient(db.session, services().hasher, form.claim)
     if patient is None:
         # Unknown person or one wrong field: the same page, the same status, after the same work.
+        note_failure()
         return render_template("public/lookup.html", form=form, not_matched=True), 200
     session.clear()
     session.permanent = True

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One command each, on a fresh machine with Python 3.11+:
+#   ./dev.sh demo   set up, load synthetic data into SQLite and serve http://127.0.0.1:5000
+#   ./dev.sh test   set up and run the tests (PostgreSQL/Redis tests too when PORTAL_TEST_* are set)
+# Extra arguments go to the command: ./dev.sh demo --patients 5000, ./dev.sh test -k claims
+set -euo pipefail
+cd "$(dirname "$0")"
+venv=${PORTAL_VENV:-.venv}
+
+setup() {
+  if [[ ! -x $venv/bin/python ]]; then
+    python3 -m venv "$venv"
+  fi
+  # Reinstall only when the dependencies changed.
+  if [[ ! -f $venv/.installed || setup.cfg -nt $venv/.installed ]]; then
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -e ".[test]"
+    touch "$venv/.installed"
+  fi
+}
+
+command=${1:-}
+shift || true
+case $command in
+  demo) setup; exec "$venv/bin/portal" demo "$@" ;;
+  test) setup; exec "$venv/bin/python" -m pytest "$@" ;;
+  *) echo "usage: ./dev.sh demo|test [arguments]" >&2; exit 2 ;;
+esac

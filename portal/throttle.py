@@ -1,0 +1,73 @@
+"""Guessing resistance: failed verifications are counted per person, per client and overall.
+
+* Per person — a keyed hash of the normalised last name and birth date, computed from the
+  request alone, so the bucket behaves identically whether or not the person is on the list.
+  It stops someone who knows a name, birth date and ZIP from walking through the 10,000
+  possible last-four digits from many addresses: back-off after 5 failures, and a hard cap
+  of 100 a year (NIST SP 800-63B's limit on consecutive failures).
+* Per client address — slows one machine trying many people.
+* Overall — a ceiling on the guessing rate the whole portal will serve.
+
+Only failures count (``deduct_when``): a person who verifies is never throttled by
+their own success. Every surface that verifies wraps its view with ``guard_verification``
+and calls ``note_failure`` on a miss, so all surfaces share the same buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+from flask.wrappers import Response
+
+from portal import services
+from portal.extensions import limiter
+from portal.identity import InvalidIdentifier, normalise_last_name, parse_birth_date
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+UNPARSEABLE = "unparseable"  # malformed input is refused before hashing and never counted
+
+
+def person_key() -> str:
+    """The per-person bucket, from the submitted last name and date of birth (form or JSON)."""
+    data: Any = request.get_json(silent=True) if request.is_json else request.form
+    if not isinstance(data, dict) and not hasattr(data, "get"):
+        return UNPARSEABLE
+    try:
+        last_name = normalise_last_name(str(data.get("last_name", "")))
+        born = parse_birth_date(str(data.get("date_of_birth", "")))
+    except InvalidIdentifier:
+        return UNPARSEABLE
+    return "person:" + services().hasher.person_bucket(last_name, born)
+
+
+def whole_portal() -> str:
+    return "portal"
+
+
+def note_failure() -> None:
+    """Called by a view when a verification did not match: the limits below deduct one."""
+    g.verification_failed = True
+
+
+def _failed(_response: Response) -> bool:
+    return bool(g.get("verification_failed"))
+
+
+def _config_limit(name: str) -> Callable[[], str]:
+    return lambda: current_app.config[name]
+
+
+def guard_verification(view: View) -> View:
+    """Apply the three shared failure limits to a verifying view (POST only)."""
+    for scope, key_func, setting in (
+        ("verify-person", person_key, "VERIFY_LIMIT_PERSON"),
+        ("verify-client", None, "VERIFY_LIMIT_CLIENT"),
+        ("verify-global", whole_portal, "VERIFY_LIMIT_GLOBAL"),
+    ):
+        view = limiter.shared_limit(
+            _config_limit(setting), scope=scope, key_func=key_func, methods=["POST"], deduct_when=_failed
+        )(view)
+    return view

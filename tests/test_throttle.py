@@ -1,0 +1,140 @@
+"""Guessing and enumeration: failures are limited per person, per client and overall, identically
+whether or not the person exists; successes and malformed input are never counted."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+import portal.identity
+from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
+
+KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
+UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001"}
+RIGHT_LAST4 = "6789"
+
+
+def client_at(app: Flask, address: str) -> FlaskClient:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def throttled_app(database_url: str, **limits: str) -> Flask:
+    app = make_app(database_url, RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **limits)
+    assert import_patients(app, [patient_row()]) == []
+    return app
+
+
+def attempt(app: Flask, person: dict[str, str], last4: str, address: str) -> tuple[int, str, str | None]:
+    response = lookup(client_at(app, address), **person, ssn_last4=last4)
+    return response.status_code, response.get_data(as_text=True), response.headers.get("Retry-After")
+
+
+def test_guessing_the_last_four_from_many_addresses_is_stopped(database_url: str) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_PERSON="5 per 15 minutes; 100 per year")
+    outcomes = []
+    for n, last4 in enumerate(f"{i:04d}" for i in range(10_000)):
+        status, body, retry_after = attempt(app, KNOWN, last4, f"10.0.{n // 250}.{n % 250 + 1}")
+        outcomes.append(status)
+        if status == 429:
+            assert retry_after and int(retry_after) > 0
+            assert "help line" in body
+            break
+    assert outcomes == [200] * 5 + [429]
+    # Once throttled, even the right answer is refused: a guesser cannot tell when they hit it.
+    assert attempt(app, KNOWN, RIGHT_LAST4, "10.9.9.9")[0] == 429
+
+
+def test_throttling_looks_the_same_for_unknown_people(database_url: str) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_PERSON="3 per 15 minutes")
+    known = [attempt(app, KNOWN, "0000", f"10.1.0.{i}") for i in range(1, 6)]
+    unknown = [attempt(app, UNKNOWN, "0000", f"10.2.0.{i}") for i in range(1, 6)]
+    assert [s for s, _, _ in known] == [s for s, _, _ in unknown] == [200, 200, 200, 429, 429]
+    strip = lambda body: body.replace("García-López", "X").replace("Nobody", "X")  # noqa: E731
+    assert [strip(b) for s, b, _ in known if s == 429] == [strip(b) for s, b, _ in unknown if s == 429]
+
+
+def test_one_client_address_is_limited_across_people(database_url: str) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="3 per hour")
+    people = [{**UNKNOWN, "last_name": f"Person{chr(65 + i)}"} for i in range(4)]
+    assert [attempt(app, p, "1111", "192.0.2.7")[0] for p in people] == [200, 200, 200, 429]
+    assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.8")[0] == 303
+
+
+def test_forged_forwarded_for_does_not_buy_a_new_bucket(database_url: str) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="2 per hour")
+    statuses = []
+    for i in range(3):
+        client = client_at(app, "192.0.2.50")
+        client.environ_base["HTTP_X_FORWARDED_FOR"] = f"203.0.113.{i}"
+        statuses.append(lookup(client, **{**UNKNOWN, "last_name": f"Guess{chr(65 + i)}"}, ssn_last4="1111").status_code)
+    assert statuses == [200, 200, 429]
+
+
+def test_one_trusted_proxy_hop_is_honoured(database_url: str) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="2 per hour", TRUSTED_PROXIES=1)
+    statuses = []
+    for i in range(3):
+        client = client_at(app, "127.0.0.1")  # the proxy
+        client.environ_base["HTTP_X_FORWARDED_FOR"] = f"203.0.113.{i}"  # a different real client each time
+        statuses.append(lookup(client, **{**UNKNOWN, "last_name": f"Guess{chr(65 + i)}"}, ssn_last4="1111").status_code)
+    assert statuses == [200, 200, 200]
+
+
+def test_the_whole_portal_has_a_ceiling(database_url: str) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_GLOBAL="4 per minute")
+    statuses = [
+        attempt(app, {**UNKNOWN, "last_name": f"Many{chr(65 + i)}"}, "2222", f"198.51.100.{i + 1}")[0] for i in range(5)
+    ]
+    assert statuses == [200, 200, 200, 200, 429]
+
+
+def test_successes_are_not_counted(database_url: str) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_PERSON="2 per 15 minutes", VERIFY_LIMIT_CLIENT="2 per hour")
+    assert [attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.9")[0] for _ in range(6)] == [303] * 6
+
+
+def test_malformed_input_is_refused_before_hashing_and_not_counted(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = throttled_app(database_url, VERIFY_LIMIT_PERSON="2 per 15 minutes", VERIFY_LIMIT_CLIENT="2 per hour")
+    calls = []
+    real_stretch = portal.identity.stretch
+    monkeypatch.setattr(portal.identity, "stretch", lambda *a: calls.append(1) or real_stretch(*a))
+    bad = [
+        {**KNOWN, "last_name": "x" * 5000},
+        {**KNOWN, "date_of_birth": "1980-02-30"},
+        {**KNOWN, "zip_code": "1" * 400},
+        {**KNOWN, "ssn_last4": "12345678"},
+    ]
+    for fields in bad * 2:
+        response = lookup(client_at(app, "192.0.2.10"), **{"ssn_last4": "1234", **fields})
+        assert response.status_code == 400
+    assert calls == []
+    assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.10")[0] == 303
+
+
+def _restart_after_three_failures(database_url: str, storage_uri: str) -> int:
+    """Three failures on one app server, then the same person on a freshly started one."""
+    shared = {
+        "RATELIMIT_STORAGE_URI": storage_uri,
+        "RATELIMIT_KEY_PREFIX": secrets.token_hex(4),
+        "VERIFY_LIMIT_PERSON": "3 per 15 minutes",
+    }
+    first = make_app(database_url, **shared)
+    assert import_patients(first, [patient_row()]) == []
+    assert [attempt(first, KNOWN, "0000", f"10.3.0.{i}")[0] for i in range(3)] == [200] * 3
+    same_keys = {name: first.config[name] for name in ("IDENTIFIER_KEY", "CODE_KEY", "SECRET_KEY")}
+    second = make_app(database_url, **shared, **same_keys)  # a new process-level limiter storage
+    return attempt(second, KNOWN, "0000", "10.3.0.9")[0]
+
+
+@pytest.mark.redis
+def test_limits_are_shared_between_app_servers_through_redis(tmp_path) -> None:
+    assert _restart_after_three_failures(f"sqlite:///{tmp_path / 'a.sqlite3'}", REDIS_URL) == 429
+    # The contrast that makes the test meaningful: per-process memory forgets across servers.
+    assert _restart_after_three_failures(f"sqlite:///{tmp_path / 'b.sqlite3'}", "memory://") == 200
