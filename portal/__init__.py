@@ -47,7 +47,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     load_config(app, test_config)
     app.extensions["portal"] = Services(
-        hasher=IdentifierHasher(Keyring.from_config(app.config, "IDENTIFIER_KEY"), Argon2Params.from_config(app.config)),
+        hasher=IdentifierHasher(
+            Keyring.from_config(app.config, "IDENTIFIER_KEY"),
+            Argon2Params.from_config(app.config),
+            concurrency=app.config["HASH_CONCURRENCY"],
+            wait_seconds=app.config["HASH_WAIT_SECONDS"],
+        ),
         cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )
@@ -60,10 +65,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     babel.init_app(app)
     app.jinja_env.globals["get_locale"] = get_locale
 
-    from portal import errors, security
+    from portal import cli, errors, security
     from portal.public.views import bp as public_bp
 
     security.init_app(app)
+    cli.init_app(app)
     errors.init_app(app)
     app.register_blueprint(public_bp)
     return app

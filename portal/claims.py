@@ -154,3 +154,24 @@ def pool_status(session: Session, today: date | None = None) -> PoolStatus:
         or 0
     )
     return PoolStatus(total, claimed, available)
+
+
+def rotate_code_key(session: Session, cipher: CodeCipher, batch_size: int = 500) -> int:
+    """Re-seal every code still under an older key version with the current one; return how many.
+
+    Resumable: each batch commits, and a rerun picks up whatever is still on an old version.
+    The digest is recomputed too, since the index key is derived from the same master key.
+    """
+    current = cipher.keyring.current_version
+    resealed = 0
+    while True:
+        rows = session.scalars(
+            select(ActivationCode).where(ActivationCode.key_version != current).order_by(ActivationCode.id).limit(batch_size)
+        ).all()
+        if not rows:
+            return resealed
+        for row in rows:
+            fresh = cipher.seal(cipher.open(row))
+            row.code_digest, row.ciphertext, row.key_version = fresh.code_digest, fresh.ciphertext, fresh.key_version
+        session.commit()
+        resealed += len(rows)

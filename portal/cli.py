@@ -17,7 +17,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
 from portal import create_app, schema, services, synthetic
-from portal.claims import pool_status
+from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
 from portal.extensions import db
 from portal.identity import format_reference
@@ -37,15 +37,31 @@ EXIT_REJECTED = 1
 EXIT_BAD_FILE = 2
 
 
-@click.group(cls=FlaskGroup, create_app=create_app, add_version_option=False, load_dotenv=False)
-def main() -> None:
-    """Affected-patient portal: set PORTAL_* variables, then run a command below."""
+main = FlaskGroup(
+    create_app=create_app,
+    add_version_option=False,
+    load_dotenv=False,
+    help="Affected-patient portal: set PORTAL_* variables, then run a command below.",
+)
+
+
+def init_app(app: Flask) -> None:
+    """The app's own commands; ``portal`` (and the tests' CLI runner) find them on ``app.cli``."""
+    for command in (
+        db_group,
+        import_patients_command,
+        import_codes_command,
+        rotate_code_key_command,
+        generate_patients_command,
+        generate_codes_command,
+    ):
+        app.cli.add_command(command)
 
 
 # --- Database ------------------------------------------------------------------------------------
 
 
-@main.group("db")
+@click.group("db")
 def db_group() -> None:
     """Schema migrations (Alembic)."""
 
@@ -129,7 +145,7 @@ def finish(report: ImportReport, elapsed: float) -> None:
         sys.exit(EXIT_REJECTED)
 
 
-@main.command("import-patients")
+@click.command("import-patients")
 @click.argument("path", metavar="FILE.csv")
 @click.option("--workers", type=click.IntRange(1, 256), default=os.cpu_count() or 1, show_default=True,
               help="Processes hashing in parallel.")
@@ -165,7 +181,7 @@ def import_patients_command(
     finish(report, time.monotonic() - started)
 
 
-@main.command("import-codes")
+@click.command("import-codes")
 @click.argument("path", metavar="FILE.csv")
 @click.option("--dry-run", is_flag=True, help="Validate every row, write nothing.")
 @with_appcontext
@@ -186,10 +202,18 @@ def import_codes_command(path: str, dry_run: bool) -> None:
     finish(report, time.monotonic() - started)
 
 
+@click.command("rotate-code-key")
+@with_appcontext
+def rotate_code_key_command() -> None:
+    """Re-encrypt the code pool under PORTAL_CODE_KEY (old rows opened with PORTAL_CODE_KEY_PREVIOUS)."""
+    resealed = rotate_code_key(db.session, services().cipher)
+    click.echo(f"{resealed:,} codes re-encrypted under key version {services().cipher.keyring.current_version}")
+
+
 # --- Synthetic data and the demo -----------------------------------------------------------------
 
 
-@main.command("generate-patients")
+@click.command("generate-patients")
 @click.argument("count", type=click.IntRange(1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
@@ -198,7 +222,7 @@ def generate_patients_command(count: int, seed: int, out: str) -> None:
     synthetic.write_csv(sys.stdout if out == "-" else out, synthetic.PATIENT_HEADER, synthetic.synthetic_patients(count, seed))
 
 
-@main.command("generate-codes")
+@click.command("generate-codes")
 @click.argument("count", type=click.IntRange(1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)

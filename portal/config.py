@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "ARGON2_TIME_COST": 2,
     "ARGON2_MEMORY_COST": 19456,
     "ARGON2_PARALLELISM": 1,
+    # Lookups hashing at once per process, and how long a lookup waits for a turn before a 503.
+    "HASH_CONCURRENCY": 1,
+    "HASH_WAIT_SECONDS": 10,
     "VERIFICATION_TTL_SECONDS": 15 * 60,
     "PROGRAMME_FILE": None,
     "TRUSTED_PROXIES": 0,

@@ -9,6 +9,7 @@ from flask import Flask, render_template
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from portal.identity import HashingBusy
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ CSRF_MESSAGE = _l("This form expired or was sent from another page. Please reloa
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(OperationalError, handle_database_unavailable)
+    app.register_error_handler(HashingBusy, handle_over_capacity)
     app.register_error_handler(Exception, handle_unexpected_error)
 
 
@@ -53,6 +55,11 @@ def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
 def handle_database_unavailable(error: DBAPIError):  # type: ignore[no-untyped-def]
     """A lost or locked database: the request is refused cleanly and the pool reconnects on its own."""
     log.warning("database unavailable: %s", error.__class__.__name__)
+    return render_error(ServiceUnavailable.code, retry_after=RETRY_AFTER_SECONDS)
+
+
+def handle_over_capacity(_error: HashingBusy):  # type: ignore[no-untyped-def]
+    """More lookups than the cores can hash: refuse quickly and say when to come back."""
     return render_error(ServiceUnavailable.code, retry_after=RETRY_AFTER_SECONDS)
 
 

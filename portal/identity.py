@@ -20,7 +20,10 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Mapping
@@ -215,12 +218,21 @@ def scheme_params(scheme: HashScheme) -> Argon2Params:
     return Argon2Params(scheme.time_cost, scheme.memory_cost, scheme.parallelism)
 
 
+class HashingBusy(Exception):
+    """Every hashing slot stayed taken for the whole wait: the portal is over capacity; retry later."""
+
+
 class IdentifierHasher:
     """Every keyed hash of an identifier is made here, and nowhere else."""
 
-    def __init__(self, keyring: Keyring, params: Argon2Params) -> None:
+    def __init__(
+        self, keyring: Keyring, params: Argon2Params, concurrency: int = 1, wait_seconds: float = 10.0
+    ) -> None:
         self.keyring = keyring
         self.params = params
+        # Caps Argon2 memory and CPU per process under a burst; waiting requests queue here, bounded.
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._wait_seconds = wait_seconds
         self._subkeys = {
             (purpose, version): keyring.subkey(purpose, version)
             for purpose in ("lookup", "record", "letter", "person")
@@ -237,6 +249,16 @@ class IdentifierHasher:
 
     def lookup_digest(self, claim: IdentityClaim, scheme: HashScheme) -> bytes:
         return stretch(self.lookup_message(claim, scheme.key_version), scheme.salt, scheme_params(scheme))
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the process's hashing slots, or raise HashingBusy after the bounded wait."""
+        if not self._slots.acquire(timeout=self._wait_seconds):
+            raise HashingBusy()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def record_keys(self, record_id: str) -> list[bytes]:
         """The record key under every held key version, current first: finds rows during a rotation."""
@@ -315,7 +337,9 @@ def find_patient(session: Session, hasher: IdentifierHasher, claim: IdentityClai
     Always the same work: one Argon2id per active scheme and one indexed query, whether the
     person is unknown or one field is wrong. Callers must answer both cases identically.
     """
-    digests = [hasher.lookup_digest(claim, scheme) for scheme in lookup_schemes(session, hasher)]
+    schemes = lookup_schemes(session, hasher)
+    with hasher.slot():
+        digests = [hasher.lookup_digest(claim, scheme) for scheme in schemes]
     return session.scalar(select(Patient).where(Patient.lookup_digest.in_(digests)).limit(1))
 
 

@@ -1,0 +1,24 @@
+"""Production gunicorn settings: ``gunicorn -c python:portal.gunicorn_config wsgi:app``.
+
+One process per core, each with a few threads: Argon2id releases the GIL, and each process
+lets only ``PORTAL_HASH_CONCURRENCY`` (default 1) lookups hash at once, so memory is capped at
+cores x 19 MiB however many requests arrive. The rest wait a bounded time in the process
+(``PORTAL_HASH_WAIT_SECONDS``) and then get 503 with Retry-After; pages that do not hash keep
+being served by the other threads meanwhile.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("PORTAL_WORKERS", multiprocessing.cpu_count()))
+worker_class = "gthread"
+threads = int(os.environ.get("PORTAL_THREADS", 4))
+backlog = 512
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+# Access logs carry method, path, status and timing only: no query strings or bodies.
+accesslog = "-"
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"
