@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -27,7 +28,9 @@ from portal.models import ActivationCode, Patient, utcnow
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]{3,63}")
 PRODUCT_MAX = 80
-CLAIM_ATTEMPTS = 5
+CLAIM_ATTEMPTS = 8
+RETRY_PAUSE = 0.01  # seconds before the second attempt; doubles each time (with jitter), at most:
+RETRY_PAUSE_MAX = 0.25
 
 
 class PoolEmpty(Exception):
@@ -93,7 +96,7 @@ def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: da
     Raises PoolEmpty when no usable code is left, PoolBusy when contention outlasted the retries.
     """
     today = today or date.today()
-    for _ in range(CLAIM_ATTEMPTS):
+    for attempt in range(CLAIM_ATTEMPTS):
         held = code_of(session, cipher, patient)
         if held:
             return held
@@ -122,8 +125,17 @@ def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: da
         if taken is not None:
             return _reveal(cipher, session.get_one(ActivationCode, taken, populate_existing=True))
         if not _has_free_code(session, today):
+            # Dry now; but a concurrent claim for this same person (a double submit) may have
+            # served them since our first look and then the pool ran out: their code is the answer.
+            held = code_of(session, cipher, patient)
+            session.rollback()
+            if held:
+                return held
             raise PoolEmpty()
-        # Every free row was locked by other claims at that instant: try again.
+        # Every free row was locked by other claims at that instant: let them finish, then try again.
+        if attempt + 1 < CLAIM_ATTEMPTS:
+            pause = min(RETRY_PAUSE * 2**attempt, RETRY_PAUSE_MAX)
+            time.sleep(pause * (0.5 + secrets.randbelow(1000) / 1000))
     raise PoolBusy()
 
 

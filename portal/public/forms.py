@@ -19,28 +19,48 @@ FIELD_MESSAGES = {
     "ssn_last4": _l("Enter the last 4 digits of your Social Security number, or the reference code from your letter."),
     "reference": _l("Enter the 24-character reference code printed on your letter."),
 }
+TOO_LONG = {
+    "last_name": _l("Your last name can be at most 100 characters long. Enter it as it appears on your letter."),
+    "ssn_last4": _l("Enter only the last 4 digits of your Social Security number, never the full number."),
+}
+
+
+def _strip(value: Any) -> str:
+    """Surrounding blanks are forgiven; a field left out of the request altogether reads as empty."""
+    return value.strip() if isinstance(value, str) else ""
 
 
 class LookupForm(FlaskForm):
+    # Required and length failures name the field too; surrounding blanks (pasted text) are forgiven.
     last_name = StringField(
-        _l("Last name"), [InputRequired(), Length(max=100)], render_kw={"autocomplete": "family-name"}
+        _l("Last name"),
+        [InputRequired(FIELD_MESSAGES["last_name"]), Length(max=100, message=TOO_LONG["last_name"])],
+        filters=[_strip],
+        render_kw={"autocomplete": "family-name"},
     )
     date_of_birth = StringField(
-        _l("Date of birth"), [InputRequired(), Length(max=10)], widget=DateInput(), render_kw={"autocomplete": "bday"}
+        _l("Date of birth"),
+        [InputRequired(FIELD_MESSAGES["date_of_birth"]), Length(max=10, message=FIELD_MESSAGES["date_of_birth"])],
+        filters=[_strip],
+        widget=DateInput(),
+        render_kw={"autocomplete": "bday"},
     )
     zip_code = StringField(
         _l("ZIP code"),
-        [InputRequired(), Length(max=10)],
+        [InputRequired(FIELD_MESSAGES["zip_code"]), Length(max=10, message=FIELD_MESSAGES["zip_code"])],
+        filters=[_strip],
         render_kw={"autocomplete": "postal-code", "inputmode": "numeric", "size": 10},
     )
     ssn_last4 = StringField(
         _l("Last 4 digits of your Social Security number"),
-        [Optional(), Length(max=4)],
+        [Optional(), Length(max=4, message=TOO_LONG["ssn_last4"])],
+        filters=[_strip],
         render_kw={"autocomplete": "off", "inputmode": "numeric", "size": 4},
     )
     reference = StringField(
         _l("Or: reference code from your letter"),
-        [Optional(), Length(max=40)],
+        [Optional(), Length(max=40, message=FIELD_MESSAGES["reference"])],
+        filters=[_strip],
         render_kw={"autocomplete": "off", "size": 30},
     )
 
