@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO
 
 import click

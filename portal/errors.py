@@ -9,8 +9,9 @@ from flask import Flask, render_template
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError
-from portal.identity import HashingBusy
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+
+from portal.identity import HashingBusy
 
 log = logging.getLogger(__name__)
 

@@ -5,22 +5,21 @@ Revises:
 Create Date: 2026-11-28 12:50:51.344728
 
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0001'
-down_revision: Union[str, Sequence[str], None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     """Upgrade schema."""
-    
+
     op.create_table('hash_schemes',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('key_version', sa.Integer(), nullable=False),
@@ -84,12 +83,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_verifications_expires_at'), ['expires_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_verifications_patient_id'), ['patient_id'], unique=False)
 
-    
+
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    
+
     with op.batch_alter_table('verifications', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_verifications_patient_id'))
         batch_op.drop_index(batch_op.f('ix_verifications_expires_at'))
@@ -105,4 +104,4 @@ def downgrade() -> None:
 
     op.drop_table('patients')
     op.drop_table('hash_schemes')
-    
+
