@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 from flask.wrappers import Response
+from flask_limiter import RequestLimit
 
 from portal import services
+from portal.events import Event, record
 from portal.extensions import limiter
 from portal.identity import InvalidIdentifier, normalise_last_name, parse_birth_date
 
@@ -56,6 +58,11 @@ def _failed(_response: Response) -> bool:
     return bool(g.get("verification_failed"))
 
 
+def _on_breach(breached: RequestLimit) -> None:
+    scope = breached.request_args[-1]  # Flask-Limiter passes (key, scope); the key stays out of the event
+    record(Event("verification", f"throttled:{scope}", request.blueprint or "-", client=request.remote_addr))
+
+
 def _config_limit(name: str) -> Callable[[], str]:
     return lambda: current_app.config[name]
 
@@ -68,6 +75,11 @@ def guard_verification(view: View) -> View:
         ("verify-global", whole_portal, "VERIFY_LIMIT_GLOBAL"),
     ):
         view = limiter.shared_limit(
-            _config_limit(setting), scope=scope, key_func=key_func, methods=["POST"], deduct_when=_failed
+            _config_limit(setting),
+            scope=scope,
+            key_func=key_func,
+            methods=["POST"],
+            deduct_when=_failed,
+            on_breach=_on_breach,
         )(view)
     return view

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, session, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from portal import exposure, services
+from portal.events import Event, record
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
 from portal.extensions import db
@@ -18,6 +19,11 @@ from portal.throttle import guard_verification, note_failure
 bp = Blueprint("public", __name__)
 
 SESSION_KEY = "verification"
+CHANNEL = "public"
+
+
+def _record(action: str, outcome: str, patient: Patient | None = None) -> None:
+    record(Event(action, outcome, CHANNEL, patient.public_id if patient else None, request.remote_addr))
 
 
 @bp.get("/")
@@ -36,12 +42,14 @@ def lookup() -> Response | tuple[str, int]:
     if patient is None:
         # Unknown person or one wrong field: the same page, the same status, after the same work.
         note_failure()
+        _record("verification", "failure")
         return render_template("public/lookup.html", form=form, not_matched=True), 200
     session.clear()
     session.permanent = True
     session[SESSION_KEY] = start_verification(
-        db.session, patient, "public", current_app.config["VERIFICATION_TTL_SECONDS"]
+        db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"]
     )
+    _record("verification", "success", patient)
     return redirect(url_for("public.exposure_page"), 303)
 
 
@@ -77,12 +85,15 @@ def claim() -> Response | tuple[str, int, dict[str, str]]:
     try:
         claim_code(db.session, services().cipher, patient)
     except PoolEmpty:
+        _record("claim", "pool-empty", patient)
         return render_error(503, _(
             "All activation codes are handed out at the moment. Nothing was changed; more codes are on the way. "
             "Please try again tomorrow or call us."
         ))
     except PoolBusy:
+        _record("claim", "busy", patient)
         return render_error(503, retry_after=5)
+    _record("claim", "success", patient)
     return redirect(url_for("public.code_page"), 303)
 
 
@@ -99,6 +110,7 @@ def code_page() -> Response | str:
 
 @bp.post("/sign-out")
 def sign_out() -> Response:
+    _record("sign-out", "success")
     end_verification(db.session, session.get(SESSION_KEY))
     session.clear()
     return redirect(url_for("public.index"), 303)

@@ -1,0 +1,47 @@
+"""Security events: one line each, with an opaque reference and never an identifier."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from conftest import csrf_token, import_patients, lookup, make_app, patient_row
+
+
+def event_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "portal.events"]
+
+
+def test_verification_claim_and_throttling_are_recorded_without_identifiers(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(database_url, VERIFY_LIMIT_PERSON="1 per 15 minutes")
+    assert import_patients(app, [patient_row()]) == []
+    person = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
+    caplog.set_level(logging.INFO, logger="portal.events")
+
+    lookup(app.test_client(), **person, ssn_last4="0000")
+    lookup(app.test_client(), **person, ssn_last4="0000")
+    client = app.test_client()
+    lookup(client, **{**person, "date_of_birth": "1980-04-24"}, ssn_last4="6789")  # another bucket: a miss
+    app.config["VERIFY_LIMIT_PERSON"] = "100 per minute"
+    assert lookup(client, **person, ssn_last4="6789").status_code == 303
+    client.post("/claim", data={"csrf_token": csrf_token(client, "/exposure")})
+
+    lines = event_lines(caplog)
+    outcomes = [line.split()[1] for line in lines]
+    assert outcomes == [
+        "outcome=failure",
+        "outcome=throttled:verify-person",
+        "outcome=failure",
+        "outcome=success",
+        "outcome=pool-empty",
+    ]
+    assert all("channel=public" in line and "client=127.0.0.1" in line for line in lines)
+    assert "patient=-" in lines[0] and "patient=-" not in lines[3]
+    # The random public id is hex and may contain any digit run by chance: check the rest.
+    rest = [re.sub(r"patient=[0-9a-f]{32}", "patient=REF", line) for line in lines]
+    for secret in ("García", "Garcia", "garcialopez", "1980-04-23", "6789", "10001", "123-45"):
+        assert not any(secret.lower() in line.lower() for line in rest)
