@@ -99,13 +99,15 @@ def read_csv(stream: IO[str], required: tuple[str, ...], optional: tuple[str, ..
         raise ImportFileError(f"cannot read the header: {error.__class__.__name__}") from error
     header = [name.strip() for name in header]
     missing = [name for name in required if name not in header]
-    unknown = [name for name in header if name not in required + optional]
+    # Unknown header cells are named by position, not quoted: in a file that lacks its header line
+    # "the header" is the first person's record.
+    unknown = [str(position) for position, name in enumerate(header, start=1) if name not in required + optional]
     if missing or unknown:
         raise ImportFileError(
             f"header must be {','.join(required)}"
             + (f" (optional: {','.join(optional)})" if optional else "")
             + (f"; missing: {', '.join(missing)}" if missing else "")
-            + (f"; unexpected: {', '.join(unknown)}" if unknown else "")
+            + (f"; unexpected column(s) at position {', '.join(unknown)}" if unknown else "")
         )
     reader.fieldnames = header
     try:
@@ -217,8 +219,12 @@ class PatientImporter:
 
     def run(self, rows: Iterable[tuple[int, dict[str, str]]]) -> ImportReport:
         scheme = current_scheme(self.session, self.hasher)
-        self.session.commit()
         self._scheme_id, self._salt, self._params = scheme.id, scheme.salt, scheme_params(scheme)
+        if self.dry_run:
+            # Write nothing, not even a new scheme: every lookup would try it from then on.
+            self.session.rollback()
+        else:
+            self.session.commit()
         in_flight: deque[_Batch] = deque()
         executor = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
         try:
@@ -312,29 +318,44 @@ class PatientImporter:
         digests = batch.pending.result() if isinstance(batch.pending, Future) else batch.pending
         entries = list(zip(batch.rows, digests, strict=True))
         try:
-            self._store(entries, batch.rehash)
+            outcomes = self._store(entries, batch.rehash)
             self.session.commit()
         except IntegrityError:
             # Another importer (another shard) stored the same identity meanwhile: go row by row.
+            # Nothing of the failed attempt was counted, so no row is counted twice.
             self.session.rollback()
+            outcomes = []
             for i, entry in enumerate(entries):
                 try:
-                    self._store([entry], {0: batch.rehash[i]} if i in batch.rehash else {})
+                    outcomes += self._store([entry], {0: batch.rehash[i]} if i in batch.rehash else {})
                     self.session.commit()
                 except IntegrityError:
                     self.session.rollback()
-                    self._reject(entry[0].line, "identity duplicates another record (imported concurrently)")
+                    outcomes.append((entry[0].line, "identity duplicates another record (imported concurrently)"))
+        for line, outcome in outcomes:
+            if outcome == "added":
+                self.report.added += 1
+            elif outcome == "updated":
+                self.report.updated += 1
+            else:
+                self._reject(line, outcome)
         self.session.expunge_all()
         self._progress()
 
-    def _store(self, entries: list[tuple[PatientRow, bytes]], rehash: dict[int, int]) -> None:
-        """Insert new records, re-hash old ones; reject identities that collide with another record."""
+    def _store(self, entries: list[tuple[PatientRow, bytes]], rehash: dict[int, int]) -> list[tuple[int, str]]:
+        """Insert new records, re-hash old ones; reject identities that collide with another record.
+
+        Returns (line, "added" | "updated" | reason for rejecting), for the caller to count once committed.
+        """
+        outcomes: list[tuple[int, str]] = []
         taken = set(
             self.session.scalars(select(Patient.lookup_digest).where(Patient.lookup_digest.in_([d for _, d in entries])))
         )
         for i, (row, digest) in enumerate(entries):
             if digest in taken:
-                self._reject(row.line, "identity duplicates another record (same last name, birth date, ZIP and SSN)")
+                outcomes.append(
+                    (row.line, "identity duplicates another record (same last name, birth date, ZIP and SSN)")
+                )
                 continue
             taken.add(digest)
             values = dict(
@@ -342,11 +363,12 @@ class PatientImporter:
             )
             if i in rehash:
                 self.session.execute(update(Patient).where(Patient.id == rehash[i]).values(**values))
-                self.report.updated += 1
+                outcomes.append((row.line, "updated"))
             else:
                 self.session.add(Patient(**values))
-                self.report.added += 1
+                outcomes.append((row.line, "added"))
         self.session.flush()
+        return outcomes
 
     def _progress(self) -> None:
         if self.on_progress is not None:
