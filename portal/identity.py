@@ -46,6 +46,8 @@ REFERENCE_LENGTH = 24  # 24 Crockford characters = 120 random-looking bits (ASVS
 
 # Letters that Unicode does not decompose into a base letter plus accent.
 _LETTER_FOLDS = str.maketrans({"ø": "o", "æ": "ae", "œ": "oe", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i"})
+# Modifier letters that people read as apostrophes (the Hawaiian ʻokina, ʼ, ʹ, ...): letters to Unicode.
+_MODIFIER_APOSTROPHES = frozenset(map(chr, range(0x02B9, 0x02C0)))
 _REFERENCE_FOLDS = str.maketrans({"I": "1", "L": "1", "O": "0"})
 _SEPARATORS = re.compile(r"[\s\-]+")
 
@@ -69,8 +71,16 @@ def normalise_last_name(text: str) -> str:
     """
     if len(text) > MAX_NAME_LENGTH:
         raise InvalidIdentifier("last_name", f"last name is longer than {MAX_NAME_LENGTH} characters")
-    folded = unicodedata.normalize("NFKD", text.casefold().translate(_LETTER_FOLDS))
-    name = "".join(ch for ch in folded if ch.isalnum() and not unicodedata.combining(ch))
+    # Decompose and case-fold until neither changes anything: each can undo the other ("ǽ", "𝐀", "℡").
+    folded = text
+    for _ in range(4):
+        folded, previous = unicodedata.normalize("NFKD", folded).casefold(), folded
+        if folded == previous:
+            break
+    # Letters such as ø have no decomposition; folded last, so that "ǿ" (ø + accent) folds too.
+    name = "".join(
+        ch for ch in folded if ch.isalnum() and not unicodedata.combining(ch) and ch not in _MODIFIER_APOSTROPHES
+    ).translate(_LETTER_FOLDS)
     if not name:
         raise InvalidIdentifier("last_name", "last name has no letters")
     return name
