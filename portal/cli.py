@@ -99,10 +99,12 @@ def open_csv(path: str) -> Iterator[IO[str]]:
         yield sys.stdin
         return
     try:
-        with open(path, newline="", encoding="utf-8-sig") as stream:
-            yield stream
+        stream = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
     except OSError as error:
-        raise click.FileError(path, error.strerror) from error
+        click.echo(f"{path}: cannot open: {error.strerror}", err=True)
+        sys.exit(EXIT_BAD_FILE)
+    with stream:
+        yield stream
 
 
 def report_rejection(line: int, reason: str) -> None:
@@ -152,9 +154,11 @@ def finish(report: ImportReport, elapsed: float) -> None:
 @click.option("--letters", "letters_path", type=click.Path(dir_okay=False, writable=True),
               help="Write record_id,reference for records without an SSN (for the mail house).")
 @click.option("--shard", callback=parse_shard, metavar="K/N", help="Import only this machine's share of the rows.")
+@click.option("--rehash", is_flag=True,
+              help="Hash stored records again too: applies corrected names, birth dates, ZIPs or SSNs.")
 @with_appcontext
 def import_patients_command(
-    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None
+    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None, rehash: bool
 ) -> None:
     """Import the breach list as keyed hashes. Exit 1 when any row was rejected, 2 when the file is unusable."""
     progress = Progress()
@@ -168,7 +172,7 @@ def import_patients_command(
         stream = stack.enter_context(open_csv(path))
         importer = PatientImporter(
             db.session, services().hasher, workers=workers, on_reject=report_rejection,
-            on_progress=progress, letters=letters, shard=shard, dry_run=dry_run,
+            on_progress=progress, letters=letters, shard=shard, dry_run=dry_run, rehash=rehash,
         )  # fmt: skip
         try:
             report = importer.run(read_csv(stream, PATIENT_COLUMNS))

@@ -32,6 +32,7 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.config import decode_key
@@ -290,7 +291,7 @@ class IdentifierHasher:
 
 
 def current_scheme(session: Session, hasher: IdentifierHasher) -> HashScheme:
-    """The scheme new records are hashed with, created on first use."""
+    """The scheme new records are hashed with, created on first use (call before other writes)."""
     params = hasher.params
     scheme = session.scalar(
         select(HashScheme).filter_by(
@@ -310,7 +311,12 @@ def current_scheme(session: Session, hasher: IdentifierHasher) -> HashScheme:
             active=True,
         )
         session.add(scheme)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:
+            # Another importer (another shard) created it at the same moment: use theirs.
+            session.rollback()
+            return current_scheme(session, hasher)
     elif not scheme.active:
         scheme.active = True
     return scheme

@@ -72,11 +72,14 @@ class ImportReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    valid: int = 0  # dry run: rows that passed validation
     rejected: int = 0
     skipped_other_shard: int = 0
     letters: int = 0
 
     def summary(self) -> str:
+        if self.valid:
+            return f"{self.read:,} rows read, {self.valid:,} valid, {self.rejected:,} rejected (dry run: nothing written)"
         parts = [f"{self.read:,} rows read", f"{self.added:,} added", f"{self.updated:,} updated"]
         parts += [f"{self.unchanged:,} already up to date", f"{self.rejected:,} rejected"]
         if self.skipped_other_shard:
@@ -205,6 +208,7 @@ class PatientImporter:
         letters: csv.writer | None = None,  # type: ignore[valid-type]
         shard: tuple[int, int] | None = None,
         dry_run: bool = False,
+        rehash: bool = False,
     ) -> None:
         self.session = session
         self.hasher = hasher
@@ -214,6 +218,7 @@ class PatientImporter:
         self.letters = letters
         self.shard = shard
         self.dry_run = dry_run
+        self.rehash = rehash  # hash stored records again: applies corrected identifiers
         self.report = ImportReport()
         self._seen: set[int] = set()  # 8-byte prefixes of record keys met in this run
 
@@ -280,7 +285,7 @@ class PatientImporter:
     def _prepare(self, rows: list[PatientRow]) -> Iterator[_Batch]:
         """Sort a batch into unchanged, flag updates, and rows that need (re-)hashing."""
         if self.dry_run:
-            self.report.unchanged += len(rows)
+            self.report.valid += len(rows)
             self._progress()
             return
         keys = {key: i for i, row in enumerate(rows) for key in self.hasher.record_keys(row.record_id)}
@@ -290,7 +295,8 @@ class PatientImporter:
         rehash: dict[int, int] = {}
         for i, row in enumerate(rows):
             patient = existing.get(i)
-            if patient is not None and patient.scheme_id == self._scheme_id and patient.record_key == row.record_key:
+            current = patient is not None and patient.scheme_id == self._scheme_id and patient.record_key == row.record_key
+            if patient is not None and current and not self.rehash:
                 if patient.exposed_fields != row.exposed:
                     patient.exposed_fields = row.exposed
                     self.report.updated += 1
@@ -348,16 +354,22 @@ class PatientImporter:
         Returns (line, "added" | "updated" | reason for rejecting), for the caller to count once committed.
         """
         outcomes: list[tuple[int, str]] = []
-        taken = set(
-            self.session.scalars(select(Patient.lookup_digest).where(Patient.lookup_digest.in_([d for _, d in entries])))
-        )
+        digests = [digest for _, digest in entries]
+        stored: dict[bytes, int] = {
+            digest: patient_id
+            for digest, patient_id in self.session.execute(
+                select(Patient.lookup_digest, Patient.id).where(Patient.lookup_digest.in_(digests))
+            )
+        }
+        seen: set[bytes] = set()
         for i, (row, digest) in enumerate(entries):
-            if digest in taken:
+            own = rehash.get(i)  # the record this row re-hashes, if any: it may keep its digest
+            if digest in seen or stored.get(digest, own) != own:
                 outcomes.append(
                     (row.line, "identity duplicates another record (same last name, birth date, ZIP and SSN)")
                 )
                 continue
-            taken.add(digest)
+            seen.add(digest)
             values = dict(
                 record_key=row.record_key, scheme_id=self._scheme_id, lookup_digest=digest, exposed_fields=row.exposed
             )

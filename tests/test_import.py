@@ -185,6 +185,22 @@ def test_changed_exposed_fields_are_updated(app: Flask, runner: Any, tmp_path: P
     assert patient_count(app) == 6
 
 
+def test_rehash_applies_a_corrected_identity(app: Flask, runner: Any, tmp_path: Path) -> None:
+    rows = people(6)
+    assert import_file(runner, write_rows(tmp_path / "v1.csv", rows)).exit_code == 0
+    corrected = [dict(r) for r in rows]
+    corrected[1]["last_name"] = corrected[1]["last_name"] + "-Smith"  # the vendor fixed a misspelling
+    plain = import_file(runner, write_rows(tmp_path / "v2.csv", corrected))
+    assert "0 updated, 6 already up to date" in plain.stdout
+    assert verified(app, corrected[1]) is None, "a plain re-run does not hash stored records again"
+    result = import_file(runner, write_rows(tmp_path / "v2.csv", corrected), "--rehash")
+    assert result.exit_code == 0, result.output
+    assert "6 rows read, 0 added, 6 updated, 0 already up to date, 0 rejected" in result.stdout
+    assert verified(app, corrected[1]) is not None and verified(app, rows[1]) is None
+    assert all_verify(app, corrected[:1] + corrected[2:])
+    assert patient_count(app) == 6
+
+
 def test_a_file_with_a_byte_order_mark_imports(app: Flask, runner: Any, tmp_path: Path) -> None:
     rows = people(3)
     path = write_rows(tmp_path / "bom.csv", rows, encoding="utf-8-sig")
@@ -385,8 +401,8 @@ def test_a_bad_byte_deep_in_the_file_stops_cleanly(app: Flask, runner: Any, tmp_
 
 def test_a_missing_file_is_a_clear_error(app: Flask, runner: Any, tmp_path: Path) -> None:
     result = import_file(runner, tmp_path / "absent.csv")
-    assert result.exit_code != 0
-    assert "absent.csv" in result.output
+    assert result.exit_code == 2
+    assert "absent.csv: cannot open" in result.output
     assert patient_count(app) == 0
 
 
@@ -402,6 +418,7 @@ def test_dry_run_validates_and_writes_nothing(app: Flask, runner: Any, tmp_path:
     assert patient_count(app) == 0
     with app.app_context():
         assert db.session.scalar(select(func.count(HashScheme.id))) == 0, "a dry run must not create a hash scheme"
+    assert "6 rows read, 5 valid, 1 rejected (dry run: nothing written)" in result.stdout
     clean = import_file(runner, write_rows(tmp_path / "clean.csv", people(5)), "--dry-run")
     assert clean.exit_code == 0 and patient_count(app) == 0
 
