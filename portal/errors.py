@@ -6,6 +6,7 @@ import logging
 import traceback
 
 from flask import Flask, render_template
+from flask.globals import request_ctx
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -41,8 +42,12 @@ def init_app(app: Flask) -> None:
 
 
 def render_error(status: int, message: object = None, retry_after: int | None = None):  # type: ignore[no-untyped-def]
-    body = render_template("error.html", status=status, message=message or MESSAGES.get(status, MESSAGES[400]))
+    text = message or MESSAGES.get(status, MESSAGES[400])
     headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    if request_ctx.url_adapter is None:
+        # Refused before routing (an untrusted Host header): no page can link anywhere, so plain text.
+        return f"{text}\n", status, {**headers, "Content-Type": "text/plain; charset=utf-8"}
+    body = render_template("error.html", status=status, message=text)
     return body, status, headers
 
 
