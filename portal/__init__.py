@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, current_app
 from flask_babel import get_locale
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 
 from portal.claims import CodeCipher
 from portal.config import load_config
@@ -59,6 +60,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     db.init_app(app)
+    app.teardown_appcontext(_close_session)  # runs before the extension's own close
     with app.app_context():
         _tune_engine(db.engine)
     csrf.init_app(app)
@@ -74,6 +76,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(public_bp)
     return app
+
+
+def _close_session(_error: BaseException | None) -> None:
+    """A database lost since the request's last query fails the closing ROLLBACK: drop the connection
+    instead of turning a finished response into a 500."""
+    try:
+        db.session.close()
+    except DBAPIError:
+        db.session.invalidate()
 
 
 def _tune_engine(engine: Any) -> None:

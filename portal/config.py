@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_HEADERS_ENABLED": True,
     # Redis down: count in process memory (and log it) rather than fail or stop counting.
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).
+    "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
 }
 

@@ -34,7 +34,8 @@ def index() -> str:
 @bp.route("/lookup", methods=["GET", "POST"])
 @guard_verification
 def lookup() -> Response | tuple[str, int]:
-    form = LookupForm()
+    # Form-encoded bodies only: Flask-WTF would otherwise read a JSON body, whatever its shape.
+    form = LookupForm(formdata=request.form if request.method == "POST" else None)
     if not form.validate_on_submit():
         return render_template("public/lookup.html", form=form), 400 if form.is_submitted() else 200
     assert form.claim is not None
