@@ -178,7 +178,10 @@ def rotate_code_key(session: Session, cipher: CodeCipher, batch_size: int = 500)
     resealed = 0
     while True:
         rows = session.scalars(
-            select(ActivationCode).where(ActivationCode.key_version != current).order_by(ActivationCode.id).limit(batch_size)
+            select(ActivationCode)
+            .where(ActivationCode.key_version != current)
+            .order_by(ActivationCode.id)
+            .limit(batch_size)
         ).all()
         if not rows:
             return resealed

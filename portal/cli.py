@@ -99,7 +99,7 @@ def open_csv(path: str) -> Iterator[IO[str]]:
         yield sys.stdin
         return
     try:
-        stream = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
+        stream = open(path, newline="", encoding="utf-8-sig")
     except OSError as error:
         click.echo(f"{path}: cannot open: {error.strerror}", err=True)
         sys.exit(EXIT_BAD_FILE)
@@ -121,7 +121,9 @@ class Progress:
     def __call__(self, report: ImportReport) -> None:
         if self.enabled:
             rate = report.read / max(time.monotonic() - self.started, 1e-6)
-            click.echo(f"\r{report.read:,} rows read, {report.added:,} added ({rate:,.0f} rows/s)  ", err=True, nl=False)
+            click.echo(
+                f"\r{report.read:,} rows read, {report.added:,} added ({rate:,.0f} rows/s)  ", err=True, nl=False
+            )
 
     def close(self) -> None:
         if self.enabled:
@@ -148,14 +150,24 @@ def finish(report: ImportReport, elapsed: float) -> None:
 
 @click.command("import-patients")
 @click.argument("path", metavar="FILE.csv")
-@click.option("--workers", type=click.IntRange(1, 256), default=os.cpu_count() or 1, show_default=True,
-              help="Processes hashing in parallel.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=os.cpu_count() or 1,
+    show_default=True,
+    help="Processes hashing in parallel.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate every row, write nothing.")
-@click.option("--letters", "letters_path", type=click.Path(dir_okay=False, writable=True),
-              help="Write record_id,reference for records without an SSN (for the mail house).")
+@click.option(
+    "--letters",
+    "letters_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write record_id,reference for records without an SSN (for the mail house).",
+)
 @click.option("--shard", callback=parse_shard, metavar="K/N", help="Import only this machine's share of the rows.")
-@click.option("--rehash", is_flag=True,
-              help="Hash stored records again too: applies corrected names, birth dates, ZIPs or SSNs.")
+@click.option(
+    "--rehash", is_flag=True, help="Hash stored records again too: applies corrected names, birth dates, ZIPs or SSNs."
+)
 @with_appcontext
 def import_patients_command(
     path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None, rehash: bool
@@ -222,7 +234,9 @@ def rotate_code_key_command() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
 def generate_patients_command(count: int, seed: int, out: str) -> None:
     """Write COUNT synthetic (made-up) patients as an import CSV: for rehearsals and benchmarks."""
-    synthetic.write_csv(sys.stdout if out == "-" else out, synthetic.PATIENT_HEADER, synthetic.synthetic_patients(count, seed))
+    synthetic.write_csv(
+        sys.stdout if out == "-" else out, synthetic.PATIENT_HEADER, synthetic.synthetic_patients(count, seed)
+    )
 
 
 @click.command("generate-codes")
@@ -231,7 +245,9 @@ def generate_patients_command(count: int, seed: int, out: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
 def generate_codes_command(count: int, seed: int, out: str) -> None:
     """Write COUNT synthetic activation codes as an import CSV."""
-    synthetic.write_csv(sys.stdout if out == "-" else out, synthetic.CODE_HEADER, synthetic.synthetic_codes(count, seed))
+    synthetic.write_csv(
+        sys.stdout if out == "-" else out, synthetic.CODE_HEADER, synthetic.synthetic_codes(count, seed)
+    )
 
 
 DEMO_SEED = 2026
@@ -239,8 +255,7 @@ DEMO_SEED = 2026
 
 def enumerate_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
     """Number generated rows as a CSV file would (the header is line 1)."""
-    for line, row in enumerate(rows, start=2):
-        yield line, row
+    return enumerate(rows, start=2)
 
 
 def load_demo_data(app: Flask, patients: int) -> None:

@@ -90,10 +90,7 @@ FIELDS: tuple[ExposedField, ...] = (
         ),
         steps=(
             Step(
-                _l(
-                    "Be careful with calls, texts and emails that use your name and ask for "
-                    "personal details or money."
-                ),
+                _l("Be careful with calls, texts and emails that use your name and ask for personal details or money."),
             ),
             _WATCH_MAIL,
             _FRAUD_ALERT,
@@ -156,10 +153,7 @@ FIELDS: tuple[ExposedField, ...] = (
         ),
         steps=(
             Step(
-                _l(
-                    "We will never call you to ask for your Social Security number. If "
-                    "someone does, hang up."
-                ),
+                _l("We will never call you to ask for your Social Security number. If someone does, hang up."),
             ),
             Step(
                 _l(
@@ -245,16 +239,10 @@ FIELDS: tuple[ExposedField, ...] = (
                 _l("How to spot phishing (FTC)"),
             ),
             Step(
-                _l(
-                    "Turn on multi-factor authentication for your email, so a password "
-                    "alone is not enough to get in."
-                ),
+                _l("Turn on multi-factor authentication for your email, so a password alone is not enough to get in."),
             ),
             Step(
-                _l(
-                    "If you use the same password on more than one site, change it, "
-                    "starting with your email account."
-                ),
+                _l("If you use the same password on more than one site, change it, starting with your email account."),
             ),
         ),
     ),
@@ -301,10 +289,7 @@ FIELDS: tuple[ExposedField, ...] = (
                 ),
             ),
             Step(
-                _l(
-                    "If you have Medicare, check your claims and report anything wrong to "
-                    "Medicare at 1-800-MEDICARE."
-                ),
+                _l("If you have Medicare, check your claims and report anything wrong to Medicare at 1-800-MEDICARE."),
                 "https://www.medicare.gov/basics/reporting-medicare-fraud-and-abuse",
                 _l("Report Medicare fraud"),
             ),

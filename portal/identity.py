@@ -118,7 +118,9 @@ def normalise_reference(text: str) -> str:
     """A letter reference as typed: case, spaces, dashes and look-alikes (I, L -> 1; O -> 0) forgiven."""
     code = _SEPARATORS.sub("", text).upper().translate(_REFERENCE_FOLDS)
     if len(code) != REFERENCE_LENGTH or any(ch not in CROCKFORD for ch in code):
-        raise InvalidIdentifier("reference", f"reference code must be {REFERENCE_LENGTH} letters and digits from your letter")
+        raise InvalidIdentifier(
+            "reference", f"reference code must be {REFERENCE_LENGTH} letters and digits from your letter"
+        )
     return code
 
 
@@ -196,9 +198,7 @@ class Keyring:
     def subkey(self, purpose: str, version: int | None = None) -> bytes:
         """A key for one purpose only, so that no two uses of the master key can be confused."""
         master = self.keys[self.current_version if version is None else version]
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"portal/{purpose}".encode()).derive(
-            master
-        )
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"portal/{purpose}".encode()).derive(master)
 
 
 @dataclass(frozen=True)
@@ -395,9 +395,7 @@ def verified_patient(session: Session, token: str | None) -> Patient | None:
 def retire_unused_schemes(session: Session, keep_id: int) -> None:
     """Stop trying schemes no record uses any more (after a re-hash), so lookups stay one hash."""
     unused = ~select(Patient.id).where(Patient.scheme_id == HashScheme.id).exists()
-    session.execute(
-        update(HashScheme).where(HashScheme.id != keep_id, HashScheme.active, unused).values(active=False)
-    )
+    session.execute(update(HashScheme).where(HashScheme.id != keep_id, HashScheme.active, unused).values(active=False))
 
 
 def end_verification(session: Session, token: str | None) -> None:

@@ -79,7 +79,9 @@ class ImportReport:
 
     def summary(self) -> str:
         if self.valid:
-            return f"{self.read:,} rows read, {self.valid:,} valid, {self.rejected:,} rejected (dry run: nothing written)"
+            return (
+                f"{self.read:,} rows read, {self.valid:,} valid, {self.rejected:,} rejected (dry run: nothing written)"
+            )
         parts = [f"{self.read:,} rows read", f"{self.added:,} added", f"{self.updated:,} updated"]
         parts += [f"{self.unchanged:,} already up to date", f"{self.rejected:,} rejected"]
         if self.skipped_other_shard:
@@ -93,7 +95,9 @@ RejectFn = Callable[[int, str], None]
 ProgressFn = Callable[[ImportReport], None]
 
 
-def read_csv(stream: IO[str], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+def read_csv(
+    stream: IO[str], required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line number, row) lazily; a malformed header stops the import before any row."""
     reader = csv.DictReader(stream)
     try:
@@ -295,7 +299,9 @@ class PatientImporter:
         rehash: dict[int, int] = {}
         for i, row in enumerate(rows):
             patient = existing.get(i)
-            current = patient is not None and patient.scheme_id == self._scheme_id and patient.record_key == row.record_key
+            current = (
+                patient is not None and patient.scheme_id == self._scheme_id and patient.record_key == row.record_key
+            )
             if patient is not None and current and not self.rehash:
                 if patient.exposed_fields != row.exposed:
                     patient.exposed_fields = row.exposed
@@ -429,7 +435,9 @@ def import_codes(
 
     def flush() -> None:
         digests = [row.code_digest for row in batch]
-        present = set(session.scalars(select(ActivationCode.code_digest).where(ActivationCode.code_digest.in_(digests))))
+        present = set(
+            session.scalars(select(ActivationCode.code_digest).where(ActivationCode.code_digest.in_(digests)))
+        )
         for row in batch:
             if row.code_digest in present:
                 report.unchanged += 1

@@ -28,7 +28,9 @@ REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
 # Cheap Argon2id for speed; test_identity checks the production defaults separately.
 FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
 # Generous failure limits so that tests of other behaviour are not throttled; test_throttle sets real ones.
-LOOSE_LIMITS = {name: "10000 per minute" for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_GLOBAL")}
+LOOSE_LIMITS = {
+    name: "10000 per minute" for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_GLOBAL")
+}
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

@@ -6,7 +6,6 @@ import logging
 import re
 
 import pytest
-
 from conftest import csrf_token, import_patients, lookup, make_app, patient_row
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from conftest import import_patients, make_app, numbered, patient_row
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import func, select
 
-from conftest import import_patients, make_app, numbered, patient_row
 from portal import services, synthetic
 from portal.claims import claim_code, code_of
 from portal.extensions import db

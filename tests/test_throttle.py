@@ -6,11 +6,11 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 
 import portal.identity
-from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001"}

@@ -75,7 +75,11 @@ class LookupForm(FlaskForm):
             return False
         try:
             self.claim = IdentityClaim.from_input(
-                self.last_name.data, self.date_of_birth.data, self.zip_code.data, self.ssn_last4.data, self.reference.data
+                self.last_name.data,
+                self.date_of_birth.data,
+                self.zip_code.data,
+                self.ssn_last4.data,
+                self.reference.data,
             )
         except InvalidIdentifier as error:
             getattr(self, error.field).errors.append(FIELD_MESSAGES[error.field])

@@ -7,9 +7,9 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from portal import exposure, services
-from portal.events import Event, record
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
+from portal.events import Event, record
 from portal.extensions import db
 from portal.identity import end_verification, find_patient, start_verification, verified_patient
 from portal.models import Patient
@@ -87,10 +87,13 @@ def claim() -> Response | tuple[str, int, dict[str, str]]:
         claim_code(db.session, services().cipher, patient)
     except PoolEmpty:
         _record("claim", "pool-empty", patient)
-        return render_error(503, _(
-            "All activation codes are handed out at the moment. Nothing was changed; more codes are on the way. "
-            "Please try again tomorrow or call us."
-        ))
+        return render_error(
+            503,
+            _(
+                "All activation codes are handed out at the moment. Nothing was changed; more codes are on the way. "
+                "Please try again tomorrow or call us."
+            ),
+        )
     except PoolBusy:
         _record("claim", "busy", patient)
         return render_error(503, retry_after=5)
