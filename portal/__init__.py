@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from inspect import iscoroutinefunction
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
-from flask_babel import get_locale
+from babel.support import Translations
+from flask import Flask, current_app, g
+from flask_babel import get_locale, get_translations
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
@@ -60,12 +62,20 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     db.init_app(app)
+    # The extension also registers an async teardown, which Flask runs through asgiref on a new
+    # thread at the end of every request (a third of a page's cost); there is no async engine here.
+    app.teardown_appcontext_funcs[:] = [f for f in app.teardown_appcontext_funcs if not iscoroutinefunction(f)]
     app.teardown_appcontext(_close_session)  # runs before the extension's own close
     with app.app_context():
         _tune_engine(db.engine)
     csrf.init_app(app)
     limiter.init_app(app)
     babel.init_app(app)
+    app.jinja_env.install_gettext_callables(
+        lambda text: _translations().ugettext(text),
+        lambda singular, plural, n: _translations().ungettext(singular, plural, n),
+        newstyle=True,
+    )
     app.jinja_env.globals["get_locale"] = get_locale
 
     from portal import cli, errors, security
@@ -78,13 +88,24 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+def _translations() -> Translations:
+    """The request's catalogue, looked up once: Flask-Babel resolves the locale again on every
+    string, and a page has dozens of them (that was a third of the landing page's cost)."""
+    if "translations" not in g:
+        g.translations = get_translations()
+    return g.translations
+
+
 def _close_session(_error: BaseException | None) -> None:
     """A database lost since the request's last query fails the closing ROLLBACK: drop the connection
     instead of turning a finished response into a 500."""
-    try:
-        db.session.close()
-    except DBAPIError:
-        db.session.invalidate()
+    # Only the sessions this request opened (the extension keeps them in g); a page that never
+    # touched the database should not create one just to close it.
+    for session in g.get("_sqlalchemy_sessions", {}).values():
+        try:
+            session.close()
+        except DBAPIError:
+            session.invalidate()
 
 
 def _tune_engine(engine: Any) -> None:

@@ -48,7 +48,10 @@ PATIENT_COLUMNS = (
 CODE_COLUMNS = ("code", "enroll_by")
 CODE_OPTIONAL_COLUMNS = ("product",)
 DEFAULT_PRODUCT = "Identity protection, 24 months"
-BATCH_SIZE = 200
+# Rows per hashing job and per transaction: small, so that the last jobs of a file leave no core
+# idle for long (25 rows is about half a second of one core at the default Argon2 parameters).
+BATCH_SIZE = 25
+CODE_BATCH_SIZE = 1000  # codes need no hashing: larger transactions
 MAX_FIELD_LENGTH = 200
 
 US_STATES = frozenset(
@@ -465,7 +468,7 @@ def import_codes(
         seen.add(int.from_bytes(row.code_digest[:8], "big"))
         row.enroll_by, row.product = parsed.enroll_by, parsed.product
         batch.append(row)
-        if len(batch) >= BATCH_SIZE:
+        if len(batch) >= CODE_BATCH_SIZE:
             flush()
     if batch:
         flush()

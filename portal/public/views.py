@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
@@ -28,7 +29,15 @@ def _record(action: str, outcome: str, patient: Patient | None = None) -> None:
 
 @bp.get("/")
 def index() -> str:
-    return render_template("public/index.html", programme=services().programme)
+    """The most requested page, and the same for everyone in a language: rendered once per locale.
+
+    Its template shows no flashed message, so nothing of one visitor can end up in the copy.
+    """
+    pages = current_app.extensions.setdefault("portal.landing_pages", {})
+    locale = str(get_locale())
+    if locale not in pages:
+        pages[locale] = render_template("public/index.html", programme=services().programme)
+    return pages[locale]
 
 
 @bp.route("/lookup", methods=["GET", "POST"])
