@@ -695,3 +695,13 @@ def test_nothing_identifying_is_stored(app: Flask, tmp_path: Path) -> None:
         assert b"identity protection" in raw.lower()  # the files do hold the stored text
         for needle in needles:
             assert needle not in raw.lower(), needle
+
+
+def test_the_shared_landing_page_never_carries_a_visitors_message(app: Flask) -> None:
+    """The landing page is rendered once per language; a flashed message must not get into that copy."""
+    first = app.test_client()
+    with first.session_transaction() as cookie:
+        cookie["_flashes"] = [("message", "a message meant for one visitor")]
+    assert "a message meant for one visitor" not in first.get("/").get_data(as_text=True)
+    assert "a message meant for one visitor" not in app.test_client().get("/").get_data(as_text=True)
+    assert first.get("/").get_data(as_text=True) == app.test_client().get("/").get_data(as_text=True)
