@@ -7,7 +7,7 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import click
@@ -228,26 +228,31 @@ def rotate_code_key_command() -> None:
 # --- Synthetic data and the demo -----------------------------------------------------------------
 
 
-@click.command("generate-patients")
-@click.argument("count", type=click.IntRange(1))
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
-def generate_patients_command(count: int, seed: int, out: str) -> None:
-    """Write COUNT synthetic (made-up) patients as an import CSV: for rehearsals and benchmarks."""
-    synthetic.write_csv(
-        sys.stdout if out == "-" else out, synthetic.PATIENT_HEADER, synthetic.synthetic_patients(count, seed)
-    )
+def generator_command(name: str, header: tuple[str, ...], rows: Callable[..., Iterator[dict[str, str]]], help: str):  # type: ignore[no-untyped-def]
+    """A command writing COUNT synthetic rows of one kind as an import CSV (for rehearsals and benchmarks)."""
+
+    @click.command(name, help=help)
+    @click.argument("count", type=click.IntRange(1))
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
+    def command(count: int, seed: int, out: str) -> None:
+        synthetic.write_csv(sys.stdout if out == "-" else out, header, rows(count, seed))
+
+    return command
 
 
-@click.command("generate-codes")
-@click.argument("count", type=click.IntRange(1))
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
-def generate_codes_command(count: int, seed: int, out: str) -> None:
-    """Write COUNT synthetic activation codes as an import CSV."""
-    synthetic.write_csv(
-        sys.stdout if out == "-" else out, synthetic.CODE_HEADER, synthetic.synthetic_codes(count, seed)
-    )
+generate_patients_command = generator_command(
+    "generate-patients",
+    synthetic.PATIENT_HEADER,
+    synthetic.synthetic_patients,
+    "Write COUNT synthetic (made-up) patients as an import CSV: for rehearsals and benchmarks.",
+)
+generate_codes_command = generator_command(
+    "generate-codes",
+    synthetic.CODE_HEADER,
+    synthetic.synthetic_codes,
+    "Write COUNT synthetic activation codes as an import CSV.",
+)
 
 
 DEMO_SEED = 2026

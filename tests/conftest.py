@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,6 +83,27 @@ def postgres_schema_url() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sa.text(f"DROP SCHEMA {name} CASCADE"))
         admin.dispose()
+
+
+PROGRAMME_TOML = """
+[programme]
+organisation = "Example Health Records, Inc."
+incident_summary = "A copy of a registration database was taken."
+incident_discovered = 2026-09-16
+notice_date = 2026-11-23
+call_center_phone = "1-800-555-0100"
+call_center_hours = "Monday to Friday 9 to 5"
+provider_name = "Example Protection"
+enrolment_url = "https://enroll.example.com/"
+enrol_by = 2027-06-30
+"""
+
+
+def write_programme(folder: Path) -> Path:
+    """A programme file, as production requires one."""
+    path = folder / "programme.toml"
+    path.write_text(PROGRAMME_TOML, encoding="utf-8")
+    return path
 
 
 def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:

@@ -6,29 +6,16 @@ import secrets
 from pathlib import Path
 
 import pytest
+from conftest import write_programme
 from flask import Flask
 
 from portal import create_app, schema
 from portal.extensions import db
 
-PROGRAMME = """
-[programme]
-organisation = "Example Health Records, Inc."
-incident_summary = "A copy of a registration database was taken."
-incident_discovered = 2026-09-16
-notice_date = 2026-11-23
-call_center_phone = "1-800-555-0100"
-call_center_hours = "weekdays 8 to 8"
-provider_name = "Example Protection"
-enrolment_url = "https://enroll.example.com/"
-enrol_by = 2027-06-30
-"""
-
 
 @pytest.fixture
 def production_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    programme = tmp_path / "programme.toml"
-    programme.write_text(PROGRAMME, encoding="utf-8")
+    programme = write_programme(tmp_path)
     environment = {
         "PORTAL_ENV": "production",
         "PORTAL_DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",

@@ -17,7 +17,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from conftest import FAST_ARGON2, import_patients, lookup, make_app, patient_row
+from conftest import FAST_ARGON2, import_patients, lookup, make_app, patient_row, write_programme
 from flask import Flask
 from sqlalchemy import event, func, select, text
 
@@ -391,20 +391,6 @@ def test_record_keys_list_the_current_version_first() -> None:
 # --- production settings -------------------------------------------------------------------------
 
 
-PROGRAMME_TOML = """
-[programme]
-organisation = "Example Clinic, Inc."
-incident_summary = "An example incident."
-incident_discovered = 2026-09-16
-notice_date = 2026-11-23
-call_center_phone = "1-800-555-0100"
-call_center_hours = "Monday to Friday 9 to 5"
-provider_name = "Example Protection"
-enrolment_url = "https://enroll.example.com/"
-enrol_by = 2027-06-30
-"""
-
-
 @pytest.fixture
 def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A complete, valid production configuration (explicit, so no instance file or variable decides)."""
@@ -420,8 +406,7 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "DATABASE_URL",
     ):
         monkeypatch.delenv(f"PORTAL_{name}", raising=False)
-    programme = tmp_path / "programme.toml"
-    programme.write_text(PROGRAMME_TOML, encoding="utf-8")
+    programme = write_programme(tmp_path)
     return {
         "ENV": "production",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.sqlite3'}",
@@ -451,7 +436,7 @@ def test_production_starts_with_everything_given(production: dict[str, Any]) -> 
     app = create_app(production)
     with app.app_context():
         assert services().hasher.params == Argon2Params(2, 19456, 1)
-        assert services().programme.organisation == "Example Clinic, Inc."
+        assert services().programme.organisation == "Example Health Records, Inc."
         assert app.config["SESSION_COOKIE_SECURE"] is True
         assert app.config["SESSION_COOKIE_NAME"].startswith("__Host-")
         db.engine.dispose()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask.typing import ResponseValue
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
@@ -63,22 +67,25 @@ def lookup() -> Response | tuple[str, int]:
     return redirect(url_for("public.exposure_page"), 303)
 
 
-def _verified() -> Patient | None:
-    return verified_patient(db.session, session.get(SESSION_KEY))
+def verified_only(view: Callable[[Patient], ResponseValue]) -> Callable[[], ResponseValue]:
+    """Run ``view`` for the patient of a live verification; otherwise back to the lookup form."""
 
+    @wraps(view)
+    def guarded() -> ResponseValue:
+        patient = verified_patient(db.session, session.get(SESSION_KEY))
+        if patient is not None:
+            return view(patient)
+        if SESSION_KEY in session:
+            session.clear()
+            flash(_("For your safety your session ended after 15 minutes. Please enter your details again."))
+        return redirect(url_for("public.lookup"), 303)
 
-def _ask_to_verify() -> Response:
-    if SESSION_KEY in session:
-        session.clear()
-        flash(_("For your safety your session ended after 15 minutes. Please enter your details again."))
-    return redirect(url_for("public.lookup"), 303)
+    return guarded
 
 
 @bp.get("/exposure")
-def exposure_page() -> Response | str:
-    patient = _verified()
-    if patient is None:
-        return _ask_to_verify()
+@verified_only
+def exposure_page(patient: Patient) -> str:
     return render_template(
         "public/exposure.html",
         fields=exposure.fields_in(patient.exposed_fields),
@@ -88,10 +95,8 @@ def exposure_page() -> Response | str:
 
 
 @bp.post("/claim")
-def claim() -> Response | tuple[str, int, dict[str, str]]:
-    patient = _verified()
-    if patient is None:
-        return _ask_to_verify()
+@verified_only
+def claim(patient: Patient) -> ResponseValue:
     try:
         claim_code(db.session, services().cipher, patient)
     except PoolEmpty:
@@ -111,10 +116,8 @@ def claim() -> Response | tuple[str, int, dict[str, str]]:
 
 
 @bp.get("/code")
-def code_page() -> Response | str:
-    patient = _verified()
-    if patient is None:
-        return _ask_to_verify()
+@verified_only
+def code_page(patient: Patient) -> ResponseValue:
     held = code_of(db.session, services().cipher, patient)
     if held is None:
         return redirect(url_for("public.exposure_page"), 303)
