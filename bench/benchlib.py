@@ -1,0 +1,915 @@
+"""Shared machinery for the portal benchmarks in bench/*.py (standard library + the app's own venv).
+
+What lives here, once, so the scripts differ only in what they measure:
+
+* ``Bench``: a cleanup stack (temp dirs, private PostgreSQL schemas, servers, child processes)
+  that also runs on Ctrl+C and SIGTERM;
+* ``portal_env``: a PORTAL_* environment with freshly generated keys (ENV=testing);
+* ``Server``: ``gunicorn -c python:portal.gunicorn_config APP`` on a free loopback port;
+* ``run_load``: a closed-loop load generator in separate processes (threads + http.client,
+  keep-alive connections), with ``GetPage`` and ``Lookup`` scenarios;
+* ``argon2_baseline``: N processes doing nothing but ``portal.identity.stretch``;
+* process-tree RSS/PSS/CPU from /proc, percentiles, table printing.
+
+Nothing here imports Flask or the portal at module level: the load-generator processes stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import http.client
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent  # the venv's bin/ when run as .venv/bin/python bench/x.py
+PORTAL = str(BIN / "portal")
+GUNICORN = str(BIN / "gunicorn")
+CORES = os.cpu_count() or 1
+DEFAULT_PG_URL = os.environ.get("PORTAL_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+# (time_cost, memory_cost KiB, parallelism)
+PROD_ARGON2 = (2, 19456, 1)  # portal.config.DEFAULTS
+CHEAP_ARGON2 = (1, 8, 1)  # Argon2's own minimum: t >= 1, m >= 8 * p KiB
+LOOSE_LIMIT = "1000000 per minute"  # VERIFY_LIMIT_*: high enough that throttling never interferes
+
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+def say(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+# --- Cleanup -------------------------------------------------------------------------------------
+
+
+class Bench(contextlib.ExitStack):
+    """Everything a benchmark creates is registered here and undone on exit, Ctrl+C or SIGTERM."""
+
+    def __enter__(self) -> Bench:
+        super().__enter__()
+        self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        self._old_hup = signal.signal(signal.SIGHUP, _raise_interrupt)
+        self.keys = {name: secrets.token_urlsafe(32) for name in ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")}
+        self.cpu = CpuWatch()
+        self.cpu.start()
+        self.callback(self.cpu.stop)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        # A second Ctrl+C must not cut the cleanup short.
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return bool(super().__exit__(*exc))
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, self._old_term)
+            signal.signal(signal.SIGHUP, self._old_hup)
+
+    def tempdir(self) -> Path:
+        path = Path(tempfile.mkdtemp(prefix="portal-bench-"))
+        self.callback(shutil.rmtree, path, ignore_errors=True)
+        return path
+
+    def sqlite_url(self, name: str = "portal.sqlite3") -> str:
+        return f"sqlite:///{self.tempdir() / name}"
+
+    def postgres_schema(self, base_url: str) -> str:
+        """A private schema on ``base_url`` (dropped at exit); returns a URL whose search_path is it."""
+        import sqlalchemy as sa
+
+        name = f"bench_{secrets.token_hex(5)}"
+        admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE SCHEMA {name}"))
+
+        def drop() -> None:
+            with admin.connect() as connection:
+                # Sessions of our own servers are gone by now (servers stop first: LIFO).
+                connection.execute(sa.text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
+            admin.dispose()
+
+        self.callback(drop)
+        url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={name}"})
+        return url.render_as_string(hide_password=False)
+
+    def database(self, database_url: str | None) -> str:
+        """A fresh empty database: a temp SQLite file, or a private schema when a PostgreSQL URL is given."""
+        return self.postgres_schema(database_url) if database_url else self.sqlite_url()
+
+    def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """A child in its own process group, killed (the group, by its id) at exit if still running."""
+        proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+        self.callback(stop_process_group, proc)
+        return proc
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def stop_process_group(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM to the child's own process group, then SIGKILL to whatever is left of it."""
+    pgid = proc.pid  # start_new_session=True: the group id is the child's pid
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)  # stragglers (workers) of this group only
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a benchmark's main(); Ctrl+C or SIGTERM exits 130 after the cleanup stack has run."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped, temporary files and schemas removed", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+# --- Environment and the portal CLI --------------------------------------------------------------
+
+
+def portal_env(
+    bench: Bench, database_url: str, argon2: tuple[int, int, int] = PROD_ARGON2, **settings: Any
+) -> dict[str, str]:
+    """The process environment for the portal: inherited PORTAL_* dropped, ours set explicitly.
+
+    ``settings`` are PORTAL_ names without the prefix (HASH_CONCURRENCY=2, WORKERS=4, ...).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    time_cost, memory_cost, parallelism = argon2
+    values: dict[str, Any] = {
+        "ENV": "testing",
+        **bench.keys,
+        "DATABASE_URL": database_url,
+        "ARGON2_TIME_COST": time_cost,
+        "ARGON2_MEMORY_COST": memory_cost,
+        "ARGON2_PARALLELISM": parallelism,
+        "VERIFY_LIMIT_PERSON": LOOSE_LIMIT,
+        "VERIFY_LIMIT_CLIENT": LOOSE_LIMIT,
+        "VERIFY_LIMIT_GLOBAL": LOOSE_LIMIT,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        **settings,
+    }
+    env.update({f"PORTAL_{k}": str(v) for k, v in values.items() if v is not None})
+    return env
+
+
+def app_config(env: dict[str, str]) -> dict[str, Any]:
+    """The same settings as a ``create_app(test_config)`` mapping (for in-process measurements)."""
+    import json
+
+    config: dict[str, Any] = {}
+    for key, value in env.items():
+        if key.startswith("PORTAL_"):
+            try:
+                config[key[7:]] = json.loads(value)
+            except ValueError:
+                config[key[7:]] = value
+    return config
+
+
+def portal(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real ``portal`` command and capture its output."""
+    done = subprocess.run([PORTAL, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        output = done.stdout[-2000:] + done.stderr[-2000:]
+        raise RuntimeError(f"portal {' '.join(args)} exited {done.returncode}:\n{output}")
+    return done
+
+
+def migrate(env: dict[str, str]) -> None:
+    portal(env, "db", "upgrade")
+
+
+def generate_patients(env: dict[str, str], count: int, path: Path, seed: int = 7) -> Path:
+    portal(env, "generate-patients", str(count), "--seed", str(seed), "--out", str(path))
+    return path
+
+
+def read_identities(
+    patients_csv: Path, letters_csv: Path | None = None, limit: int | None = None
+) -> list[dict[str, str]]:
+    """Lookup-form fields for the synthetic people of a CSV, as a person would type them.
+
+    People without an SSN on file use the reference from ``--letters`` (the mail-house file).
+    """
+    references: dict[str, str] = {}
+    if letters_csv is not None and letters_csv.exists():
+        with open(letters_csv, newline="", encoding="utf-8") as stream:
+            references = {row["record_id"]: row["reference"] for row in csv.DictReader(stream)}
+    identities = []
+    with open(patients_csv, newline="", encoding="utf-8") as stream:
+        for row in csv.DictReader(stream):
+            digits = re.sub(r"\D", "", row["ssn"])
+            if digits:
+                factor = {"ssn_last4": digits[-4:], "reference": ""}
+            elif row["record_id"] in references:
+                factor = {"ssn_last4": "", "reference": references[row["record_id"]]}
+            else:
+                continue
+            identities.append(
+                {"last_name": row["last_name"], "date_of_birth": row["date_of_birth"], "zip_code": row["zip"], **factor}
+            )
+            if limit and len(identities) >= limit:
+                break
+    return identities
+
+
+def fill_patients(url: str, total: int, chunk: int = 50_000) -> int:
+    """Top ``patients`` up to ``total`` rows with filler records, in bulk SQL (no Argon2 at all).
+
+    Filler rows look like imported ones (random-looking 32-byte record_key and lookup_digest under
+    the existing hash scheme) but match no one. PostgreSQL builds them server-side with
+    generate_series + sha256; SQLite gets executemany batches. Both are ANALYZEd afterwards.
+    Returns how many rows were added.
+    """
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    nonce = secrets.token_hex(8)
+    with engine.begin() as connection:
+        scheme_id = connection.scalar(sa.text("SELECT id FROM hash_schemes ORDER BY id LIMIT 1"))
+        if scheme_id is None:  # no import ran: a scheme of the production parameters
+            connection.execute(
+                sa.text(
+                    "INSERT INTO hash_schemes (key_version, time_cost, memory_cost, parallelism, salt, active,"
+                    " created_at) VALUES (1, :t, :m, :p, :salt, :yes, :now)"
+                ),
+                {
+                    "t": PROD_ARGON2[0],
+                    "m": PROD_ARGON2[1],
+                    "p": PROD_ARGON2[2],
+                    "salt": secrets.token_bytes(16),
+                    "yes": True,
+                    "now": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                },
+            )
+            scheme_id = connection.scalar(sa.text("SELECT id FROM hash_schemes ORDER BY id LIMIT 1"))
+        present = connection.scalar(sa.text("SELECT count(*) FROM patients"))
+    missing = max(0, total - present)
+    columns = "public_id, record_key, scheme_id, lookup_digest, exposed_fields, imported_at, updated_at"
+    for start in range(0, missing, chunk):
+        count = min(chunk, missing - start)
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(
+                    sa.text(
+                        f"INSERT INTO patients ({columns})"
+                        " SELECT md5(CAST(:n AS text) || 'p' || i),"
+                        " sha256(convert_to(CAST(:n AS text) || 'r' || i, 'UTF8')), :scheme,"
+                        " sha256(convert_to(CAST(:n AS text) || 'd' || i, 'UTF8')), 1,"
+                        " now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc'"
+                        " FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS i"
+                    ),
+                    {"n": nonce, "scheme": scheme_id, "first": start, "last": start + count - 1},
+                )
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
+                connection.execute(
+                    sa.text(f"INSERT INTO patients ({columns}) VALUES (:p, :r, :s, :d, 1, :t, :t)"),
+                    [
+                        {
+                            "p": secrets.token_hex(16),
+                            "r": os.urandom(32),
+                            "s": scheme_id,
+                            "d": os.urandom(32),
+                            "t": stamp,
+                        }
+                        for _ in range(count)
+                    ],
+                )
+    with engine.begin() as connection:
+        connection.execute(sa.text("ANALYZE patients"))
+    engine.dispose()
+    return missing
+
+
+def postgres_reachable(url: str) -> str | None:
+    """None when ``url`` answers, else the reason."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as error:
+        return f"{error.__class__.__name__}: {str(error).splitlines()[0][:120]}"
+
+
+# --- /proc: memory and CPU of a process tree -----------------------------------------------------
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stream:
+                stat = stream.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as stream:
+            return int(stream.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: shared (copy-on-write) pages split between the processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as stream:
+            for line in stream:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss_bytes(pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one live process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            fields = stream.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except OSError:
+        return 0.0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
+@dataclass
+class MemorySample:
+    at: float
+    rss: int
+    pss: int
+    processes: int
+    note: str = ""
+
+
+class MemorySampler(threading.Thread):
+    """Samples the RSS (and PSS) summed over a process tree every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.25, note: Callable[[], str] | None = None) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.note = pid, interval, note
+        self.samples: list[MemorySample] = []
+        self._halt = threading.Event()
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def sample(self) -> None:
+        pids = process_tree(self.pid)
+        rss = sum(rss_bytes(p) for p in pids)
+        if rss:
+            pss = sum(pss_bytes(p) for p in pids)
+            note = self.note() if self.note else ""
+            self.samples.append(MemorySample(time.monotonic() - self.started_at, rss, pss, len(pids), note))
+
+    def stop(self) -> MemorySampler:
+        self._halt.set()
+        self.join()
+        return self
+
+    @property
+    def peak_rss(self) -> int:
+        return max((s.rss for s in self.samples), default=0)
+
+    @property
+    def peak_pss(self) -> int:
+        return max((s.pss for s in self.samples), default=0)
+
+
+class CpuWatch(threading.Thread):
+    """Whole-machine busy CPU (/proc/stat) vs the CPU of this benchmark's own process tree.
+
+    The machine may be shared: ``others`` is the CPU that processes outside this run used, a
+    direct measure of how much the run's figures can be trusted. ``snapshot()`` gives cumulative
+    (machine busy, ours) core-seconds; subtract two snapshots for a window.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.root = os.getpid()
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._busy0 = self._machine_busy()
+        self._last = {pid: cpu_seconds(pid) for pid in process_tree(self.root)}
+        self._ours = 0.0
+        self.started_at = time.monotonic()
+
+    @staticmethod
+    def _machine_busy() -> float:
+        with open("/proc/stat") as stream:
+            values = [int(v) for v in stream.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return (sum(values[:8]) - idle) / _TICK  # user..steal; guest time is already in user
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        current = {pid: cpu_seconds(pid) for pid in process_tree(self.root)}
+        with self._lock:
+            self._ours += sum(max(0.0, cpu - self._last.get(pid, 0.0)) for pid, cpu in current.items())
+            self._last = current
+
+    def snapshot(self) -> tuple[float, float, float]:
+        """(wall seconds, machine busy core-seconds, ours core-seconds) since the watch started."""
+        self._sample()
+        with self._lock:
+            return time.monotonic() - self.started_at, self._machine_busy() - self._busy0, self._ours
+
+    def line(self, since: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> str:
+        wall, busy, ours = (a - b for a, b in zip(self.snapshot(), since, strict=True))
+        others = max(0.0, busy - ours)
+        warn = "  WARNING: the machine was shared, figures are noisy" if others > 0.15 * wall * CORES else ""
+        return (
+            f"machine CPU over {wall:.0f} s: {busy / wall:.2f} of {CORES} cores busy; this run {ours / wall:.2f},"
+            f" other processes {others / wall:.2f}{warn}"
+        )
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:,.0f} MiB"
+
+
+# --- gunicorn ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``gunicorn -c python:portal.gunicorn_config APP`` with PORTAL_BIND on a free loopback port."""
+
+    def __init__(self, bench: Bench, app: str, env: dict[str, str], log: Path, extra: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.env = {**env, "PORTAL_BIND": f"127.0.0.1:{self.port}"}
+        self.log = log
+        self.workers = int(self.env.get("PORTAL_WORKERS", CORES))
+        self._log_stream = open(log, "wb")
+        bench.callback(self._log_stream.close)
+        args = [GUNICORN, "-c", "python:portal.gunicorn_config", *extra, app]
+        self.proc = bench.popen(args, cwd=ROOT, env=self.env, stdout=self._log_stream, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, path: str = "/", timeout: float = 60.0) -> Server:
+        """Every worker booted and ``path`` answers 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log_tail()}")
+            booted = self.log.read_text(errors="replace").count("Booting worker with pid")
+            if booted >= self.workers and self._get(path) == 200:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _get(self, path: str) -> int:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            conn.request("GET", path)
+            status = conn.getresponse().status
+            conn.close()
+            return status
+        except OSError:
+            return 0
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.proc.pid)
+
+    def rss(self) -> int:
+        return sum(rss_bytes(p) for p in self.pids())
+
+    def error_lines(self) -> list[str]:
+        """Tracebacks and worker timeouts/crashes the server logged."""
+        pattern = re.compile(r"Traceback|WORKER TIMEOUT|Worker .* was sent|\[ERROR\]|unhandled")
+        return [line for line in self.log.read_text(errors="replace").splitlines() if pattern.search(line)]
+
+
+def add_app_options(parser: Any) -> None:
+    """--app/--pythonpath: measure another WSGI module (e.g. the app with a proposed change applied)."""
+    parser.add_argument("--app", default="wsgi:app", help="WSGI app to serve (default wsgi:app, the real one)")
+    parser.add_argument("--pythonpath", help="extra import path for --app")
+
+
+def start_portal(bench: Bench, args: Any, env: dict[str, str], log: Path, ready: str = "/") -> Server:
+    extra = ["--pythonpath", args.pythonpath] if args.pythonpath else []
+    server = Server(bench, args.app, env, log, extra).wait_ready(ready)
+    if args.app != "wsgi:app":
+        say(f"NOTE: serving {args.app} (from {args.pythonpath}), not the project's wsgi:app")
+    return server
+
+
+# --- Load generator ------------------------------------------------------------------------------
+
+_CSRF = re.compile(rb'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+class GetPage:
+    """One operation = GET ``path`` (the status of the response)."""
+
+    def __init__(self, path: str = "/") -> None:
+        self.path = path
+
+    def __call__(self, client: _Client, n: int) -> tuple[str, bool]:
+        status, headers, _body = client.request("GET", self.path)
+        return str(status), _retry_after_ok(status, headers)
+
+
+class Lookup:
+    """One operation = GET /lookup (CSRF token + session cookie), then POST /lookup with an identity.
+
+    A real browser's first visit: a fresh session each time, over a kept-alive connection.
+    The operation's status is the POST's (303 = verified), or "GET nnn" when the form failed.
+    """
+
+    def __init__(self, identities: list[dict[str, str]]) -> None:
+        self.identities = identities
+
+    def __call__(self, client: _Client, n: int) -> tuple[str, bool]:
+        status, headers, body = client.request("GET", "/lookup")
+        match = _CSRF.search(body)
+        if status != 200 or not match:
+            return f"GET {status}", _retry_after_ok(status, headers)
+        cookie = "; ".join(c.split(";", 1)[0] for c in headers.get_all("Set-Cookie") or [])
+        form = {**self.identities[n % len(self.identities)], "csrf_token": match.group(1).decode()}
+        status, headers, _ = client.request(
+            "POST",
+            "/lookup",
+            urllib.parse.urlencode(form),
+            {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+        )
+        return str(status), _retry_after_ok(status, headers)
+
+
+def _retry_after_ok(status: int, headers: Any) -> bool:
+    return status != 503 or bool(headers.get("Retry-After"))
+
+
+class _Client:
+    """One keep-alive HTTP/1.1 connection, reopened after an error or a ``Connection: close``."""
+
+    def __init__(self, port: int, keepalive: bool, timeout: float) -> None:
+        self.port, self.keepalive, self.timeout = port, keepalive, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        headers = dict(headers or {})
+        if not self.keepalive:
+            headers["Connection"] = "close"
+        try:
+            self.conn.request(method, path, body, headers)
+            response = self.conn.getresponse()
+            data = response.read()
+        except Exception:
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return response.status, response.headers, data
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    seconds: float  # the measurement window
+    ops: int  # operations completed inside the window
+    latencies: list[float]  # seconds, of those operations
+    statuses: Counter[str] = field(default_factory=Counter)  # every operation, window or not
+    errors: Counter[str] = field(default_factory=Counter)  # connection errors by exception type
+    missing_retry_after: int = 0  # 503s without a Retry-After header
+    client_cpu: float = 0.0  # CPU seconds the load processes used
+    server_cpu: float = 0.0  # CPU seconds the server tree used inside the window
+    server_cpu_by_process: list[float] = field(default_factory=list)  # per gunicorn process, same window
+    server_peak_rss: int = 0
+    late_start: float = 0.0  # how late the slowest load process started (should be ~0)
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds
+
+    def pct(self, p: float) -> float:
+        return percentile(sorted(self.latencies), p)
+
+
+def _load_process(
+    scenario: Any,
+    port: int,
+    clients: int,
+    first: int,
+    start: float,
+    warm_end: float,
+    end: float,
+    keepalive: bool,
+    timeout: float,
+    out: Any,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    missing = [0]
+    lock = threading.Lock()
+    late = max(0.0, time.time() - start)
+
+    def client_thread(index: int) -> None:
+        client = _Client(port, keepalive, timeout)
+        mine: list[float] = []
+        my_statuses: Counter[str] = Counter()
+        my_errors: Counter[str] = Counter()
+        n = index * 7919
+        time.sleep(max(0.0, start - time.time()))
+        while (began := time.time()) < end:
+            n += 1
+            try:
+                status, retry_ok = scenario(client, n)
+            except Exception as error:
+                my_errors[type(error).__name__] += 1
+                time.sleep(0.01)
+                continue
+            done = time.time()
+            my_statuses[status] += 1
+            if not retry_ok:
+                missing[0] += 1
+            if warm_end <= done <= end:
+                mine.append(done - began)
+        client.close()
+        with lock:
+            latencies.extend(mine)
+            statuses.update(my_statuses)
+            errors.update(my_errors)
+
+    threads = [threading.Thread(target=client_thread, args=(first + i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    usage = os.times()
+    out.put((latencies, statuses, errors, missing[0], usage.user + usage.system, late))
+
+
+def run_load(
+    server: Server,
+    scenario: Any,
+    clients: int,
+    seconds: float,
+    warmup: float = 2.0,
+    processes: int = 1,
+    keepalive: bool = True,
+    timeout: float = 120.0,
+    on_tick: Callable[[float], None] | None = None,
+) -> LoadResult:
+    """Closed loop: ``clients`` threads over ``processes`` load processes, each doing one operation after another.
+
+    Only operations completed inside the ``seconds`` window after ``warmup`` are counted for rate
+    and latency; the server's CPU and RSS are read over the same window from /proc.
+    """
+    processes = max(1, min(processes, clients))
+    queue = _SPAWN.Queue()
+    start = time.time() + 1.5 + 0.3 * processes  # room for the load processes to spawn
+    warm_end, end = start + warmup, start + warmup + seconds
+    procs = []
+    first = 0
+    for index in range(processes):
+        share = clients // processes + (1 if index < clients % processes else 0)
+        proc = _SPAWN.Process(
+            target=_load_process,
+            args=(scenario, server.port, share, first, start, warm_end, end, keepalive, timeout, queue),
+            daemon=True,
+        )
+        first += share
+        proc.start()
+        procs.append(proc)
+    result = LoadResult(clients, seconds, 0, [])
+    sampler = MemorySampler(server.proc.pid, interval=0.5)
+    try:
+        sampler.start()
+        time.sleep(max(0.0, warm_end - time.time()))
+        cpu_before = {pid: cpu_seconds(pid) for pid in server.pids()}
+        while (now := time.time()) < end:
+            time.sleep(min(1.0, end - now))
+            if on_tick:
+                on_tick(now - warm_end)
+        cpu_after = {pid: cpu_seconds(pid) for pid in server.pids()}
+        by_process = [cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items()]
+        result.server_cpu = sum(by_process)
+        result.server_cpu_by_process = sorted(by_process, reverse=True)
+        for _ in procs:
+            latencies, statuses, errors, missing, cpu, late = queue.get(timeout=timeout + 30)
+            result.latencies.extend(latencies)
+            result.statuses.update(statuses)
+            result.errors.update(errors)
+            result.missing_retry_after += missing
+            result.client_cpu += cpu
+            result.late_start = max(result.late_start, late)
+        for proc in procs:
+            proc.join(10)
+    finally:
+        sampler.stop()
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+    result.ops = len(result.latencies)
+    result.server_peak_rss = sampler.peak_rss
+    if result.late_start > warmup:
+        say(f"  WARNING: a load process started {result.late_start:.1f} s late (after the warm-up)")
+    return result
+
+
+def timed_request(server: Server, scenario: Any, n: int = 0) -> tuple[str, float]:
+    """One operation from this process: (status, seconds)."""
+    client = _Client(server.port, True, 60.0)
+    began = time.perf_counter()
+    status, _ = scenario(client, n)
+    elapsed = time.perf_counter() - began
+    client.close()
+    return status, elapsed
+
+
+# --- Raw Argon2id baseline -----------------------------------------------------------------------
+
+
+def _hash_process(params: tuple[int, int, int], seconds: float, barrier: Any, out: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from portal.identity import Argon2Params, stretch
+
+    argon2 = Argon2Params(*params)
+    salt = secrets.token_bytes(16)
+    stretch(b"warm-up", salt, argon2)
+    barrier.wait()
+    count, began, cpu = 0, time.perf_counter(), time.process_time()
+    deadline = began + seconds
+    while time.perf_counter() < deadline:
+        stretch(count.to_bytes(32, "big"), salt, argon2)  # a 32-byte message, as the HMAC output is
+        count += 1
+    out.put((count / (time.perf_counter() - began), (time.process_time() - cpu) / count))
+
+
+@dataclass
+class Baseline:
+    rate: float  # hashes/s, all processes together
+    cpu_per_hash: float  # CPU seconds one hash costs (mean over processes)
+
+    def __float__(self) -> float:
+        return self.rate
+
+
+def argon2_baseline(params: tuple[int, int, int], processes: int = CORES, seconds: float = 6.0) -> float:
+    """Hashes per second of ``processes`` processes doing nothing but ``portal.identity.stretch``."""
+    return argon2_baseline_detail(params, processes, seconds).rate
+
+
+def argon2_baseline_detail(params: tuple[int, int, int], processes: int = CORES, seconds: float = 6.0) -> Baseline:
+    """Hashes/s of ``processes`` processes doing nothing but ``stretch``, and the CPU time of one hash."""
+    queue = _SPAWN.Queue()
+    barrier = _SPAWN.Barrier(processes)
+    procs = [
+        _SPAWN.Process(target=_hash_process, args=(params, seconds, barrier, queue), daemon=True)
+        for _ in range(processes)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        results = [queue.get(timeout=seconds + 60) for _ in procs]
+        for proc in procs:
+            proc.join(10)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+    return Baseline(sum(r for r, _ in results), sum(c for _, c in results) / len(results))
+
+
+# --- Statistics and printing ---------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks, on already sorted data."""
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ms(seconds: float) -> str:
+    value = seconds * 1000
+    return f"{value:,.2f} ms" if value < 10 else f"{value:,.1f} ms"
+
+
+def latency_line(latencies: Iterable[float]) -> str:
+    ordered = sorted(latencies)
+    line = "  ".join(f"p{p} {ms(percentile(ordered, p))}" for p in (50, 95, 99))
+    return f"{line}  max {ms(ordered[-1] if ordered else 0)}"
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    cells = [[str(c) for c in row] for row in ([header] if header else []) + list(rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
+    if header:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join("  " + line for line in lines)
+
+
+def verdict(name: str, ratio: float, low: float, high: float | None = None) -> bool:
+    ok = ratio >= low and (high is None or ratio <= high)
+    target = f">= {low:.2f}" if high is None else f"within {low:.2f}-{high:.2f}"
+    say(f"RATIO {name} = {ratio:.3f}  (target {target}: {'MET' if ok else 'MISSED'})")
+    return ok
+
+
+def describe_argon2(params: tuple[int, int, int]) -> str:
+    return f"Argon2id t={params[0]} m={params[1]} KiB p={params[2]}"
+
+
+def machine_line() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as stream:
+            model = next((x.split(":", 1)[1].strip() for x in stream if x.startswith("model name")), "")
+    return f"{time.strftime('%Y-%m-%d %H:%M %Z')}  {CORES} cores ({model})  Python {sys.version.split()[0]}"
