@@ -60,10 +60,10 @@ def lookup() -> Response | tuple[str, int]:
         return render_template("public/lookup.html", form=form, not_matched=True), 200
     session.clear()
     session.permanent = True
+    _record("verification", "success", patient)  # before the commit below expires the loaded row
     session[SESSION_KEY] = start_verification(
         db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"]
     )
-    _record("verification", "success", patient)
     return redirect(url_for("public.exposure_page"), 303)
 
 
