@@ -1,10 +1,10 @@
 """Production gunicorn settings: ``gunicorn -c python:portal.gunicorn_config wsgi:app``.
 
 One process per core, each with a few threads: Argon2id releases the GIL, and each process
-lets only ``PORTAL_HASH_CONCURRENCY`` (default 1) lookups hash at once, so memory is capped at
-cores x 19 MiB however many requests arrive. The rest wait a bounded time in the process
-(``PORTAL_HASH_WAIT_SECONDS``) and then get 503 with Retry-After; pages that do not hash keep
-being served by the other threads meanwhile.
+hashes on only ``PORTAL_HASH_CONCURRENCY`` (default 1) dedicated threads, so Argon2 memory is
+capped at cores x 19 MiB however many requests arrive. Lookups beyond that wait a bounded time
+(``PORTAL_HASH_WAIT_SECONDS``) and then get 503 with Retry-After; requests beyond the threads
+wait in gunicorn's backlog. Pages that do not hash keep being served by the other threads.
 """
 
 import multiprocessing

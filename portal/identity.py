@@ -22,8 +22,8 @@ import re
 import secrets
 import threading
 import unicodedata
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -241,9 +241,12 @@ class IdentifierHasher:
     ) -> None:
         self.keyring = keyring
         self.params = params
-        # Caps Argon2 memory and CPU per process under a burst; waiting requests queue here, bounded.
+        # Caps Argon2 CPU and memory per process under a burst; waiting lookups queue here, bounded.
         self._slots = threading.BoundedSemaphore(concurrency)
         self._wait_seconds = wait_seconds
+        # Only these long-lived threads run Argon2: glibc keeps a memory arena for every thread
+        # that ever hashed, so hashing on request threads would cost m KiB per request thread.
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="argon2")
         self._subkeys = {
             (purpose, version): keyring.subkey(purpose, version)
             for purpose in ("lookup", "record", "letter", "person")
@@ -261,13 +264,12 @@ class IdentifierHasher:
     def lookup_digest(self, claim: IdentityClaim, scheme: HashScheme) -> bytes:
         return stretch(self.lookup_message(claim, scheme.key_version), scheme.salt, scheme_params(scheme))
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the process's hashing slots, or raise HashingBusy after the bounded wait."""
+    def lookup_digests(self, claim: IdentityClaim, schemes: list[HashScheme]) -> list[bytes]:
+        """One digest per scheme, on the hashing threads; HashingBusy when no turn comes within the wait."""
         if not self._slots.acquire(timeout=self._wait_seconds):
             raise HashingBusy()
         try:
-            yield
+            return self._threads.submit(lambda: [self.lookup_digest(claim, s) for s in schemes]).result()
         finally:
             self._slots.release()
 
@@ -354,8 +356,7 @@ def find_patient(session: Session, hasher: IdentifierHasher, claim: IdentityClai
     person is unknown or one field is wrong. Callers must answer both cases identically.
     """
     schemes = lookup_schemes(session, hasher)
-    with hasher.slot():
-        digests = [hasher.lookup_digest(claim, scheme) for scheme in schemes]
+    digests = hasher.lookup_digests(claim, schemes)
     return session.scalar(select(Patient).where(Patient.lookup_digest.in_(digests)).limit(1))
 
 
