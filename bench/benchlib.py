@@ -103,12 +103,22 @@ class Bench(contextlib.ExitStack):
 
         def drop() -> None:
             with admin.connect() as connection:
-                # Sessions of our own servers are gone by now (servers stop first: LIFO).
+                # Our servers are stopped by now (LIFO), but an interrupted run may leave one of its
+                # own connections inside a transaction: end those (tagged with our application_name
+                # only), then drop.
+                connection.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+                connection.execute(sa.text("SET lock_timeout = '30s'"))
                 connection.execute(sa.text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
             admin.dispose()
 
         self.callback(drop)
-        url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={name}"})
+        url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={name}", "application_name": name})
         return url.render_as_string(hide_password=False)
 
     def database(self, database_url: str | None) -> str:
@@ -201,7 +211,21 @@ def app_config(env: dict[str, str]) -> dict[str, Any]:
 
 def portal(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the real ``portal`` command and capture its output."""
-    done = subprocess.run([PORTAL, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.Popen(
+        [PORTAL, *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:  # Ctrl+C or SIGTERM: the command (and its workers) must not outlive us
+        stop_process_group(proc, grace=5)
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check and done.returncode != 0:
         output = done.stdout[-2000:] + done.stderr[-2000:]
         raise RuntimeError(f"portal {' '.join(args)} exited {done.returncode}:\n{output}")

@@ -40,18 +40,28 @@ class Claimer:
         self.lock = threading.Lock()
         self.returned: dict[int, set[str]] = defaultdict(set)  # patient id -> codes returned to it
         self.outcomes: Counter[str] = Counter()
+        self.stop = threading.Event()  # set on Ctrl+C: the client threads finish their current claim only
 
     def run(self, assignments: list[list[int]]) -> float:
         """One thread per list of patient ids; returns wall seconds from the common start."""
         barrier = threading.Barrier(len(assignments) + 1)
         errors: list[BaseException] = []
-        threads = [threading.Thread(target=self._client, args=(ids, barrier, errors)) for ids in assignments]
+        threads = [
+            threading.Thread(target=self._client, args=(ids, barrier, errors), daemon=True) for ids in assignments
+        ]
         for thread in threads:
             thread.start()
-        barrier.wait()
-        began = time.perf_counter()
-        for thread in threads:
-            thread.join()
+        try:
+            barrier.wait()
+            began = time.perf_counter()
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self.stop.set()
+            barrier.abort()
+            for thread in threads:
+                thread.join(10)
+            raise
         elapsed = time.perf_counter() - began
         if errors:
             raise errors[0]
@@ -69,6 +79,8 @@ class Claimer:
             with Session(self.engine) as session:
                 barrier.wait()
                 for patient_id in ids:
+                    if self.stop.is_set():
+                        break
                     for _attempt in range(3):  # PoolBusy says retrying is safe; a person would retry
                         try:
                             patient = session.get_one(Patient, patient_id)

@@ -129,6 +129,8 @@ def main() -> int:
                 "small": measure(small_env, identities, args.lookups, rng),
                 "large": measure(large_env, identities, args.lookups, rng),
             }
+            for _run, close in runners.values():
+                bench.callback(close)
             for run, _ in runners.values():
                 run()  # warm-up: connections, caches, statement compilation
             latencies = {"small": [], "large": []}
@@ -139,8 +141,6 @@ def main() -> int:
                     latencies[key] += lat
                     found[key][0] += hits
                     found[key][1] += wrong
-            for _run, close in runners.values():
-                close()
             for key, size in (("small", args.small), ("large", large)):
                 ordered = sorted(latencies[key])
                 rows.append(
