@@ -335,7 +335,6 @@ FIELDS: tuple[ExposedField, ...] = (
     ),
 )
 
-FIELD_NAMES: frozenset[str] = frozenset(field.name for field in FIELDS)
 ALL_FIELDS_MASK: int = (1 << len(FIELDS)) - 1
 
 _BY_NAME: dict[str, ExposedField] = {field.name: field for field in FIELDS}
@@ -356,19 +355,20 @@ def parse_exposed_fields(text: str) -> int:
     """';'-separated tokens -> bitmask.
 
     Tolerates surrounding spaces and any case, and ignores empty tokens, because breach
-    files are assembled by hand. Raises ValueError('unknown exposed field "xyz"; expected
+    files are assembled by hand. Raises ValueError('unknown exposed field (item 2); expected
     one of: ...') for an unknown token, so a typo stops the import instead of silently
     hiding guidance, and ValueError('exposed_fields is empty') when nothing is listed,
     since every affected patient had at least their name exposed.
     """
     mask = 0
-    for raw in text.split(";"):
+    for position, raw in enumerate(text.split(";"), start=1):
         token = raw.strip()
         if not token:
             continue
         field = _BY_NAME.get(token.lower())
         if field is None:
-            raise ValueError(f'unknown exposed field "{token}"; expected one of: {_EXPECTED}')
+            # Named by position, not quoted: a misaligned file could hold an identifier here.
+            raise ValueError(f"unknown exposed field (item {position}); expected one of: {_EXPECTED}")
         mask |= field.bit
     if not mask:
         raise ValueError("exposed_fields is empty")
@@ -383,11 +383,6 @@ def fields_in(mask: int) -> tuple[ExposedField, ...]:
     """
     _check_mask(mask)
     return tuple(field for field in FIELDS if mask & field.bit)
-
-
-def format_exposed_fields(mask: int) -> str:
-    """Inverse of parse_exposed_fields: canonical ';'-joined tokens in FIELDS order."""
-    return ";".join(field.name for field in fields_in(mask))
 
 
 def _check_mask(mask: int) -> None:

@@ -882,7 +882,7 @@ STREET_SUFFIXES: tuple[str, ...] = (
 
 # --- exposed fields ----------------------------------------------------------------
 # (token, probability). Kept in the canonical order of portal.exposure.FIELDS so the
-# generated value is exactly what format_exposed_fields() writes. "name" is always
+# generated value lists the fields in FIELDS order. "name" is always
 # exposed and "ssn" only when the row has one; both are handled in code.
 OPTIONAL_EXPOSURES: tuple[tuple[str, float], ...] = (
     ("date_of_birth", 0.85),
