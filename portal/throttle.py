@@ -35,7 +35,7 @@ UNPARSEABLE = "unparseable"  # malformed input is refused before hashing and nev
 def person_key() -> str:
     """The per-person bucket, from the submitted last name and date of birth (form or JSON)."""
     data: Any = request.get_json(silent=True) if request.is_json else request.form
-    if not isinstance(data, dict) and not hasattr(data, "get"):
+    if not hasattr(data, "get"):  # a JSON body that is not an object
         return UNPARSEABLE
     try:
         last_name = normalise_last_name(str(data.get("last_name", "")))
