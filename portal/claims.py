@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -102,7 +102,7 @@ def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: da
             return held
         free = (
             select(ActivationCode.id)
-            .where(ActivationCode.patient_id.is_(None), ActivationCode.enroll_by >= today)
+            .where(*_usable(today))
             .order_by(ActivationCode.enroll_by, ActivationCode.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -139,9 +139,13 @@ def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: da
     raise PoolBusy()
 
 
+def _usable(today: date) -> tuple[ColumnElement[bool], ...]:
+    """A code that can still be handed out: nobody holds it and its enrolment deadline has not passed."""
+    return ActivationCode.patient_id.is_(None), ActivationCode.enroll_by >= today
+
+
 def _has_free_code(session: Session, today: date) -> bool:
-    free = select(ActivationCode.id).where(ActivationCode.patient_id.is_(None), ActivationCode.enroll_by >= today)
-    found = session.scalar(free.limit(1)) is not None
+    found = session.scalar(select(ActivationCode.id).where(*_usable(today)).limit(1)) is not None
     session.rollback()
     return found
 
@@ -157,14 +161,7 @@ def pool_status(session: Session, today: date | None = None) -> PoolStatus:
     today = today or date.today()
     total = session.scalar(select(func.count(ActivationCode.id))) or 0
     claimed = session.scalar(select(func.count(ActivationCode.id)).where(ActivationCode.patient_id.is_not(None))) or 0
-    available = (
-        session.scalar(
-            select(func.count(ActivationCode.id)).where(
-                ActivationCode.patient_id.is_(None), ActivationCode.enroll_by >= today
-            )
-        )
-        or 0
-    )
+    available = session.scalar(select(func.count(ActivationCode.id)).where(*_usable(today))) or 0
     return PoolStatus(total, claimed, available)
 
 
