@@ -145,9 +145,13 @@ class PatientRow:
 
     line: int
     record_id: str
-    record_key: bytes  # under the current key version
+    record_keys: list[bytes]  # under every held key version, current first (finds rows during a rotation)
     claim: IdentityClaim
     exposed: int
+
+    @property
+    def record_key(self) -> bytes:
+        return self.record_keys[0]
 
 
 def parse_patient_row(line: int, row: dict[str, Any], hasher: IdentifierHasher) -> PatientRow:
@@ -178,7 +182,7 @@ def parse_patient_row(line: int, row: dict[str, Any], hasher: IdentifierHasher) 
         claim = IdentityClaim(last_name, born, zip_code, ssn_last4=ssn[-4:])
     else:
         claim = IdentityClaim(last_name, born, zip_code, reference=hasher.letter_reference(record_id))
-    return PatientRow(line, record_id, hasher.record_keys(record_id)[0], claim, exposed)
+    return PatientRow(line, record_id, hasher.record_keys(record_id), claim, exposed)
 
 
 def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
@@ -295,7 +299,7 @@ class PatientImporter:
             self.report.valid += len(rows)
             self._progress()
             return
-        keys = {key: i for i, row in enumerate(rows) for key in self.hasher.record_keys(row.record_id)}
+        keys = {key: i for i, row in enumerate(rows) for key in row.record_keys}
         found = self.session.scalars(select(Patient).where(Patient.record_key.in_(keys)))
         existing = {keys[patient.record_key]: patient for patient in found}
         to_hash: list[PatientRow] = []
