@@ -705,3 +705,31 @@ def test_the_shared_landing_page_never_carries_a_visitors_message(app: Flask) ->
     assert "a message meant for one visitor" not in first.get("/").get_data(as_text=True)
     assert "a message meant for one visitor" not in app.test_client().get("/").get_data(as_text=True)
     assert first.get("/").get_data(as_text=True) == app.test_client().get("/").get_data(as_text=True)
+
+
+def test_the_shared_lookup_form_carries_each_visitors_own_token(app: Flask) -> None:
+    """The blank lookup form is rendered once per language; only the CSRF token is put in per visitor."""
+    assert import_patients(app, [patient_row()]) == []
+    details = dict(last_name="Garcia-Lopez", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
+    first, second = app.test_client(), app.test_client()
+    first_page, second_page = page(first.get("/lookup")), page(second.get("/lookup"))
+    first_token, second_token = (
+        re.search(r'name="csrf_token"[^>]*value="([^"]+)"', p)[1] for p in (first_page, second_page)
+    )
+    assert first_token != second_token
+    assert "@@" not in first_page + second_page, "the token's stand-in leaked into the page"
+
+    # Each token is bound to its own session: swapped, both are refused; each with its own, both verify.
+    for client, token in ((first, second_token), (second, first_token)):
+        response = client.post("/lookup", data={**details, "csrf_token": token})
+        assert response.status_code == 400 and FORM_EXPIRED_TEXT in page(response)
+    for client, token in ((first, first_token), (second, second_token)):
+        response = client.post("/lookup", data={**details, "csrf_token": token})
+        assert response.status_code == 303 and response.headers["Location"] == "/exposure"
+
+    # A message flashed to one visitor shows on their form, and never on anybody else's.
+    with first.session_transaction() as cookie:
+        cookie["_flashes"] = [("message", "a message meant for one visitor")]
+    assert "a message meant for one visitor" in page(first.get("/lookup"))
+    assert "a message meant for one visitor" not in page(app.test_client().get("/lookup"))
+    assert "a message meant for one visitor" not in page(first.get("/lookup")), "a flash is shown once"

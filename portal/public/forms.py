@@ -31,6 +31,9 @@ def _strip(value: Any) -> str:
 
 
 class LookupForm(FlaskForm):
+    class Meta:
+        csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
+
     # Required and length failures name the field too; surrounding blanks (pasted text) are forgiven.
     last_name = StringField(
         _l("Last name"),

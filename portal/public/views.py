@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseValue
 from flask_babel import get_locale
 from flask_babel import gettext as _
+from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response
 
 from portal import exposure, services
@@ -25,28 +27,38 @@ bp = Blueprint("public", __name__)
 
 SESSION_KEY = "verification"
 CHANNEL = "public"
+CSRF_SLOT = "@@csrf-token@@"  # stands in for the visitor's token in the cached blank lookup form
 
 
 def _record(action: str, outcome: str, patient: Patient | None = None) -> None:
     record(Event(action, outcome, CHANNEL, patient.public_id if patient else None, request.remote_addr))
 
 
+def rendered_once(template: str, context: Callable[[], dict[str, Any]]) -> str:
+    """A page that is identical for every visitor in a language, rendered once per locale and kept.
+
+    Only for templates that show nothing of the visitor: no form data and no flashed message.
+    """
+    pages = current_app.extensions.setdefault("portal.pages", {})
+    key = (template, str(get_locale()))
+    if key not in pages:
+        pages[key] = render_template(template, **context())
+    return pages[key]
+
+
 @bp.get("/")
 def index() -> str:
-    """The most requested page, and the same for everyone in a language: rendered once per locale.
-
-    Its template shows no flashed message, so nothing of one visitor can end up in the copy.
-    """
-    pages = current_app.extensions.setdefault("portal.landing_pages", {})
-    locale = str(get_locale())
-    if locale not in pages:
-        pages[locale] = render_template("public/index.html", programme=services().programme)
-    return pages[locale]
+    """The most requested page: the same for everyone in a language (its template shows no flash)."""
+    return rendered_once("public/index.html", lambda: {"programme": services().programme})
 
 
 @bp.route("/lookup", methods=["GET", "POST"])
 @guard_verification
-def lookup() -> Response | tuple[str, int]:
+def lookup() -> Response | str | tuple[str, int]:
+    if request.method == "GET" and "_flashes" not in session:
+        # The blank form differs between visitors only by its CSRF token: cached, and the token put in.
+        blank = rendered_once("public/lookup.html", lambda: {"form": LookupForm(), "csrf_token": lambda: CSRF_SLOT})
+        return blank.replace(CSRF_SLOT, generate_csrf())
     # Form-encoded bodies only: Flask-WTF would otherwise read a JSON body, whatever its shape.
     form = LookupForm(formdata=request.form if request.method == "POST" else None)
     if not form.validate_on_submit():
