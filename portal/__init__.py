@@ -8,6 +8,7 @@ from inspect import iscoroutinefunction
 from pathlib import Path
 from typing import Any
 
+from babel import Locale
 from babel.support import Translations
 from flask import Flask, current_app, g
 from flask_babel import get_locale, get_translations
@@ -16,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from portal.claims import CodeCipher
 from portal.config import load_config
-from portal.extensions import babel, csrf, db, limiter
+from portal.extensions import babel, csrf, db
 from portal.identity import Argon2Params, IdentifierHasher, Keyring
 from portal.programme import Programme, load_programme
 
@@ -69,8 +70,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         _tune_engine(db.engine)
     csrf.init_app(app)
-    limiter.init_app(app)
-    babel.init_app(app)
+    # One language ships today. Flask-Babel would parse the default locale again on every request;
+    # the selector hands it over parsed once. Choosing among several (Accept-Language) goes here.
+    default_locale = Locale.parse(app.config["BABEL_DEFAULT_LOCALE"])
+    babel.init_app(app, locale_selector=lambda: default_locale)
     app.jinja_env.install_gettext_callables(
         lambda text: _translations().ugettext(text),
         lambda singular, plural, n: _translations().ungettext(singular, plural, n),
@@ -78,10 +81,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.jinja_env.globals["get_locale"] = get_locale
 
-    from portal import cli, errors, security
+    from portal import cli, errors, security, throttle
     from portal.public.views import bp as public_bp
 
     security.init_app(app)
+    throttle.init_app(app)
     cli.init_app(app)
     errors.init_app(app)
     app.register_blueprint(public_bp)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from flask import Flask, Response, request
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -15,6 +17,14 @@ CONTENT_SECURITY_POLICY = "; ".join(
     ]
 )
 HSTS = "max-age=31536000; includeSubDomains"
+# Set here and nowhere else, so they are added in one step rather than checked one by one.
+SECURITY_HEADERS = [
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=()"),
+]
 
 
 def init_app(app: Flask) -> None:
@@ -22,18 +32,28 @@ def init_app(app: Flask) -> None:
     if proxies:
         # Only as many X-Forwarded-* hops as there are proxies of ours: a client cannot forge its address.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
+    app.session_interface = SignedCookieSessions()
     app.after_request(add_security_headers)
+
+
+class SignedCookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions with the signer built once per app, not twice per request.
+
+    The keys it signs with (``SECRET_KEY`` and its fallbacks) are fixed when the app is created.
+    """
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        signer = app.extensions.get("portal.session_signer")
+        if signer is None:
+            signer = app.extensions["portal.session_signer"] = super().get_signing_serializer(app)
+        return signer
 
 
 def add_security_headers(response: Response) -> Response:
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=()")
+    headers.extend(SECURITY_HEADERS)
     if request.is_secure:
-        headers.setdefault("Strict-Transport-Security", HSTS)
+        headers["Strict-Transport-Security"] = HSTS
     if request.endpoint != "static":
         # Pages may show a person's exposure or code: never keep them in any cache.
         headers["Cache-Control"] = "no-store"

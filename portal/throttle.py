@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 from flask_limiter import RequestLimit
 
@@ -30,6 +30,18 @@ from portal.identity import InvalidIdentifier, normalise_last_name, parse_birth_
 View = TypeVar("View", bound=Callable[..., Any])
 
 UNPARSEABLE = "unparseable"  # malformed input is refused before hashing and never counted
+
+
+def init_app(app: Flask) -> None:
+    """Bind Flask-Limiter, without its before-request pass.
+
+    That pass evaluates default, application and blueprint limits on every request, and the
+    portal has none: each limit is a view decorator (``guard_verification``), checked by the
+    decorator itself. Dropping the pass takes a seventh off the cost of every page;
+    ``tests/test_throttle.py`` fails if a limit of another kind is ever declared.
+    """
+    limiter.init_app(app)
+    app.before_request_funcs[None].remove(limiter._check_request_limit)
 
 
 def person_key() -> str:

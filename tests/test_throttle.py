@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import portal.identity
+from portal.extensions import limiter
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001"}
@@ -138,3 +139,14 @@ def test_limits_are_shared_between_app_servers_through_redis(tmp_path) -> None:
     assert _restart_after_three_failures(f"sqlite:///{tmp_path / 'a.sqlite3'}", REDIS_URL) == 429
     # The contrast that makes the test meaningful: per-process memory forgets across servers.
     assert _restart_after_three_failures(f"sqlite:///{tmp_path / 'b.sqlite3'}", "memory://") == 200
+
+
+def test_every_limit_is_checked_by_its_view_decorator(database_url: str) -> None:
+    """The before-request pass of Flask-Limiter is dropped (portal.throttle.init_app): it is the only
+    place default, application and blueprint limits are checked, so none may be declared."""
+    app = make_app(database_url)
+    manager = limiter.limit_manager
+    assert manager.default_limits == [] and manager.application_limits == []
+    assert not manager._blueprint_limits, "a blueprint limit would never be checked"
+    assert set(manager._decorated_limits) == {"portal.public.views.lookup.lookup"}
+    assert limiter._check_request_limit not in app.before_request_funcs.get(None, [])
