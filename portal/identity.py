@@ -31,7 +31,7 @@ from typing import Any
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -324,15 +324,19 @@ def current_scheme(session: Session, hasher: IdentifierHasher) -> HashScheme:
     return scheme
 
 
+# Built once: these run on every verification, and building a statement costs more than running it.
+ACTIVE_SCHEMES = select(HashScheme).where(HashScheme.active)
+PATIENT_BY_DIGEST = select(Patient).where(Patient.lookup_digest.in_(bindparam("digests", expanding=True))).limit(1)
+NEW_VERIFICATION = insert(Verification)
+
+
 def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[HashScheme]:
     """The schemes a verification must try: every active one whose key we hold.
 
     With none in the database yet, an unsaved scheme of the current parameters stands in,
     so that even an empty portal spends the same time on every attempt.
     """
-    schemes = [
-        s for s in session.scalars(select(HashScheme).where(HashScheme.active)) if s.key_version in hasher.keyring.keys
-    ]
+    schemes = [s for s in session.scalars(ACTIVE_SCHEMES) if s.key_version in hasher.keyring.keys]
     if schemes:
         return schemes
     return [
@@ -357,7 +361,7 @@ def find_patient(session: Session, hasher: IdentifierHasher, claim: IdentityClai
     """
     schemes = lookup_schemes(session, hasher)
     digests = hasher.lookup_digests(claim, schemes)
-    return session.scalar(select(Patient).where(Patient.lookup_digest.in_(digests)).limit(1))
+    return session.scalar(PATIENT_BY_DIGEST, {"digests": digests})
 
 
 def _token_digest(token: str) -> bytes:
@@ -368,14 +372,15 @@ def start_verification(session: Session, patient: Patient, channel: str, ttl_sec
     """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    session.add(
-        Verification(
-            token_digest=_token_digest(token),
-            patient_id=patient.id,
-            channel=channel,
-            created_at=now,
-            expires_at=now + timedelta(seconds=ttl_seconds),
-        )
+    session.execute(
+        NEW_VERIFICATION,
+        {
+            "token_digest": _token_digest(token),
+            "patient_id": patient.id,
+            "channel": channel,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl_seconds),
+        },
     )
     session.commit()
     return token
