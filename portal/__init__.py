@@ -81,9 +81,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.jinja_env.globals["get_locale"] = get_locale
 
-    from portal import cli, errors, security, throttle
+    from portal import cli, errors, events, security, throttle
     from portal.public.views import bp as public_bp
 
+    events.init_app(app)
     security.init_app(app)
     throttle.init_app(app)
     cli.init_app(app)

@@ -10,7 +10,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from flask import Flask
+
 log = logging.getLogger("portal.events")
+
+
+def init_app(app: Flask) -> None:
+    """Events are INFO lines: written unless logging was configured otherwise.
+
+    They go through the handler Flask gives the app's logger when none is configured: the
+    request's error stream, which gunicorn keeps in its error log.
+    """
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    _ = app.logger  # creating the app's logger attaches that handler
 
 
 @dataclass(frozen=True)

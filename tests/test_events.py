@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import csrf_token, import_patients, lookup, make_app, patient_row
@@ -44,3 +47,26 @@ def test_verification_claim_and_throttling_are_recorded_without_identifiers(
     rest = [re.sub(r"patient=[0-9a-f]{32}", "patient=REF", line) for line in lines]
     for secret in ("García", "Garcia", "garcialopez", "1980-04-23", "6789", "10001", "123-45"):
         assert not any(secret.lower() in line.lower() for line in rest)
+
+
+UNCONFIGURED_PROCESS = """
+import sys
+from conftest import lookup, make_app
+app = make_app(sys.argv[1])
+lookup(app.test_client(), last_name="Nobody", date_of_birth="1975-01-02", zip_code="10001", ssn_last4="0000")
+"""
+
+
+def test_events_are_written_without_any_logging_set_up(database_url: str) -> None:
+    """Nothing configures logging under gunicorn: the events must still reach its error log (stderr).
+    A process of its own, because pytest's log capture is a configuration."""
+    done = subprocess.run(
+        [sys.executable, "-c", UNCONFIGURED_PROCESS, database_url],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    written = [line for line in done.stderr.splitlines() if "action=verification" in line]
+    assert len(written) == 1 and "outcome=failure channel=public patient=- client=127.0.0.1" in written[0]
