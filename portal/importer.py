@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import re
+from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -205,6 +208,33 @@ class _Batch:
     pending: Future[list[bytes]] | list[bytes] = field(default_factory=list)
 
 
+class SeenKeys:
+    """The 64-bit record-key prefixes met in one run, at about 8 bytes each (a set of ints costs
+    about 70): a sorted array, and a small set that is merged into it now and then.
+
+    A million-row file thus holds 8 MB here, not 190.
+    """
+
+    MERGE_AT = 65_536
+
+    def __init__(self) -> None:
+        self._sorted = array("Q")
+        self._recent: set[int] = set()
+
+    def add(self, key: int) -> bool:
+        """Remember ``key``; False when it was met before."""
+        if key in self._recent:
+            return False
+        at = bisect_left(self._sorted, key)
+        if at < len(self._sorted) and self._sorted[at] == key:
+            return False
+        self._recent.add(key)
+        if len(self._recent) >= self.MERGE_AT:
+            self._sorted = array("Q", heapq.merge(self._sorted, sorted(self._recent)))
+            self._recent.clear()
+        return True
+
+
 class PatientImporter:
     """Streams validated rows through parallel hashing into batched, idempotent writes."""
 
@@ -231,7 +261,7 @@ class PatientImporter:
         self.dry_run = dry_run
         self.rehash = rehash  # hash stored records again: applies corrected identifiers
         self.report = ImportReport()
-        self._seen: set[int] = set()  # 8-byte prefixes of record keys met in this run
+        self._seen = SeenKeys()
 
     def run(self, rows: Iterable[tuple[int, dict[str, str]]]) -> ImportReport:
         scheme = current_scheme(self.session, self.hasher)
@@ -278,11 +308,9 @@ class PatientImporter:
             if not in_shard(row.record_id, self.shard):
                 self.report.skipped_other_shard += 1
                 continue
-            seen_key = int.from_bytes(row.record_key[:8], "big")
-            if seen_key in self._seen:
+            if not self._seen.add(int.from_bytes(row.record_key[:8], "big")):
                 self._reject(line, "record_id repeats an earlier row of this file")
                 continue
-            self._seen.add(seen_key)
             if row.claim.reference and self.letters is not None:
                 self.letters.writerow([row.record_id, format_reference(row.claim.reference)])
                 self.report.letters += 1

@@ -47,6 +47,7 @@ from portal.identity import (
     normalise_zip,
     parse_birth_date,
 )
+from portal.importer import SeenKeys
 from portal.models import ActivationCode, HashScheme, Patient, Verification
 
 SCALE = max(1, int(os.environ.get("PORTAL_HYPOTHESIS_SCALE", "1")))
@@ -210,6 +211,17 @@ def test_an_invalid_identifier_is_never_repeated_back(which: str, text: str) -> 
             # Our messages hold at most two digits in a row: three of the input's would be an echo.
             assert text.strip() not in said
             assert not any(run in said for run in re.findall(r"[0-9]{3,}", text))
+
+
+@given(keys=st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 40), max_size=300), merge_at=st.integers(1, 8))
+@budget(200)
+def test_seen_keys_answer_like_a_set_across_merges(keys: list[int], merge_at: int) -> None:
+    """The importer's compact record-key memory (portal.importer.SeenKeys) is exactly a set."""
+    seen, reference = SeenKeys(), set()
+    seen.MERGE_AT = merge_at  # small, so most examples cross several merges
+    for key in keys:
+        assert seen.add(key) == (key not in reference)
+        reference.add(key)
 
 
 @given(st.lists(st.one_of(st.text(), date_shaped, digits_and_dashes), min_size=5, max_size=5))
