@@ -52,17 +52,22 @@ def index() -> str:
     return rendered_once("public/index.html", lambda: {"programme": services().programme})
 
 
-@bp.route("/lookup", methods=["GET", "POST"])
+@bp.get("/lookup")
+def lookup_form() -> str:
+    """The blank form differs between visitors only by its CSRF token: cached, and the token put in."""
+    if "_flashes" in session:  # a message for this visitor only (their session ended)
+        return render_template("public/lookup.html", form=LookupForm(formdata=None))
+    blank = rendered_once("public/lookup.html", lambda: {"form": LookupForm(), "csrf_token": lambda: CSRF_SLOT})
+    return blank.replace(CSRF_SLOT, generate_csrf())
+
+
+@bp.post("/lookup")
 @guard_verification
-def lookup() -> Response | str | tuple[str, int]:
-    if request.method == "GET" and "_flashes" not in session:
-        # The blank form differs between visitors only by its CSRF token: cached, and the token put in.
-        blank = rendered_once("public/lookup.html", lambda: {"form": LookupForm(), "csrf_token": lambda: CSRF_SLOT})
-        return blank.replace(CSRF_SLOT, generate_csrf())
+def lookup() -> Response | tuple[str, int]:
     # Form-encoded bodies only: Flask-WTF would otherwise read a JSON body, whatever its shape.
-    form = LookupForm(formdata=request.form if request.method == "POST" else None)
+    form = LookupForm(formdata=request.form)
     if not form.validate_on_submit():
-        return render_template("public/lookup.html", form=form), 400 if form.is_submitted() else 200
+        return render_template("public/lookup.html", form=form), 400
     assert form.claim is not None
     patient = find_patient(db.session, services().hasher, form.claim)
     if patient is None:
@@ -90,7 +95,7 @@ def verified_only(view: Callable[[Patient], ResponseValue]) -> Callable[[], Resp
         if SESSION_KEY in session:
             session.clear()
             flash(_("For your safety your session ended after 15 minutes. Please enter your details again."))
-        return redirect(url_for("public.lookup"), 303)
+        return redirect(url_for("public.lookup_form"), 303)
 
     return guarded
 
