@@ -327,7 +327,7 @@ def current_scheme(session: Session, hasher: IdentifierHasher) -> HashScheme:
 # Built once: these run on every verification, and building a statement costs more than running it.
 ACTIVE_SCHEMES = select(HashScheme).where(HashScheme.active)
 PATIENT_BY_DIGEST = select(Patient).where(Patient.lookup_digest.in_(bindparam("digests", expanding=True))).limit(1)
-NEW_VERIFICATION = insert(Verification)
+NEW_VERIFICATION = insert(Verification.__table__)
 
 
 def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[HashScheme]:
@@ -372,7 +372,8 @@ def start_verification(session: Session, patient: Patient, channel: str, ttl_sec
     """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    session.execute(
+    # Core, in the session's transaction: nothing reads the row back, so the ORM has nothing to do.
+    session.connection().execute(
         NEW_VERIFICATION,
         {
             "token_digest": _token_digest(token),
