@@ -14,6 +14,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
+from werkzeug.serving import run_simple
 
 from portal import create_app, schema, services, synthetic
 from portal.claims import pool_status, rotate_code_key
@@ -282,14 +283,21 @@ def load_demo_data(app: Flask, patients: int) -> None:
 
 
 def sample_identities(patients: int) -> list[str]:
-    """Three people of the synthetic list to try: plain, tricky spelling, and one with no SSN."""
+    """Up to three people of the synthetic list to try: plain, tricky spelling, and one with no SSN
+    (a small list may lack one of the kinds)."""
     rows = list(synthetic.synthetic_patients(min(patients, 500), DEMO_SEED))
-    plain = next(r for r in rows if r["ssn"] and r["last_name"].isascii() and r["last_name"].isalpha())
-    tricky = next(r for r in rows if r["ssn"] and not (r["last_name"].isascii() and r["last_name"].isalpha()))
-    no_ssn = next(r for r in rows if not r["ssn"])
+
+    def plain(row: dict[str, str]) -> bool:
+        return row["last_name"].isascii() and row["last_name"].isalpha()
+
+    kinds: list[Callable[[dict[str, str]], bool]] = [
+        lambda r: bool(r["ssn"]) and plain(r),
+        lambda r: bool(r["ssn"]) and not plain(r),
+        lambda r: not r["ssn"],
+    ]
     hasher = current_app.extensions["portal"].hasher
     lines = []
-    for row in (plain, tricky, no_ssn):
+    for row in filter(None, (next(filter(kind, rows), None) for kind in kinds)):
         factor = (
             f"SSN last 4 {row['ssn'][-4:]}" if row["ssn"]
             else f"reference {format_reference(hasher.letter_reference(row['record_id']))}"
@@ -314,7 +322,8 @@ def demo_command(patients: int, port: int, serve: bool) -> None:
     click.echo("\n".join(samples))
     if serve:
         click.echo(f"Serving http://127.0.0.1:{port}/  (Ctrl+C stops)")
-        app.run(host="127.0.0.1", port=port, debug=False, load_dotenv=False)
+        # Not app.run(): Flask ignores it inside a ``flask``-style command such as this one.
+        run_simple("127.0.0.1", port, app, threaded=True)
 
 
 main.add_command(demo_command)
