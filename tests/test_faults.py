@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,7 +30,7 @@ import flask_limiter._extension as limiter_module
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import import_patients, make_app, numbered, patient_row
+from conftest import free_port, import_patients, make_app, numbered, patient_row
 from flask import Flask, request
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -49,12 +48,6 @@ LEAK_MARKERS = ("Traceback", 'File "', "OperationalError", "psycopg", "sqlalchem
 CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 CODE_ON_PAGE = re.compile(r"<code>([^<]+)</code>")
 ENROLL_BY = "2030-01-01"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def assert_clean_503(response: Any, where: str) -> None:

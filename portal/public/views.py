@@ -56,7 +56,7 @@ def index() -> str:
 def lookup_form() -> str:
     """The blank form differs between visitors only by its CSRF token: cached, and the token put in."""
     if "_flashes" in session:  # a message for this visitor only (their session ended)
-        return render_template("public/lookup.html", form=LookupForm(formdata=None))
+        return render_template("public/lookup.html", form=LookupForm())
     blank = rendered_once("public/lookup.html", lambda: {"form": LookupForm(), "csrf_token": lambda: CSRF_SLOT})
     return blank.replace(CSRF_SLOT, generate_csrf())
 
