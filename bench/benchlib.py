@@ -6,8 +6,8 @@ What lives here, once, so the scripts differ only in what they measure:
   that also runs on Ctrl+C and SIGTERM;
 * ``portal_env``: a PORTAL_* environment with freshly generated keys (ENV=testing);
 * ``Server``: ``gunicorn -c python:portal.gunicorn_config APP`` on a free loopback port;
-* ``run_load``: a closed-loop load generator in separate processes (threads + http.client,
-  keep-alive connections), with ``GetPage`` and ``Lookup`` scenarios;
+* ``run_load``: a closed-loop load generator in separate processes (threads, each with a
+  lean keep-alive HTTP/1.1 client on a plain socket), with ``GetPage`` and ``Lookup`` scenarios;
 * ``argon2_baseline``: N processes doing nothing but ``portal.identity.stretch``;
 * process-tree RSS/PSS/CPU from /proc, percentiles, table printing.
 
@@ -641,34 +641,89 @@ def _retry_after_ok(status: int, headers: Any) -> bool:
     return status != 503 or bool(headers.get("Retry-After"))
 
 
+class _Headers:
+    """Response headers, looked up case-insensitively (the little of http.client.HTTPMessage used here)."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.pairs if key == name]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return next(iter(self.get_all(name)), default)
+
+
 class _Client:
-    """One keep-alive HTTP/1.1 connection, reopened after an error or a ``Connection: close``."""
+    """One keep-alive HTTP/1.1 connection on a plain socket, reopened after an error or a close.
+
+    Lean on purpose (no http.client, whose header parsing goes through the email package): the
+    load process shares the machine's cores with the server, and every cycle it spends is one the
+    server does not get. It understands what gunicorn sends the portal: Content-Length bodies, or
+    a body up to the close.
+    """
 
     def __init__(self, port: int, keepalive: bool, timeout: float) -> None:
         self.port, self.keepalive, self.timeout = port, keepalive, timeout
-        self.conn: http.client.HTTPConnection | None = None
+        self.sock: socket.socket | None = None
+        self.pending = b""  # bytes received beyond the last response
 
     def request(self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-        headers = dict(headers or {})
+        payload = body.encode() if body is not None else b""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if body is not None:
+            lines.append(f"Content-Length: {len(payload)}")
         if not self.keepalive:
-            headers["Connection"] = "close"
+            lines.append("Connection: close")
+        message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
         try:
-            self.conn.request(method, path, body, headers)
-            response = self.conn.getresponse()
-            data = response.read()
+            if self.sock is None:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.sendall(message)
+            status, response_headers, data, closing = self._response()
         except Exception:
             self.close()
             raise
-        if response.will_close:
+        if closing or not self.keepalive:
             self.close()
-        return response.status, response.headers, data
+        return status, response_headers, data
+
+    def _receive(self) -> bytes:
+        assert self.sock is not None
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def _response(self) -> tuple[int, _Headers, bytes, bool]:
+        buffer = self.pending
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            buffer += self._receive()
+        status_line, *header_lines = buffer[:end].decode("latin-1").split("\r\n")
+        pairs = [(name.strip().lower(), value.strip()) for name, _, value in (h.partition(":") for h in header_lines)]
+        headers = _Headers(pairs)
+        closing = (headers.get("connection") or "").lower() == "close"
+        body, length = buffer[end + 4 :], headers.get("content-length")
+        if headers.get("transfer-encoding"):
+            raise RuntimeError("chunked responses are not supported by the bench client")
+        if length is None:  # the body runs to the close
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    body += self._receive()
+            return int(status_line.split()[1]), headers, body, True
+        while len(body) < int(length):
+            body += self._receive()
+        self.pending = body[int(length) :]
+        return int(status_line.split()[1]), headers, body[: int(length)], closing
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.pending = b""
 
 
 @dataclass
