@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -225,7 +225,22 @@ def stretch(message: bytes, salt: bytes, params: Argon2Params) -> bytes:
     )
 
 
-def scheme_params(scheme: HashScheme) -> Argon2Params:
+class SchemeFields(Protocol):
+    """What hashing needs of a scheme: a ``HashScheme``, or a row of its columns (lookups read rows)."""
+
+    @property
+    def key_version(self) -> int: ...
+    @property
+    def salt(self) -> bytes: ...
+    @property
+    def time_cost(self) -> int: ...
+    @property
+    def memory_cost(self) -> int: ...
+    @property
+    def parallelism(self) -> int: ...
+
+
+def scheme_params(scheme: SchemeFields) -> Argon2Params:
     return Argon2Params(scheme.time_cost, scheme.memory_cost, scheme.parallelism)
 
 
@@ -261,10 +276,10 @@ class IdentifierHasher:
         """The keyed (fast) half of the lookup digest; ``stretch`` makes it slow."""
         return self._mac("lookup", claim.canonical(), key_version)
 
-    def lookup_digest(self, claim: IdentityClaim, scheme: HashScheme) -> bytes:
+    def lookup_digest(self, claim: IdentityClaim, scheme: SchemeFields) -> bytes:
         return stretch(self.lookup_message(claim, scheme.key_version), scheme.salt, scheme_params(scheme))
 
-    def lookup_digests(self, claim: IdentityClaim, schemes: list[HashScheme]) -> list[bytes]:
+    def lookup_digests(self, claim: IdentityClaim, schemes: list[SchemeFields]) -> list[bytes]:
         """One digest per scheme, on the hashing threads; HashingBusy when no turn comes within the wait."""
         if not self._slots.acquire(timeout=self._wait_seconds):
             raise HashingBusy()
@@ -325,18 +340,25 @@ def current_scheme(session: Session, hasher: IdentifierHasher) -> HashScheme:
 
 
 # Built once: these run on every verification, and building a statement costs more than running it.
-ACTIVE_SCHEMES = select(HashScheme).where(HashScheme.active)
-PATIENT_BY_DIGEST = select(Patient).where(Patient.lookup_digest.in_(bindparam("digests", expanding=True))).limit(1)
+# Core, not ORM: a lookup only reads these rows, and loading them as objects cost more than the SQL.
+_schemes, _patients = HashScheme.__table__.c, Patient.__table__
+ACTIVE_SCHEMES = select(
+    _schemes.key_version, _schemes.salt, _schemes.time_cost, _schemes.memory_cost, _schemes.parallelism
+).where(_schemes.active)
+PATIENT_BY_DIGEST = (
+    select(_patients).where(_patients.c.lookup_digest.in_(bindparam("digests", expanding=True))).limit(1)
+)
 NEW_VERIFICATION = insert(Verification.__table__)
 
 
-def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[HashScheme]:
+def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[SchemeFields]:
     """The schemes a verification must try: every active one whose key we hold.
 
     With none in the database yet, an unsaved scheme of the current parameters stands in,
     so that even an empty portal spends the same time on every attempt.
     """
-    schemes = [s for s in session.scalars(ACTIVE_SCHEMES) if s.key_version in hasher.keyring.keys]
+    rows = session.connection().execute(ACTIVE_SCHEMES)
+    schemes: list[SchemeFields] = [s for s in rows if s.key_version in hasher.keyring.keys]
     if schemes:
         return schemes
     return [
@@ -353,22 +375,22 @@ def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[HashSchem
 # --- Verification --------------------------------------------------------------------------------
 
 
-def find_patient(session: Session, hasher: IdentifierHasher, claim: IdentityClaim) -> Patient | None:
-    """The patient whose identifiers match the claim, or None.
+def find_patient(session: Session, hasher: IdentifierHasher, claim: IdentityClaim) -> Row[Any] | None:
+    """The ``patients`` row whose identifiers match the claim, or None.
 
     Always the same work: one Argon2id per active scheme and one indexed query, whether the
     person is unknown or one field is wrong. Callers must answer both cases identically.
     """
     schemes = lookup_schemes(session, hasher)
     digests = hasher.lookup_digests(claim, schemes)
-    return session.scalar(PATIENT_BY_DIGEST, {"digests": digests})
+    return session.connection().execute(PATIENT_BY_DIGEST, {"digests": digests}).first()
 
 
 def _token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii", "replace")).digest()
 
 
-def start_verification(session: Session, patient: Patient, channel: str, ttl_seconds: int) -> str:
+def start_verification(session: Session, patient: Patient | Row[Any], channel: str, ttl_seconds: int) -> str:
     """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()

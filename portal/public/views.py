@@ -30,8 +30,8 @@ CHANNEL = "public"
 CSRF_SLOT = "@@csrf-token@@"  # stands in for the visitor's token in the cached blank lookup form
 
 
-def _record(action: str, outcome: str, patient: Patient | None = None) -> None:
-    record(Event(action, outcome, CHANNEL, patient.public_id if patient else None, request.remote_addr))
+def _record(action: str, outcome: str, public_id: str | None = None) -> None:
+    record(Event(action, outcome, CHANNEL, public_id, request.remote_addr))
 
 
 def rendered_once(template: str, context: Callable[[], dict[str, Any]]) -> str:
@@ -77,7 +77,7 @@ def lookup() -> Response | tuple[str, int]:
         return render_template("public/lookup.html", form=form, not_matched=True), 200
     session.clear()
     session.permanent = True
-    _record("verification", "success", patient)  # before the commit below expires the loaded row
+    _record("verification", "success", patient.public_id)
     session[SESSION_KEY] = start_verification(
         db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"]
     )
@@ -117,7 +117,7 @@ def claim(patient: Patient) -> ResponseValue:
     try:
         claim_code(db.session, services().cipher, patient)
     except PoolEmpty:
-        _record("claim", "pool-empty", patient)
+        _record("claim", "pool-empty", patient.public_id)
         return render_error(
             503,
             _(
@@ -126,9 +126,9 @@ def claim(patient: Patient) -> ResponseValue:
             ),
         )
     except PoolBusy:
-        _record("claim", "busy", patient)
+        _record("claim", "busy", patient.public_id)
         return render_error(503, retry_after=5)
-    _record("claim", "success", patient)
+    _record("claim", "success", patient.public_id)
     return redirect(url_for("public.code_page"), 303)
 
 
