@@ -53,7 +53,9 @@ DEFAULTS: dict[str, Any] = {
     # memory:// is per process; several workers or servers share redis://host:6379/0.
     "RATELIMIT_STORAGE_URI": "memory://",
     "RATELIMIT_STRATEGY": "moving-window",
-    "RATELIMIT_HEADERS_ENABLED": True,
+    # No X-RateLimit-* headers: the per-person bucket's count would tell anyone typing a name and
+    # birth date how often others failed with them. A refusal still says when to retry.
+    "RATELIMIT_HEADERS_ENABLED": False,
     # Redis down: count in process memory (and log it) rather than fail or stop counting.
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
     # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).

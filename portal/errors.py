@@ -10,9 +10,10 @@ from flask.globals import request_ctx
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, TooManyRequests
 
 from portal.identity import HashingBusy
+from portal.throttle import seconds_until_retry
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
     status = error.code or 500
     if isinstance(error, CSRFError):
         return render_error(400, CSRF_MESSAGE)
+    if status == TooManyRequests.code:
+        return render_error(status, retry_after=seconds_until_retry(RETRY_AFTER_SECONDS))
     return render_error(status, retry_after=RETRY_AFTER_SECONDS if status == 503 else None)
 
 

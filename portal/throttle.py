@@ -15,6 +15,7 @@ and calls ``note_failure`` on a miss, so all surfaces share the same buckets.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -75,6 +76,15 @@ def _failed(_response: Response) -> bool:
 def _on_breach(breached: RequestLimit) -> None:
     scope = breached.request_args[-1]  # Flask-Limiter passes (key, scope); the key stays out of the event
     record(Event("verification", f"throttled:{scope}", request.blueprint or "-", client=request.remote_addr))
+
+
+def seconds_until_retry(default: int) -> int:
+    """For the Retry-After of a 429: when the limit this request broke lets the client in again."""
+    breached = limiter.current_limit
+    try:
+        return max(1, breached.reset_at - int(time.time())) if breached else default
+    except Exception:  # the limit store went away since the check (Redis lost): any honest hint will do
+        return default
 
 
 def _config_limit(name: str) -> Callable[[], str]:

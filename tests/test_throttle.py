@@ -59,6 +59,19 @@ def test_throttling_looks_the_same_for_unknown_people(database_url: str) -> None
     assert [strip(b) for s, b, _ in known if s == 429] == [strip(b) for s, b, _ in unknown if s == 429]
 
 
+def test_answers_do_not_reveal_how_often_others_failed(database_url: str) -> None:
+    """No rate-limit counters on the lookup's answers: the person bucket's count would tell whoever
+    types a name and birth date how often others failed with them. A refusal says when to retry."""
+    app = throttled_app(database_url, VERIFY_LIMIT_PERSON="2 per 15 minutes")
+    answers = [lookup(client_at(app, f"10.3.0.{i}"), **KNOWN, ssn_last4="0000") for i in range(1, 4)]
+    answers.append(lookup(client_at(app, "10.3.0.9"), **UNKNOWN, ssn_last4="0000"))
+    assert [a.status_code for a in answers] == [200, 200, 429, 200]
+    for answer in answers:
+        assert not [name for name in answer.headers.keys() if name.lower().startswith("x-ratelimit")]
+    assert 15 * 60 - 60 < int(answers[2].headers["Retry-After"]) <= 15 * 60 + 1
+    assert "Retry-After" not in answers[0].headers
+
+
 def test_one_client_address_is_limited_across_people(database_url: str) -> None:
     app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="3 per hour")
     people = [{**UNKNOWN, "last_name": f"Person{chr(65 + i)}"} for i in range(4)]
