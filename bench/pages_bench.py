@@ -1,7 +1,7 @@
 """Landing-page throughput: the portal's ``/`` vs a bare Flask "hello" app, same gunicorn settings.
 
 Both run as ``gunicorn -c python:portal.gunicorn_config APP`` (workers = cores, 4 gthread threads
-each, access log on) at the same time on two loopback ports; the load alternates between them in
+each, no access log) at the same time on two loopback ports; the load alternates between them in
 rounds (A B A B ...) so that drift on the machine hits both alike.
 
 RATIO = portal ``/`` requests/s / hello requests/s. Target >= 0.70.
