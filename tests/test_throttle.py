@@ -9,8 +9,10 @@ import pytest
 from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_limiter import RequestLimit
 
 import portal.identity
+from portal.errors import RETRY_AFTER_SECONDS
 from portal.extensions import limiter
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
@@ -70,6 +72,22 @@ def test_answers_do_not_reveal_how_often_others_failed(database_url: str) -> Non
         assert not [name for name in answer.headers.keys() if name.lower().startswith("x-ratelimit")]
     assert 15 * 60 - 60 < int(answers[2].headers["Retry-After"]) <= 15 * 60 + 1
     assert "Retry-After" not in answers[0].headers
+
+
+def test_a_refusal_whose_limit_store_just_vanished_still_says_when_to_retry(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading when the broken limit resets needs the limit store; without it, a 429 all the same."""
+    app = throttled_app(database_url, VERIFY_LIMIT_PERSON="1 per 15 minutes")
+    assert attempt(app, KNOWN, "0000", "10.4.0.1")[0] == 200
+
+    def store_gone(_self: RequestLimit) -> int:
+        raise ConnectionError("limit store lost")
+
+    monkeypatch.setattr(RequestLimit, "reset_at", property(store_gone))
+    status, body, retry_after = attempt(app, KNOWN, "0000", "10.4.0.2")
+    assert (status, retry_after) == (429, str(RETRY_AFTER_SECONDS))
+    assert "help line" in body
 
 
 def test_one_client_address_is_limited_across_people(database_url: str) -> None:
