@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from functools import partial, wraps
+from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, g, request
 from flask.wrappers import Response
@@ -31,20 +32,41 @@ from portal.identity import InvalidIdentifier, normalise_last_name, parse_birth_
 View = TypeVar("View", bound=Callable[..., Any])
 
 UNPARSEABLE = "unparseable"  # malformed input is refused before hashing and never counted
+GUARDED = "verification_guarded"  # set in g by guard_verification; Flask-Limiter's hooks then run
 
 
 def init_app(app: Flask) -> None:
-    """Bind Flask-Limiter, without its before-request pass.
+    """Bind Flask-Limiter, with its per-request passes only where a limit applies.
 
-    That pass evaluates default, application and blueprint limits on every request, and the
-    portal has none: each limit is a view decorator (``guard_verification``), checked by the
-    decorator itself. Dropping the pass takes a seventh off the cost of every page;
-    ``tests/test_throttle.py`` fails if a limit of another kind is ever declared.
+    Flask-Limiter hooks three passes into every request. Before it, it evaluates default,
+    application and blueprint limits, and the portal has none: each limit is a view decorator
+    (``guard_verification``), checked by the decorator itself, so that pass is dropped. After it,
+    it settles ``deduct_when`` deductions and resets its request state, which only a guarded view
+    ever has, so those two run for guarded views only. The first cost a seventh of every page, the
+    other two a further twelfth. ``tests/test_throttle.py`` fails if a limit of another kind is
+    ever declared, if a page runs the two, or if a failure stops being counted.
     """
     limiter.init_app(app)
     before = app.before_request_funcs.get(None, [])
     if limiter._check_request_limit in before:  # absent when RATELIMIT_ENABLED is false
         before.remove(limiter._check_request_limit)
+    for hooks in (app.after_request_funcs.get(None, []), app.teardown_request_funcs.get(None, [])):
+        hooks[:] = [_for_guarded_views(hook) if _bound_to_limiter(hook) else hook for hook in hooks]
+
+
+def _bound_to_limiter(hook: Any) -> bool:
+    """Flask-Limiter registers a bound method and a ``partial`` with the limiter as first argument."""
+    owner = hook.args[0] if isinstance(hook, partial) and hook.args else getattr(hook, "__self__", None)
+    return owner is limiter
+
+
+def _for_guarded_views(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An after-request or teardown hook that runs only for a request ``guard_verification`` saw."""
+
+    def hook_when_guarded(value: Any) -> Any:
+        return hook(value) if g.get(GUARDED) else value
+
+    return hook_when_guarded
 
 
 def person_key() -> str:
@@ -93,17 +115,24 @@ def _config_limit(name: str) -> Callable[[], str]:
 
 def guard_verification(view: View) -> View:
     """Apply the three shared failure limits to a verifying view (POST only)."""
+    limited = view
     for scope, key_func, setting in (
         ("verify-person", person_key, "VERIFY_LIMIT_PERSON"),
         ("verify-client", None, "VERIFY_LIMIT_CLIENT"),
         ("verify-global", whole_portal, "VERIFY_LIMIT_GLOBAL"),
     ):
-        view = limiter.shared_limit(
+        limited = limiter.shared_limit(
             _config_limit(setting),
             scope=scope,
             key_func=key_func,
             methods=["POST"],
             deduct_when=_failed,
             on_breach=_on_breach,
-        )(view)
-    return view
+        )(limited)
+
+    @wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        g.setdefault(GUARDED, True)
+        return limited(*args, **kwargs)
+
+    return cast(View, guarded)

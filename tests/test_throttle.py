@@ -4,12 +4,13 @@ whether or not the person exists; successes and malformed input are never counte
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import pytest
 from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
-from flask_limiter import RequestLimit
+from flask_limiter import Limiter, RequestLimit
 
 import portal.identity
 from portal.errors import RETRY_AFTER_SECONDS
@@ -181,3 +182,26 @@ def test_every_limit_is_checked_by_its_view_decorator(database_url: str) -> None
     assert not manager._blueprint_limits, "a blueprint limit would never be checked"
     assert set(manager._decorated_limits) == {"portal.public.views.lookup.lookup"}
     assert limiter._check_request_limit not in app.before_request_funcs.get(None, [])
+
+
+def test_only_guarded_views_run_the_limiters_after_request_work(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flask-Limiter's after-request and teardown passes (deductions, state reset) run for the views
+    guard_verification wraps, and for no other page (portal.throttle.init_app)."""
+    seen: list[str] = []
+    for name in ("_Limiter__inject_headers", "_Limiter__release_context"):
+        original = getattr(Limiter, name)
+
+        def spy(self: Limiter, value: Any, original: Any = original, name: str = name) -> Any:
+            seen.append(f"{name.rsplit('__', 1)[1]} {request.method} {request.path}")
+            return original(self, value)
+
+        monkeypatch.setattr(Limiter, name, spy)
+    app = throttled_app(database_url)
+    client = app.test_client()
+    for path in ("/", "/lookup", "/exposure", "/no-such-page"):
+        client.get(path)
+    assert seen == []
+    assert lookup(client, **UNKNOWN, ssn_last4="0000").status_code == 200
+    assert seen == ["inject_headers POST /lookup", "release_context POST /lookup"]
