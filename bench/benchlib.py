@@ -614,12 +614,17 @@ class GetPage:
 class Lookup:
     """One operation = GET /lookup (CSRF token + session cookie), then POST /lookup with an identity.
 
-    A real browser's first visit: a fresh session each time, over a kept-alive connection.
+    A real browser's first visit: a fresh session each time, both requests on one kept-alive
+    connection. By default each client keeps its connection for all its visits, as a proxy that
+    pools its upstream connections does; ``new_connections`` opens one per visit instead, as
+    visitors reaching gunicorn directly (or through a proxy without a pool) do, and then the
+    workers compete to accept each visit.
     The operation's status is the POST's (303 = verified), or "GET nnn" when the form failed.
     """
 
-    def __init__(self, identities: list[dict[str, str]]) -> None:
+    def __init__(self, identities: list[dict[str, str]], new_connections: bool = False) -> None:
         self.identities = identities
+        self.new_connections = new_connections
 
     def __call__(self, client: _Client, n: int) -> tuple[str, bool]:
         status, headers, body = client.request("GET", "/lookup")
@@ -634,6 +639,8 @@ class Lookup:
             urllib.parse.urlencode(form),
             {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
         )
+        if self.new_connections:
+            client.close()
         return str(status), _retry_after_ok(status, headers)
 
 

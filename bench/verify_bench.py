@@ -4,7 +4,9 @@ The portal runs as in production: ``gunicorn -c python:portal.gunicorn_config ws
 (workers = cores, 4 threads each, PORTAL_HASH_CONCURRENCY 1 per worker), on a temporary SQLite
 file by default or a private schema of ``--database-url``. A separate load process drives it over
 loopback at 2 x cores concurrent clients; each operation is a first visit: GET /lookup (CSRF token
-and session cookie), then POST /lookup with a real synthetic identity, expecting 303.
+and session cookie), then POST /lookup with a real synthetic identity, expecting 303. Each client
+keeps one connection for all its visits, as a pooling proxy in front does (``--new-connections``:
+one per visit).
 
 RATIO = verified lookups/s / hashes/s of ``cores`` processes doing nothing but
 portal.identity.stretch (same Argon2id params, measured before and after in the same run).
@@ -34,6 +36,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="alternating raw/HTTP rounds (default 4)")
     parser.add_argument("--people", type=int, help="synthetic people imported (default 400)")
     parser.add_argument("--clients", type=int, default=2 * b.CORES, help="concurrent clients (default 2 x cores)")
+    parser.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="a new connection per visit (default: each client keeps one for all its visits)",
+    )
     parser.add_argument("--overload", action="store_true", help="also a burst at 10 x the concurrency")
     parser.add_argument("--overload-seconds", type=float, default=20.0)
     parser.add_argument("--overload-factor", type=int, default=10, help="burst concurrency = factor x --clients")
@@ -85,7 +92,7 @@ def main() -> int:
         b.say(f"stored {people:,} synthetic people with the real importer; {len(identities):,} identities to look up")
 
         server = b.start_portal(bench, args, env, tmp / "gunicorn.log", "/lookup")
-        scenario = b.Lookup(identities)
+        scenario = b.Lookup(identities, args.new_connections)
         status, first = b.timed_request(server, scenario)
         if status != "303":
             raise RuntimeError(f"a real identity got {status}, not 303:\n{server.log_tail()}")
@@ -128,7 +135,8 @@ def main() -> int:
         peak_rss = max(r.server_peak_rss for r in loads)
         b.say(
             f"{rounds} rounds of: raw Argon2id with {b.CORES} processes for {args.baseline_seconds:.0f} s, then"
-            f" {args.clients} HTTP clients for {seconds:.0f} s (after 3 s warm-up; keep-alive; 1 load process)"
+            f" {args.clients} HTTP clients for {seconds:.0f} s (after 3 s warm-up; 1 load process;"
+            f" {'a new connection per visit' if args.new_connections else 'one kept-alive connection per client'})"
         )
         b.say(b.table(round_rows, ["round", "raw hashes/s", "lookups/s", "ratio", "server CPU by process (cores)"]))
         b.say(
