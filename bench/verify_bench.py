@@ -1,7 +1,7 @@
 """Verified lookups per second through the real HTTP stack vs raw Argon2id on the same cores.
 
 The portal runs as in production: ``gunicorn -c python:portal.gunicorn_config wsgi:app``
-(workers = cores, 4 threads each, PORTAL_HASH_CONCURRENCY 1 per worker), on a temporary SQLite
+(workers = cores, 4 threads each, PORTAL_HASH_CONCURRENCY 2 per worker), on a temporary SQLite
 file by default or a private schema of ``--database-url``. A separate load process drives it over
 loopback at 2 x cores concurrent clients; each operation is a first visit: GET /lookup (CSRF token
 and session cookie), then POST /lookup with a real synthetic identity, expecting 303. Each client
@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--hash-wait", type=float, help="PORTAL_HASH_WAIT_SECONDS (default: config's, 10)")
     parser.add_argument("--workers", type=int, help="PORTAL_WORKERS (default: gunicorn_config's, = cores)")
     parser.add_argument("--threads", type=int, help="PORTAL_THREADS (default: gunicorn_config's, 4)")
-    parser.add_argument("--hash-concurrency", type=int, help="PORTAL_HASH_CONCURRENCY (default: config's, 1)")
+    parser.add_argument("--hash-concurrency", type=int, help="PORTAL_HASH_CONCURRENCY (default: config's, 2)")
     parser.add_argument("--baseline-seconds", type=float, default=4.0)
     parser.add_argument(
         "--argon2",
@@ -80,7 +80,7 @@ def main() -> int:
         b.say(
             f"gunicorn -c python:portal.gunicorn_config {args.app}: workers {args.workers or b.CORES}"
             f" (PORTAL_WORKERS), threads {args.threads or 4} (PORTAL_THREADS),"
-            f" hash concurrency {args.hash_concurrency or 1} per worker (PORTAL_HASH_CONCURRENCY),"
+            f" hash concurrency {args.hash_concurrency or 2} per worker (PORTAL_HASH_CONCURRENCY),"
             f" hash wait {args.hash_wait or 10:g} s (PORTAL_HASH_WAIT_SECONDS)"
         )
         b.say(f"throttle: PORTAL_VERIFY_LIMIT_PERSON/CLIENT/GLOBAL = '{b.LOOSE_LIMIT}' (cannot interfere)")
@@ -158,7 +158,7 @@ def main() -> int:
         if lopsided:
             b.say(
                 f"  NOTE: in round(s) {', '.join(lopsided)} the kept-alive connections landed (almost) all on one"
-                " worker; with PORTAL_HASH_CONCURRENCY=1 per worker the other core then had no hashing to do"
+                " worker, which hashes on PORTAL_HASH_CONCURRENCY cores at most"
             )
         b.say(f"  {load_cpu}")
         good = statuses.get("303", 0) == sum(statuses.values()) and not errors

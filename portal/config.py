@@ -33,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "ARGON2_MEMORY_COST": 19456,
     "ARGON2_PARALLELISM": 1,
     # Lookups hashing at once per process, and how long a lookup waits for a turn before a 503.
-    "HASH_CONCURRENCY": 1,
+    # Two, so that a worker holding most of the connections can still hash on two cores.
+    "HASH_CONCURRENCY": 2,
     "HASH_WAIT_SECONDS": 10,
     "VERIFICATION_TTL_SECONDS": 15 * 60,
     "PROGRAMME_FILE": None,
