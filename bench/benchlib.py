@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from portal.config import DEFAULTS as PORTAL_DEFAULTS
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the venv's bin/ when run as .venv/bin/python bench/x.py
@@ -47,7 +49,11 @@ CORES = os.cpu_count() or 1
 DEFAULT_PG_URL = os.environ.get("PORTAL_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 # (time_cost, memory_cost KiB, parallelism)
-PROD_ARGON2 = (2, 19456, 1)  # portal.config.DEFAULTS
+PROD_ARGON2: tuple[int, int, int] = (
+    PORTAL_DEFAULTS["ARGON2_TIME_COST"],
+    PORTAL_DEFAULTS["ARGON2_MEMORY_COST"],
+    PORTAL_DEFAULTS["ARGON2_PARALLELISM"],
+)
 CHEAP_ARGON2 = (1, 8, 1)  # Argon2's own minimum: t >= 1, m >= 8 * p KiB
 LOOSE_LIMIT = "1000000 per minute"  # VERIFY_LIMIT_*: high enough that throttling never interferes
 
