@@ -1,10 +1,11 @@
 """Production gunicorn settings: ``gunicorn -c python:portal.gunicorn_config wsgi:app``.
 
 One process per core, each with a few threads: Argon2id releases the GIL, and each process
-hashes on only ``PORTAL_HASH_CONCURRENCY`` (default 2) dedicated threads, so Argon2 memory is
-capped at cores x 2 x 19 MiB however many requests arrive. Lookups beyond that wait a bounded time
-(``PORTAL_HASH_WAIT_SECONDS``) and then get 503 with Retry-After; requests beyond the threads
-wait in gunicorn's backlog. Pages that do not hash keep being served by the other threads.
+hashes on only ``PORTAL_HASH_CONCURRENCY`` (default 1) dedicated threads, so no more hashes run
+than there are cores and Argon2 memory is capped at cores x 19 MiB however many requests
+arrive. Lookups beyond that wait a bounded time (``PORTAL_HASH_WAIT_SECONDS``) and then get 503
+with Retry-After; requests beyond the threads wait in gunicorn's backlog. Pages that do not
+hash keep being served by the other threads.
 """
 
 import multiprocessing
