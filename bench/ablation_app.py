@@ -1,0 +1,47 @@
+"""The portal with parts of a lookup replaced by stand-ins, for ``verify_bench.py --app ablation_app:app``.
+
+What a part of a verified lookup costs through the real stack (gunicorn, two cores shared with
+Argon2id) is not what it costs in-process: measure it by taking it out. ``PORTAL_BENCH_ABLATE``
+names the parts to take out, comma-separated:
+
+* ``limits``   — the three failure limits (``guard_verification``) are not checked;
+* ``database`` — no query and no write: the lookup hashes with the configured parameters and
+  "finds" a stand-in row; the verification is not stored;
+* ``csrf``     — the CSRF check is off;
+* ``events``   — no security event is logged.
+
+Everything else is the real portal. Only the verify bench's two requests are meant to work.
+
+    PORTAL_BENCH_ABLATE=database .venv/bin/python bench/verify_bench.py --app ablation_app:app --pythonpath bench
+"""
+
+import os
+import secrets
+from types import SimpleNamespace
+from typing import Any
+
+from portal.public import views
+from wsgi import app
+
+ABLATED = set(filter(None, os.environ.get("PORTAL_BENCH_ABLATE", "").split(",")))
+UNKNOWN = ABLATED - {"limits", "database", "csrf", "events"}
+if UNKNOWN:
+    raise SystemExit(f"PORTAL_BENCH_ABLATE: unknown part(s) {sorted(UNKNOWN)}")
+
+
+def _hash_only(_session: Any, hasher: Any, claim: Any) -> SimpleNamespace:
+    """One Argon2id on the hashing threads, as find_patient does, and a stand-in row."""
+    scheme = SimpleNamespace(key_version=hasher.keyring.current_version, salt=bytes(16), **vars(hasher.params))
+    hasher.lookup_digests(claim, [scheme])
+    return SimpleNamespace(id=0, public_id="0" * 32)
+
+
+if "limits" in ABLATED:
+    app.view_functions["public.lookup"] = views.lookup.__wrapped__  # the view guard_verification wraps
+if "database" in ABLATED:
+    views.find_patient = _hash_only
+    views.start_verification = lambda *_args: secrets.token_urlsafe(32)
+if "csrf" in ABLATED:
+    app.config["WTF_CSRF_ENABLED"] = False
+if "events" in ABLATED:
+    views._record = lambda *_args: None
