@@ -79,9 +79,9 @@ def normalise_last_name(text: str) -> str:
         if folded == previous:
             break
     # Letters such as ø have no decomposition; folded last, so that "ǿ" (ø + accent) folds too.
-    name = "".join(
-        ch for ch in folded if ch.isalnum() and not unicodedata.combining(ch) and ch not in _MODIFIER_APOSTROPHES
-    ).translate(_LETTER_FOLDS)
+    # Accents go with everything else that is not a letter or digit: NFKD split them off as
+    # combining marks, and no combining mark counts as alphanumeric (tests/test_unicode.py).
+    name = "".join(ch for ch in folded if ch.isalnum() and ch not in _MODIFIER_APOSTROPHES).translate(_LETTER_FOLDS)
     if not name:
         raise InvalidIdentifier("last_name", "last name has no letters")
     return name

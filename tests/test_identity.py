@@ -504,6 +504,42 @@ def test_production_refuses_without_a_programme_file(production: dict[str, Any],
         create_app({**production, "PROGRAMME_FILE": str(incomplete)})
 
 
+# Only "development" and "testing" relax the checks: a staging host, a typo or a different case of
+# "production", or an empty PORTAL_ENV still runs with production's guard.
+NOT_RELAXED = ["staging", "prod", "Production", "PRODUCTION", "", " production", "test", "dev"]
+WEAK = {"SECRET_KEY": "x" * 31, "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "PROGRAMME_FILE": None}
+
+
+@pytest.mark.parametrize("env", NOT_RELAXED)
+@pytest.mark.parametrize("weak", sorted(WEAK))
+def test_any_environment_but_development_and_testing_refuses_weak_settings(
+    production: dict[str, Any], env: str, weak: str
+) -> None:
+    setting = {"ARGON2_TIME_COST": "ARGON2_MEMORY_COST"}.get(weak, weak)  # t=1 needs m=47104: refused
+    with pytest.raises(ConfigError, match=f"PORTAL_{weak}|PORTAL_{setting}"):
+        create_app({**production, "ENV": env, weak: WEAK[weak]})
+
+
+@pytest.mark.parametrize("env", NOT_RELAXED)
+def test_any_environment_but_development_and_testing_keeps_host_only_secure_cookies(
+    production: dict[str, Any], env: str
+) -> None:
+    app = create_app({**production, "ENV": env})
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    assert app.config["SESSION_COOKIE_NAME"] == "__Host-portal"
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.mark.parametrize("env", ["development", "testing"])
+def test_development_and_testing_are_the_relaxed_environments(production: dict[str, Any], env: str) -> None:
+    """The contrast that shows the tests above refuse for the environment, not for another reason."""
+    app = create_app({**production, **WEAK, "ENV": env})
+    assert app.config["SESSION_COOKIE_SECURE"] is False
+    with app.app_context():
+        db.engine.dispose()
+
+
 def test_production_reads_its_secrets_from_the_environment(
     production: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,185 @@
+"""Shipped defaults that carry a promise, read together with the numbers README.md and SECURITY.md
+state: a limit, lifetime, Argon2 parameter, cookie setting or body cap changed in one place and not
+the other fails here, so code and documentation cannot drift apart.
+
+The tests of behaviour pass their own limits and cheap Argon2 (tests/conftest.py); only these
+check what ships.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from limits import parse_many
+
+from portal import security
+from portal.config import ARGON2_FLOORS, DEFAULTS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SECURITY = (ROOT / "SECURITY.md").read_text(encoding="utf-8")
+
+# DEFAULTS that are not PORTAL_* settings an operator is expected to change: Flask's and the
+# extensions' own keys. The promises among them (cookies, limits' storage behaviour) are pinned
+# below against SECURITY.md; every other default must have a row in README's configuration table.
+NOT_IN_THE_TABLE = {
+    "SESSION_COOKIE_NAME",
+    "SESSION_COOKIE_HTTPONLY",
+    "SESSION_COOKIE_SAMESITE",
+    "SESSION_COOKIE_SECURE",
+    "PERMANENT_SESSION_LIFETIME",
+    "WTF_CSRF_TIME_LIMIT",
+    "BABEL_DEFAULT_LOCALE",
+    "RATELIMIT_STRATEGY",
+    "RATELIMIT_HEADERS_ENABLED",
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED",
+    "RATELIMIT_SWALLOW_ERRORS",
+    "RATELIMIT_KEY_PREFIX",
+}
+# The defaults whose numbers are promises: parsing must find each of them in the table.
+PROMISED = {
+    "ENV",
+    "ARGON2_TIME_COST",
+    "ARGON2_MEMORY_COST",
+    "ARGON2_PARALLELISM",
+    "VERIFICATION_TTL_SECONDS",
+    "VERIFY_LIMIT_PERSON",
+    "VERIFY_LIMIT_CLIENT",
+    "VERIFY_LIMIT_GLOBAL",
+    "HASH_CONCURRENCY",
+    "HASH_WAIT_SECONDS",
+    "MAX_CONTENT_LENGTH",
+    "TRUSTED_PROXIES",
+    "RATELIMIT_STORAGE_URI",
+}
+
+
+def markdown_table(document: str, heading: str) -> list[list[str]]:
+    """The rows (cells stripped, header and rule left out) of the first table after ``heading``."""
+    after = document.split(f"\n{heading}\n", 1)[1]
+    rows = []
+    for line in after.splitlines():
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    return [row for row in rows[1:] if not set("".join(row)) <= set("-: ")]
+
+
+def documented_defaults() -> dict[str, str | None]:
+    """README's configuration table as {setting without PORTAL_: default as written, None for "—"}.
+
+    A row may name several settings ("`PORTAL_ARGON2_TIME_COST` / `_MEMORY_COST`") with as many
+    defaults ("`2` / `19456`"); a name starting with "_" continues the first one's prefix.
+    """
+    documented: dict[str, str | None] = {}
+    for names_cell, default_cell, _meaning in markdown_table(README, "## Configuration"):
+        names = re.findall(r"`(PORTAL_\w+|_\w+)`", names_cell)
+        continued = [n for n in names if n.startswith("_")]
+        if continued:  # the prefix the first continuation completes: PORTAL_ARGON2 for _MEMORY_COST
+            prefix = "_".join(names[0].split("_")[: -continued[0].count("_")])
+            names = [prefix + n if n.startswith("_") else n for n in names]
+        parts = default_cell.split(" / ") if len(names) > 1 else [default_cell]
+        assert len(parts) == len(names), names_cell
+        for name, part in zip(names, parts, strict=True):
+            value = re.match(r"`([^`]*)`", part)
+            documented[name.removeprefix("PORTAL_")] = value.group(1) if value else None
+    return documented
+
+
+def as_written(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def test_readme_configuration_table_states_every_shipped_default() -> None:
+    documented = documented_defaults()
+    assert documented["ARGON2_MEMORY_COST"] == "19456", "the table's parser lost its way"
+    assert PROMISED <= documented.keys()
+    shipped = {name: as_written(DEFAULTS[name]) for name in documented if name in DEFAULTS}
+    assert shipped == {name: documented[name] for name in shipped}
+    undocumented = DEFAULTS.keys() - documented.keys() - NOT_IN_THE_TABLE
+    assert not undocumented, f"add these to README's configuration table: {sorted(undocumented)}"
+
+
+def test_security_md_failure_limits_are_the_shipped_ones() -> None:
+    table = {bucket: default for bucket, default, _why in markdown_table(SECURITY, "## Failure limits, and why")}
+    setting = {
+        "person": "VERIFY_LIMIT_PERSON",
+        "client address": "VERIFY_LIMIT_CLIENT",
+        "whole portal": "VERIFY_LIMIT_GLOBAL",
+    }
+    documented = {name: table[next(b for b in table if b.startswith(bucket))] for bucket, name in setting.items()}
+    assert {name: limit.replace(",", "") for name, limit in documented.items()} == {
+        name: DEFAULTS[name] for name in setting.values()
+    }
+
+
+def test_the_person_limit_keeps_the_promises_made_for_it() -> None:
+    """SECURITY.md: back-off after 5 failures, a yearly cap of 100 (NIST SP 800-63B), so a guesser of
+    the 10,000 possible last-four values gets through with at most 1 % probability a year."""
+    limits = {
+        (item.GRANULARITY.name, item.multiples): item.amount for item in parse_many(DEFAULTS["VERIFY_LIMIT_PERSON"])
+    }
+    assert limits[("minute", 15)] == 5
+    assert limits[("year", 1)] == 100
+    assert limits[("year", 1)] / 10_000 <= 0.01
+    threat = re.search(r"after (\d+) failures the answer is 429.*hard cap of (\d+) failures a year", SECURITY)
+    assert threat and (int(threat[1]), int(threat[2])) == (limits[("minute", 15)], limits[("year", 1)])
+    lockout = re.search(r"costs the attacker\s+(\d+) requests per (\d+) minutes per victim", SECURITY)
+    assert lockout and int(lockout[1]) == limits[("minute", int(lockout[2]))]
+    yearly = re.search(r"yearly\s+cap takes (\d+) failures", SECURITY)
+    assert yearly and int(yearly[1]) == limits[("year", 1)]
+
+
+@pytest.mark.parametrize(
+    "document, pattern",
+    [
+        (README, r"Argon2id \(OWASP's floor by default:\s+m=(\d+) MiB, t=(\d+), p=(\d+)\)"),
+        (SECURITY, r"each guess still costs one Argon2id \(m=(\d+) MiB, t=(\d+)\)"),
+        (README, r"at the default\s+m=(\d+) MiB, t=(\d+) on the reference machine"),
+    ],
+    ids=["readme-verification", "security-threat-model", "readme-capacity"],
+)
+def test_documented_argon2_parameters_are_the_shipped_ones(document: str, pattern: str) -> None:
+    found = re.search(pattern, document)
+    assert found, pattern
+    shipped = (DEFAULTS["ARGON2_MEMORY_COST"] // 1024, DEFAULTS["ARGON2_TIME_COST"], DEFAULTS["ARGON2_PARALLELISM"])
+    assert tuple(int(n) for n in found.groups()) == shipped[: len(found.groups())]
+    # And the shipped point is on OWASP's floor, so production accepts it.
+    assert DEFAULTS["ARGON2_MEMORY_COST"] >= ARGON2_FLOORS[DEFAULTS["ARGON2_TIME_COST"]]
+
+
+def test_the_verification_and_its_cookie_last_the_documented_fifteen_minutes() -> None:
+    """README: the server keeps the token "valid for 15 minutes"; SECURITY.md: session cookies "last
+    15 minutes". The page that says a session ended names the same number (tests/test_public.py)."""
+    readme = re.search(r"valid for (\d+) minutes", README)
+    cookies = re.search(r"`SameSite=Lax` and last (\d+) minutes", SECURITY)
+    assert readme and cookies
+    assert DEFAULTS["VERIFICATION_TTL_SECONDS"] == int(readme[1]) * 60 == int(cookies[1]) * 60 == 15 * 60
+    assert DEFAULTS["PERMANENT_SESSION_LIFETIME"] == DEFAULTS["VERIFICATION_TTL_SECONDS"]
+
+
+def test_session_cookies_are_what_security_md_says() -> None:
+    said = re.search(r"Session cookies\s+are `(__Host-)`, `(Secure)`, `(HttpOnly)`, `SameSite=(\w+)`", SECURITY)
+    assert said
+    assert DEFAULTS["SESSION_COOKIE_NAME"].startswith(said[1])
+    assert DEFAULTS["SESSION_COOKIE_SECURE"] is True and DEFAULTS["SESSION_COOKIE_HTTPONLY"] is True
+    assert DEFAULTS["SESSION_COOKIE_SAMESITE"] == said[4]
+
+
+def test_request_bodies_and_hsts_are_what_security_md_says() -> None:
+    body = re.search(r"bodies are capped at (\d+) KiB", SECURITY)
+    assert body and DEFAULTS["MAX_CONTENT_LENGTH"] == int(body[1]) * 1024
+    hsts = re.search(r"HSTS \((one) year, (subdomains)\)", SECURITY)
+    assert hsts and security.HSTS == f"max-age={365 * 24 * 3600}; includeSubDomains"
+
+
+def test_no_rate_limit_counters_and_a_shared_store_in_production() -> None:
+    """SECURITY.md: no answer carries X-RateLimit-* counters; README: memory:// is per process."""
+    assert "No answer carries `X-RateLimit-*` counters" in SECURITY
+    assert DEFAULTS["RATELIMIT_HEADERS_ENABLED"] is False
+    assert DEFAULTS["RATELIMIT_STRATEGY"] == "moving-window"
+    assert "export PORTAL_RATELIMIT_STORAGE_URI=redis://" in README
