@@ -316,6 +316,24 @@ def test_concurrent_claims_never_share_or_double_a_code(app: Flask) -> None:
             claim(app, p)
 
 
+def test_every_sealed_code_has_a_nonce_of_its_own() -> None:
+    """AES-GCM must never use a nonce twice under one key: two codes sealed with one nonce share a
+    keystream, so the XOR of their ciphertexts is the XOR of the codes, and GCM tags can be forged."""
+    cipher = CodeCipher(Keyring(1, {1: secrets.token_bytes(32)}))
+    code = "IDP-7K3M-Q9TX-2B4H"
+    first, again = cipher.seal(code), cipher.seal(code)
+    assert first.ciphertext != again.ciphertext, "one code sealed twice gave one ciphertext"
+    assert cipher.open(first) == cipher.open(again) == code
+
+    codes = new_codes(2000)
+    sealed = [cipher.seal(c).ciphertext for c in codes]
+    assert len({ciphertext[:12] for ciphertext in sealed}) == len(codes), "a nonce was used twice"
+    # Whatever the layout: no two ciphertexts of equal-length codes XOR to the XOR of the codes.
+    xor = lambda a, b: bytes(x ^ y for x, y in zip(a, b, strict=False))  # noqa: E731
+    plain_xor = xor(codes[0].encode(), codes[1].encode())
+    assert plain_xor not in xor(sealed[0], sealed[1])
+
+
 @pytest.fixture
 def pg_app() -> Iterator[Flask]:
     """An app on a fresh PostgreSQL schema, for what only PostgreSQL has: row locks that claims skip."""

@@ -7,7 +7,7 @@ import hashlib
 import html
 import re
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 import portal.identity
 from portal import services
+from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
@@ -481,6 +482,30 @@ def test_an_expired_verification_ends_the_session(app: Flask) -> None:
     assert response.status_code == 303 and response.headers["Location"] == "/lookup"
     assert SESSION_ENDED_TEXT in page(claimer.get("/lookup"))
     assert all(row[6] is None for row in pool_rows(app)), "an expired session claimed a code"
+
+
+def test_a_verification_lasts_as_long_as_the_page_and_the_cookie_say(app: Flask) -> None:
+    """One lifetime in four places, at the shipped setting (tests/conftest.py leaves it alone): the
+    stored verification, the session cookie, and the page telling a person their session ended
+    "after 15 minutes". tests/test_config.py ties the setting to README and SECURITY.md."""
+    assert app.config["VERIFICATION_TTL_SECONDS"] == DEFAULTS["VERIFICATION_TTL_SECONDS"]
+    assert import_patients(app, [patient_row()]) == []
+    before = datetime.now(UTC).replace(microsecond=0)
+    client = verify(app, last_name="Garcia-Lopez", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
+    after = datetime.now(UTC)
+    cookie = client.get_cookie(COOKIE)
+    assert cookie is not None and cookie.expires is not None
+    with app.app_context():
+        verification = db.session.scalars(sa.select(Verification)).one()
+        lasts = verification.expires_at - verification.created_at
+        db.session.execute(sa.update(Verification).values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    assert client.get("/exposure").status_code == 303
+    said = re.search(r"session ended after (\d+) minutes", page(client.get("/lookup")))
+    assert said, "the page no longer says how long a session lasts"
+    promised = timedelta(minutes=int(said[1]))
+    assert lasts == promised == timedelta(minutes=15)
+    assert before + promised <= cookie.expires.replace(tzinfo=UTC) <= after + promised
 
 
 def test_signing_out_ends_the_session_on_the_server(app: Flask) -> None:

@@ -53,6 +53,51 @@ def test_guessing_the_last_four_from_many_addresses_is_stopped(database_url: str
     assert attempt(app, KNOWN, RIGHT_LAST4, "10.9.9.9")[0] == 429
 
 
+# One person, typed eight ways: the bucket is keyed on the name as it is hashed, not as it was typed.
+SPELLINGS_OF_OBRIEN = [
+    "O'Brien",
+    "obrien",
+    "OBRIEN",
+    " O\u2019Brien ",  # typographic apostrophe, surrounding blanks
+    "O-B-R-I-E-N",
+    "O'Brien" + " " * 80 + ".",  # padded towards the field's 100 characters
+    "O\u200bBrien\u200b",  # zero-width spaces
+    "\uff2f\uff42\uff52\uff49\uff45\uff4e",  # fullwidth letters
+]
+
+
+def test_every_spelling_of_one_name_shares_one_failure_budget(database_url: str) -> None:
+    """A guesser who retypes the name differently must not get a fresh budget each time."""
+    budget = len(SPELLINGS_OF_OBRIEN) - 1
+    app = throttled_app(database_url, VERIFY_LIMIT_PERSON=f"{budget} per 15 minutes")
+    obrien = {"date_of_birth": "1955-12-24", "zip_code": "80202"}
+    assert (
+        import_patients(
+            app,
+            [
+                patient_row(
+                    record_id="R-2",
+                    last_name="O'Brien",
+                    ssn="987-65-4321",
+                    **{"zip": "80202", "date_of_birth": "1955-12-24"},
+                )
+            ],
+        )
+        == []
+    )
+    statuses = [
+        attempt(app, {**obrien, "last_name": typed}, "0000", f"10.5.0.{n}")[0]
+        for n, typed in enumerate(SPELLINGS_OF_OBRIEN, start=1)
+    ]
+    assert statuses == [200] * budget + [429]
+    # The budget is spent for every spelling, even with the right digits ...
+    for n, typed in enumerate(SPELLINGS_OF_OBRIEN, start=20):
+        assert attempt(app, {**obrien, "last_name": typed}, "4321", f"10.5.0.{n}")[0] == 429
+    # ... and only for this person: another birth date, or another name, is untouched.
+    assert attempt(app, {**obrien, "date_of_birth": "1955-12-25", "last_name": "O'Brien"}, "0000", "10.5.1.1")[0] == 200
+    assert attempt(app, {**obrien, "last_name": "O'Briens"}, "0000", "10.5.1.2")[0] == 200
+
+
 def test_throttling_looks_the_same_for_unknown_people(database_url: str) -> None:
     app = throttled_app(database_url, VERIFY_LIMIT_PERSON="3 per 15 minutes")
     known = [attempt(app, KNOWN, "0000", f"10.1.0.{i}") for i in range(1, 6)]
