@@ -34,6 +34,13 @@ LOOSE_LIMITS = {
     name: "10000 per minute" for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_GLOBAL")
 }
 
+# Every connection of a test database gives up on a row lock after 5 s and on a statement after 60 s:
+# a locking defect (a claim that waits on a lock instead of skipping it) fails the test with an
+# error instead of hanging the run. No test waits on a lock on purpose; SQLite's busy timeout
+# (portal.config.engine_options) bounds the same wait there. pytest-timeout (setup.cfg) is the
+# last resort for anything else that hangs.
+LOCK_TIMEOUTS = "-clock_timeout=5s -cstatement_timeout=60s"
+
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
@@ -84,7 +91,8 @@ def postgres_schema_url() -> Iterator[str]:
     admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sa.text(f"CREATE SCHEMA {name}"))
-    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={name}"})
+    options = f"-csearch_path={name} {LOCK_TIMEOUTS}"
+    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": options})
     try:
         yield url.render_as_string(hide_password=False)
     finally:

@@ -356,6 +356,9 @@ def test_a_claim_waits_out_codes_locked_by_other_claims(pg_app: Flask, monkeypat
         engine = db.engine
 
     with engine.connect() as other_claims:
+        # Without SKIP LOCKED the claim below would wait on this test's own lock: the test
+        # database's lock timeout (tests/conftest.py) turns that into a failure after 5 s.
+        assert other_claims.scalar(sa.text("SHOW lock_timeout")) == "5s"
         locked = other_claims.execute(sa.select(CODES.c.id).where(CODES.c.patient_id.is_(None)).with_for_update())
         assert sorted(locked.scalars()) == sorted(ids.values())
 
