@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from typing import Any
@@ -276,7 +277,7 @@ def test_invalid_identifiers_are_rejected_without_echo(normalise: Any, value: st
         normalise(value)
     assert caught.value.field == field
     message = str(caught.value)
-    assert message, "the person needs to be told what is wrong"
+    assert " " in message and message != str(None), "the person needs to be told what is wrong"
     if value.strip():
         assert value.strip() not in message
         assert value.strip().casefold() not in message.casefold()
@@ -299,6 +300,41 @@ def test_claim_names_the_first_bad_field() -> None:
 
 
 BASE_CLAIM = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
+
+
+def test_the_canonical_message_is_fixed() -> None:
+    """Every stored lookup digest was made from this exact byte string: changing its layout (version
+    tag, separator, field order or prefixes) would orphan every imported record until a re-import."""
+    by_ssn = IdentityClaim.from_input("O'Brien", "1955-12-24", "80202-1234", ssn_last4="4321")
+    assert by_ssn.canonical() == b"v1\x1fobrien\x1f1955-12-24\x1f80202\x1fssn:4321"
+    by_reference = IdentityClaim.from_input("O'Brien", "1955-12-24", "80202", reference=REFERENCE.lower())
+    assert by_reference.canonical() == f"v1\x1fobrien\x1f1955-12-24\x1f80202\x1fref:{REFERENCE}".encode()
+
+
+def test_a_lookup_waits_for_a_hashing_slot_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every slot taken for longer than the wait, a lookup gives up with HashingBusy (a 503)."""
+    hasher = IdentifierHasher(Keyring(1, {1: secrets.token_bytes(32)}), CHEAP, concurrency=1, wait_seconds=0.05)
+    hashing, finish = threading.Event(), threading.Event()
+    real_stretch = identity.stretch
+
+    def slow_stretch(*args: Any) -> bytes:
+        hashing.set()
+        finish.wait()
+        return real_stretch(*args)
+
+    monkeypatch.setattr(identity, "stretch", slow_stretch)
+    claim = IdentityClaim.from_input(**BASE_CLAIM)
+    first = threading.Thread(target=hasher.lookup_digests, args=(claim, [unsaved_scheme()]))
+    first.start()
+    assert hashing.wait(30)
+    # A safety net for a lookup that waits for ever: the slot frees after 10 s and the test fails.
+    threading.Timer(10, finish.set).start()
+    try:
+        with pytest.raises(identity.HashingBusy):
+            hasher.lookup_digests(claim, [unsaved_scheme()])
+    finally:
+        finish.set()
+        first.join()
 
 
 def test_lookup_digest_depends_on_the_key() -> None:
@@ -714,6 +750,62 @@ def scheme_states(app: Flask) -> list[tuple[int, int, int, int, bool]]:
         return [tuple(r) for r in rows]
 
 
+def test_a_scheme_is_one_key_version_with_one_set_of_argon2_parameters(app: Flask) -> None:
+    """Raising any one Argon2 parameter starts a new scheme; the same parameters find theirs again,
+    and a retired scheme comes back into use (and into every lookup) when it is current again."""
+    keyring = Keyring(1, {1: secrets.token_bytes(32)})
+    points = [Argon2Params(1, 1024, 1), Argon2Params(2, 1024, 1), Argon2Params(1, 2048, 1), Argon2Params(1, 1024, 2)]
+    with app.app_context():
+        ids = [identity.current_scheme(db.session, IdentifierHasher(keyring, params)).id for params in points]
+        db.session.commit()
+        assert len(set(ids)) == len(points)
+        again = identity.current_scheme(db.session, IdentifierHasher(keyring, points[2]))
+        assert again.id == ids[2]
+        db.session.execute(HashScheme.__table__.update().values(active=False))
+        db.session.commit()
+        revived = identity.current_scheme(db.session, IdentifierHasher(keyring, points[1]))
+        db.session.commit()
+        assert revived.id == ids[1]
+    assert [(row[1:4], row[4]) for row in scheme_states(app)] == [
+        ((p.time_cost, p.memory_cost, p.parallelism), p == points[1]) for p in points
+    ]
+
+
+def test_two_importers_creating_one_scheme_at_once_share_it(app: Flask) -> None:
+    """The unique constraint decides: the importer that loses the race uses the winner's scheme."""
+    hasher = IdentifierHasher(Keyring(1, {1: secrets.token_bytes(32)}), CHEAP)
+    with app.app_context():
+        engine = db.engine
+
+        def the_other_importer_wins(session: Any, _context: Any, _instances: Any) -> None:
+            with engine.begin() as other:
+                other.execute(
+                    HashScheme.__table__.insert().values(
+                        key_version=1, time_cost=1, memory_cost=1024, parallelism=1, salt=bytes(16), active=True
+                    )
+                )
+
+        event.listen(db.session, "before_flush", the_other_importer_wins, once=True)
+        scheme = identity.current_scheme(db.session, hasher)
+        assert (scheme.salt, scheme.active) == (bytes(16), True)
+        db.session.commit()
+    assert scheme_states(app) == [(1, 1, 1024, 1, True)]
+
+
+def test_only_schemes_no_record_uses_are_retired(app: Flask) -> None:
+    keyring = Keyring(1, {1: secrets.token_bytes(32)})
+    assert import_patients(app, [patient_row()]) == []
+    with app.app_context():
+        in_use = db.session.scalars(select(Patient.scheme_id)).one()
+        unused = identity.current_scheme(db.session, IdentifierHasher(keyring, Argon2Params(2, 1024, 1))).id
+        kept = identity.current_scheme(db.session, IdentifierHasher(keyring, Argon2Params(3, 1024, 1))).id
+        db.session.commit()
+        identity.retire_unused_schemes(db.session, keep_id=kept)
+        db.session.commit()
+        active = dict(db.session.execute(select(HashScheme.id, HashScheme.active)).all())
+    assert active == {in_use: True, unused: False, kept: True}
+
+
 def patient_count(app: Flask) -> int:
     with app.app_context():
         return db.session.scalar(select(func.count(Patient.id))) or 0
@@ -882,6 +974,20 @@ def test_expired_unknown_and_overlong_tokens_are_refused(app: Flask, people: lis
         end_verification(db.session, None)
         end_verification(db.session, "x" * 500)
         assert verified_patient(db.session, live) is not None
+
+
+def test_a_verification_ends_at_its_expiry_instant(
+    app: Flask, people: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Valid strictly before ``expires_at``; at that instant it is over (the clock held still)."""
+    now = identity.utcnow()
+    monkeypatch.setattr(identity, "utcnow", lambda: now)
+    with app.app_context():
+        patient = find_patient(db.session, services().hasher, claim_of(people[0]))
+        ending_now = start_verification(db.session, patient, "public", 0)
+        one_second_left = start_verification(db.session, patient, "public", 1)
+        assert verified_patient(db.session, ending_now) is None
+        assert verified_patient(db.session, one_second_left) is not None
 
 
 def test_only_the_token_digest_is_stored(app: Flask, people: list[dict[str, str]]) -> None:
