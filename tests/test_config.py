@@ -9,6 +9,7 @@ check what ships.
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ import pytest
 from limits import parse_many
 
 from portal import security
-from portal.config import ARGON2_FLOORS, DEFAULTS
+from portal.config import (
+    ARGON2_FLOORS,
+    DEFAULTS,
+    SECRET_NAMES,
+    decode_key,
+    engine_options,
+    write_development_secrets,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -183,3 +191,25 @@ def test_no_rate_limit_counters_and_a_shared_store_in_production() -> None:
     assert DEFAULTS["RATELIMIT_HEADERS_ENABLED"] is False
     assert DEFAULTS["RATELIMIT_STRATEGY"] == "moving-window"
     assert "export PORTAL_RATELIMIT_STORAGE_URI=redis://" in README
+
+
+def test_development_secrets_are_fresh_private_and_never_overwritten(tmp_path: Path) -> None:
+    """``./dev.sh demo`` writes instance/config.py: readable by its owner only, three different keys
+    of at least 32 random bytes, and a second run keeps the first run's keys (and the data they hash)."""
+    path = write_development_secrets(str(tmp_path / "instance"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    settings: dict[str, Any] = {}
+    exec(path.read_text(encoding="utf-8"), settings)  # noqa: S102 - the file this test just wrote
+    assert settings["ENV"] == "development"
+    keys = [settings[name] for name in SECRET_NAMES]
+    assert len(set(keys)) == 3 and all(len(decode_key(key, name)) >= 32 for key, name in zip(keys, SECRET_NAMES))
+    first = path.read_text(encoding="utf-8")
+    assert write_development_secrets(str(tmp_path / "instance")) == path
+    assert path.read_text(encoding="utf-8") == first
+
+
+@pytest.mark.parametrize("url", ["sqlite:///portal.sqlite3", "postgresql+psycopg://portal@db.internal/portal"])
+def test_no_engine_puts_bound_values_in_errors_or_logs(url: str) -> None:
+    """SECURITY.md: error logs never hold a bound SQL parameter, which could quote an identifier."""
+    assert "never the exception message or a bound SQL parameter\n(`hide_parameters`)" in SECURITY
+    assert engine_options(url)["hide_parameters"] is True

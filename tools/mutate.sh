@@ -3,13 +3,13 @@
 # Not part of CI: a full run takes minutes per module on two cores. See README, "Mutation testing".
 #
 #   tools/mutate.sh                      every configured module (identity, claims, security, config, throttle)
-#   tools/mutate.sh identity claims      only these modules
+#   tools/mutate.sh identity claims      only these modules (all their mutants, afresh)
+#   tools/mutate.sh --survivors [MODULE...]  only the mutants that survived the last run (after new tests)
 #   tools/mutate.sh --results            the surviving mutants of the last run (mutmut results)
 #   tools/mutate.sh --show NAME          the diff of one mutant (mutmut show NAME)
 #
 # Runs on SQLite only (PORTAL_TEST_* are unset for it): each mutant runs, in a forked copy of one
 # pytest process, only the tests that called the mutated function, so a module takes minutes.
-# Results are kept in mutants/ and reused: a second run tests only mutants of changed functions.
 # Prints "module: killed/total (score %)" for each module, then the survivors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,33 +24,49 @@ case ${1:-} in
   --show) exec "${mutmut[@]}" show "$2" ;;
 esac
 
+survivors=false
+if [[ ${1:-} == --survivors ]]; then survivors=true; shift; fi
 modules=("$@")
 [[ ${#modules[@]} -gt 0 ]] || modules=(identity claims security config throttle)
 patterns=()
 for module in "${modules[@]}"; do
   [[ -f portal/$module.py ]] || { echo "no module portal/$module.py" >&2; exit 2; }
-  patterns+=("portal.$module.*")
+  if $survivors; then
+    meta=mutants/portal/$module.py.meta
+    [[ -f $meta ]] || continue
+    mapfile -t -O "${#patterns[@]}" patterns < <("$venv/bin/python" -c \
+      'import json, sys; print("\n".join(k for k, v in json.load(open(sys.argv[1]))["exit_code_by_key"].items() if v == 0))' "$meta")
+  else
+    patterns+=("portal.$module.*")
+  fi
 done
+[[ ${#patterns[@]} -gt 0 ]] || { echo "nothing to run"; exit 0; }
 
 # Two children: the machine has two cores, shared with others.
 "${mutmut[@]}" run --max-children "${MUTATE_CHILDREN:-2}" "${patterns[@]}" || true
 
-# One line per module from mutmut's own results: killed (incl. timeouts) out of all tested.
+# One line per module, in mutmut's own terms: the score is killed (timeouts included) out of all
+# mutants checked; "no tests" mutants (no selected test calls the function) count against it.
 "$venv/bin/python" - "${modules[@]}" <<'PY'
 import json, sys
+from collections import Counter
 from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
 
 for module in sys.argv[1:]:
     meta = Path("mutants/portal") / f"{module}.py.meta"
     if not meta.exists():
         print(f"{module}: no results")
         continue
-    codes = json.loads(meta.read_text())["exit_code_by_key"]
-    tested = {k: v for k, v in codes.items() if v is not None}
-    survived = sorted(k for k, v in tested.items() if v == 0)
-    killed = len(tested) - len(survived)
-    score = 100 * killed / len(tested) if tested else 0.0
-    print(f"{module}: {killed}/{len(tested)} killed ({score:.1f} %), {len(codes) - len(tested)} not run")
-    for name in survived:
-        print(f"  survived: {name}")
+    status = {k: status_by_exit_code[v] for k, v in json.loads(meta.read_text())["exit_code_by_key"].items()}
+    counts = Counter(status.values())
+    checked = len(status) - counts["not checked"]
+    killed = counts["killed"] + counts["timeout"]
+    score = 100 * killed / checked if checked else 0.0
+    others = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in ("killed", "timeout"))
+    print(f"{module}: {killed}/{checked} killed ({score:.1f} %); {others}")
+    for name, what in sorted(status.items()):
+        if what not in ("killed", "timeout", "not checked"):
+            print(f"  {what}: {name}")
 PY
