@@ -8,8 +8,10 @@ the same work whoever is asked about; nothing is timed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import hmac
 import re
 import secrets
 import threading
@@ -283,6 +285,38 @@ def test_invalid_identifiers_are_rejected_without_echo(normalise: Any, value: st
         assert value.strip().casefold() not in message.casefold()
 
 
+# The reasons an import prints for a rejected row ("line N: rejected: reason") and the lookup's
+# domain errors: fixed wording an operator can search for, naming the rule and never the value.
+REASONS = [
+    (normalise_last_name, "x" * 101, "last name is longer than 100 characters"),
+    (normalise_last_name, "'-'", "last name has no letters"),
+    (normalise_zip, "1234", "ZIP code must be 5 digits (or ZIP+4)"),
+    (normalise_ssn, "12345678", "SSN must be 9 digits"),
+    (normalise_ssn, "000-12-3456", "SSN has an all-zero group and cannot have been issued"),
+    (normalise_ssn_last4, "123", "last four SSN digits must be 4 digits"),
+    (normalise_reference, "ABC", "reference code must be 24 letters and digits from your letter"),
+    (parse_birth_date, "04/23/1980", "date of birth must be written YYYY-MM-DD"),
+    (parse_birth_date, "2023-02-30", "date of birth is not a real date"),
+    (parse_birth_date, "1899-12-31", "date of birth is out of range"),
+    (
+        lambda _: IdentityClaim("x", date(1980, 1, 1), "10001"),
+        "",
+        "give either the last four SSN digits or the letter reference",
+    ),
+]
+
+
+@pytest.mark.parametrize("normalise, value, reason", REASONS, ids=[r for _, _, r in REASONS])
+def test_each_refusal_gives_its_reason(normalise: Any, value: str, reason: str) -> None:
+    with pytest.raises(InvalidIdentifier) as caught:
+        normalise(value)
+    assert str(caught.value) == reason
+
+
+def test_a_last_name_of_exactly_the_maximum_length_is_accepted() -> None:
+    assert normalise_last_name("Ab" * 50) == "ab" * 50
+
+
 @pytest.mark.parametrize("ssn_last4, reference", [("", ""), ("6789", REFERENCE), ("  ", " ")])
 def test_claim_needs_exactly_one_second_factor(ssn_last4: str, reference: str) -> None:
     with pytest.raises(InvalidIdentifier) as caught:
@@ -414,6 +448,32 @@ def test_letter_reference_is_deterministic_per_record_and_key() -> None:
     many = {make_hasher(key).letter_reference(f"R-{n}") for n in range(100)}
     assert len(many) == 100
     assert all(len(r) == 24 and set(r) <= set(CROCKFORD) for r in many)
+
+
+def hkdf_sha256(master: bytes, info: bytes) -> bytes:
+    """RFC 5869 with no salt and one block, written out here so the test does not trust the code under test."""
+    prk = hmac.new(bytes(32), master, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def test_each_use_of_the_identifier_key_has_its_own_subkey() -> None:
+    """HKDF with the purpose as info: the lookup, record, letter and person keys are unrelated, so
+    a person-bucket key (computed from what anyone types) says nothing about a lookup digest."""
+    master = secrets.token_bytes(32)
+    hasher = make_hasher(master)
+    subkey = {
+        purpose: hkdf_sha256(master, f"portal/{purpose}".encode())
+        for purpose in ("lookup", "record", "letter", "person")
+    }
+    assert len(set(subkey.values())) == 4
+    assert Keyring(1, {1: master}).subkey("lookup") == subkey["lookup"]
+    mac = lambda purpose, message: hmac.new(subkey[purpose], message, hashlib.sha256).digest()  # noqa: E731
+    claim = IdentityClaim.from_input(**BASE_CLAIM)
+    assert hasher.lookup_message(claim, 1) == mac("lookup", claim.canonical())
+    assert hasher.record_keys("R-1") == [mac("record", b"R-1")]
+    assert hasher.person_bucket("garcialopez", date(1980, 4, 23)) == mac("person", b"garcialopez\x1f1980-04-23").hex()
+    expected_reference = base64.b32encode(mac("letter", b"R-1")[:15]).decode().translate(identity._TO_CROCKFORD)
+    assert hasher.letter_reference("R-1") == expected_reference
 
 
 def test_record_keys_list_the_current_version_first() -> None:
