@@ -116,6 +116,7 @@ def test_claim_returns_a_code_and_the_same_one_every_time(app: Flask) -> None:
         claimed_at = row.claimed_at
         held = code_of(db.session, services().cipher, db.session.get_one(Patient, alice))
         assert held is not None and held.code == first and held.enroll_by == SOON
+        assert held.product == "Identity protection, 24 months"
         assert held.claimed_at == claimed_at
         assert pool_status(db.session).claimed == 1
 
@@ -332,6 +333,14 @@ def test_every_sealed_code_has_a_nonce_of_its_own() -> None:
     xor = lambda a, b: bytes(x ^ y for x, y in zip(a, b, strict=False))  # noqa: E731
     plain_xor = xor(codes[0].encode(), codes[1].encode())
     assert plain_xor not in xor(sealed[0], sealed[1])
+
+
+@pytest.mark.parametrize("typed", ["ABC", "-ABCD", "A" * 65, "ABCD EFGH", "IDP_7K3M"])
+def test_a_malformed_code_is_refused_with_its_rule(typed: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        portal.claims.normalise_code(typed)
+    assert str(caught.value) == "code must be 4 to 64 letters, digits or dashes"
+    assert portal.claims.normalise_code("  IDP-7K3M-Q9TX-2B4H ") == "IDP-7K3M-Q9TX-2B4H"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from cryptography.exceptions import InvalidTag
 from sqlalchemy import func, select
 
 from portal import services, synthetic
-from portal.claims import claim_code, code_of
+from portal.claims import claim_code, code_of, rotate_code_key
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode, Patient
@@ -55,3 +55,20 @@ def test_a_different_code_key_opens_nothing(database_url: str) -> None:
         row = db.session.scalars(select(ActivationCode)).one()
         with pytest.raises(InvalidTag):
             services().cipher.open(row)
+
+
+def test_rotation_in_batches_counts_and_reseals_every_code(database_url: str) -> None:
+    """Each batch commits on its own (resumable); the count reported is the whole pool's."""
+    old_key, new_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    shared = {"IDENTIFIER_KEY": secrets.token_urlsafe(32), "SECRET_KEY": secrets.token_urlsafe(32)}
+    codes = list(synthetic.synthetic_codes(20, seed=6))
+    with make_app(database_url, CODE_KEY=old_key, **shared).app_context():
+        import_codes(db.session, services().cipher, numbered(codes), on_reject=pytest.fail)
+    rotating = make_app(database_url, CODE_KEY=new_key, CODE_KEY_VERSION=2, CODE_KEY_PREVIOUS=old_key, **shared)
+    with rotating.app_context():
+        cipher = services().cipher
+        assert rotate_code_key(db.session, cipher, batch_size=7) == 20
+        rows = db.session.scalars(select(ActivationCode)).all()
+        assert {row.key_version for row in rows} == {2}
+        assert sorted(cipher.open(row) for row in rows) == sorted(c["code"] for c in codes)
+        assert rotate_code_key(db.session, cipher, batch_size=7) == 0
