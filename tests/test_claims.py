@@ -6,6 +6,8 @@ crash or a retry, and codes that are useless to whoever copies the table.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import queue
 import random
@@ -22,8 +24,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_app, postgres_schema_url
+from conftest import hkdf_sha256, make_app, postgres_schema_url
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Flask
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -333,6 +336,21 @@ def test_every_sealed_code_has_a_nonce_of_its_own() -> None:
     xor = lambda a, b: bytes(x ^ y for x, y in zip(a, b, strict=False))  # noqa: E731
     plain_xor = xor(codes[0].encode(), codes[1].encode())
     assert plain_xor not in xor(sealed[0], sealed[1])
+
+
+def test_codes_are_sealed_and_indexed_under_their_own_subkeys() -> None:
+    """AES-GCM and the duplicate-finding HMAC use separate HKDF subkeys of the code key, with fixed
+    labels: a changed label would leave every stored code unopenable and every digest unmatched."""
+    master = secrets.token_bytes(32)
+    cipher = CodeCipher(Keyring(1, {1: master}))
+    sealing, indexing = hkdf_sha256(master, b"portal/code-encryption"), hkdf_sha256(master, b"portal/code-index")
+    assert sealing != indexing
+    code = "IDP-7K3M-Q9TX-2B4H"
+    digest = hmac.new(indexing, code.encode(), hashlib.sha256).digest()
+    assert cipher.digest(code) == digest
+    nonce = secrets.token_bytes(12)
+    sealed_elsewhere = nonce + AESGCM(sealing).encrypt(nonce, code.encode(), digest)
+    assert cipher.open(ActivationCode(code_digest=digest, ciphertext=sealed_elsewhere, key_version=1)) == code
 
 
 @pytest.mark.parametrize("typed", ["ABC", "-ABCD", "A" * 65, "ABCD EFGH", "IDP_7K3M"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_programme
-from flask import Flask
+from flask import Flask, request
 
 from portal import create_app, schema
 from portal.extensions import db
@@ -15,6 +15,11 @@ from portal.extensions import db
 
 @pytest.fixture
 def production_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
+    return production_from_environment(tmp_path, monkeypatch)
+
+
+def production_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **more: str) -> Flask:
+    """An app configured as a deployment is, through PORTAL_* variables (``more`` adds some)."""
     programme = write_programme(tmp_path)
     environment = {
         "PORTAL_ENV": "production",
@@ -25,7 +30,7 @@ def production_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
         "PORTAL_PROGRAMME_FILE": str(programme),
         "PORTAL_TRUSTED_HOSTS": '["notice.example.org"]',
     }
-    for name, value in environment.items():
+    for name, value in {**environment, **more}.items():
         monkeypatch.setenv(name, value)
     app = create_app()
     with app.app_context():
@@ -51,3 +56,24 @@ def test_unknown_host_names_are_refused(production_app: Flask) -> None:
     refused = client.get("/", base_url="https://phishing.example.net")
     assert refused.status_code == 400
     assert "Traceback" not in refused.get_data(as_text=True)
+
+
+def test_two_trusted_proxies_give_the_client_address_scheme_and_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a load balancer and a TLS proxy (PORTAL_TRUSTED_PROXIES=2) the portal believes exactly
+    two X-Forwarded-* hops: the client's address (its rate-limit bucket), https (so HSTS is sent and
+    the __Host- cookie set) and the public host name (checked against PORTAL_TRUSTED_HOSTS)."""
+    app = production_from_environment(tmp_path, monkeypatch, PORTAL_TRUSTED_PROXIES="2")
+    app.add_url_rule("/seen", "seen", lambda: f"{request.remote_addr} {request.scheme} {request.host}")
+    forwarded = {
+        "REMOTE_ADDR": "10.0.0.3",  # the TLS proxy, as the app server sees it
+        # Each proxy appends what it received: the client may forge the leftmost values, the load
+        # balancer appends the real client, scheme and host, the TLS proxy appends its own hop.
+        "HTTP_X_FORWARDED_FOR": "198.51.100.66, 203.0.113.9, 10.0.0.2",
+        "HTTP_X_FORWARDED_PROTO": "http, https, http",
+        "HTTP_X_FORWARDED_HOST": "phishing.example.net, notice.example.org, lb.internal",
+    }
+    response = app.test_client().get("/seen", base_url="http://10.0.0.3:8000", environ_base=forwarded)
+    assert response.get_data(as_text=True) == "203.0.113.9 https notice.example.org"
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"

@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from conftest import FAST_ARGON2, import_patients, lookup, make_app, patient_row, write_programme
+from conftest import FAST_ARGON2, hkdf_sha256, import_patients, lookup, make_app, patient_row, write_programme
 from flask import Flask
 from sqlalchemy import event, func, select, text
 
@@ -448,12 +448,6 @@ def test_letter_reference_is_deterministic_per_record_and_key() -> None:
     many = {make_hasher(key).letter_reference(f"R-{n}") for n in range(100)}
     assert len(many) == 100
     assert all(len(r) == 24 and set(r) <= set(CROCKFORD) for r in many)
-
-
-def hkdf_sha256(master: bytes, info: bytes) -> bytes:
-    """RFC 5869 with no salt and one block, written out here so the test does not trust the code under test."""
-    prk = hmac.new(bytes(32), master, hashlib.sha256).digest()
-    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
 
 
 def test_each_use_of_the_identifier_key_has_its_own_subkey() -> None:
