@@ -200,6 +200,7 @@ def test_development_secrets_are_fresh_private_and_never_overwritten(tmp_path: P
     """``./dev.sh demo`` writes instance/config.py: readable by its owner only, three different keys
     of at least 32 random bytes, and a second run keeps the first run's keys (and the data they hash)."""
     path = write_development_secrets(str(tmp_path / "instance"))
+    assert path == tmp_path / "instance" / "config.py"  # where load_config looks for it
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     settings: dict[str, Any] = {}
     exec(path.read_text(encoding="utf-8"), settings)  # the file this test just wrote
@@ -211,6 +212,10 @@ def test_development_secrets_are_fresh_private_and_never_overwritten(tmp_path: P
     first = path.read_text(encoding="utf-8")
     assert write_development_secrets(str(tmp_path / "instance")) == path
     assert path.read_text(encoding="utf-8") == first
+    # An instance folder that exists already (Flask makes one), or one not made yet, deep down.
+    (tmp_path / "made").mkdir()
+    assert write_development_secrets(str(tmp_path / "made")).is_file()
+    assert write_development_secrets(str(tmp_path / "srv" / "portal" / "instance")).is_file()
 
 
 @pytest.mark.parametrize("url", ["sqlite:///portal.sqlite3", "postgresql+psycopg://portal@db.internal/portal"])
