@@ -335,20 +335,22 @@ def identifiers(row: dict[str, str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def import_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, Path]]:
+def import_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, Path, bytes]]:
+    """The app, its database file, and that file before any import (the schema's own words)."""
     path = tmp_path_factory.mktemp("at-rest") / "portal.sqlite3"
     app = make_app(f"sqlite:///{path}")
-    yield app, path
+    yield app, path, b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
     with app.app_context():
         db.engine.dispose()
 
 
+@example(rows=[patient_row(record_id="P-schema", city="patients")])  # once a false alarm
 @given(rows=breach_rows())
 @budget(20)
 def test_nothing_imported_about_a_person_is_stored_in_clear(
-    import_app: tuple[Flask, Path], rows: list[dict[str, str]]
+    import_app: tuple[Flask, Path, bytes], rows: list[dict[str, str]]
 ) -> None:
-    app, path = import_app
+    app, path, empty = import_app
     rejected = import_patients(app, rows)
     # Hypothesis replays simple people across examples: a repeat is refused as a duplicate, never stored twice.
     assert all("duplicates" in why for _, why in rejected), rejected
@@ -356,6 +358,8 @@ def test_nothing_imported_about_a_person_is_stored_in_clear(
     for row in rows:
         for value in identifiers(row):
             for encoding in ("utf-8", "utf-16-le"):
+                if value.encode(encoding) in empty:  # a name such as "patients" is in the schema itself
+                    continue
                 assert value.encode(encoding) not in stored, f"{value!r} found in the database file"
 
 
