@@ -259,3 +259,27 @@ def test_only_marked_views_run_the_limiters_after_request_work(
     assert seen == []
     assert [client.get("/limited").status_code for _ in range(2)] == [200, 429]
     assert seen == ["inject_headers GET /limited", "release_context GET /limited"] * 2
+
+
+def test_successes_count_against_the_clients_attempt_budget(database_url: str) -> None:
+    """The attempt budget keeps a success (refund_on_success=False): one address cannot verify its
+    own identity in a loop, while the failure budgets give a success back."""
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT_ATTEMPTS="3 per minute", VERIFY_LIMIT_PERSON="1 per minute")
+    assert [attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.60")[0] for _ in range(4)] == [303, 303, 303, 429]
+    assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.61")[0] == 303  # another address, and the person, are fine
+
+
+@pytest.mark.parametrize(
+    "address, counted_as",
+    [
+        ("2001:db8:1:2::5", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("192.0.2.7", "192.0.2.7"),
+        ("", "unknown"),
+        (None, "unknown"),
+        ("not an address", "unknown"),
+    ],
+)
+def test_a_client_is_an_ipv4_address_or_an_ipv6_64(address: str | None, counted_as: str) -> None:
+    assert throttle.client_key(address) == counted_as
