@@ -41,6 +41,9 @@ for module in "${modules[@]}"; do
   fi
 done
 [[ ${#patterns[@]} -gt 0 ]] || { echo "nothing to run"; exit 0; }
+# A full run maps tests to functions afresh: mutmut keeps the old map for functions it thinks
+# unchanged, and after a rewrite (new functions) that map sent their mutants to too few tests.
+$survivors || rm -f mutants/mutmut-stats.json
 
 # Two children: the machine has two cores, shared with others.
 "${mutmut[@]}" run --max-children "${MUTATE_CHILDREN:-2}" "${patterns[@]}" || true
