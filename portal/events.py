@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flask import Flask
+from flask import Flask, g
 
 log = logging.getLogger("portal.events")
 
@@ -44,3 +44,8 @@ def record(event: Event) -> None:
         event.patient_ref or "-",
         event.client or "-",
     )
+
+
+def act_as(actor: str) -> None:
+    """Name who acts in this request's events: ``staff:<id>``, ``partner:<key id>``."""
+    g.audit_actor = actor
