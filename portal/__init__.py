@@ -15,6 +15,7 @@ from flask_babel import get_locale, get_translations
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from portal.audit import AuditChain
 from portal.claims import CodeCipher
 from portal.config import load_config
 from portal.extensions import babel, csrf, db
@@ -38,6 +39,7 @@ class Services:
     hasher: IdentifierHasher
     cipher: CodeCipher
     totp: TotpCipher
+    audit: AuditChain
     programme: Programme
 
 
@@ -62,6 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         ),
         cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
         totp=TotpCipher(Keyring.from_config(app.config, "CODE_KEY")),
+        audit=AuditChain.from_config(app.config),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )
 

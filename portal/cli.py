@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 import click
+import segno
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
@@ -19,6 +20,7 @@ from werkzeug.serving import run_simple
 from portal import create_app, schema, services, synthetic
 from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
+from portal.events import Event, record
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import (
@@ -31,7 +33,16 @@ from portal.importer import (
     import_codes,
     read_csv,
 )
-from portal.models import Patient
+from portal.models import Patient, Staff
+from portal.staff import (
+    ROLES,
+    StaffError,
+    create_staff,
+    disable_staff,
+    find_staff,
+    list_staff,
+    reset_mfa,
+)
 
 EXIT_REJECTED = 1
 EXIT_BAD_FILE = 2
@@ -54,6 +65,11 @@ def init_app(app: Flask) -> None:
         rotate_code_key_command,
         generate_patients_command,
         generate_codes_command,
+        audit_group,
+        create_staff_command,
+        disable_staff_command,
+        reset_staff_mfa_command,
+        list_staff_command,
     ):
         app.cli.add_command(command)
 
@@ -143,7 +159,8 @@ def parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return index, count
 
 
-def finish(report: ImportReport, elapsed: float) -> None:
+def finish(action: str, report: ImportReport, elapsed: float, dry_run: bool) -> None:
+    cli_event(action, "dry-run" if dry_run else "some-rows-rejected" if report.rejected else "success")
     click.echo(f"{report.summary()} in {elapsed:,.1f} s")
     if report.rejected:
         sys.exit(EXIT_REJECTED)
@@ -194,7 +211,7 @@ def import_patients_command(
             click.echo(f"{path}: {error}; nothing more was imported", err=True)
             sys.exit(EXIT_BAD_FILE)
         progress.close()
-    finish(report, time.monotonic() - started)
+    finish("import-patients", report, time.monotonic() - started, dry_run)
 
 
 @click.command("import-codes")
@@ -215,7 +232,7 @@ def import_codes_command(path: str, dry_run: bool) -> None:
             sys.exit(EXIT_BAD_FILE)
     status = pool_status(db.session)
     click.echo(f"pool: {status.total:,} codes, {status.claimed:,} claimed, {status.available:,} available")
-    finish(report, time.monotonic() - started)
+    finish("import-codes", report, time.monotonic() - started, dry_run)
 
 
 @click.command("rotate-code-key")
@@ -223,7 +240,97 @@ def import_codes_command(path: str, dry_run: bool) -> None:
 def rotate_code_key_command() -> None:
     """Re-encrypt the code pool under PORTAL_CODE_KEY (old rows opened with PORTAL_CODE_KEY_PREVIOUS)."""
     resealed = rotate_code_key(db.session, services().cipher)
+    cli_event("rotate-code-key", "success")
     click.echo(f"{resealed:,} codes re-encrypted under key version {services().cipher.keyring.current_version}")
+
+
+# --- Audit trail and staff ----------------------------------------------------------------------
+
+
+def cli_event(action: str, outcome: str) -> None:
+    record(Event(action, outcome, "cli"))
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit_group.command("verify")
+@with_appcontext
+def audit_verify() -> None:
+    """Check every link of the chain; exit 1 naming the first broken one."""
+    with db.engine.connect() as connection:
+        checked, broken = services().audit.verify(connection)
+    if broken is not None:
+        click.echo(f"audit trail BROKEN at row {broken.position}: {broken.reason} ({checked:,} rows before it hold)")
+        sys.exit(1)
+    click.echo(f"audit trail intact: {checked:,} rows")
+
+
+def print_enrolment(username: str, password: str, uri: str) -> None:
+    """The one time the initial password and the TOTP secret are shown: hand them over in person."""
+    click.echo(f"username: {username}")
+    click.echo(f"password: {password}")
+    click.echo(f"otpauth URI: {uri}")
+    segno.make(uri, error="m").terminal(compact=True)
+
+
+def staff_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A command acting on one existing staff member given as USERNAME."""
+
+    def decorator(action: Callable[[Staff], None]) -> click.Command:
+        @click.command(name, help=action.__doc__)
+        @click.argument("username")
+        @with_appcontext
+        def command(username: str) -> None:
+            try:
+                staff = find_staff(db.session, username)
+            except StaffError as error:
+                raise click.UsageError(str(error)) from None
+            action(staff)
+            cli_event(name, f"staff:{staff.id}")
+
+        return command
+
+    return decorator
+
+
+@click.command("create-staff")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@with_appcontext
+def create_staff_command(username: str, role: str) -> None:
+    """Create a console account; prints its initial password and TOTP enrolment."""
+    try:
+        enrolment = create_staff(db.session, services().totp, username, role)
+    except StaffError as error:
+        raise click.UsageError(str(error)) from None
+    cli_event("create-staff", f"staff:{enrolment.staff.id}")
+    print_enrolment(enrolment.staff.username, enrolment.password, enrolment.otpauth_uri)
+
+
+@staff_command("disable-staff")
+def disable_staff_command(staff: Staff) -> None:
+    """Disable an account and end its sessions at once."""
+    disable_staff(db.session, staff)
+    click.echo(f"{staff.username} disabled")
+
+
+@staff_command("reset-staff-mfa")
+def reset_staff_mfa_command(staff: Staff) -> None:
+    """New TOTP secret and new initial password; ends the account's sessions."""
+    password, uri = reset_mfa(db.session, services().totp, staff)
+    print_enrolment(staff.username, password, uri)
+
+
+@click.command("list-staff")
+@with_appcontext
+def list_staff_command() -> None:
+    """Every console account, its role and state."""
+    for staff in list_staff(db.session):
+        state = "disabled" if staff.disabled else "active"
+        click.echo(f"{staff.username:<24} {staff.role:<11} {state}")
 
 
 # --- Synthetic data and the demo -----------------------------------------------------------------

@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from ipaddress import ip_network
 from collections.abc import Mapping
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 

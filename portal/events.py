@@ -1,18 +1,27 @@
 """Security-relevant events, raised in one place and never carrying an identifier.
 
-Today each event is one structured line on the ``portal.events`` logger. The audit trail
-(next on the roadmap) will append the same events to its own table from ``record``, and
-daily counts of verifications, failures and claims can be read off the same stream.
+Each event is one structured line on the ``portal.events`` logger and one row of the audit
+trail (``portal/audit.py``), whatever the surface: public site, console, API or command line.
+The row names who acted (``act_as``, else the anonymous public session or the command-line
+user) and the request it belongs to (``g.request_id``, made here when no one set it).
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 
-from flask import Flask, g
+from flask import Flask, current_app, g, has_request_context, session
+
+from portal.audit import Entry
+from portal.extensions import db
 
 log = logging.getLogger("portal.events")
+
+PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for its token
 
 
 def init_app(app: Flask) -> None:
@@ -28,11 +37,38 @@ def init_app(app: Flask) -> None:
 
 @dataclass(frozen=True)
 class Event:
-    action: str  # verification, claim, sign-out
+    action: str  # verification, claim, sign-out, staff-login, ...
     outcome: str  # success, failure, throttled, pool-empty, ...
-    channel: str  # public today; agent and api later
+    channel: str  # public, agent, api, cli
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
     client: str | None = None  # client address as the trusted proxies report it
+
+
+def act_as(actor: str) -> None:
+    """Name who acts in this request's events: ``staff:<id>``, ``partner:<key id>``."""
+    g.audit_actor = actor
+
+
+def request_id() -> str | None:
+    """The request's id: one set earlier (from ``X-Request-ID``), else a new one for this request."""
+    if not has_request_context():
+        return None
+    if "request_id" not in g:
+        g.request_id = secrets.token_hex(8)
+    return str(g.request_id)
+
+
+def _actor() -> str:
+    if has_request_context():
+        if "audit_actor" in g:
+            return str(g.audit_actor)
+        token = session.get(PUBLIC_SESSION_KEY)
+        # The verification's token, hashed: ties one visitor's events together, names no one.
+        return "public:" + (hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous")
+    try:
+        return "cli:" + getpass.getuser()[:40]
+    except (KeyError, OSError):
+        return "cli:unknown"
 
 
 def record(event: Event) -> None:
@@ -44,8 +80,13 @@ def record(event: Event) -> None:
         event.patient_ref or "-",
         event.client or "-",
     )
-
-
-def act_as(actor: str) -> None:
-    """Name who acts in this request's events: ``staff:<id>``, ``partner:<key id>``."""
-    g.audit_actor = actor
+    entry = Entry(
+        actor=_actor(),
+        action=event.action,
+        outcome=event.outcome,
+        channel=event.channel,
+        record_ref=event.patient_ref,
+        client=event.client,
+        request_id=request_id(),
+    )
+    current_app.extensions["portal"].audit.append(db.engine, entry)
