@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from flask import current_app
 from limits import parse_many
 
+from portal import services
 from portal.extensions import limiter
+from portal.identity import IdentityClaim
 
 
 class Throttled(Exception):
@@ -45,6 +47,11 @@ class Attempt:
 
     def succeeded(self) -> None:
         self.success = True
+
+
+def person_budget(claim: IdentityClaim, surface: str, setting: str) -> Budget:
+    bucket = services().hasher.person_bucket(claim.last_name, claim.date_of_birth)
+    return Budget(f"{surface}-person", setting, f"person:{bucket}")
 
 
 def client_key(address: str | None) -> str:

@@ -108,7 +108,9 @@ def guard_console() -> Any:
         abort(404)
     if request.endpoint in OPEN_ENDPOINTS:
         return None
-    if not current_user.is_authenticated or _expired():
+    if not current_user.is_authenticated:
+        return redirect(url_for("agent.login"), 303)
+    if _expired():
         end_session()
         return redirect(url_for("agent.login"), 303)
     act_as(f"staff:{current_user.staff.id}")
@@ -126,6 +128,7 @@ def _role_required(roles: tuple[str, ...]) -> Callable[[View], View]:
                 abort(403)
             return view(*args, **kwargs)
 
+        checked.required_roles = roles  # type: ignore[attr-defined]  # tests find every guarded page by it
         return cast(View, checked)
 
     return decorator

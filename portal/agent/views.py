@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from collections.abc import Callable
+from functools import wraps
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseValue
 from flask_login import current_user
 
-from portal import services
+from portal import exposure, services
 from portal import throttle_interim as throttle
 from portal.agent.auth import agent_required, end_session, protect, start_session, supervisor_required
 from portal.agent.forms import LoginForm, PasswordChangeForm
+from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
 from portal.events import Event, act_as, record
 from portal.extensions import db
+from portal.identity import IdentityClaim, end_verification, find_patient, start_verification, verified_patient
+from portal.models import Patient
+from portal.public.forms import LookupForm
 from portal.staff import authenticate, end_sessions, set_password
 
 bp = Blueprint("agent", __name__)
@@ -91,3 +98,108 @@ def home() -> str:
 @supervisor_required
 def supervisor() -> str:
     return render_template("agent/supervisor.html")
+
+
+# --- Serving a caller: verify, exposure, code, outcome ------------------------------------------
+
+CALL_KEY = "agent_call"  # the verification token of the call in progress
+CALL_OUTCOMES = {
+    "resolved": "Caller's questions answered",
+    "code-given": "Activation code read to the caller",
+    "callback": "Caller will call back",
+    "escalated": "Escalated to a supervisor",
+    "not-verified": "Caller could not be verified",
+}
+
+
+def verify_budgets(claim: IdentityClaim) -> list[throttle.Budget]:
+    """The console's own per-person budget (a person locked out on the website can still be
+    served), and the agent's failures, which supervisors see when they trip."""
+    return [
+        throttle.person_budget(claim, CHANNEL, "AGENT_VERIFY_LIMIT_PERSON"),
+        throttle.Budget("agent-failures", "AGENT_VERIFY_LIMIT_FAILURES", f"staff:{current_user.staff.id}"),
+    ]
+
+
+@bp.route("/call", methods=["GET", "POST"])
+@agent_required
+def call() -> ResponseValue:
+    form = LookupForm()
+    if not form.validate_on_submit():
+        status = 400 if request.method == "POST" else 200
+        return render_template("agent/call.html", form=form, outcomes=CALL_OUTCOMES), status
+    assert form.claim is not None
+    try:
+        with throttle.attempt(verify_budgets(form.claim), channel=CHANNEL) as attempt:
+            patient = find_patient(db.session, services().hasher, form.claim)
+            if patient is not None:
+                attempt.succeeded()
+    except throttle.Throttled:
+        audit("verification", "throttled")
+        raise
+    if patient is None:
+        audit("verification", "failure")
+        return render_template("agent/call.html", form=form, not_matched=True, outcomes=CALL_OUTCOMES), 200
+    audit("verification", "success", patient.public_id)
+    session[CALL_KEY] = start_verification(
+        db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"]
+    )
+    return redirect(url_for("agent.caller"), 303)
+
+
+def in_call(view: Callable[[Patient], ResponseValue]) -> Callable[[], ResponseValue]:
+    """Run ``view`` for the verified caller of this call; without one, back to a new call."""
+
+    @wraps(view)
+    def guarded() -> ResponseValue:
+        patient = verified_patient(db.session, session.get(CALL_KEY))
+        if patient is None:
+            session.pop(CALL_KEY, None)
+            return redirect(url_for("agent.call"), 303)
+        return view(patient)
+
+    return guarded
+
+
+@bp.get("/call/caller")
+@agent_required
+@in_call
+def caller(patient: Patient) -> str:
+    held = code_of(db.session, services().cipher, patient)
+    audit("exposure", "viewed", patient.public_id)
+    if held is not None:
+        audit("code", "re-read", patient.public_id)
+    return render_template(
+        "agent/caller.html",
+        fields=exposure.fields_in(patient.exposed_fields),
+        programme=services().programme,
+        held=held,
+        outcomes=CALL_OUTCOMES,
+    )
+
+
+@bp.post("/call/claim")
+@agent_required
+@in_call
+def claim_for_caller(patient: Patient) -> ResponseValue:
+    try:
+        claim_code(db.session, services().cipher, patient)
+    except (PoolEmpty, PoolBusy) as error:
+        outcome = "pool-empty" if isinstance(error, PoolEmpty) else "busy"
+        audit("claim", outcome, patient.public_id)
+        return render_error(503, "No activation code could be given just now. Nothing was changed.", retry_after=5)
+    audit("claim", "success", patient.public_id)
+    return redirect(url_for("agent.caller"), 303)
+
+
+@bp.post("/call/end")
+@agent_required
+def end_call() -> ResponseValue:
+    outcome = request.form.get("outcome", "")
+    if outcome not in CALL_OUTCOMES:
+        abort(400)
+    patient = verified_patient(db.session, session.get(CALL_KEY))
+    audit("call-outcome", outcome, patient.public_id if patient else None)
+    end_verification(db.session, session.pop(CALL_KEY, None))
+    flash("Call recorded.")
+    return redirect(url_for("agent.call"), 303)
