@@ -129,3 +129,32 @@ def _text(value: object) -> str:
         # As the database hands it back: naive UTC to the microsecond.
         return value.replace(tzinfo=None).isoformat(timespec="microseconds")
     return str(value)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a supervisor narrows the trail to; every part optional."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str | None = None
+    action: str | None = None
+    record_ref: str | None = None
+
+
+EXPORT_COLUMNS = ("id", "at", "actor", "action", "outcome", "channel", "record_ref", "client", "request_id")
+
+
+def events(connection: Connection, where: Filter, limit: int | None = None) -> Iterator[Mapping[str, Any]]:
+    """Matching rows, newest first."""
+    query = select(*(EVENTS.c[name] for name in EXPORT_COLUMNS)).order_by(EVENTS.c.id.desc())
+    if where.since:
+        query = query.where(EVENTS.c.at >= where.since)
+    if where.until:
+        query = query.where(EVENTS.c.at < where.until)
+    for name in ("actor", "action", "record_ref"):
+        if getattr(where, name):
+            query = query.where(EVENTS.c[name] == getattr(where, name))
+    if limit:
+        query = query.limit(limit)
+    yield from connection.execute(query).mappings()

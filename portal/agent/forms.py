@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, StringField
-from wtforms.validators import EqualTo, InputRequired, Length
+from wtforms import DateField, PasswordField, SelectField, StringField
+from wtforms.validators import EqualTo, InputRequired, Length, Optional
 
-from portal.staff import PASSWORD_MAX, PASSWORD_MIN
+from portal.staff import PASSWORD_MAX, PASSWORD_MIN, ROLES
 
 
 class StaffForm(FlaskForm):
@@ -37,3 +37,21 @@ class PasswordChangeForm(StaffForm):
         [InputRequired(), EqualTo("password", "The two passwords differ.")],
         render_kw={"autocomplete": "new-password"},
     )
+
+
+class AuditFilterForm(FlaskForm):
+    """Read from the query string (a GET form: bookmarkable, nothing changes)."""
+
+    class Meta:
+        csrf = False
+
+    since = DateField("From (UTC date)", [Optional()])
+    until = DateField("Until (UTC date, inclusive)", [Optional()])
+    actor = StringField("Actor (staff:7, partner:3, public:…)", [Optional(), Length(max=64)])
+    action = StringField("Action", [Optional(), Length(max=40)])
+    record_ref = StringField("Record reference", [Optional(), Length(max=32)])
+
+
+class CreateStaffForm(StaffForm):
+    username = StringField("Username", [InputRequired(), Length(max=64)])
+    role = SelectField("Role", choices=list(ROLES))

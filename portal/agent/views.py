@@ -2,25 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import io
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, time, timedelta
 from functools import wraps
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+import segno
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
 from flask.typing import ResponseValue
 from flask_login import current_user
+from markupsafe import Markup
 
+from portal import audit as audit_trail
 from portal import exposure, services
 from portal import throttle_interim as throttle
 from portal.agent.auth import agent_required, end_session, protect, start_session, supervisor_required
-from portal.agent.forms import LoginForm, PasswordChangeForm
-from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
+from portal.agent.forms import AuditFilterForm, CreateStaffForm, LoginForm, PasswordChangeForm
+from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, pool_status
 from portal.errors import render_error
 from portal.events import Event, act_as, record
 from portal.extensions import db
 from portal.identity import IdentityClaim, end_verification, find_patient, start_verification, verified_patient
-from portal.models import Patient
+from portal.models import Patient, Staff
 from portal.public.forms import LookupForm
-from portal.staff import authenticate, end_sessions, set_password
+from portal.staff import (
+    StaffError,
+    authenticate,
+    create_staff,
+    disable_staff,
+    end_sessions,
+    list_staff,
+    reset_mfa,
+    set_password,
+)
 
 bp = Blueprint("agent", __name__)
 protect(bp)
@@ -94,12 +121,6 @@ def home() -> str:
     return render_template("agent/home.html")
 
 
-@bp.get("/supervisor")
-@supervisor_required
-def supervisor() -> str:
-    return render_template("agent/supervisor.html")
-
-
 # --- Serving a caller: verify, exposure, code, outcome ------------------------------------------
 
 CALL_KEY = "agent_call"  # the verification token of the call in progress
@@ -141,9 +162,7 @@ def call() -> ResponseValue:
         audit("verification", "failure")
         return render_template("agent/call.html", form=form, not_matched=True, outcomes=CALL_OUTCOMES), 200
     audit("verification", "success", patient.public_id)
-    session[CALL_KEY] = start_verification(
-        db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"]
-    )
+    session[CALL_KEY] = start_verification(db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"])
     return redirect(url_for("agent.caller"), 303)
 
 
@@ -203,3 +222,118 @@ def end_call() -> ResponseValue:
     end_verification(db.session, session.pop(CALL_KEY, None))
     flash("Call recorded.")
     return redirect(url_for("agent.call"), 303)
+
+
+# --- Supervisors: audit trail, staff, pool -------------------------------------------------------
+
+AUDIT_PAGE_ROWS = 200
+
+
+@bp.get("/supervisor")
+@supervisor_required
+def supervisor() -> str:
+    return render_template("agent/supervisor.html", pool=pool_status(db.session))
+
+
+def audit_filter(form: AuditFilterForm) -> audit_trail.Filter:
+    def midnight(day: date | None, days_after: int = 0) -> datetime | None:
+        return datetime.combine(day, time(), UTC) + timedelta(days=days_after) if day else None
+
+    return audit_trail.Filter(
+        since=midnight(form.since.data),
+        until=midnight(form.until.data, 1),
+        actor=form.actor.data or None,
+        action=form.action.data or None,
+        record_ref=form.record_ref.data or None,
+    )
+
+
+@bp.get("/audit")
+@supervisor_required
+def audit_page() -> ResponseValue:
+    form = AuditFilterForm(request.args)
+    if not form.validate():
+        return render_template("agent/audit.html", form=form, rows=[]), 400
+    audit("audit-trail", "viewed")
+    with db.engine.connect() as connection:
+        rows = list(audit_trail.events(connection, audit_filter(form), AUDIT_PAGE_ROWS))
+    return render_template("agent/audit.html", form=form, rows=rows, limit=AUDIT_PAGE_ROWS)
+
+
+@bp.get("/audit/export.csv")
+@supervisor_required
+def audit_export() -> ResponseValue:
+    form = AuditFilterForm(request.args)
+    if not form.validate():
+        abort(400)
+    audit("audit-export", "success")
+    where = audit_filter(form)
+
+    def lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(audit_trail.EXPORT_COLUMNS)
+        with db.engine.connect() as connection:
+            for row in audit_trail.events(connection, where):
+                writer.writerow([row[name] if row[name] is not None else "" for name in audit_trail.EXPORT_COLUMNS])
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    headers = {"Content-Disposition": "attachment; filename=audit.csv"}
+    return Response(stream_with_context(lines()), mimetype="text/csv", headers=headers)
+
+
+@bp.route("/staff", methods=["GET", "POST"])
+@supervisor_required
+def staff_page() -> ResponseValue:
+    form = CreateStaffForm()
+    enrolment = None
+    status = 200
+    if form.validate_on_submit():
+        try:
+            created = create_staff(db.session, services().totp, form.username.data, form.role.data)
+        except StaffError as error:
+            form.username.errors.append(str(error))
+            status = 400
+        else:
+            audit("create-staff", f"staff:{created.staff.id}")
+            enrolment = (created.staff.username, created.password, created.otpauth_uri)
+    elif request.method == "POST":
+        status = 400
+    return render_enrolment(form, enrolment, status)
+
+
+def render_enrolment(form: CreateStaffForm, enrolment: tuple[str, str, str] | None, status: int = 200) -> ResponseValue:
+    """The staff list, with a new password and TOTP QR code shown once (never stored in clear)."""
+    # segno writes the SVG from the URI alone (paths and presentation attributes, no script or style).
+    qr = Markup(segno.make(enrolment[2], error="m").svg_inline(scale=4)) if enrolment else None  # noqa: S704
+    page = render_template("agent/staff.html", form=form, staff=list_staff(db.session), enrolment=enrolment, qr=qr)
+    return page, status
+
+
+def staff_member(staff_id: int) -> Staff:
+    staff = db.session.get(Staff, staff_id)
+    if staff is None:
+        abort(404)
+    return staff
+
+
+@bp.post("/staff/<int:staff_id>/disable")
+@supervisor_required
+def disable_staff_member(staff_id: int) -> ResponseValue:
+    staff = staff_member(staff_id)
+    disable_staff(db.session, staff)
+    audit("disable-staff", f"staff:{staff.id}")
+    flash(f"{staff.username} is disabled; their sessions have ended.")
+    return redirect(url_for("agent.staff_page"), 303)
+
+
+@bp.post("/staff/<int:staff_id>/reset-mfa")
+@supervisor_required
+def reset_staff_mfa(staff_id: int) -> ResponseValue:
+    staff = staff_member(staff_id)
+    password, uri = reset_mfa(db.session, services().totp, staff)
+    audit("reset-staff-mfa", f"staff:{staff.id}")
+    return render_enrolment(CreateStaffForm(formdata=None), (staff.username, password, uri))
