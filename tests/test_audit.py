@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from agent_helpers import make_staff, post_form, signed_in
-from conftest import csrf_token, import_patients, lookup, make_app, patient_row
+from conftest import import_patients, lookup, make_app, patient_row
 from flask import Flask
 
-from portal import services
 from portal.events import Event, record
 from portal.extensions import db
 from portal.models import AuditEvent
