@@ -33,6 +33,7 @@ from portal.importer import (
     import_codes,
     read_csv,
 )
+from portal.letters import LetterVault, export_requested
 from portal.models import Patient, Staff
 from portal.staff import (
     ROLES,
@@ -66,6 +67,7 @@ def init_app(app: Flask) -> None:
         generate_patients_command,
         generate_codes_command,
         audit_group,
+        letters_group,
         create_staff_command,
         disable_staff_command,
         reset_staff_mfa_command,
@@ -266,6 +268,27 @@ def audit_verify() -> None:
         click.echo(f"audit trail BROKEN at row {broken.position}: {broken.reason} ({checked:,} rows before it hold)")
         sys.exit(1)
     click.echo(f"audit trail intact: {checked:,} rows")
+
+
+@click.group("letters")
+def letters_group() -> None:
+    """Replacement letters for people with no SSN on file."""
+
+
+@letters_group.command("reissue")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), required=True)
+@with_appcontext
+def letters_reissue(out_path: str) -> None:
+    """Write record_id,reference of every record whose letter agents asked to replace (each once)."""
+    with open(out_path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["record_id", "reference"])
+        count = 0
+        for row in export_requested(db.session, LetterVault(services().hasher)):
+            writer.writerow(row)
+            count += 1
+    cli_event("letters-reissue", f"exported:{count}")
+    click.echo(f"{count:,} replacement letters written to {out_path}")
 
 
 def print_enrolment(username: str, password: str, uri: str) -> None:

@@ -208,3 +208,23 @@ class AuditChainHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)  # always 1
     position: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class LetterRecord(Base):
+    """What replacing a lost letter needs, kept only for people with no SSN on file.
+
+    Such a person can verify only with the reference printed on their letter. To find their
+    record without it, ``locate_digest`` is an HMAC of the normalised last name, birth date and
+    ZIP (not unique: two people may share them, and then nobody is identified). The vendor's
+    record id, which the mail house needs, is kept sealed (AES-256-GCM) for this alone.
+    """
+
+    __tablename__ = "letter_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), unique=True)
+    locate_digest: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    sealed_record_id: Mapped[bytes] = mapped_column(LargeBinary)  # nonce || ciphertext
+    key_version: Mapped[int] = mapped_column(Integer)  # of the identifier key
+    reissue_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

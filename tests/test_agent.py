@@ -16,8 +16,9 @@ from test_public import _check_headers
 from portal import services
 from portal.agent.auth import LOGIN_AT, OPEN_ENDPOINTS, SEEN_AT
 from portal.extensions import db
+from portal.identity import format_reference
 from portal.importer import import_codes
-from portal.models import AuditEvent, Patient, Staff
+from portal.models import AuditEvent, LetterRecord, Patient, Staff
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
@@ -317,7 +318,9 @@ def test_supervisors_create_disable_and_reset_staff(app: Flask) -> None:
     assert reset.status_code == 200 and "otpauth://totp/" in reset.get_data(as_text=True)
     assert post_form(supervisor, f"/agent/staff/{newbie.id}/disable", "/agent/").status_code == 303
     assert "disabled" in supervisor.get("/agent/staff").get_data(as_text=True)
-    actions = [(r.action, r.outcome) for r in audit_rows(app) if r.action.endswith("-staff") or r.action.endswith("mfa")]
+    actions = [
+        (r.action, r.outcome) for r in audit_rows(app) if r.action.endswith("-staff") or r.action.endswith("mfa")
+    ]
     target = f"staff:{newbie.id}"
     assert actions == [("create-staff", target), ("reset-staff-mfa", target), ("disable-staff", target)]
 
@@ -339,3 +342,57 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert [line.split(",")[3] for line in lines[1:]] == ["verification", "staff-login"]
     assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]
+
+
+# --- lost letters --------------------------------------------------------------------------------
+
+NO_SSN = {"last_name": "Ødegård", "date_of_birth": "1961-07-19", "zip_code": "20002"}
+
+
+def test_a_lost_letter_is_reissued_and_exported_once(app: Flask, tmp_path: Any) -> None:
+    rows = [
+        patient_row(record_id="R-LOST", last_name="Ødegård", date_of_birth="1961-07-19", zip="20002", ssn=""),
+        patient_row(record_id="R-TWIN-1", last_name="Twin", date_of_birth="1970-01-01", zip="30003", ssn=""),
+        patient_row(record_id="R-TWIN-2", last_name="Twin", date_of_birth="1970-01-01", zip="30003-1234", ssn=""),
+        patient_row(record_id="R-SSN", last_name="Hasssn", date_of_birth="1970-01-01", zip="30003"),
+    ]
+    assert import_patients(app, rows) == []
+    client = signed_in(app, make_staff(app))
+    found = post_form(
+        client, "/agent/letter", "/agent/", last_name="odegard", date_of_birth="1961-07-19", zip_code="20002"
+    )
+    assert "A replacement letter will be mailed" in found.get_data(as_text=True)
+    for person in (
+        {"last_name": "Twin", "date_of_birth": "1970-01-01", "zip_code": "30003"},  # two records: nobody
+        {"last_name": "Hasssn", "date_of_birth": "1970-01-01", "zip_code": "30003"},  # has an SSN: not kept
+        {**NO_SSN, "zip_code": "20003"},
+    ):
+        page = post_form(client, "/agent/letter", "/agent/", **person).get_data(as_text=True)
+        assert "do not identify exactly one record" in page, person
+
+    out = tmp_path / "reissue.csv"
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["letters", "reissue", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        reference = format_reference(services().hasher.letter_reference("R-LOST"))
+    assert out.read_text().splitlines() == ["record_id,reference", f"R-LOST,{reference}"]
+    assert runner.invoke(args=["letters", "reissue", "--out", str(out)]).exit_code == 0
+    assert out.read_text().splitlines() == ["record_id,reference"]  # each request is exported once
+
+    with app.app_context(), db.engine.connect() as connection:
+        stored = b"".join(
+            bytes(v) for row in connection.execute(select(LetterRecord.__table__)) for v in row if isinstance(v, bytes)
+        )
+    assert b"R-LOST" not in stored
+    outcomes = [r.outcome for r in audit_rows(app) if r.action == "letter-reissue"]
+    assert outcomes == ["requested", "not-identified", "not-identified", "not-identified"]
+    assert [r.outcome for r in audit_rows(app) if r.action == "letters-reissue"] == ["exported:1", "exported:0"]
+
+
+def test_lost_letter_lookups_count_against_the_console_budgets(database_url: str) -> None:
+    app = make_app(database_url, AGENT_VERIFY_LIMIT_FAILURES="2 per day")
+    client = signed_in(app, make_staff(app))
+    for _ in range(2):
+        assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 200
+    assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 429

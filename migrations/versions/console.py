@@ -1,4 +1,4 @@
-"""Console and audit trail: staff accounts, the hash-chained audit events and their chain head.
+"""Console and audit trail: staff accounts, the hash-chained audit events, their chain head, lost letters.
 
 Revision ID: console
 Revises: 0001
@@ -64,7 +64,26 @@ def upgrade() -> None:
     op.bulk_insert(head, [{"id": 1, "position": 0, "last_hash": bytes(32)}])
 
 
+    op.create_table(
+        "letter_records",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("patient_id", sa.Integer(), nullable=False),
+        sa.Column("locate_digest", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("sealed_record_id", sa.LargeBinary(), nullable=False),
+        sa.Column("key_version", sa.Integer(), nullable=False),
+        sa.Column("reissue_requested_at", sa.DateTime(), nullable=True),
+        sa.Column("exported_at", sa.DateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["patient_id"], ["patients.id"], name=op.f("fk_letter_records_patient_id_patients")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_letter_records")),
+        sa.UniqueConstraint("patient_id", name=op.f("uq_letter_records_patient_id")),
+    )
+    op.create_index(op.f("ix_letter_records_locate_digest"), "letter_records", ["locate_digest"])
+
+
 def downgrade() -> None:
+    op.drop_table("letter_records")
     op.drop_table("audit_chain_head")
     op.drop_table("audit_events")
     op.drop_table("staff")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+from typing import Any
+
 from flask_wtf import FlaskForm
 from wtforms import DateField, PasswordField, SelectField, StringField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional
 
+from portal.identity import InvalidIdentifier, normalise_last_name, normalise_zip, parse_birth_date
+from portal.public.forms import FIELD_MESSAGES, PersonForm
 from portal.staff import PASSWORD_MAX, PASSWORD_MIN, ROLES
 
 
@@ -55,3 +60,23 @@ class AuditFilterForm(FlaskForm):
 class CreateStaffForm(StaffForm):
     username = StringField("Username", [InputRequired(), Length(max=64)])
     role = SelectField("Role", choices=list(ROLES))
+
+
+class LocateForm(PersonForm):
+    """Last name, birth date and ZIP of a caller whose letter (with its reference) never arrived."""
+
+    person: tuple[str, date, str] | None = None  # normalised as the import normalised them
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        try:
+            self.person = (
+                normalise_last_name(self.last_name.data),
+                parse_birth_date(self.date_of_birth.data),
+                normalise_zip(self.zip_code.data),
+            )
+        except InvalidIdentifier as error:
+            getattr(self, error.field).errors.append(FIELD_MESSAGES[error.field])
+            return False
+        return True

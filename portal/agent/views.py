@@ -30,12 +30,13 @@ from portal import audit as audit_trail
 from portal import exposure, services
 from portal import throttle_interim as throttle
 from portal.agent.auth import agent_required, end_session, protect, start_session, supervisor_required
-from portal.agent.forms import AuditFilterForm, CreateStaffForm, LoginForm, PasswordChangeForm
+from portal.agent.forms import AuditFilterForm, CreateStaffForm, LocateForm, LoginForm, PasswordChangeForm
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, pool_status
 from portal.errors import render_error
 from portal.events import Event, act_as, record
 from portal.extensions import db
 from portal.identity import IdentityClaim, end_verification, find_patient, start_verification, verified_patient
+from portal.letters import LetterVault, request_reissue
 from portal.models import Patient, Staff
 from portal.public.forms import LookupForm
 from portal.staff import (
@@ -222,6 +223,35 @@ def end_call() -> ResponseValue:
     end_verification(db.session, session.pop(CALL_KEY, None))
     flash("Call recorded.")
     return redirect(url_for("agent.call"), 303)
+
+
+@bp.route("/letter", methods=["GET", "POST"])
+@agent_required
+def lost_letter() -> ResponseValue:
+    """A caller with no SSN on file whose letter never arrived: identify, and request a new one."""
+    form = LocateForm()
+    if not form.validate_on_submit():
+        status = 400 if request.method == "POST" else 200
+        return render_template("agent/letter.html", form=form, outcomes=CALL_OUTCOMES), status
+    assert form.person is not None
+    last_name, born, zip_code = form.person
+    vault = LetterVault(services().hasher)
+    with throttle.attempt(locate_budgets(last_name, born), channel=CHANNEL) as attempt:
+        public_id = request_reissue(db.session, vault, last_name, born, zip_code)
+        if public_id is not None:
+            attempt.succeeded()
+    audit("letter-reissue", "requested" if public_id else "not-identified", public_id)
+    return render_template(
+        "agent/letter.html", form=form, requested=public_id is not None, not_identified=public_id is None,
+        outcomes=CALL_OUTCOMES,
+    )  # fmt: skip
+
+
+def locate_budgets(last_name: str, born: date) -> list[throttle.Budget]:
+    """The same budgets as a console verification: the person (by name and birth date) and the agent."""
+    # The person budget keys on last name and birth date only; the placeholder reference completes a claim.
+    claim = IdentityClaim(last_name, born, "00000", reference="0" * 24)
+    return verify_budgets(claim)
 
 
 # --- Supervisors: audit trail, staff, pool -------------------------------------------------------

@@ -30,7 +30,9 @@ def _strip(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-class LookupForm(FlaskForm):
+class PersonForm(FlaskForm):
+    """Last name, birth date and ZIP, bounded: the part of every lookup, on the site and in the console."""
+
     class Meta:
         csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
 
@@ -54,6 +56,9 @@ class LookupForm(FlaskForm):
         filters=[_strip],
         render_kw={"autocomplete": "postal-code", "inputmode": "numeric", "size": 10},
     )
+
+
+class LookupForm(PersonForm):
     ssn_last4 = StringField(
         _l("Last 4 digits of your Social Security number"),
         [Optional(), Length(max=4, message=TOO_LONG["ssn_last4"])],
