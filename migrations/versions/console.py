@@ -63,7 +63,6 @@ def upgrade() -> None:
     # The one row every writer locks to append; position 0 and the all-zero hash start the chain.
     op.bulk_insert(head, [{"id": 1, "position": 0, "last_hash": bytes(32)}])
 
-
     op.create_table(
         "letter_records",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -73,9 +72,7 @@ def upgrade() -> None:
         sa.Column("key_version", sa.Integer(), nullable=False),
         sa.Column("reissue_requested_at", sa.DateTime(), nullable=True),
         sa.Column("exported_at", sa.DateTime(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["patient_id"], ["patients.id"], name=op.f("fk_letter_records_patient_id_patients")
-        ),
+        sa.ForeignKeyConstraint(["patient_id"], ["patients.id"], name=op.f("fk_letter_records_patient_id_patients")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_letter_records")),
         sa.UniqueConstraint("patient_id", name=op.f("uq_letter_records_patient_id")),
     )
