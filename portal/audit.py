@@ -91,7 +91,9 @@ class AuditChain:
         return int(position)
 
     def verify(self, connection: Connection, batch: int = 1000) -> tuple[int, BrokenLink | None]:
-        """Walk the whole chain: how many rows hold, and the first broken link if any."""
+        """Walk the whole chain: how many rows hold, and the first broken link if any.
+
+        With no break, the last row's hash is the head: note it to detect a later truncation."""
         expected_position, prev_hash = 1, GENESIS
         for row in _rows(connection, batch):
             if row["id"] != expected_position:
@@ -158,3 +160,8 @@ def events(connection: Connection, where: Filter, limit: int | None = None) -> I
     if limit:
         query = query.limit(limit)
     yield from connection.execute(query).mappings()
+
+
+def head_hash(connection: Connection) -> str:
+    """The newest row's chain hash, for an operator to note (see the module docstring)."""
+    return bytes(connection.execute(select(HEAD.c.last_hash).where(HEAD.c.id == HEAD_ID)).scalar_one()).hex()

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import run_simple
 
 from portal import create_app, schema, services, synthetic
+from portal.audit import head_hash
 from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
 from portal.events import Event, record
@@ -264,10 +265,11 @@ def audit_verify() -> None:
     """Check every link of the chain; exit 1 naming the first broken one."""
     with db.engine.connect() as connection:
         checked, broken = services().audit.verify(connection)
+        head = head_hash(connection)
     if broken is not None:
         click.echo(f"audit trail BROKEN at row {broken.position}: {broken.reason} ({checked:,} rows before it hold)")
         sys.exit(1)
-    click.echo(f"audit trail intact: {checked:,} rows")
+    click.echo(f"audit trail intact: {checked:,} rows; head {head} (note it: a later run must reach it)")
 
 
 @click.group("letters")

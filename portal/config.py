@@ -168,6 +168,11 @@ def write_development_secrets(instance_path: str) -> Path:
     """Create ``instance/config.py`` with fresh random secrets for a development or demo instance."""
     path = Path(instance_path) / "config.py"
     if path.exists():
+        # An instance made before a secret was added (PORTAL_AUDIT_KEY) gets just the missing ones.
+        text = path.read_text(encoding="utf-8")
+        missing = [name for name in SECRET_NAMES if f"\n{name} = " not in text]
+        if missing:
+            path.write_text(text + "".join(f'{name} = "{secrets.token_urlsafe(32)}"\n' for name in missing))
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [

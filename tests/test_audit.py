@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from agent_helpers import make_staff, post_form, signed_in
 from conftest import import_patients, lookup, make_app, patient_row
 from flask import Flask
 
+from portal.config import write_development_secrets
 from portal.events import Event, record
 from portal.extensions import db
 from portal.models import AuditEvent
@@ -132,3 +134,13 @@ def test_no_imported_identifier_reaches_the_audit_table_its_export_or_the_logs(
 
 
 EXPOSURE_TOKENS = {"name", "date_of_birth", "address", "phone", "ssn", "email"}
+
+
+def test_an_older_demo_instance_gains_the_audit_key_and_keeps_its_others(tmp_path: Path) -> None:
+    older = '# demo\nENV = "development"\nSECRET_KEY = "s"\nIDENTIFIER_KEY = "i"\nCODE_KEY = "c"\n'
+    (tmp_path / "config.py").write_text(older, encoding="utf-8")
+    write_development_secrets(str(tmp_path))
+    text = (tmp_path / "config.py").read_text(encoding="utf-8")
+    assert text.startswith(older) and re.search(r'^AUDIT_KEY = "[\w-]{43}"$', text, re.MULTILINE)
+    write_development_secrets(str(tmp_path))
+    assert (tmp_path / "config.py").read_text(encoding="utf-8") == text

@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from functools import wraps
+from typing import Any
 
 import segno
 from flask import (
@@ -24,6 +25,7 @@ from flask import (
 )
 from flask.typing import ResponseValue
 from flask_login import current_user
+from flask_wtf import FlaskForm
 from markupsafe import Markup
 
 from portal import audit as audit_trail
@@ -61,6 +63,12 @@ def audit(action: str, outcome: str, record_ref: str | None = None) -> None:
     record(Event(action, outcome, CHANNEL, record_ref, request.remote_addr))
 
 
+def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]:
+    """A form shown blank (200), or sent back with what was wrong with it (400)."""
+    status = 400 if request.method == "POST" else 200
+    return render_template(template, form=form, **context), status
+
+
 @bp.errorhandler(throttle.Throttled)
 def throttled(error: throttle.Throttled) -> ResponseValue:
     return render_error(429, "Too many attempts. Please wait before trying again.", retry_after=error.retry_after)
@@ -82,12 +90,15 @@ def login_budgets(username: str) -> list[throttle.Budget]:
 def login() -> ResponseValue:
     form = LoginForm()
     if not form.validate_on_submit():
-        status = 400 if request.method == "POST" else 200
-        return render_template("agent/login.html", form=form, failed=request.method == "POST"), status
-    with throttle.attempt(login_budgets(form.username.data), channel=CHANNEL) as attempt:
-        staff = authenticate(db.session, services().totp, form.username.data, form.password.data, form.code.data)
-        if staff is not None:
-            attempt.succeeded()
+        return form_page("agent/login.html", form, failed=request.method == "POST")
+    try:
+        with throttle.attempt(login_budgets(form.username.data), channel=CHANNEL) as attempt:
+            staff = authenticate(db.session, services().totp, form.username.data, form.password.data, form.code.data)
+            if staff is not None:
+                attempt.succeeded()
+    except throttle.Throttled:
+        audit("staff-login", "throttled")
+        raise
     if staff is None:
         audit("staff-login", "failure")  # never the typed username: it may be a mistyped password
         return render_template("agent/login.html", form=LoginForm(formdata=None), failed=True), 200
@@ -110,7 +121,7 @@ def logout() -> ResponseValue:
 def change_password() -> ResponseValue:
     form = PasswordChangeForm()
     if not form.validate_on_submit():
-        return render_template("agent/password.html", form=form), 400 if request.method == "POST" else 200
+        return form_page("agent/password.html", form)
     set_password(db.session, current_user.staff, form.password.data)
     audit("staff-password", "changed")
     return redirect(url_for("agent.home"), 303)
@@ -148,8 +159,7 @@ def verify_budgets(claim: IdentityClaim) -> list[throttle.Budget]:
 def call() -> ResponseValue:
     form = LookupForm()
     if not form.validate_on_submit():
-        status = 400 if request.method == "POST" else 200
-        return render_template("agent/call.html", form=form, outcomes=CALL_OUTCOMES), status
+        return form_page("agent/call.html", form, outcomes=CALL_OUTCOMES)
     assert form.claim is not None
     try:
         with throttle.attempt(verify_budgets(form.claim), channel=CHANNEL) as attempt:
@@ -231,8 +241,7 @@ def lost_letter() -> ResponseValue:
     """A caller with no SSN on file whose letter never arrived: identify, and request a new one."""
     form = LocateForm()
     if not form.validate_on_submit():
-        status = 400 if request.method == "POST" else 200
-        return render_template("agent/letter.html", form=form, outcomes=CALL_OUTCOMES), status
+        return form_page("agent/letter.html", form, outcomes=CALL_OUTCOMES)
     assert form.person is not None
     last_name, born, zip_code = form.person
     vault = LetterVault(services().hasher)
