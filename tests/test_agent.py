@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from typing import Any
 
@@ -105,6 +107,24 @@ def test_a_totp_code_is_accepted_once_only(app: Flask) -> None:
     assert FAILED in replay.get_data(as_text=True)
     earlier = login(app.test_client(), account, steps_ahead=-1)  # an older step than the one used
     assert FAILED in earlier.get_data(as_text=True)
+
+
+def test_simultaneous_logins_with_one_code_let_exactly_one_in(app: Flask) -> None:
+    """Eight clients send the same password and code at the same moment: the code is spent once."""
+    account = make_staff(app)
+    code = account.code()
+    clients = [app.test_client() for _ in range(8)]
+    tokens = [csrf_token(client, "/agent/login") for client in clients]
+    start = threading.Barrier(len(clients))
+
+    def send(index: int) -> int:
+        start.wait()
+        data = {"username": account.username, "password": account.password, "code": code, "csrf_token": tokens[index]}
+        return clients[index].post("/agent/login", data=data).status_code
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        statuses = list(pool.map(send, range(len(clients))))
+    assert sorted(statuses) == [200] * 7 + [303]
 
 
 def test_failed_logins_are_throttled_per_account(database_url: str) -> None:
