@@ -64,7 +64,7 @@ def _actor() -> str:
             return str(g.audit_actor)
         token = session.get(PUBLIC_SESSION_KEY)
         # The verification's token, hashed: ties one visitor's events together, names no one.
-        return "public:" + (hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous")
+        return "public:" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous"
     try:
         return "cli:" + getpass.getuser()[:40]
     except (KeyError, OSError):

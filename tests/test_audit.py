@@ -144,3 +144,21 @@ def test_an_older_demo_instance_gains_the_audit_key_and_keeps_its_others(tmp_pat
     assert text.startswith(older) and re.search(r'^AUDIT_KEY = "[\w-]{43}"$', text, re.MULTILINE)
     write_development_secrets(str(tmp_path))
     assert (tmp_path / "config.py").read_text(encoding="utf-8") == text
+
+
+def test_the_public_site_leaves_its_trail_under_a_session_pseudonym(app: Flask) -> None:
+    assert import_patients(app, [patient_row()]) == []
+    client = app.test_client()
+    person = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
+    lookup(client, **person, ssn_last4="0000")
+    assert lookup(client, **person, ssn_last4="6789").status_code == 303
+    client.get("/exposure")
+    with app.app_context():
+        rows = db.session.execute(sa.select(AuditEvent.actor, AuditEvent.action, AuditEvent.outcome)).all()
+    assert [(action, outcome) for _, action, outcome in rows] == [
+        ("verification", "failure"),
+        ("verification", "success"),
+        ("exposure", "viewed"),
+    ]
+    assert rows[0].actor == rows[1].actor == "anonymous"  # not yet verified
+    assert re.fullmatch(r"public:[0-9a-f]{16}", rows[2].actor)

@@ -103,6 +103,7 @@ def verified_only(view: Callable[[Patient], ResponseValue]) -> Callable[[], Resp
 @bp.get("/exposure")
 @verified_only
 def exposure_page(patient: Patient) -> str:
+    _record("exposure", "viewed", patient.public_id)
     return render_template(
         "public/exposure.html",
         fields=exposure.fields_in(patient.exposed_fields),
@@ -138,6 +139,7 @@ def code_page(patient: Patient) -> ResponseValue:
     held = code_of(db.session, services().cipher, patient)
     if held is None:
         return redirect(url_for("public.exposure_page"), 303)
+    _record("code", "viewed", patient.public_id)
     return render_template("public/code.html", held=held, programme=services().programme)
 
 
