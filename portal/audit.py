@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from portal.config import decode_key
 from portal.identity import Keyring
@@ -165,3 +165,15 @@ def events(connection: Connection, where: Filter, limit: int | None = None) -> I
 def head_hash(connection: Connection) -> str:
     """The newest row's chain hash, for an operator to note (see the module docstring)."""
     return bytes(connection.execute(select(HEAD.c.last_hash).where(HEAD.c.id == HEAD_ID)).scalar_one()).hex()
+
+
+def throttled_staff(connection: Connection, since: datetime) -> list[tuple[str, int]]:
+    """Staff whose console verifications were refused by a failure budget since ``since``, most first."""
+    refusals = func.count().label("refusals")
+    query = (
+        select(EVENTS.c.actor, refusals)
+        .where(EVENTS.c.at >= since, EVENTS.c.actor.startswith("staff:"), EVENTS.c.outcome == "throttled")
+        .group_by(EVENTS.c.actor)
+        .order_by(refusals.desc())
+    )
+    return [(actor, count) for actor, count in connection.execute(query)]

@@ -298,6 +298,8 @@ def test_console_verifications_have_their_own_budgets(database_url: str) -> None
     assert verify_call(client, **other, ssn_last4="0000").status_code == 429  # this agent's failures
     assert lookup(app.test_client(), **PERSON, ssn_last4="6789").status_code == 303  # the website is unaffected
     assert any(r.action == "verification" and r.outcome == "throttled" for r in audit_rows(app))
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    assert "staff:1</a>: 2 refused" in supervisor.get("/agent/supervisor").get_data(as_text=True)
 
 
 # --- pages ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from functools import wraps
 from typing import Any
@@ -69,6 +70,17 @@ def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]
     return render_template(template, form=form, **context), status
 
 
+@contextmanager
+def budgeted(budgets: list[throttle.Budget], action: str) -> Iterator[throttle.Attempt]:
+    """``throttle.attempt`` on the console's channel; a refusal is also an audit row."""
+    try:
+        with throttle.attempt(budgets, channel=CHANNEL) as attempt:
+            yield attempt
+    except throttle.Throttled:
+        audit(action, "throttled")
+        raise
+
+
 @bp.errorhandler(throttle.Throttled)
 def throttled(error: throttle.Throttled) -> ResponseValue:
     return render_error(429, "Too many attempts. Please wait before trying again.", retry_after=error.retry_after)
@@ -91,14 +103,10 @@ def login() -> ResponseValue:
     form = LoginForm()
     if not form.validate_on_submit():
         return form_page("agent/login.html", form, failed=request.method == "POST")
-    try:
-        with throttle.attempt(login_budgets(form.username.data), channel=CHANNEL) as attempt:
-            staff = authenticate(db.session, services().totp, form.username.data, form.password.data, form.code.data)
-            if staff is not None:
-                attempt.succeeded()
-    except throttle.Throttled:
-        audit("staff-login", "throttled")
-        raise
+    with budgeted(login_budgets(form.username.data), "staff-login") as attempt:
+        staff = authenticate(db.session, services().totp, form.username.data, form.password.data, form.code.data)
+        if staff is not None:
+            attempt.succeeded()
     if staff is None:
         audit("staff-login", "failure")  # never the typed username: it may be a mistyped password
         return render_template("agent/login.html", form=LoginForm(formdata=None), failed=True), 200
@@ -161,14 +169,10 @@ def call() -> ResponseValue:
     if not form.validate_on_submit():
         return form_page("agent/call.html", form, outcomes=CALL_OUTCOMES)
     assert form.claim is not None
-    try:
-        with throttle.attempt(verify_budgets(form.claim), channel=CHANNEL) as attempt:
-            patient = find_patient(db.session, services().hasher, form.claim)
-            if patient is not None:
-                attempt.succeeded()
-    except throttle.Throttled:
-        audit("verification", "throttled")
-        raise
+    with budgeted(verify_budgets(form.claim), "verification") as attempt:
+        patient = find_patient(db.session, services().hasher, form.claim)
+        if patient is not None:
+            attempt.succeeded()
     if patient is None:
         audit("verification", "failure")
         return render_template("agent/call.html", form=form, not_matched=True, outcomes=CALL_OUTCOMES), 200
@@ -245,7 +249,7 @@ def lost_letter() -> ResponseValue:
     assert form.person is not None
     last_name, born, zip_code = form.person
     vault = LetterVault(services().hasher)
-    with throttle.attempt(locate_budgets(last_name, born), channel=CHANNEL) as attempt:
+    with budgeted(locate_budgets(last_name, born), "letter-reissue") as attempt:
         public_id = request_reissue(db.session, vault, last_name, born, zip_code)
         if public_id is not None:
             attempt.succeeded()
@@ -271,7 +275,9 @@ AUDIT_PAGE_ROWS = 200
 @bp.get("/supervisor")
 @supervisor_required
 def supervisor() -> str:
-    return render_template("agent/supervisor.html", pool=pool_status(db.session))
+    with db.engine.connect() as connection:
+        throttled = audit_trail.throttled_staff(connection, datetime.now(UTC) - timedelta(days=1))
+    return render_template("agent/supervisor.html", pool=pool_status(db.session), throttled=throttled)
 
 
 def audit_filter(form: AuditFilterForm) -> audit_trail.Filter:
