@@ -134,7 +134,10 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             "PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY, PORTAL_CODE_KEY and PORTAL_AUDIT_KEY must all differ."
         )
-    for network in config.get("AGENT_NETWORKS") or []:
+    networks = config.get("AGENT_NETWORKS") or []
+    if not isinstance(networks, list):
+        raise ConfigError("PORTAL_AGENT_NETWORKS must be a JSON list, for example '[\"10.0.0.0/8\"]'.")
+    for network in networks:
         try:
             ip_network(network, strict=False)
         except ValueError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from test_public import _check_headers
 
 from portal import services
 from portal.agent.auth import LOGIN_AT, OPEN_ENDPOINTS, SEEN_AT
+from portal.config import ConfigError
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
@@ -223,6 +225,12 @@ def test_the_console_answers_only_allowed_networks(database_url: str) -> None:
     assert open_.test_client().get("/agent/login").status_code == 200
 
 
+@pytest.mark.parametrize("networks", ["10.0.0.0/8", ["10.0.0.0/33"], ["example.org"]])
+def test_a_malformed_network_list_is_refused_at_start(database_url: str, networks: Any) -> None:
+    with pytest.raises(ConfigError, match="PORTAL_AGENT_NETWORKS"):
+        make_app(database_url, AGENT_NETWORKS=networks)
+
+
 # --- serving a caller ----------------------------------------------------------------------------
 
 
@@ -418,3 +426,37 @@ def test_lost_letter_lookups_count_against_the_console_budgets(database_url: str
     for _ in range(2):
         assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 200
     assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 429
+
+
+# --- staff commands ------------------------------------------------------------------------------
+
+
+def test_staff_commands_enrol_list_reset_and_disable(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    created = runner.invoke(args=["create-staff", "Carol", "--role", "supervisor"])
+    assert created.exit_code == 0, created.output
+    assert re.search(r"^password: \S{12,}$", created.output, re.MULTILINE)
+    assert re.search(r"^otpauth URI: otpauth://totp/.*secret=[A-Z2-7]+", created.output, re.MULTILINE)
+    assert "█" in created.output or "▀" in created.output  # the QR code, drawn in the terminal
+    assert runner.invoke(args=["create-staff", "carol", "--role", "agent"]).exit_code == 2  # taken
+    assert runner.invoke(args=["create-staff", "dave", "--role", "admin"]).exit_code == 2
+    account = Account("carol", created.output.split("password: ")[1].split()[0], "", 1)
+    account.secret = re.search(r"secret=([A-Z2-7]+)", created.output).group(1)  # type: ignore[union-attr]
+    client = signed_in(app, account)
+    assert client.get("/agent/").headers["Location"] == "/agent/password"  # a new password first
+
+    reset = runner.invoke(args=["reset-staff-mfa", "carol"])
+    assert reset.exit_code == 0 and "otpauth://" in reset.output
+    assert client.get("/agent/").headers["Location"] == "/agent/login"  # sessions ended
+    assert FAILED in login(app.test_client(), account, steps_ahead=1).get_data(as_text=True)  # old secret
+
+    assert "carol" in runner.invoke(args=["list-staff"]).output
+    assert runner.invoke(args=["disable-staff", "carol"]).exit_code == 0
+    assert "disabled" in runner.invoke(args=["list-staff"]).output
+    assert runner.invoke(args=["disable-staff", "nobody"]).exit_code == 2
+    rows = [(r.actor.split(":")[0], r.action, r.outcome, r.channel) for r in audit_rows(app) if r.channel == "cli"]
+    assert rows == [
+        ("cli", "create-staff", "staff:1", "cli"),
+        ("cli", "reset-staff-mfa", "staff:1", "cli"),
+        ("cli", "disable-staff", "staff:1", "cli"),
+    ]
