@@ -52,8 +52,12 @@ DEFAULTS: dict[str, Any] = {
     "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
     "VERIFY_LIMIT_GLOBAL": "6000 per minute",
-    # memory:// is per process; several workers or servers share redis://host:6379/0.
+    # memory:// is per process; several workers or servers share redis://host:6379/0. Production
+    # refuses memory:// unless SINGLE_PROCESS says only one process serves (see check_limit_store).
     "RATELIMIT_STORAGE_URI": "memory://",
+    "SINGLE_PROCESS": False,
+    # Gunicorn's worker count, exported by portal/gunicorn_config.py to the app (None: not known).
+    "WORKERS": None,
     "RATELIMIT_STRATEGY": "moving-window",
     # No X-RateLimit-* headers: the per-person bucket's count would tell anyone typing a name and
     # birth date how often others failed with them. A refusal still says when to retry.
@@ -128,6 +132,34 @@ def check_config(config: Mapping[str, Any]) -> None:
             )
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
+        check_limit_store(config)
+
+
+def check_limit_store(config: Mapping[str, Any]) -> None:
+    """Refuse a limit store whose counts would multiply with the number of processes serving.
+
+    ``memory://`` counts per process: with N gunicorn workers (or N servers) every failure limit
+    becomes N times larger. It is allowed only when the deployment says it runs one process
+    (``PORTAL_SINGLE_PROCESS``) and gunicorn, when it serves, agrees. The in-memory fallback
+    would do the same to a shared store while it is unreachable.
+    """
+    workers = config.get("WORKERS")
+    if str(config["RATELIMIT_STORAGE_URI"]).startswith("memory://"):
+        if not config.get("SINGLE_PROCESS"):
+            raise ConfigError(
+                "PORTAL_RATELIMIT_STORAGE_URI is memory://, which counts failures per process: set it to the "
+                "shared Redis (redis://host:6379/0), or PORTAL_SINGLE_PROCESS=true if exactly one process serves."
+            )
+        if workers is not None and int(workers) > 1:
+            raise ConfigError(
+                f"PORTAL_SINGLE_PROCESS is set but gunicorn runs {workers} workers, each with its own memory:// "
+                "limits: set PORTAL_WORKERS=1 or a shared PORTAL_RATELIMIT_STORAGE_URI."
+            )
+    elif config.get("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"):
+        raise ConfigError(
+            "PORTAL_RATELIMIT_IN_MEMORY_FALLBACK_ENABLED would count failures per process while the shared "
+            "limit store is down (limits multiplied by the processes serving): set it to false."
+        )
 
 
 def decode_key(value: str, name: str) -> bytes:
