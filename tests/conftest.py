@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,9 @@ from portal.importer import PatientImporter
 
 POSTGRES_URL = os.environ.get("PORTAL_TEST_POSTGRES_URL", "")
 REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
+# End-to-end tests through nginx (tests/test_stack.py); `.ci/run` installs nginx and sets it.
+NGINX = bool(os.environ.get("PORTAL_TEST_NGINX"))
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") is not None
 
 # Cheap Argon2id for speed; test_identity checks the production defaults separately.
 FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
@@ -44,6 +48,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"PostgreSQL tests: {'on ' + _redacted(POSTGRES_URL) if POSTGRES_URL else 'NOT RUN (set PORTAL_TEST_POSTGRES_URL)'}",
         f"Redis tests: {'on ' + REDIS_URL if REDIS_URL else 'NOT RUN (set PORTAL_TEST_REDIS_URL)'}",
+        f"nginx end-to-end tests: {'on' if NGINX else 'NOT RUN (set PORTAL_TEST_NGINX)'}",
+        f"systemd unit check: {'on' if SYSTEMD_ANALYZE else 'NOT RUN (no systemd-analyze)'}",
     ]
 
 
@@ -53,7 +59,7 @@ def _redacted(url: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect (not skip) the tests whose server is not configured, and say how many."""
-    wanted = {"postgres": bool(POSTGRES_URL), "redis": bool(REDIS_URL)}
+    wanted = {"postgres": bool(POSTGRES_URL), "redis": bool(REDIS_URL), "nginx": NGINX, "systemd": SYSTEMD_ANALYZE}
     keep, drop = [], []
     for item in items:
         (keep if all(wanted[m] for m in wanted if item.get_closest_marker(m)) else drop).append(item)
