@@ -206,7 +206,7 @@ def test_nginx_sets_the_forwarding_headers_and_never_appends() -> None:
     headers = dict(value.split(None, 1) for value in nginx_directives()["proxy_set_header"])
     assert headers["X-Forwarded-For"] == "$remote_addr"  # not $proxy_add_x_forwarded_for
     assert headers["X-Forwarded-Proto"] == "$scheme"
-    assert headers["X-Forwarded-Host"] == "$host"
+    assert headers["X-Forwarded-Host"] == headers["Host"] == "$host:$server_port"
     assert headers["Forwarded"] == '""'
     assert not any("add_x_forwarded" in value for value in headers.values())
 
