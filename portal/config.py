@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     # Failed verifications (see portal/throttle.py for why these numbers).
     "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
+    # Every attempt, successes included, per client address: one address verifying its own
+    # identity in a loop must not crowd out everyone else's hashing.
+    "VERIFY_LIMIT_CLIENT_ATTEMPTS": "20 per minute; 200 per hour",
     "VERIFY_LIMIT_GLOBAL": "6000 per minute",
     # memory:// is per process; several workers or servers share redis://host:6379/0. Production
     # refuses memory:// unless SINGLE_PROCESS says only one process serves (see check_limit_store).
@@ -58,13 +61,15 @@ DEFAULTS: dict[str, Any] = {
     "SINGLE_PROCESS": False,
     # Gunicorn's worker count, exported by portal/gunicorn_config.py to the app (None: not known).
     "WORKERS": None,
-    "RATELIMIT_STRATEGY": "moving-window",
+    # Verification budgets are fixed-window counters (portal/throttle.py): a success's
+    # reservation can be given back atomically. This applies to Flask-Limiter's own limits.
+    "RATELIMIT_STRATEGY": "fixed-window",
     # No X-RateLimit-* headers: the per-person bucket's count would tell anyone typing a name and
     # birth date how often others failed with them. A refusal still says when to retry.
     "RATELIMIT_HEADERS_ENABLED": False,
-    # Redis down: count in process memory (and log it) rather than fail or stop counting.
-    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
-    # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).
+    # Redis down: verifications are refused (portal/throttle.py) rather than counted in each
+    # process's memory, which would multiply every budget by the number of processes.
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": False,
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
 }
