@@ -160,10 +160,14 @@ class Stack:
             **self.settings,
         }
 
+    @staticmethod
+    def portal_command(*args: str) -> list[str]:
+        return [str(BIN / "portal"), *args]
+
     def run_portal(self, *args: str) -> str:
         """A ``portal`` command with the servers' settings; its output, or an error with it."""
         done = subprocess.run(
-            [str(BIN / "portal"), *args], env=self.environment(), cwd=self.dir, capture_output=True, text=True
+            self.portal_command(*args), env=self.environment(), cwd=self.dir, capture_output=True, text=True
         )
         if done.returncode != 0:
             raise RuntimeError(f"portal {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
@@ -193,12 +197,12 @@ class Stack:
         self.run_portal("generate-codes", str(self.patients), "--seed", "2026", "--out", str(codes))
         shards = [
             subprocess.Popen(
-                [str(BIN / "portal"), "import-patients", str(patients), "--workers", "1",
-                 "--shard", f"{k}/2", "--letters", str(self.dir / f"letters-{k}.csv")],
+                [*self.portal_command("import-patients", str(patients), "--workers", "1", "--shard", f"{k}/2"),
+                 "--letters", str(self.dir / f"letters-{k}.csv")],
                 env=self.environment(), cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
             for k in range(2)
-        ]
+        ]  # fmt: skip
         for shard in shards:
             output, _ = shard.communicate()
             if shard.returncode != 0:
@@ -228,9 +232,10 @@ class Stack:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
                 raise RuntimeError(f"gunicorn on {server.port} exited:\n{server.log_text()[-3000:]}")
-            if server.log_text().count("Booting worker") >= server.booted_before + self.workers and _get_status(
-                server.port
-            ) == 200:
+            if (
+                server.log_text().count("Booting worker") >= server.booted_before + self.workers
+                and _get_status(server.port) == 200
+            ):
                 return
             time.sleep(0.2)
         raise RuntimeError(f"gunicorn on {server.port} not ready:\n{server.log_text()[-3000:]}")
@@ -281,15 +286,15 @@ class Stack:
         main.write_text(
             f"""daemon off;
 worker_processes 1;
-pid {self.dir / 'nginx.pid'};
-error_log {self.dir / 'nginx-error.log'} warn;
+pid {self.dir / "nginx.pid"};
+error_log {self.dir / "nginx-error.log"} warn;
 events {{ worker_connections 512; }}
 http {{
     include /etc/nginx/mime.types;
     default_type application/octet-stream;
-    access_log {self.dir / 'nginx-access.log'};
+    access_log {self.dir / "nginx-access.log"};
 {temp_paths}
-    include {self.dir / 'portal.conf'};
+    include {self.dir / "portal.conf"};
 }}
 """,
             encoding="utf-8",

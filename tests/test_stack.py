@@ -272,7 +272,9 @@ def test_twenty_simultaneous_wrong_guesses_against_one_two_worker_server(stack: 
         start.wait()
         outcomes.append(browser.lookup(who, token, wrong(who["ssn"][-4:], n)).status)
 
-    threads = [threading.Thread(target=guess, args=(b, t, n)) for n, (b, t) in enumerate(zip(browsers, tokens), 1)]
+    threads = [
+        threading.Thread(target=guess, args=(b, t, n)) for n, (b, t) in enumerate(zip(browsers, tokens, strict=True), 1)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -311,9 +313,7 @@ def test_a_claim_race_across_both_servers_gives_one_code(stack: Stack) -> None:
         assert browser.lookup(who, browser.token()).status == 303
         sessions.append((browser.cookies, CSRF_FIELD.findall(browser.send("GET", "/exposure").body)[0]))
 
-    racers = [
-        (Browser.direct(stack.app_servers[n % 2].port, "127.0.7.1"), *sessions[(n // 2) % 2]) for n in range(8)
-    ]
+    racers = [(Browser.direct(stack.app_servers[n % 2].port, "127.0.7.1"), *sessions[(n // 2) % 2]) for n in range(8)]
     start = threading.Barrier(len(racers))
     outcomes: list[int] = []
 
@@ -398,14 +398,16 @@ def test_one_app_server_killed_mid_traffic(stack: Stack) -> None:
         stack.kill_server(1)
         at_kill = [len(v.codes) for v in visitors]
         assert max(at_kill) + 3 <= ROUNDS_AT_MOST, f"rounds before the kill: {at_kill}"
-        wait_until(lambda: all(len(v.codes) >= n + 3 for v, n in zip(visitors, at_kill)), visitors)
+        wait_until(lambda: all(len(v.codes) >= n + 3 for v, n in zip(visitors, at_kill, strict=True)), visitors)
     finally:
         stop.set()
         for thread in threads:
             thread.join(60)
         stack.restart_server(1)
     assert [v.failures for v in visitors] == [[]] * len(visitors)
-    assert all(len(v.codes) >= n + 3 for v, n in zip(visitors, at_kill)), "the surviving server stopped answering"
+    assert all(len(v.codes) >= n + 3 for v, n in zip(visitors, at_kill, strict=True)), (
+        "the surviving server stopped answering"
+    )
     assert sum(v.bad_gateway for v in visitors) <= len(visitors), "only requests in flight at the kill may fail"
     assert [len(set(v.codes)) for v in visitors] == [1] * len(visitors), "a person saw two codes"
     assert len({v.codes[0] for v in visitors}) == len(visitors), "two people got one code"
