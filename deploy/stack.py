@@ -41,19 +41,6 @@ HOST = "localhost"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
-PROGRAMME = """\
-[programme]
-organisation = "Example Health Records, Inc. (rehearsal)"
-incident_summary = "A rehearsal of the notice-day topology with made-up people."
-incident_discovered = 2026-09-16
-notice_date = 2026-11-23
-call_center_phone = "1-800-555-0142"
-call_center_hours = "Monday to Friday 8 a.m. to 8 p.m. Eastern"
-provider_name = "Identity protection provider"
-enrolment_url = "https://enroll.example.com/"
-enrol_by = 2027-06-30
-"""
-
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -190,7 +177,7 @@ class Stack:
         with admin.connect() as connection:
             connection.execute(sa.text(f"CREATE SCHEMA {self.schema}"))
         admin.dispose()
-        (self.dir / "programme.toml").write_text(PROGRAMME, encoding="utf-8")
+        shutil.copy(DEPLOY / "programme.example.toml", self.dir / "programme.toml")
         patients, codes = self.dir / "patients.csv", self.dir / "codes.csv"
         self.run_portal("db", "upgrade")
         self.run_portal("generate-patients", str(self.patients), "--seed", "2026", "--out", str(patients))
