@@ -340,9 +340,13 @@ http {{
             connection.execute(sa.text(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
         admin.dispose()
         store = redis.Redis.from_url(self.redis_url)
-        for key in store.scan_iter(match=f"{self.prefix}*"):
-            store.delete(key)
-        store.close()
+        try:
+            for key in store.scan_iter(match=f"{self.prefix}*"):
+                store.delete(key)
+        except redis.ConnectionError:
+            pass  # a Redis that is gone holds nothing of ours
+        finally:
+            store.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Stack:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from conftest import POSTGRES_URL, REDIS_URL
 from limits import parse_many
 from stack import HOST, Stack
+from test_faults import PrivateRedis
 
 from portal.config import DEFAULTS
 
@@ -334,6 +335,34 @@ def test_a_claim_race_across_both_servers_gives_one_code(stack: Stack) -> None:
     codes = {CODE_ON_PAGE.findall(browser.send("GET", "/code").body)[0] for browser, _, _ in racers}
     assert len(codes) == 1
     assert claimed_codes(stack) == before + 1
+
+
+# --- losing Redis ------------------------------------------------------------------------------------
+
+
+def test_losing_redis_refuses_verifications_on_every_server_until_it_returns() -> None:
+    """No process counts on its own meanwhile: every server answers 503 with Retry-After, pages stay up."""
+    private = PrivateRedis()
+    private.start()
+    try:
+        with Stack(POSTGRES_URL, private.url, patients=10) as small:
+            who, source = person(small, 0), "127.0.9.1"
+            browser = via_nginx(small, source)
+            token = browser.token()
+            assert browser.lookup(who, token, wrong(who["ssn"][-4:])).status == 200
+            private.kill()
+            refused = [browser.lookup(who, token, wrong(who["ssn"][-4:], n)) for n in range(2, 6)]
+            assert [(a.status, bool(a.headers["Retry-After"])) for a in refused] == [(503, True)] * 4
+            assert all(events_from(small, source, "limit-store-down")), "both servers refused"
+            assert browser.send("GET", "/").status == 200
+            assert browser.lookup(who, token).status == 503  # the right digits too: nothing is tried
+
+            private.start()  # an empty Redis (no persistence here): the budgets start again
+            statuses = [browser.lookup(who, token, wrong(who["ssn"][-4:], n)).status for n in range(6, 12)]
+            assert statuses == [200] * PERSON_LIMIT + [429]
+    finally:
+        private.kill()
+        private.client.close()
 
 
 # --- losing an app server ----------------------------------------------------------------------------
