@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # Host names the portal answers to (Flask refuses others with 400); required in production.
+    "TRUSTED_HOSTS": None,
     # Failed verifications (see portal/throttle.py for why these numbers).
     "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
@@ -135,6 +137,9 @@ def check_config(config: Mapping[str, Any]) -> None:
                 "PORTAL_ARGON2_TIME_COST/PORTAL_ARGON2_MEMORY_COST are below OWASP's Argon2id floor "
                 "(for example t=2 with m=19456 KiB)."
             )
+        if not config.get("TRUSTED_HOSTS"):
+            # Without it a request's Host header is believed, and redirects follow it off-site.
+            raise ConfigError("PORTAL_TRUSTED_HOSTS is not set: list the host names served (a JSON list).")
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
         check_limit_store(config)
