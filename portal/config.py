@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # The languages offered (each needs a catalogue in portal/translations); the default is among them.
+    "LANGUAGES": ["en", "es", "fr"],
     # Failed verifications (see portal/throttle.py for why these numbers).
     "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
