@@ -64,8 +64,8 @@ DEMO_PROGRAMME = Programme(
     translations={
         "es": {
             "incident_summary": (
-                "El 14 de septiembre de 2026, una persona no autorizada usó las credenciales de acceso robadas de un proveedor "
-                "para copiar una base de datos de registro de pacientes. La copia contenía nombres, fechas de "
+                "El 14 de septiembre de 2026, una persona no autorizada usó las credenciales de acceso robadas de "
+                "un proveedor para copiar una base de datos de registro de pacientes. La copia contenía nombres, fechas de "
                 "nacimiento, direcciones postales, números de teléfono y, para la mayoría de los pacientes, números "
                 "de Seguro Social. Cerramos ese acceso el 16 de septiembre, informamos a las autoridades y estamos "
                 "avisando a cada persona cuyos datos estaban en la copia."

@@ -186,11 +186,6 @@ class LookupForm(FlaskForm):
 
     def problems(self) -> list[tuple[str, str]]:
         """(id of the box to go to, message) for each field in error, in the order of the page."""
-        shown = ("last_name", "date_of_birth", "zip_code", "ssn_last4", "reference")
-        found = []
-        for name in shown:
-            field = getattr(self, name)
-            if field.errors:
-                target = f"date_of_birth_{(self.date_parts_in_error or DATE_PARTS)[0]}" if name == "date_of_birth" else field.id
-                found.append((target, field.errors[0]))
-        return found
+        first_box = f"date_of_birth_{(self.date_parts_in_error or DATE_PARTS)[0]}"
+        shown = (self.last_name, self.date_of_birth, self.zip_code, self.ssn_last4, self.reference)
+        return [(first_box if f is self.date_of_birth else f.id, f.errors[0]) for f in shown if f.errors]
