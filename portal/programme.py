@@ -64,11 +64,11 @@ DEMO_PROGRAMME = Programme(
     translations={
         "es": {
             "incident_summary": (
-                "El 14 de septiembre de 2026, una persona no autorizada usó las credenciales de acceso robadas de "
-                "un proveedor para copiar una base de datos de registro de pacientes. La copia contenía nombres, fechas de "
-                "nacimiento, direcciones postales, números de teléfono y, para la mayoría de los pacientes, números "
-                "de Seguro Social. Cerramos ese acceso el 16 de septiembre, informamos a las autoridades y estamos "
-                "avisando a cada persona cuyos datos estaban en la copia."
+                "El 14 de septiembre de 2026, una persona no autorizada usó las credenciales de acceso robadas de"
+                " un proveedor para copiar una base de datos de registro de pacientes. La copia contenía nombres,"
+                " fechas de nacimiento, direcciones postales, números de teléfono y, para la mayoría de los "
+                "pacientes, números de Seguro Social. Cerramos ese acceso el 16 de septiembre, informamos a las "
+                "autoridades y estamos avisando a cada persona cuyos datos estaban en la copia."
             ),
             "call_center_hours": (
                 "de lunes a viernes de 8 a.m. a 8 p.m. y los sábados de 9 a.m. a 1 p.m. (hora del Este)"
