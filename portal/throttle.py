@@ -28,6 +28,7 @@ from portal import services
 from portal.events import Event, record
 from portal.extensions import limiter
 from portal.identity import InvalidIdentifier, normalise_last_name, parse_birth_date
+from portal.public.forms import submitted_birth_date
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -76,7 +77,7 @@ def person_key() -> str:
         return UNPARSEABLE
     try:
         last_name = normalise_last_name(str(data.get("last_name", "")))
-        born = parse_birth_date(str(data.get("date_of_birth", "")))
+        born = parse_birth_date(submitted_birth_date(data))
     except InvalidIdentifier:
         return UNPARSEABLE
     return "person:" + services().hasher.person_bucket(last_name, born)

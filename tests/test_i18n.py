@@ -227,6 +227,22 @@ def test_the_boxes_and_the_old_single_field_both_verify(app: Flask) -> None:
     assert response.headers["Location"] == "/exposure"
 
 
+def test_people_typing_their_birth_date_in_the_boxes_each_have_their_own_failure_limit(database_url: str) -> None:
+    """The per-person limit is keyed on the date from the boxes (or the single field) and the name:
+    two people never share a bucket, and one person is one bucket however the date was typed."""
+    app = make_app(database_url, VERIFY_LIMIT_PERSON="2 per 15 minutes")
+    client = app.test_client()
+    first = {**PERSON, "ssn_last4": "0000", **BOXES}
+    assert [post_form(client, **first).status_code for _ in range(2)] == [200, 200]
+    assert post_form(client, **first).status_code == 429
+    same_person = {**PERSON, "ssn_last4": "1111", "date_of_birth": "1980-04-23"}
+    assert lookup(client, **same_person).status_code == 429
+    padded = {**first, "date_of_birth_month": "04"}
+    assert post_form(client, **padded).status_code == 429
+    someone_else = {**first, "date_of_birth_day": "24"}
+    assert post_form(client, **someone_else).status_code == 200
+
+
 def test_errors_are_summarised_linked_and_values_kept_but_never_the_ssn(client: FlaskClient) -> None:
     response = post_form(
         client, last_name="O'Brien", zip_code="1000", ssn_last4="67", date_of_birth_month="4", date_of_birth_year="1980"

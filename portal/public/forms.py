@@ -8,7 +8,7 @@ it, still works when the boxes are absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date
 from typing import Any
 
@@ -50,6 +50,16 @@ DATE_MESSAGES = {
     "future": _l("Your date of birth must be in the past."),
     "too_early": _l("Your date of birth must be in 1900 or later."),
 }
+
+
+def submitted_birth_date(data: Mapping[str, Any]) -> str:
+    """The date of birth a request carries, as ``YYYY-MM-DD`` text: the three boxes if any was filled,
+    else the single field. The per-person failure limit is keyed on it before the form is checked."""
+    parts = [_strip(data.get(f"date_of_birth_{part}")) for part in DATE_PARTS]
+    if not any(parts):
+        return _strip(data.get("date_of_birth"))
+    month, day, year = parts
+    return f"{year}-{month:0>2}-{day:0>2}"
 
 
 def _strip(value: Any) -> str:
@@ -164,7 +174,7 @@ class LookupForm(FlaskForm):
         for part, highest in (("month", 12), ("day", 31)):
             if len(parts[part]) > 2 or not 1 <= int(parts[part]) <= highest:
                 self._date_error("real", [part])
-        return f"{parts['year']}-{int(parts['month']):02d}-{int(parts['day']):02d}"
+        return submitted_birth_date({f"date_of_birth_{part}": value for part, value in parts.items()})
 
     def _date_error(self, reason: str, parts: list[str]) -> None:
         self.date_parts_in_error = parts
