@@ -8,7 +8,7 @@ it, still works when the boxes are absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -52,19 +52,17 @@ DATE_MESSAGES = {
 }
 
 
-def submitted_birth_date(data: Mapping[str, Any]) -> str:
-    """The date of birth a request carries, as ``YYYY-MM-DD`` text: the three boxes if any was filled,
-    else the single field. The per-person failure limit is keyed on it before the form is checked."""
-    parts = [_strip(data.get(f"date_of_birth_{part}")) for part in DATE_PARTS]
-    if not any(parts):
-        return _strip(data.get("date_of_birth"))
-    month, day, year = parts
-    return f"{year}-{month:0>2}-{day:0>2}"
-
-
 def _strip(value: Any) -> str:
     """Surrounding blanks are forgiven; a field left out of the request altogether reads as empty."""
     return value.strip() if isinstance(value, str) else ""
+
+
+class NeverEchoed(StringField):
+    """A field whose value is never written back into a page: a form shown again with errors must
+    not carry SSN digits or a letter reference (a shared screen, a cached page, a screenshot)."""
+
+    def _value(self) -> str:
+        return ""
 
 
 class Normalised:
@@ -114,7 +112,7 @@ class LookupForm(FlaskForm):
         filters=[_strip],
         render_kw={"autocomplete": "postal-code", "inputmode": "numeric"},
     )
-    ssn_last4 = StringField(
+    ssn_last4 = NeverEchoed(
         _l("Last 4 digits of your Social Security number"),
         [
             Optional(),
@@ -124,7 +122,7 @@ class LookupForm(FlaskForm):
         filters=[_strip],
         render_kw={"autocomplete": "off", "inputmode": "numeric"},
     )
-    reference = StringField(
+    reference = NeverEchoed(
         _l("Or: reference code from your letter"),
         [
             Optional(),
@@ -174,7 +172,7 @@ class LookupForm(FlaskForm):
         for part, highest in (("month", 12), ("day", 31)):
             if len(parts[part]) > 2 or not 1 <= int(parts[part]) <= highest:
                 self._date_error("real", [part])
-        return submitted_birth_date({f"date_of_birth_{part}": value for part, value in parts.items()})
+        return f"{parts['year']}-{parts['month']:0>2}-{parts['day']:0>2}"
 
     def _date_error(self, reason: str, parts: list[str]) -> None:
         self.date_parts_in_error = parts
