@@ -318,6 +318,12 @@ def test_a_failed_lookup_looks_and_costs_the_same_whatever_was_wrong(
 
 # --- bad input -----------------------------------------------------------------------------------
 
+
+def boxes(month: str, day: str, year: str) -> dict[str, str]:
+    """The date of birth as the three boxes send it (and no single field)."""
+    return {"date_of_birth": "", "date_of_birth_month": month, "date_of_birth_day": day, "date_of_birth_year": year}
+
+
 GOOD = dict(last_name="Smith", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
 FULL_SSN_TEXT = "Enter only the last 4 digits of your Social Security number"
 EITHER_TEXT = "Enter the last 4 digits of your Social Security number, or the reference code"
@@ -331,31 +337,11 @@ BAD_INPUT = {
     "future birth": ({"date_of_birth": "2999-01-01"}, "date_of_birth", "must be in the past"),
     "birth before 1900": ({"date_of_birth": "1899-12-31"}, "date_of_birth", "in 1900 or later"),
     "date too long": ({"date_of_birth": "1980-04-230"}, "date_of_birth", "must be a real date"),
-    "boxes: no day": (
-        {"date_of_birth": "", **{"date_of_birth_month": "4", "date_of_birth_year": "1980"}},
-        "date_of_birth",
-        "must include a day",
-    ),
-    "boxes: month 13": (
-        {"date_of_birth": "", **{"date_of_birth_month": "13", "date_of_birth_day": "1", "date_of_birth_year": "1980"}},
-        "date_of_birth",
-        "must be a real date",
-    ),
-    "boxes: 30 February": (
-        {"date_of_birth": "", **{"date_of_birth_month": "2", "date_of_birth_day": "30", "date_of_birth_year": "1980"}},
-        "date_of_birth",
-        "must be a real date",
-    ),
-    "boxes: two-digit year": (
-        {"date_of_birth": "", **{"date_of_birth_month": "4", "date_of_birth_day": "23", "date_of_birth_year": "80"}},
-        "date_of_birth",
-        "year as 4 numbers",
-    ),
-    "boxes: letters": (
-        {"date_of_birth": "", **{"date_of_birth_month": "IV", "date_of_birth_day": "23", "date_of_birth_year": "1980"}},
-        "date_of_birth",
-        "must be a real date",
-    ),
+    "boxes: no day": (boxes("4", "", "1980"), "date_of_birth", "must include a day"),
+    "boxes: month 13": (boxes("13", "1", "1980"), "date_of_birth", "must be a real date"),
+    "boxes: 30 February": (boxes("2", "30", "1980"), "date_of_birth", "must be a real date"),
+    "boxes: two-digit year": (boxes("4", "23", "80"), "date_of_birth", "year as 4 numbers"),
+    "boxes: letters": (boxes("IV", "23", "1980"), "date_of_birth", "must be a real date"),
     "no ZIP": ({"zip_code": ""}, "zip_code", "5-digit ZIP code"),
     "short ZIP": ({"zip_code": "1000"}, "zip_code", "5-digit ZIP code"),
     "letters in ZIP": ({"zip_code": "1OOO1"}, "zip_code", "5-digit ZIP code"),
