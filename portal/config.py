@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # The languages offered (each needs a catalogue in portal/translations); the default is among them.
+    "LANGUAGES": ["en", "es", "fr"],
     # Host names the portal answers to (Flask refuses others with 400); required in production.
     "TRUSTED_HOSTS": None,
     # Failed verifications (see portal/throttle.py for why these numbers).
