@@ -172,7 +172,7 @@ def throttled_staff(connection: Connection, since: datetime) -> list[tuple[str, 
     refusals = func.count().label("refusals")
     query = (
         select(EVENTS.c.actor, refusals)
-        .where(EVENTS.c.at >= since, EVENTS.c.actor.startswith("staff:"), EVENTS.c.outcome == "throttled")
+        .where(EVENTS.c.at >= since, EVENTS.c.actor.startswith("staff:"), EVENTS.c.outcome.startswith("throttled"))
         .group_by(EVENTS.c.actor)
         .order_by(refusals.desc())
     )

@@ -51,19 +51,32 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # The languages offered (each needs a catalogue in portal/translations); the default is among them.
+    "LANGUAGES": ["en", "es", "fr"],
+    # Host names the portal answers to (Flask refuses others with 400); required in production.
+    "TRUSTED_HOSTS": None,
     # Failed verifications (see portal/throttle.py for why these numbers).
     "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
+    # Every attempt, successes included, per client address: one address verifying its own
+    # identity in a loop must not crowd out everyone else's hashing.
+    "VERIFY_LIMIT_CLIENT_ATTEMPTS": "20 per minute; 200 per hour",
     "VERIFY_LIMIT_GLOBAL": "6000 per minute",
-    # memory:// is per process; several workers or servers share redis://host:6379/0.
+    # memory:// is per process; several workers or servers share redis://host:6379/0. Production
+    # refuses memory:// unless SINGLE_PROCESS says only one process serves (see check_limit_store).
     "RATELIMIT_STORAGE_URI": "memory://",
-    "RATELIMIT_STRATEGY": "moving-window",
+    "SINGLE_PROCESS": False,
+    # Gunicorn's worker count, exported by portal/gunicorn_config.py to the app (None: not known).
+    "WORKERS": None,
+    # Verification budgets are fixed-window counters (portal/throttle.py): a success's
+    # reservation can be given back atomically. This applies to Flask-Limiter's own limits.
+    "RATELIMIT_STRATEGY": "fixed-window",
     # No X-RateLimit-* headers: the per-person bucket's count would tell anyone typing a name and
     # birth date how often others failed with them. A refusal still says when to retry.
     "RATELIMIT_HEADERS_ENABLED": False,
-    # Redis down: count in process memory (and log it) rather than fail or stop counting.
-    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
-    # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).
+    # Redis down: verifications are refused (portal/throttle.py) rather than counted in each
+    # process's memory, which would multiply every budget by the number of processes.
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": False,
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
     # The call-center console at /agent/ (see SECURITY.md): off (404) on the public servers.
@@ -151,8 +164,39 @@ def check_config(config: Mapping[str, Any]) -> None:
                 "PORTAL_ARGON2_TIME_COST/PORTAL_ARGON2_MEMORY_COST are below OWASP's Argon2id floor "
                 "(for example t=2 with m=19456 KiB)."
             )
+        if not config.get("TRUSTED_HOSTS"):
+            # Without it a request's Host header is believed, and redirects follow it off-site.
+            raise ConfigError("PORTAL_TRUSTED_HOSTS is not set: list the host names served (a JSON list).")
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
+        check_limit_store(config)
+
+
+def check_limit_store(config: Mapping[str, Any]) -> None:
+    """Refuse a limit store whose counts would multiply with the number of processes serving.
+
+    ``memory://`` counts per process: with N gunicorn workers (or N servers) every failure limit
+    becomes N times larger. It is allowed only when the deployment says it runs one process
+    (``PORTAL_SINGLE_PROCESS``) and gunicorn, when it serves, agrees. The in-memory fallback
+    would do the same to a shared store while it is unreachable.
+    """
+    workers = config.get("WORKERS")
+    if str(config["RATELIMIT_STORAGE_URI"]).startswith("memory://"):
+        if not config.get("SINGLE_PROCESS"):
+            raise ConfigError(
+                "PORTAL_RATELIMIT_STORAGE_URI is memory://, which counts failures per process: set it to the "
+                "shared Redis (redis://host:6379/0), or PORTAL_SINGLE_PROCESS=true if exactly one process serves."
+            )
+        if workers is not None and int(workers) > 1:
+            raise ConfigError(
+                f"PORTAL_SINGLE_PROCESS is set but gunicorn runs {workers} workers, each with its own memory:// "
+                "limits: set PORTAL_WORKERS=1 or a shared PORTAL_RATELIMIT_STORAGE_URI."
+            )
+    elif config.get("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"):
+        raise ConfigError(
+            "PORTAL_RATELIMIT_IN_MEMORY_FALLBACK_ENABLED would count failures per process while the shared "
+            "limit store is down (limits multiplied by the processes serving): set it to false."
+        )
 
 
 def decode_key(value: str, name: str) -> bytes:

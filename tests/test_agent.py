@@ -126,7 +126,8 @@ def test_simultaneous_logins_with_one_code_let_exactly_one_in(app: Flask) -> Non
 
     with ThreadPoolExecutor(len(clients)) as pool:
         statuses = list(pool.map(send, range(len(clients))))
-    assert sorted(statuses) == [200] * 7 + [303]
+    # Attempts are counted before the work, so some may meet the account's limit (429) instead.
+    assert statuses.count(303) == 1 and set(statuses) - {303} <= {200, 429}, statuses
 
 
 def test_failed_logins_are_throttled_per_account(database_url: str) -> None:
@@ -305,7 +306,7 @@ def test_console_verifications_have_their_own_budgets(database_url: str) -> None
     other = {**PERSON, "last_name": "Someone"}
     assert verify_call(client, **other, ssn_last4="0000").status_code == 429  # this agent's failures
     assert lookup(app.test_client(), **PERSON, ssn_last4="6789").status_code == 303  # the website is unaffected
-    assert any(r.action == "verification" and r.outcome == "throttled" for r in audit_rows(app))
+    assert any(r.action == "verification" and r.outcome.startswith("throttled") for r in audit_rows(app))
     supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
     assert "staff:1</a>: 2 refused" in supervisor.get("/agent/supervisor").get_data(as_text=True)
 

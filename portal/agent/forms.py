@@ -9,8 +9,8 @@ from flask_wtf import FlaskForm
 from wtforms import DateField, PasswordField, SelectField, StringField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional
 
-from portal.identity import InvalidIdentifier, normalise_last_name, normalise_zip, parse_birth_date
-from portal.public.forms import FIELD_MESSAGES, PersonForm
+from portal.identity import normalise_last_name, normalise_zip, parse_birth_date
+from portal.public.forms import PersonForm
 from portal.staff import PASSWORD_MAX, PASSWORD_MIN, ROLES
 
 
@@ -69,14 +69,10 @@ class LocateForm(PersonForm):
 
     def validate(self, extra_validators: Any = None) -> bool:
         if not super().validate(extra_validators):
-            return False
-        try:
-            self.person = (
-                normalise_last_name(self.last_name.data),
-                parse_birth_date(self.date_of_birth.data),
-                normalise_zip(self.zip_code.data),
-            )
-        except InvalidIdentifier as error:
-            getattr(self, error.field).errors.append(FIELD_MESSAGES[error.field])
-            return False
+            return False  # each field's own check already refused what cannot be normalised
+        self.person = (
+            normalise_last_name(self.last_name.data),
+            parse_birth_date(self.date_of_birth.data),
+            normalise_zip(self.zip_code.data),
+        )
         return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from functools import wraps
 from typing import Any
@@ -30,8 +29,7 @@ from flask_wtf import FlaskForm
 from markupsafe import Markup
 
 from portal import audit as audit_trail
-from portal import exposure, services
-from portal import throttle_interim as throttle
+from portal import exposure, services, throttle
 from portal.agent.auth import agent_required, end_session, protect, start_session, supervisor_required
 from portal.agent.forms import AuditFilterForm, CreateStaffForm, LocateForm, LoginForm, PasswordChangeForm
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, pool_status
@@ -70,17 +68,6 @@ def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]
     return render_template(template, form=form, **context), status
 
 
-@contextmanager
-def budgeted(budgets: list[throttle.Budget], action: str) -> Iterator[throttle.Attempt]:
-    """``throttle.attempt`` on the console's channel; a refusal is also an audit row."""
-    try:
-        with throttle.attempt(budgets, channel=CHANNEL) as attempt:
-            yield attempt
-    except throttle.Throttled:
-        audit(action, "throttled")
-        raise
-
-
 @bp.errorhandler(throttle.Throttled)
 def throttled(error: throttle.Throttled) -> ResponseValue:
     return render_error(429, "Too many attempts. Please wait before trying again.", retry_after=error.retry_after)
@@ -103,7 +90,7 @@ def login() -> ResponseValue:
     form = LoginForm()
     if not form.validate_on_submit():
         return form_page("agent/login.html", form, failed=request.method == "POST")
-    with budgeted(login_budgets(form.username.data), "staff-login") as attempt:
+    with throttle.attempt(login_budgets(form.username.data), CHANNEL, request.remote_addr) as attempt:
         staff = authenticate(db.session, services().totp, form.username.data, form.password.data, form.code.data)
         if staff is not None:
             attempt.succeeded()
@@ -169,7 +156,7 @@ def call() -> ResponseValue:
     if not form.validate_on_submit():
         return form_page("agent/call.html", form, outcomes=CALL_OUTCOMES)
     assert form.claim is not None
-    with budgeted(verify_budgets(form.claim), "verification") as attempt:
+    with throttle.attempt(verify_budgets(form.claim), CHANNEL, request.remote_addr) as attempt:
         patient = find_patient(db.session, services().hasher, form.claim)
         if patient is not None:
             attempt.succeeded()
@@ -249,7 +236,7 @@ def lost_letter() -> ResponseValue:
     assert form.person is not None
     last_name, born, zip_code = form.person
     vault = LetterVault(services().hasher)
-    with budgeted(locate_budgets(last_name, born), "letter-reissue") as attempt:
+    with throttle.attempt(locate_budgets(last_name, born), CHANNEL, request.remote_addr) as attempt:
         public_id = request_reissue(db.session, vault, last_name, born, zip_code)
         if public_id is not None:
             attempt.succeeded()

@@ -13,7 +13,7 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response
 
-from portal import exposure, services
+from portal import exposure, services, throttle
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
 from portal.events import Event, record
@@ -21,7 +21,6 @@ from portal.extensions import db
 from portal.identity import end_verification, find_patient, start_verification, verified_patient
 from portal.models import Patient
 from portal.public.forms import LookupForm
-from portal.throttle import guard_verification, note_failure
 
 bp = Blueprint("public", __name__)
 
@@ -49,7 +48,7 @@ def rendered_once(template: str, context: Callable[[], dict[str, Any]]) -> str:
 @bp.get("/")
 def index() -> str:
     """The most requested page: the same for everyone in a language (its template shows no flash)."""
-    return rendered_once("public/index.html", lambda: {"programme": services().programme})
+    return rendered_once("public/index.html", dict)
 
 
 @bp.get("/lookup")
@@ -62,17 +61,21 @@ def lookup_form() -> str:
 
 
 @bp.post("/lookup")
-@guard_verification
 def lookup() -> Response | tuple[str, int]:
     # Form-encoded bodies only: Flask-WTF would otherwise read a JSON body, whatever its shape.
     form = LookupForm(formdata=request.form)
+    # Malformed input is refused before any limit is consulted: the answer cannot depend on
+    # the state of anyone's budget, and nothing is counted.
     if not form.validate_on_submit():
         return render_template("public/lookup.html", form=form), 400
     assert form.claim is not None
-    patient = find_patient(db.session, services().hasher, form.claim)
+    budgets = throttle.public_budgets(form.claim, request.remote_addr)
+    with throttle.attempt(budgets, CHANNEL, request.remote_addr) as tried:
+        patient = find_patient(db.session, services().hasher, form.claim)
+        if patient is not None:
+            tried.succeeded()
     if patient is None:
         # Unknown person or one wrong field: the same page, the same status, after the same work.
-        note_failure()
         _record("verification", "failure")
         return render_template("public/lookup.html", form=form, not_matched=True), 200
     session.clear()
@@ -107,7 +110,6 @@ def exposure_page(patient: Patient) -> str:
     return render_template(
         "public/exposure.html",
         fields=exposure.fields_in(patient.exposed_fields),
-        programme=services().programme,
         held=code_of(db.session, services().cipher, patient),
     )
 
@@ -140,7 +142,7 @@ def code_page(patient: Patient) -> ResponseValue:
     if held is None:
         return redirect(url_for("public.exposure_page"), 303)
     _record("code", "viewed", patient.public_id)
-    return render_template("public/code.html", held=held, programme=services().programme)
+    return render_template("public/code.html", held=held)
 
 
 @bp.post("/sign-out")
