@@ -82,6 +82,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.globals["get_locale"] = get_locale
 
     from portal import cli, errors, events, security, throttle
+    from portal.api.views import bp as api_bp
     from portal.public.views import bp as public_bp
 
     events.init_app(app)
@@ -90,6 +91,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     errors.init_app(app)
     app.register_blueprint(public_bp)
+    app.register_blueprint(api_bp)
     return app
 
 

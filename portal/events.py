@@ -33,14 +33,16 @@ class Event:
     channel: str  # public today; agent and api later
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
     client: str | None = None  # client address as the trusted proxies report it
+    actor: str | None = None  # who acted for the person: "api-key:7" for a partner key; None for the person
 
 
 def record(event: Event) -> None:
     log.info(
-        "action=%s outcome=%s channel=%s patient=%s client=%s",
+        "action=%s outcome=%s channel=%s patient=%s client=%s actor=%s",
         event.action,
         event.outcome,
         event.channel,
         event.patient_ref or "-",
         event.client or "-",
+        event.actor or "-",
     )

@@ -15,19 +15,24 @@ and calls ``note_failure`` on a miss, so all surfaces share the same buckets.
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial, wraps
 from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 from flask_limiter import RequestLimit
+from limits import RateLimitItem, parse_many
+from limits.strategies import FixedWindowRateLimiter
 
 from portal import services
 from portal.events import Event, record
 from portal.extensions import limiter
-from portal.identity import InvalidIdentifier, normalise_last_name, parse_birth_date
+from portal.identity import IdentityClaim, InvalidIdentifier, normalise_last_name, parse_birth_date
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -136,3 +141,87 @@ def guard_verification(view: View) -> View:
         return limited(*args, **kwargs)
 
     return cast(View, guarded)
+
+
+# --- Budgets counted before the hash ---------------------------------------------------------------
+# The interface every verifying surface codes against: each attempt is counted atomically, in every
+# budget it belongs to, BEFORE the Argon2 hash, so a burst of simultaneous guesses cannot all get
+# through; a success gives back what it reserved in the failure budgets.
+
+
+class Throttled(Exception):
+    """A budget is spent: refuse with 429 and ``Retry-After: retry_after``."""
+
+    def __init__(self, scope: str, retry_after: int) -> None:
+        super().__init__(scope)
+        self.scope = scope
+        self.retry_after = retry_after
+
+
+class LimitStoreDown(Exception):
+    """The limit store cannot be reached: refuse (503) rather than verify uncounted."""
+
+    retry_after = 30
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One counter family: ``setting`` names the config key holding its limit string."""
+
+    scope: str
+    setting: str
+    key: str
+    refund_on_success: bool = True
+
+
+def person_budget(claim: IdentityClaim, surface: str, setting: str) -> Budget:
+    """Keyed on the normalised claim's name and birth date: the same whether or not the person exists."""
+    return Budget(f"{surface}-person", setting, services().hasher.person_bucket(claim.last_name, claim.date_of_birth))
+
+
+def client_key(address: str | None) -> str:
+    """A client address as a bucket key; IPv6 folded to its /64, which one subscriber usually holds."""
+    try:
+        parsed = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "unknown"
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+class Attempt:
+    def __init__(self) -> None:
+        self.success = False
+
+    def succeeded(self) -> None:
+        self.success = True
+
+
+@contextmanager
+def attempt(budgets: list[Budget], channel: str) -> Iterator[Attempt]:
+    """Reserve one attempt in every budget (all or none), run the block, refund on success."""
+    counter = FixedWindowRateLimiter(limiter.storage)
+    reserved: list[tuple[RateLimitItem, Budget]] = []
+    try:
+        for budget in budgets:
+            for item in parse_many(current_app.config[budget.setting]):
+                reserved.append((item, budget))
+                if not counter.hit(item, budget.scope, budget.key):
+                    stats = counter.get_window_stats(item, budget.scope, budget.key)
+                    _give_back(counter, reserved)
+                    raise Throttled(budget.scope, max(1, int(stats.reset_time - time.time())))
+    except limiter.storage.base_exceptions as error:
+        raise LimitStoreDown() from error
+    outcome = Attempt()
+    yield outcome
+    if outcome.success:
+        try:
+            _give_back(counter, [(item, budget) for item, budget in reserved if budget.refund_on_success])
+        except limiter.storage.base_exceptions:
+            pass  # the store went away: the success stays counted as a failure, which errs on the safe side
+
+
+def _give_back(counter: FixedWindowRateLimiter, reserved: list[tuple[RateLimitItem, Budget]]) -> None:
+    for item, budget in reserved:
+        counter.storage.incr(item.key_for(budget.scope, budget.key), item.get_expiry(), amount=-1)
