@@ -39,7 +39,7 @@ LOOSE_LIMITS = {
         "API_VERIFY_LIMIT_PERSON",
         "API_VERIFY_LIMIT_KEY",
         "API_VERIFY_LIMIT_CLIENT",
-    )  # fmt: skip
+    )
 }
 
 BACKENDS = [

@@ -134,7 +134,7 @@ DOCUMENT: dict[str, Any] = {
                     if status in WITH_RETRY_AFTER
                     else {}
                 ),
-            }  # fmt: skip
+            }
             for status, description in PROBLEM_RESPONSES.items()
         },
         "schemas": {
@@ -201,7 +201,7 @@ DOCUMENT: dict[str, Any] = {
                     "coverage_months",
                     "mailing_address",
                     "exposed_fields",
-                ],  # fmt: skip
+                ],
                 "properties": {
                     **{
                         name: {"type": "string"}
@@ -213,7 +213,7 @@ DOCUMENT: dict[str, Any] = {
                             "provider_name",
                             "enrollment_url",
                             "mailing_address",
-                        )  # fmt: skip
+                        )
                     },
                     **{
                         name: {"type": "string", "format": "date"}
