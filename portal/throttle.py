@@ -202,13 +202,15 @@ class Attempt:
 def attempt(budgets: list[Budget], channel: str) -> Iterator[Attempt]:
     """Reserve one attempt in every budget (all or none), run the block, refund on success."""
     counter = FixedWindowRateLimiter(limiter.storage)
-    reserved: list[tuple[RateLimitItem, Budget]] = []
+    prefix = current_app.config["RATELIMIT_KEY_PREFIX"]
+    reserved: list[tuple[RateLimitItem, tuple[str, ...], bool]] = []
     try:
         for budget in budgets:
+            names = (prefix, budget.scope, budget.key)
             for item in parse_many(current_app.config[budget.setting]):
-                reserved.append((item, budget))
-                if not counter.hit(item, budget.scope, budget.key):
-                    stats = counter.get_window_stats(item, budget.scope, budget.key)
+                reserved.append((item, names, budget.refund_on_success))
+                if not counter.hit(item, *names):
+                    stats = counter.get_window_stats(item, *names)
                     _give_back(counter, reserved)
                     raise Throttled(budget.scope, max(1, int(stats.reset_time - time.time())))
     except limiter.storage.base_exceptions as error:
@@ -217,11 +219,11 @@ def attempt(budgets: list[Budget], channel: str) -> Iterator[Attempt]:
     yield outcome
     if outcome.success:
         try:
-            _give_back(counter, [(item, budget) for item, budget in reserved if budget.refund_on_success])
+            _give_back(counter, [entry for entry in reserved if entry[2]])
         except limiter.storage.base_exceptions:
             pass  # the store went away: the success stays counted as a failure, which errs on the safe side
 
 
-def _give_back(counter: FixedWindowRateLimiter, reserved: list[tuple[RateLimitItem, Budget]]) -> None:
-    for item, budget in reserved:
-        counter.storage.incr(item.key_for(budget.scope, budget.key), item.get_expiry(), amount=-1)
+def _give_back(counter: FixedWindowRateLimiter, reserved: list[tuple[RateLimitItem, tuple[str, ...], bool]]) -> None:
+    for item, names, _refundable in reserved:
+        counter.storage.incr(item.key_for(*names), item.get_expiry(), amount=-1)
