@@ -44,7 +44,7 @@ def partner_view(scope: str | None = None) -> Callable[[View], View]:
 
     def decorate(view: View) -> View:
         rate_limited = limiter.shared_limit(
-            lambda: current_key().rate, scope=KEY_RATE_SCOPE, key_func=lambda: str(current_key().id)
+            lambda: current_key().rate, scope=KEY_RATE_SCOPE, key_func=lambda: current_key().prefix
         )(view)
 
         @wraps(view)

@@ -50,7 +50,7 @@ def verify() -> ResponseReturnValue:
     key = current_key()
     budgets = [
         throttle.person_budget(claim, CHANNEL, "API_VERIFY_LIMIT_PERSON"),
-        throttle.Budget("api-key-failures", "API_VERIFY_LIMIT_KEY", str(key.id)),
+        throttle.Budget("api-key-failures", "API_VERIFY_LIMIT_KEY", key.prefix),
         throttle.Budget("api-client", "API_VERIFY_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
         throttle.Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal"),
     ]
