@@ -49,8 +49,15 @@ PROBLEM_RESPONSES = {
 WITH_RETRY_AFTER = (429, 503)
 
 
-def _operation(summary: str, description: str, responses: dict[int, Any], body: str | None = None) -> dict[str, Any]:
+# A made-up person, in the shape partners send (tests/test_api_contract.py imports exactly them).
+EXAMPLE_PERSON = {"last_name": "Example-Doe", "date_of_birth": "1970-01-31", "zip_code": "10001", "ssn_last4": "1234"}
+
+
+def _operation(
+    operation_id: str, summary: str, description: str, responses: dict[int, Any], body: str | None = None
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
+        "operationId": operation_id,
         "summary": summary,
         "description": description,
         "security": [{"partnerKey": []}],
@@ -61,6 +68,13 @@ def _operation(summary: str, description: str, responses: dict[int, Any], body: 
     return operation
 
 
+CLAIM_LINK = {
+    "claimCode": {
+        "operationId": "claimCode",
+        "description": "A successful verification's claim_token redeems the person's code.",
+        "requestBody": {"claim_token": "$response.body#/claim_token"},
+    }
+}
 _body_problems = {status: _problem(status) for status in (400, 401, 403, 413, 415, 422, 429, 503)}
 
 DOCUMENT: dict[str, Any] = {
@@ -78,16 +92,21 @@ DOCUMENT: dict[str, Any] = {
     "paths": {
         "/verifications": {
             "post": _operation(
+                "verifyPerson",
                 "Verify a person",
                 "The same check as the public site. An unknown person and a wrong field get the same answer, "
                 '`{"verified": false}`, after the same work. Failures count against a per-person, per-key, '
                 "per-client and overall budget. Needs the `verify` scope.",
-                {200: _json(_ref("VerificationResult"), "The outcome.", RATE_HEADERS), **_body_problems},
+                {
+                    200: {**_json(_ref("VerificationResult"), "The outcome.", RATE_HEADERS), "links": CLAIM_LINK},
+                    **_body_problems,
+                },
                 body="VerificationRequest",
             )
         },
         "/claims": {
             "post": _operation(
+                "claimCode",
                 "Claim the person's activation code",
                 "Redeems a `claim_token` from a successful verification: 201 with the code the first time, 200 "
                 "with the same code after. Needs the `claim` scope.",
@@ -101,6 +120,7 @@ DOCUMENT: dict[str, Any] = {
         },
         "/program": {
             "get": _operation(
+                "getProgram",
                 "The programme's public facts",
                 "Who was breached, the dates, the call center, and what each exposed field means. Any live key.",
                 {
@@ -146,6 +166,14 @@ DOCUMENT: dict[str, Any] = {
                     name: {"type": "string", "maxLength": longest, "description": FIELD_DESCRIPTIONS[name]}
                     for name, longest in CLAIM_FIELDS.items()
                 },
+                "examples": [
+                    EXAMPLE_PERSON,
+                    {**EXAMPLE_PERSON, "ssn_last4": "9999"},
+                    {
+                        **{k: v for k, v in EXAMPLE_PERSON.items() if k != "ssn_last4"},
+                        "reference": "ABCD-EFGH-JKMN-PQRS-TVWX-YZ01",
+                    },
+                ],
             },
             "VerificationResult": {
                 "oneOf": [
@@ -173,6 +201,7 @@ DOCUMENT: dict[str, Any] = {
                 "additionalProperties": False,
                 "required": ["claim_token"],
                 "properties": {"claim_token": {"type": "string", "maxLength": TOKEN_MAX, "minLength": 1}},
+                "examples": [{"claim_token": "token-from-a-successful-verification"}],
             },
             "ActivationCode": {
                 "type": "object",
