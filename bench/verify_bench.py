@@ -99,74 +99,11 @@ def main() -> int:
         if status != "303":
             raise RuntimeError(f"a real identity got {status}, not 303:\n{server.log_tail()}")
 
-        # Alternating rounds (raw Argon2id, then HTTP load) so that drift on the machine hits both alike.
-        raws: list[float] = []
-        hash_cpus: list[float] = []
-        loads: list[b.LoadResult] = []
-        window = bench.cpu.snapshot()
-        round_rows = []
-        for index in range(rounds):
-            baseline = b.argon2_baseline_detail(argon2, b.CORES, args.baseline_seconds)
-            raws.append(baseline.rate)
-            hash_cpus.append(baseline.cpu_per_hash)
-            loads.append(b.run_load(server, scenario, args.clients, seconds, warmup=3.0))
-            by_process = " ".join(f"{c / seconds:.2f}" for c in loads[-1].server_cpu_by_process)
-            round_rows.append(
-                (
-                    index + 1,
-                    f"{raws[-1]:,.1f}",
-                    f"{loads[-1].rate:,.1f}",
-                    f"{loads[-1].rate / raws[-1]:.3f}",
-                    by_process,
-                )
-            )
-        load_cpu = bench.cpu.line(window)
-        lopsided = [
-            str(i + 1)
-            for i, r in enumerate(loads)
-            if len(r.server_cpu_by_process) > 2 and r.server_cpu_by_process[1] < 0.25 * r.server_cpu_by_process[0]
-        ]
-        raw = sum(raws) / len(raws)
-        ops = sum(r.ops for r in loads)
-        rate = ops / (seconds * rounds)
-        latencies = [x for r in loads for x in r.latencies]
-        statuses = sum((r.statuses for r in loads), b.Counter())
-        errors = sum((r.errors for r in loads), b.Counter())
-        server_cpu = sum(r.server_cpu for r in loads)
-        client_cpu = sum(r.client_cpu for r in loads)
-        peak_rss = max(r.server_peak_rss for r in loads)
-        b.say(
-            f"{rounds} rounds of: raw Argon2id with {b.CORES} processes for {args.baseline_seconds:.0f} s, then"
-            f" {args.clients} HTTP clients for {seconds:.0f} s (after 3 s warm-up; 1 load process;"
-            f" {'a new connection per visit' if args.new_connections else 'one kept-alive connection per client'})"
-        )
-        b.say(b.table(round_rows, ["round", "raw hashes/s", "lookups/s", "ratio", "server CPU by process (cores)"]))
-        b.say(
-            f"  {ops:,} verified lookups -> {rate:,.1f} lookups/s vs {raw:,.1f} raw hashes/s;"
-            f" statuses {dict(statuses)}  connection errors {dict(errors) or 0}"
-        )
-        b.say(f"  latency (GET + POST): {b.latency_line(latencies)}")
-        hash_cpu = sum(hash_cpus) / len(hash_cpus)
-        b.say(
-            f"  CPU per lookup: server {b.ms(server_cpu / max(ops, 1))}, load generator"
-            f" {b.ms(client_cpu / max(sum(statuses.values()), 1))}; raw Argon2id hash {b.ms(hash_cpu)}"
-        )
-        cpu_bound = hash_cpu / ((server_cpu + client_cpu) / max(ops, 1))
-        b.say(
-            f"  CPU-only view (less sensitive to other tenants): Argon2id core-time / all CPU per lookup"
-            f" (server + load generator) = {cpu_bound:.3f}; the ratio cannot exceed this on a dedicated machine"
-        )
-        b.say(f"  server RSS peak (master + workers): {b.mib(peak_rss)}")
-        if lopsided:
-            b.say(
-                f"  NOTE: in round(s) {', '.join(lopsided)} the kept-alive connections landed (almost) all on one"
-                " worker, which hashes on PORTAL_HASH_CONCURRENCY cores at most"
-            )
-        b.say(f"  {load_cpu}")
-        good = statuses.get("303", 0) == sum(statuses.values()) and not errors
-        if not good:
-            b.say("  FAIL: some lookups did not end in 303")
-        ok = b.verdict("verified lookups/s / raw Argon2id hashes/s", rate / raw, 0.80) and good
+        ratio, good, peak_rss = b.alternating_rounds(
+            bench, server, scenario, argon2, args.clients, seconds, rounds, args.baseline_seconds,
+            args.new_connections, success="303", what="lookups",
+        )  # fmt: skip
+        ok = b.verdict("verified lookups/s / raw Argon2id hashes/s", ratio, 0.80) and good
 
         if args.overload:
             clients = args.overload_factor * args.clients
