@@ -1,7 +1,7 @@
 """Verified lookups per second through the real HTTP stack vs raw Argon2id on the same cores.
 
 The portal runs as in production: ``gunicorn -c python:portal.gunicorn_config wsgi:app``
-(workers = cores, 4 threads each, PORTAL_HASH_CONCURRENCY per worker as configured), on a temporary SQLite
+(workers = cores, 4 threads each, PORTAL_HASH_SLOTS hashing slots shared by the workers, default one a core), on a temporary SQLite
 file by default or a private schema of ``--database-url``. A separate load process drives it over
 loopback at 2 x cores concurrent clients; each operation is a first visit: GET /lookup (CSRF token
 and session cookie), then POST /lookup with a real synthetic identity, expecting 303. Each client
@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--hash-wait", type=float, help="PORTAL_HASH_WAIT_SECONDS (default: config's)")
     parser.add_argument("--workers", type=int, help="PORTAL_WORKERS (default: gunicorn_config's, = cores)")
     parser.add_argument("--threads", type=int, help="PORTAL_THREADS (default: gunicorn_config's, 4)")
-    parser.add_argument("--hash-concurrency", type=int, help="PORTAL_HASH_CONCURRENCY (default: config's)")
+    parser.add_argument("--hash-slots", type=int, help="PORTAL_HASH_SLOTS, shared by the workers (default: cores)")
     parser.add_argument("--baseline-seconds", type=float, default=4.0)
     parser.add_argument(
         "--argon2",
@@ -58,7 +58,7 @@ def main() -> int:
     b.add_app_options(parser)
     args = parser.parse_args()
     argon2 = tuple(int(x) for x in args.argon2.split(","))
-    hash_concurrency = args.hash_concurrency or b.PORTAL_DEFAULTS["HASH_CONCURRENCY"]
+    hash_slots = args.hash_slots or b.CORES
     hash_wait = args.hash_wait or b.PORTAL_DEFAULTS["HASH_WAIT_SECONDS"]
     seconds = args.seconds or (30.0 if args.full else 10.0)
     rounds = args.rounds or (6 if args.full else 4)
@@ -71,7 +71,7 @@ def main() -> int:
         settings = {
             "WORKERS": args.workers,
             "THREADS": args.threads,
-            "HASH_CONCURRENCY": args.hash_concurrency,
+            "HASH_SLOTS": args.hash_slots,
             "HASH_WAIT_SECONDS": args.hash_wait,
         }
         env = b.portal_env(bench, url, argon2, **settings)
@@ -82,7 +82,7 @@ def main() -> int:
         b.say(
             f"gunicorn -c python:portal.gunicorn_config {args.app}: workers {args.workers or b.CORES}"
             f" (PORTAL_WORKERS), threads {args.threads or 4} (PORTAL_THREADS),"
-            f" hash concurrency {hash_concurrency} per worker (PORTAL_HASH_CONCURRENCY),"
+            f" {hash_slots} hashing slots shared by the workers (PORTAL_HASH_SLOTS),"
             f" hash wait {hash_wait:g} s (PORTAL_HASH_WAIT_SECONDS)"
         )
         b.say(f"throttle: PORTAL_VERIFY_LIMIT_PERSON/CLIENT/GLOBAL = '{b.LOOSE_LIMIT}' (cannot interfere)")
