@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, create_api_key, import_patients, make_app, numbered, patient_row
+from conftest import REDIS_URL, create_api_key, free_port, import_patients, make_app, numbered, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -377,3 +377,11 @@ def test_every_api_verification_and_claim_is_an_event_with_the_key(
     assert outcomes == ["outcome=success", "outcome=failure", "outcome=success"]
     assert all("channel=api" in line and line.endswith("actor=api-key:1") for line in lines)
     assert not any(secret in " ".join(lines) for secret in ("6789", "García", "1980", "IDP-TEST", token))
+
+
+def test_a_lost_limit_store_refuses_verification_with_a_503(database_url: str) -> None:
+    """No failure budget can be counted: refuse (503, Retry-After) rather than verify uncounted."""
+    app = limited_app(database_url, f"redis://127.0.0.1:{free_port()}/0")
+    key = create_api_key(app)
+    body = assert_problem(call(app.test_client(), key, "POST", "/verifications", PERSON), 503)
+    assert body["type"].endswith("#problem-unavailable")

@@ -180,7 +180,9 @@ def test_every_limit_is_checked_by_its_view_decorator(database_url: str) -> None
     manager = limiter.limit_manager
     assert manager.default_limits == [] and manager.application_limits == []
     assert not manager._blueprint_limits, "a blueprint limit would never be checked"
-    assert set(manager._decorated_limits) == {"portal.public.views.lookup.lookup"}
+    # The lookup's failure limits, and each partner view's key rate (portal.api.auth.partner_view).
+    partner_views = {f"portal.api.views.{name}.{name}" for name in ("verify", "claim", "program")}
+    assert set(manager._decorated_limits) == {"portal.public.views.lookup.lookup", *partner_views}
     assert limiter._check_request_limit not in app.before_request_funcs.get(None, [])
 
 
