@@ -7,16 +7,10 @@ counted as passed — and a configured but unreachable server fails the run inst
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import secrets
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +35,7 @@ LOOSE_LIMITS = {
     for name in (
         "VERIFY_LIMIT_PERSON",
         "VERIFY_LIMIT_CLIENT",
+        "VERIFY_LIMIT_CLIENT_ATTEMPTS",
         "VERIFY_LIMIT_GLOBAL",
         "API_VERIFY_LIMIT_PERSON",
         "API_VERIFY_LIMIT_KEY",
@@ -221,45 +216,3 @@ def create_api_key(app: Flask, *scopes: str, rate: str = "1000/minute", expires:
     result = app.test_cli_runner().invoke(args=args)
     assert result.exit_code == 0, result.output
     return result.output.splitlines()[1]
-
-
-@contextlib.contextmanager
-def gunicorn_server(config: dict[str, Any], workers: int = 2, threads: int = 4) -> Iterator[str]:
-    """The app under gunicorn with the production settings file, on a free loopback port; its base URL.
-
-    ``config`` is passed as PORTAL_* variables (the app reads them as production would).
-    """
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    env.update(
-        {f"PORTAL_{name}": value if isinstance(value, str) else json.dumps(value) for name, value in config.items()}
-    )
-    env.update(PORTAL_BIND=f"127.0.0.1:{port}", PORTAL_WORKERS=str(workers), PORTAL_THREADS=str(threads))
-    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:portal.gunicorn_config", "wsgi:app"],
-        cwd=Path(__file__).parent.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"gunicorn did not start: {log.read()[-2000:]}") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()

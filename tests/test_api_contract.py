@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import create_api_key, gunicorn_server, import_patients, make_app, make_config, numbered, patient_row
+from conftest import create_api_key, import_patients, make_app, make_config, numbered, patient_row
+from live import LiveServer
 
 from portal import services
 from portal.api import openapi
@@ -33,10 +34,11 @@ def test_the_live_api_conforms_to_its_openapi_document(tmp_path: Path) -> None:
         rows = [{"code": f"IDP-CONTRACT-{n:03d}", "enroll_by": "2030-01-01"} for n in range(5)]
         import_codes(db.session, services().cipher, numbered(rows), on_reject=lambda *_: None)
     key = create_api_key(app, rate="100000/minute")
-    with gunicorn_server(config, workers=2, threads=4) as base:
+    server = LiveServer(tmp_path / "gunicorn.log", config).wait_ready()
+    try:
         run = subprocess.run(
             [
-                sys.executable, "-m", "schemathesis.cli", "run", f"{base}/api/v1/openapi.json",
+                sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{server.port}/api/v1/openapi.json",
                 "--header", f"Authorization: Bearer {key}",
                 "--exclude-checks", EXCLUDED_CHECKS,
                 "--max-examples", EXAMPLES, "--seed", "13", "--workers", "2", "--max-time", os.environ.get("PORTAL_CONTRACT_SECONDS", "50"),
@@ -44,5 +46,7 @@ def test_the_live_api_conforms_to_its_openapi_document(tmp_path: Path) -> None:
             ],
             capture_output=True, text=True, timeout=300, cwd=tmp_path,
         )  # fmt: skip
+    finally:
+        server.stop()
     report: Any = run.stdout[-6000:] + run.stderr[-2000:]
     assert run.returncode == 0, report

@@ -3,56 +3,40 @@ threads, two servers on one Redis, simultaneous requests, keys revoked from anot
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import json
 import multiprocessing
 import os
 import secrets
 import signal
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, create_api_key, gunicorn_server, import_patients, make_app, make_config, patient_row
+from conftest import REDIS_URL, create_api_key, import_patients, make_app, make_config, patient_row
 from flask import Flask
+from live import Answer, LiveServer, all_at_once
 
 from portal.identity import ServerSlots
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
 
 
-def request(base: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
-    """One request on a new connection (so gunicorn may hand it to any worker)."""
-    host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+@contextlib.contextmanager
+def gunicorn(folder: Path, config: dict[str, Any], workers: int = 2, threads: int = 4) -> Iterator[LiveServer]:
+    server = LiveServer(folder / f"gunicorn-{secrets.token_hex(3)}.log", config, workers, threads)
     try:
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        connection.request(
-            method, f"/api/v1{path}", body=json.dumps(body) if body is not None else None, headers=headers
-        )
-        response = connection.getresponse()
-        payload = response.read()
-        return response.status, dict(response.getheaders()), json.loads(payload) if payload else None
+        yield server.wait_ready()
     finally:
-        connection.close()
+        server.stop()
 
 
-def simultaneously(count: int, send: Any) -> list[Any]:
-    """``count`` requests released at the same instant."""
-    start, results, lock = threading.Barrier(count), [], threading.Lock()
-
-    def one(n: int) -> None:
-        start.wait()
-        result = send(n)
-        with lock:
-            results.append(result)
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+def call(server: LiveServer, key: str, method: str, path: str, body: Any = None) -> Answer:
+    """One request on a new connection (so gunicorn may hand it to any worker)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    return server.request(method, f"/api/v1{path}", json.dumps(body).encode() if body is not None else None, headers)
 
 
 def served_database(folder: Any, **overrides: Any) -> tuple[Flask, dict[str, Any]]:
@@ -70,37 +54,40 @@ def served(tmp_path: Any) -> tuple[Flask, dict[str, Any]]:
     return served_database(tmp_path)
 
 
-def test_a_key_revoked_by_the_operator_is_refused_by_every_worker(served: tuple[Flask, dict[str, Any]]) -> None:
+def test_a_key_revoked_by_the_operator_is_refused_by_every_worker(
+    tmp_path: Path, served: tuple[Flask, dict[str, Any]]
+) -> None:
     app, config = served
     key = create_api_key(app)
-    with gunicorn_server(config, workers=2, threads=2) as base:
-        assert {request(base, key, "GET", "/program")[0] for _ in range(6)} == {200}
+    with gunicorn(tmp_path, config, workers=2, threads=2) as server:
+        assert {call(server, key, "GET", "/program").status for _ in range(6)} == {200}
         assert app.test_cli_runner().invoke(args=["revoke-api-key", "1"]).exit_code == 0  # this test's process
-        assert {request(base, key, "GET", "/program")[0] for _ in range(6)} == {401}
+        assert {call(server, key, "GET", "/program").status for _ in range(6)} == {401}
 
 
 @pytest.mark.redis
-def test_two_servers_on_one_redis_hold_a_key_to_its_rate(served: tuple[Flask, dict[str, Any]]) -> None:
+def test_two_servers_on_one_redis_hold_a_key_to_its_rate(tmp_path: Path, served: tuple[Flask, dict[str, Any]]) -> None:
     app, config = served
     config = {**config, "RATELIMIT_STORAGE_URI": REDIS_URL}
     key = create_api_key(app, rate="6/minute")
-    with gunicorn_server(config, workers=1, threads=2) as one, gunicorn_server(config, workers=1, threads=2) as two:
-        answers = [request(base, key, "GET", "/program") for base in [one, two] * 5]
-    assert [status for status, _, _ in answers] == [200] * 6 + [429] * 4
-    assert [headers["X-RateLimit-Remaining"] for _, headers, _ in answers[:6]] == ["5", "4", "3", "2", "1", "0"]
-    assert all(int(headers["Retry-After"]) > 0 for _, headers, _ in answers[6:])
+    with gunicorn(tmp_path, config, workers=1, threads=2) as one, gunicorn(tmp_path, config, 1, 2) as two:
+        answers = [call(server, key, "GET", "/program") for server in [one, two] * 5]
+    assert [answer.status for answer in answers] == [200] * 6 + [429] * 4
+    assert [answer.headers["X-RateLimit-Remaining"] for answer in answers[:6]] == ["5", "4", "3", "2", "1", "0"]
+    assert all(int(answer.headers["Retry-After"]) > 0 for answer in answers[6:])
 
 
 @pytest.mark.redis
-def test_simultaneous_guesses_are_held_to_the_person_budget(served: tuple[Flask, dict[str, Any]]) -> None:
+def test_simultaneous_guesses_are_held_to_the_person_budget(
+    tmp_path: Path, served: tuple[Flask, dict[str, Any]]
+) -> None:
     app, config = served
     config = {**config, "RATELIMIT_STORAGE_URI": REDIS_URL, "API_VERIFY_LIMIT_PERSON": "3 per 15 minutes"}
     key = create_api_key(app)
-    with gunicorn_server(config, workers=2, threads=4) as base:
-        results = simultaneously(
-            12, lambda n: request(base, key, "POST", "/verifications", {**PERSON, "ssn_last4": f"{n:04d}"})
-        )
-    statuses = sorted(status for status, _, _ in results)
+    guesses = [{**PERSON, "ssn_last4": f"{n:04d}"} for n in range(12)]
+    with gunicorn(tmp_path, config, workers=2, threads=8) as server:
+        answers = all_at_once([lambda g=g: call(server, key, "POST", "/verifications", g) for g in guesses])
+    statuses = sorted(answer.status for answer in answers)
     assert statuses == [200] * 3 + [429] * 9, statuses
 
 
@@ -112,17 +99,16 @@ def test_hashing_slots_are_shared_by_the_workers_of_a_server(tmp_path: Any) -> N
     app, config = served_database(tmp_path, **slow)
     key = create_api_key(app)
     # PORTAL_HASH_SLOTS is read by the gunicorn master (portal/gunicorn_config.py), not by the app.
-    with gunicorn_server({**config, "HASH_SLOTS": 1}, workers=2, threads=4) as base:
-        results: list[Any] = []
+    with gunicorn(tmp_path, {**config, "HASH_SLOTS": 1}, workers=2, threads=4) as server:
+        answers: list[Answer] = []
         for _burst in range(3):
-            results += simultaneously(8, lambda _n: request(base, key, "POST", "/verifications", PERSON))
-            if any(status == 503 for status, _, _ in results):
+            answers += all_at_once([lambda: call(server, key, "POST", "/verifications", PERSON)] * 8)
+            if any(answer.status == 503 for answer in answers):
                 break
-        after = request(base, key, "POST", "/verifications", PERSON)
-    statuses = {status for status, _, _ in results}
-    assert statuses == {200, 503}, statuses
-    assert all(int(headers["Retry-After"]) > 0 for status, headers, _ in results if status == 503)
-    assert after[0] == 200
+        after = call(server, key, "POST", "/verifications", PERSON)
+    assert {answer.status for answer in answers} == {200, 503}
+    assert all(int(answer.headers["Retry-After"]) > 0 for answer in answers if answer.status == 503)
+    assert after.status == 200
 
 
 def _hold_a_slot(slots: ServerSlots, held: Any) -> None:

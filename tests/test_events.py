@@ -36,7 +36,7 @@ def test_verification_claim_and_throttling_are_recorded_without_identifiers(
     outcomes = [line.split()[1] for line in lines]
     assert outcomes == [
         "outcome=failure",
-        "outcome=throttled:verify-person",
+        "outcome=throttled:verify-person-public",
         "outcome=failure",
         "outcome=success",
         "outcome=pool-empty",

@@ -12,6 +12,7 @@ from werkzeug.exceptions import Forbidden, Unauthorized
 
 from portal.api.keys import PartnerKey, authenticate
 from portal.extensions import db, limiter
+from portal.throttle import with_limiter_hooks
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -38,8 +39,9 @@ def _bearer_key() -> PartnerKey:
 def partner_view(scope: str | None = None) -> Callable[[View], View]:
     """Require a live key (with ``scope``, when given), then count the request against the key's rate.
 
-    The rate is a Flask-Limiter limit keyed on the key's id, so every process and server sharing
-    the limit store counts the same requests; ``rate_limit_headers`` describes it and nothing else.
+    The rate is a Flask-Limiter limit keyed on the key's public prefix, so every process and server
+    sharing the limit store counts the same requests; ``rate_limit_headers`` describes it and
+    nothing else. Marked ``with_limiter_hooks`` so Flask-Limiter's after-request pass runs for it.
     """
 
     def decorate(view: View) -> View:
@@ -47,6 +49,7 @@ def partner_view(scope: str | None = None) -> Callable[[View], View]:
             lambda: current_key().rate, scope=KEY_RATE_SCOPE, key_func=lambda: current_key().prefix
         )(view)
 
+        @with_limiter_hooks
         @wraps(view)
         def checked(*args: Any, **kwargs: Any) -> Any:
             key = g.api_key = _bearer_key()

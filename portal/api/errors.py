@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from typing import Any
 
@@ -14,8 +15,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 from portal import throttle
 from portal.api.validation import InvalidFields
 from portal.claims import PoolBusy, PoolEmpty
+from portal.extensions import limiter
 from portal.identity import HashingBusy
-from portal.throttle import seconds_until_retry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def http_problem(error: HTTPException) -> Response:
     if status == Unauthorized.code:
         headers["WWW-Authenticate"] = 'Bearer realm="partner-api"'
     if status == TooManyRequests.code:  # the key's own rate (Flask-Limiter)
-        return problem(status, retry_after=seconds_until_retry(RETRY_AFTER_SECONDS))
+        return problem(status, retry_after=_key_rate_retry_after())
     if status == ServiceUnavailable.code:
         return problem(status, own, retry_after=RETRY_AFTER_SECONDS)
     return problem(status, own, headers=headers)
@@ -103,6 +104,15 @@ def init_blueprint(bp: Blueprint) -> None:
     )  # fmt: skip
     bp.register_error_handler(PoolBusy, lambda _error: problem(503, retry_after=POOL_BUSY_RETRY_SECONDS))
     bp.register_error_handler(Exception, _unexpected)
+
+
+def _key_rate_retry_after() -> int:
+    """When the key's broken rate lets it in again."""
+    breached = limiter.current_limit
+    try:
+        return breached.reset_at - int(time.time()) if breached else RETRY_AFTER_SECONDS
+    except Exception:  # the limit store went away since the check: any honest hint will do
+        return RETRY_AFTER_SECONDS
 
 
 def _database_unavailable(error: DBAPIError) -> Response:

@@ -54,14 +54,10 @@ def verify() -> ResponseReturnValue:
         throttle.Budget("api-client", "API_VERIFY_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
         throttle.Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal"),
     ]
-    try:
-        with throttle.attempt(budgets, channel=CHANNEL) as attempt:
-            patient = find_patient(db.session, services().hasher, claim)
-            if patient is not None:
-                attempt.succeeded()
-    except throttle.Throttled as refused:
-        _record("verification", f"throttled:{refused.scope}")
-        raise
+    with throttle.attempt(budgets, channel=CHANNEL, client=request.remote_addr, actor=key.actor) as attempt:
+        patient = find_patient(db.session, services().hasher, claim)
+        if patient is not None:
+            attempt.succeeded()
     if patient is None:
         # Unknown person or one wrong field: the same answer after the same work.
         _record("verification", "failure")
