@@ -1,12 +1,12 @@
 """Verified lookups per second through the real HTTP stack vs raw Argon2id on the same cores.
 
-The portal runs as in production: ``gunicorn -c python:portal.gunicorn_config wsgi:app``
-(workers = cores, 4 threads each, PORTAL_HASH_SLOTS hashing slots shared by the workers, default
-one a core), on a temporary SQLite file by default or a private schema of ``--database-url``. A
-separate load process drives it over loopback at 2 x cores concurrent clients; each operation is a first visit: GET /lookup (CSRF token
-and session cookie), then POST /lookup with a real synthetic identity, expecting 303. Each client
-keeps one connection for all its visits, as a pooling proxy in front does (``--new-connections``:
-one per visit).
+The portal runs as in production: ``gunicorn -c python:portal.gunicorn_config wsgi:app`` (workers =
+cores, 4 threads each, PORTAL_HASH_SLOTS hashing slots shared by the workers, default one a core),
+on a temporary SQLite file by default or a private schema of ``--database-url``. A separate load
+process drives it over loopback at 2 x cores concurrent clients; each operation is a first visit:
+GET /lookup (CSRF token and session cookie), then POST /lookup with a real synthetic identity,
+expecting 303. Each client keeps one connection for all its visits, as a pooling proxy in front does
+(``--new-connections``: one per visit).
 
 RATIO = verified lookups/s / hashes/s of ``cores`` processes doing nothing but
 portal.identity.stretch (same Argon2id params, measured before and after in the same run).
