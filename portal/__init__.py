@@ -8,13 +8,12 @@ from inspect import iscoroutinefunction
 from pathlib import Path
 from typing import Any
 
-from babel import Locale
-from babel.support import Translations
 from flask import Flask, current_app, g
-from flask_babel import get_locale, get_translations
+from flask_babel import get_locale
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from portal import i18n
 from portal.claims import CodeCipher
 from portal.config import load_config
 from portal.extensions import babel, csrf, db
@@ -70,16 +69,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         _tune_engine(db.engine)
     csrf.init_app(app)
-    # One language ships today. Flask-Babel would parse the default locale again on every request;
-    # the selector hands it over parsed once. Choosing among several (Accept-Language) goes here.
-    default_locale = Locale.parse(app.config["BABEL_DEFAULT_LOCALE"])
-    babel.init_app(app, locale_selector=lambda: default_locale)
+    babel.init_app(app, locale_selector=i18n.select_locale)
+    i18n.init_app(app)
     app.jinja_env.install_gettext_callables(
-        lambda text: _translations().ugettext(text),
-        lambda singular, plural, n: _translations().ungettext(singular, plural, n),
+        lambda text: i18n.translations().ugettext(text),
+        lambda singular, plural, n: i18n.translations().ungettext(singular, plural, n),
         newstyle=True,
     )
     app.jinja_env.globals["get_locale"] = get_locale
+    # Every page may show the programme's facts, with its free text in the page's language.
+    app.context_processor(lambda: {"programme": services().programme.in_language(str(get_locale()))})
 
     from portal import cli, errors, events, security, throttle
     from portal.api.views import bp as api_bp
@@ -93,14 +92,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(public_bp)
     app.register_blueprint(api_bp)
     return app
-
-
-def _translations() -> Translations:
-    """The request's catalogue, looked up once: Flask-Babel resolves the locale again on every
-    string, and a page has dozens of them (that was a third of the landing page's cost)."""
-    if "translations" not in g:
-        g.translations = get_translations()
-    return g.translations
 
 
 def _close_session(_error: BaseException | None) -> None:

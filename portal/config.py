@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # The languages offered (each needs a catalogue in portal/translations); the default is among them.
+    "LANGUAGES": ["en", "es", "fr"],
     # Host names the portal answers to (Flask refuses others with 400); required in production.
     "TRUSTED_HOSTS": None,
     # Failed verifications (see portal/throttle.py for why these numbers).
@@ -68,8 +70,12 @@ DEFAULTS: dict[str, Any] = {
     "API_KEY_RATE": "120/minute",
     # Partner bodies are a few hundred bytes.
     "API_MAX_CONTENT_LENGTH": 4096,
-    # memory:// is per process; several workers or servers share redis://host:6379/0.
+    # memory:// is per process; several workers or servers share redis://host:6379/0. Production
+    # refuses memory:// unless SINGLE_PROCESS says only one process serves (see check_limit_store).
     "RATELIMIT_STORAGE_URI": "memory://",
+    "SINGLE_PROCESS": False,
+    # Gunicorn's worker count, exported by portal/gunicorn_config.py to the app (None: not known).
+    "WORKERS": None,
     # Verification budgets are fixed-window counters (portal/throttle.py): a success's
     # reservation can be given back atomically. This applies to Flask-Limiter's own limits.
     "RATELIMIT_STRATEGY": "fixed-window",
@@ -159,6 +165,34 @@ def check_config(config: Mapping[str, Any]) -> None:
             raise ConfigError("PORTAL_TRUSTED_HOSTS is not set: list the host names served (a JSON list).")
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
+        check_limit_store(config)
+
+
+def check_limit_store(config: Mapping[str, Any]) -> None:
+    """Refuse a limit store whose counts would multiply with the number of processes serving.
+
+    ``memory://`` counts per process: with N gunicorn workers (or N servers) every failure limit
+    becomes N times larger. It is allowed only when the deployment says it runs one process
+    (``PORTAL_SINGLE_PROCESS``) and gunicorn, when it serves, agrees. The in-memory fallback
+    would do the same to a shared store while it is unreachable.
+    """
+    workers = config.get("WORKERS")
+    if str(config["RATELIMIT_STORAGE_URI"]).startswith("memory://"):
+        if not config.get("SINGLE_PROCESS"):
+            raise ConfigError(
+                "PORTAL_RATELIMIT_STORAGE_URI is memory://, which counts failures per process: set it to the "
+                "shared Redis (redis://host:6379/0), or PORTAL_SINGLE_PROCESS=true if exactly one process serves."
+            )
+        if workers is not None and int(workers) > 1:
+            raise ConfigError(
+                f"PORTAL_SINGLE_PROCESS is set but gunicorn runs {workers} workers, each with its own memory:// "
+                "limits: set PORTAL_WORKERS=1 or a shared PORTAL_RATELIMIT_STORAGE_URI."
+            )
+    elif config.get("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"):
+        raise ConfigError(
+            "PORTAL_RATELIMIT_IN_MEMORY_FALLBACK_ENABLED would count failures per process while the shared "
+            "limit store is down (limits multiplied by the processes serving): set it to false."
+        )
 
 
 def decode_key(value: str, name: str) -> bytes:

@@ -17,6 +17,9 @@ from portal.identity import share_hashing_slots
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PORTAL_WORKERS", multiprocessing.cpu_count()))
+# The app refuses per-process (memory://) limits when more than one worker serves
+# (portal.config.check_limit_store), so it must know how many do: workers inherit this variable.
+os.environ["PORTAL_WORKERS"] = str(workers)
 worker_class = "gthread"
 threads = int(os.environ.get("PORTAL_THREADS", 4))
 backlog = 512
@@ -31,6 +34,18 @@ keepalive = 5
 accesslog = os.environ.get("PORTAL_ACCESS_LOG") or None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+
+# No control socket (gunicorn 25+ opens one in $HOME by default): systemd's signals manage the
+# server, several servers on one host would share its path, and a hardened unit has no home.
+control_socket_disable = True
+
+
+def nworkers_changed(_server: Any, new_value: int, _old_value: int | None) -> None:
+    """Keep the workers' view of the count true: gunicorn calls this with the final count before any
+    worker starts (after command-line options such as ``-w``, and before ``--preload`` loads the
+    app) and again when TTIN/TTOU signals change it, so a worker added later checks the new count."""
+    os.environ["PORTAL_WORKERS"] = str(new_value)
+
 
 hash_slots = share_hashing_slots(int(os.environ.get("PORTAL_HASH_SLOTS") or multiprocessing.cpu_count()))
 

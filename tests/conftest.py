@@ -1,7 +1,7 @@
 """Fixtures: a real database per test (SQLite file, or a fresh PostgreSQL schema), the app, clients.
 
-PostgreSQL and Redis tests run when PORTAL_TEST_POSTGRES_URL / PORTAL_TEST_REDIS_URL are set
-(`.ci/run` sets both). Without them those tests are deselected — reported in the header, never
+PostgreSQL, Redis and browser tests run when PORTAL_TEST_POSTGRES_URL / PORTAL_TEST_REDIS_URL /
+PORTAL_TEST_BROWSER are set (`.ci/run` sets all three). Without them those tests are deselected — reported in the header, never
 counted as passed — and a configured but unreachable server fails the run instead.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,14 @@ from portal import create_app, schema, services, synthetic
 from portal.extensions import db
 from portal.importer import PatientImporter
 
+pytest_plugins = ("browser",)  # the live server, Chromium and page-audit fixtures (tests/browser.py)
+
 POSTGRES_URL = os.environ.get("PORTAL_TEST_POSTGRES_URL", "")
 REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
+# End-to-end tests through nginx (tests/test_stack.py); `.ci/run` installs nginx and sets it.
+NGINX = bool(os.environ.get("PORTAL_TEST_NGINX"))
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") is not None
+BROWSER = os.environ.get("PORTAL_TEST_BROWSER", "")
 
 # Cheap Argon2id for speed; test_identity checks the production defaults separately.
 FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
@@ -53,6 +60,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"PostgreSQL tests: {'on ' + _redacted(POSTGRES_URL) if POSTGRES_URL else 'NOT RUN (set PORTAL_TEST_POSTGRES_URL)'}",
         f"Redis tests: {'on ' + REDIS_URL if REDIS_URL else 'NOT RUN (set PORTAL_TEST_REDIS_URL)'}",
+        f"nginx end-to-end tests: {'on' if NGINX else 'NOT RUN (set PORTAL_TEST_NGINX)'}",
+        f"systemd unit check: {'on' if SYSTEMD_ANALYZE else 'NOT RUN (no systemd-analyze)'}",
+        f"Browser tests: {'with ' + BROWSER if BROWSER else 'NOT RUN (set PORTAL_TEST_BROWSER to a Chromium)'}",
     ]
 
 
@@ -62,7 +72,13 @@ def _redacted(url: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect (not skip) the tests whose server is not configured, and say how many."""
-    wanted = {"postgres": bool(POSTGRES_URL), "redis": bool(REDIS_URL)}
+    wanted = {
+        "postgres": bool(POSTGRES_URL),
+        "redis": bool(REDIS_URL),
+        "nginx": NGINX,
+        "systemd": SYSTEMD_ANALYZE,
+        "browser": bool(BROWSER),
+    }
     keep, drop = [], []
     for item in items:
         (keep if all(wanted[m] for m in wanted if item.get_closest_marker(m)) else drop).append(item)

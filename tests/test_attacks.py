@@ -174,6 +174,7 @@ def test_a_foreign_host_header_is_refused_not_followed(tmp_path: Path) -> None:
         "ARGON2_TIME_COST": 2,
         "ARGON2_MEMORY_COST": 19456,
         "WORKERS": 1,
+        "SINGLE_PROCESS": True,  # memory:// limits, allowed for one declared process only
     }
     database = f"sqlite:///{tmp_path / 'portal.sqlite3'}"
     config = {**make_config(database), **production}

@@ -24,6 +24,8 @@ def production_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
         "PORTAL_CODE_KEY": secrets.token_urlsafe(32),
         "PORTAL_PROGRAMME_FILE": str(programme),
         "PORTAL_TRUSTED_HOSTS": '["notice.example.org"]',
+        "PORTAL_SINGLE_PROCESS": "true",
+        "PORTAL_WORKERS": "1",
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)

@@ -404,6 +404,8 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "PROGRAMME_FILE",
         "ENV",
         "DATABASE_URL",
+        "SINGLE_PROCESS",
+        "WORKERS",
     ):
         monkeypatch.delenv(f"PORTAL_{name}", raising=False)
     programme = write_programme(tmp_path)
@@ -419,6 +421,7 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "ARGON2_MEMORY_COST": DEFAULTS["ARGON2_MEMORY_COST"],
         "ARGON2_PARALLELISM": DEFAULTS["ARGON2_PARALLELISM"],
         "PROGRAMME_FILE": str(programme),
+        "SINGLE_PROCESS": True,  # one process: per-process limits are allowed (see test_deploy.py)
         "TRUSTED_HOSTS": ["notice.example.org"],
     }
 
