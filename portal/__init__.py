@@ -87,6 +87,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.context_processor(lambda: {"programme": services().programme.in_language(str(get_locale()))})
 
     from portal import cli, errors, events, security, throttle
+    from portal.api.views import bp as api_bp
     from portal.public.views import bp as public_bp
 
     events.init_app(app)
@@ -95,6 +96,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     errors.init_app(app)
     app.register_blueprint(public_bp)
+    app.register_blueprint(api_bp)
     if app.config["AGENT_VIEW"]:
         # Switched off, the console is not routed at all: every /agent/ path is a 404.
         from portal.agent import auth

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from typing import IO
 
 import click
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import run_simple
 
 from portal import create_app, schema, services, synthetic
+from portal.api import keys as api_keys
 from portal.audit import head_hash
 from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
@@ -73,6 +75,9 @@ def init_app(app: Flask) -> None:
         disable_staff_command,
         reset_staff_mfa_command,
         list_staff_command,
+        create_api_key_command,
+        list_api_keys_command,
+        revoke_api_key_command,
     ):
         app.cli.add_command(command)
 
@@ -364,6 +369,58 @@ def list_staff_command() -> None:
     for staff in list_staff(db.session):
         state = "disabled" if staff.disabled else "active"
         click.echo(f"{staff.username:<24} {staff.role:<11} {state}")
+
+
+# --- Partner API keys ----------------------------------------------------------------------------
+
+
+@click.command("create-api-key")
+@click.option("--partner", required=True, help="Who the key is for (shown in listings).")
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(api_keys.SCOPES))
+@click.option("--rate", default=None, help='Requests allowed, e.g. "120/minute" (default: PORTAL_API_KEY_RATE).')
+@click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last day the key works (UTC).")
+@with_appcontext
+def create_api_key_command(partner: str, scopes: tuple[str, ...], rate: str | None, expires: datetime | None) -> None:
+    """Create a partner key and print it once: only its digest is kept."""
+    try:
+        new = api_keys.create_key(
+            db.session, partner, list(scopes), rate or current_app.config["API_KEY_RATE"],
+            expires.date() if expires else None,
+        )  # fmt: skip
+    except api_keys.InvalidKeySetting as error:
+        raise click.BadParameter(str(error)) from None
+    click.echo(f"key {new.row.id} for {new.row.partner} ({new.row.scopes}, {new.row.rate}):")
+    click.echo(new.secret)
+    click.echo("Give it to the partner now: it cannot be shown again.", err=True)
+
+
+@click.command("list-api-keys")
+@with_appcontext
+def list_api_keys_command() -> None:
+    """One line per key: id, prefix, partner, scopes, rate, expiry, state, last used."""
+    for key in api_keys.all_keys(db.session):
+        fields = (
+            key.id, key.prefix, key.partner, key.scopes.replace(" ", ","), key.rate,
+            _day(key.expires_at - timedelta(days=1)) if key.expires_at else "never",
+            api_keys.key_state(key), key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never",
+        )  # fmt: skip
+        click.echo("\t".join(map(str, fields)))
+
+
+def _day(moment: datetime) -> str:
+    return moment.date().isoformat()
+
+
+@click.command("revoke-api-key")
+@click.argument("key_id", type=int)
+@with_appcontext
+def revoke_api_key_command(key_id: int) -> None:
+    """Revoke a key: refused from its next request on, on every server."""
+    key = api_keys.revoke_key(db.session, key_id)
+    if key is None:
+        click.echo(f"no key {key_id}", err=True)
+        sys.exit(1)
+    click.echo(f"key {key.id} ({key.prefix}, {key.partner}) revoked")
 
 
 # --- Synthetic data and the demo -----------------------------------------------------------------

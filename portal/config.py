@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from limits import parse_many
 
 RELAXED_ENVS = frozenset({"development", "testing"})
 
@@ -62,6 +63,16 @@ DEFAULTS: dict[str, Any] = {
     # identity in a loop must not crowd out everyone else's hashing.
     "VERIFY_LIMIT_CLIENT_ATTEMPTS": "20 per minute; 200 per hour",
     "VERIFY_LIMIT_GLOBAL": "6000 per minute",
+    # The partner API's own failure budgets (the global one above is shared). A partner's traffic
+    # is many people from one address with one key, so those two budgets are wider than a
+    # browser's; the per-person one is the site's, counted separately for the API surface.
+    "API_VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
+    "API_VERIFY_LIMIT_KEY": "300 per hour; 2000 per day",
+    "API_VERIFY_LIMIT_CLIENT": "300 per hour; 2000 per day",
+    # A new key's request rate unless `portal create-api-key --rate` says otherwise.
+    "API_KEY_RATE": "120/minute",
+    # Partner bodies are a few hundred bytes.
+    "API_MAX_CONTENT_LENGTH": 4096,
     # memory:// is per process; several workers or servers share redis://host:6379/0. Production
     # refuses memory:// unless SINGLE_PROCESS says only one process serves (see check_limit_store).
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -97,6 +108,11 @@ DEFAULTS: dict[str, Any] = {
 ARGON2_FLOORS = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
 
 SECRET_NAMES = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY")
+LIMIT_SETTINGS = (
+    "VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_GLOBAL",
+    "API_VERIFY_LIMIT_PERSON", "API_VERIFY_LIMIT_KEY", "API_VERIFY_LIMIT_CLIENT", "API_KEY_RATE",
+    "STAFF_LOGIN_LIMIT_ACCOUNT", "STAFF_LOGIN_LIMIT_CLIENT", "AGENT_VERIFY_LIMIT_PERSON", "AGENT_VERIFY_LIMIT_FAILURES",
+)  # fmt: skip
 
 
 class ConfigError(RuntimeError):
@@ -143,6 +159,12 @@ def check_config(config: Mapping[str, Any]) -> None:
     for name in ("IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"):
         if config.get(name):
             decode_key(config[name], f"PORTAL_{name}")
+    for name in LIMIT_SETTINGS:
+        # A limit that does not parse would be no limit at all: refuse to start instead.
+        try:
+            parse_many(str(config[name]))
+        except ValueError:
+            raise ConfigError(f"PORTAL_{name} is not a limit such as '5 per 15 minutes; 100 per year'.") from None
     if len({str(config[name]) for name in SECRET_NAMES}) != len(SECRET_NAMES):
         raise ConfigError(
             "PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY, PORTAL_CODE_KEY and PORTAL_AUDIT_KEY must all differ."

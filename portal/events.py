@@ -2,8 +2,9 @@
 
 Each event is one structured line on the ``portal.events`` logger and one row of the audit
 trail (``portal/audit.py``), whatever the surface: public site, console, API or command line.
-The row names who acted (``act_as``, else the anonymous public session or the command-line
-user) and the request it belongs to (``g.request_id``, made here when no one set it).
+The row names who acted (the event's ``actor``, such as ``api-key:7``; else ``act_as``'s, such
+as ``staff:3``; else the public visitor's session or the command-line user) and the request it
+belongs to (``g.request_id``, made here when no one set it).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ class Event:
     channel: str  # public, agent, api, cli
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
     client: str | None = None  # client address as the trusted proxies report it
+    actor: str | None = None  # who acted for the person: "api-key:7" for a partner key; None for the person
 
 
 def act_as(actor: str) -> None:
-    """Name who acts in this request's events: ``staff:<id>``, ``partner:<key id>``."""
+    """Name who acts in this request's events when the event does not: ``staff:<id>``."""
     g.audit_actor = actor
 
 
@@ -72,16 +74,19 @@ def _actor() -> str:
 
 
 def record(event: Event) -> None:
+    """One log line and one audit row; the actor is the event's own, else this request's (``act_as``)."""
+    actor = event.actor or _actor()
     log.info(
-        "action=%s outcome=%s channel=%s patient=%s client=%s",
+        "action=%s outcome=%s channel=%s patient=%s client=%s actor=%s",
         event.action,
         event.outcome,
         event.channel,
         event.patient_ref or "-",
         event.client or "-",
+        actor,
     )
     entry = Entry(
-        actor=_actor(),
+        actor=actor,
         action=event.action,
         outcome=event.outcome,
         channel=event.channel,

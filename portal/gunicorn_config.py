@@ -1,16 +1,19 @@
 """Production gunicorn settings: ``gunicorn -c python:portal.gunicorn_config wsgi:app``.
 
-One process per core, each with a few threads: Argon2id releases the GIL, and each process
-hashes on only ``PORTAL_HASH_CONCURRENCY`` (default 1) dedicated threads, so no more hashes run
-than there are cores and Argon2 memory is capped at cores x 19 MiB however many requests
-arrive. Lookups beyond that wait a bounded time (``PORTAL_HASH_WAIT_SECONDS``) and then get 503
-with Retry-After; requests beyond the threads wait in gunicorn's backlog. Pages that do not
-hash keep being served by the other threads.
+One process per core, each with a few threads: Argon2id releases the GIL. The server has
+``PORTAL_HASH_SLOTS`` hashing slots (default: one per core), created here in the master and
+shared by all its workers, so no more hashes run than there are cores and Argon2 memory is
+capped at cores x 19 MiB however many requests arrive, and a worker that holds most of the
+connections still hashes on every core. Lookups beyond that wait a bounded time
+(``PORTAL_HASH_WAIT_SECONDS``) and then get 503 with Retry-After; requests beyond the threads
+wait in gunicorn's backlog. Pages that do not hash keep being served by the other threads.
 """
 
 import multiprocessing
 import os
 from typing import Any
+
+from portal.identity import share_hashing_slots
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PORTAL_WORKERS", multiprocessing.cpu_count()))
@@ -31,6 +34,7 @@ keepalive = 5
 accesslog = os.environ.get("PORTAL_ACCESS_LOG") or None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+
 # No control socket (gunicorn 25+ opens one in $HOME by default): systemd's signals manage the
 # server, several servers on one host would share its path, and a hardened unit has no home.
 control_socket_disable = True
@@ -41,3 +45,21 @@ def nworkers_changed(_server: Any, new_value: int, _old_value: int | None) -> No
     worker starts (after command-line options such as ``-w``, and before ``--preload`` loads the
     app) and again when TTIN/TTOU signals change it, so a worker added later checks the new count."""
     os.environ["PORTAL_WORKERS"] = str(new_value)
+
+
+hash_slots = share_hashing_slots(int(os.environ.get("PORTAL_HASH_SLOTS") or multiprocessing.cpu_count()))
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """Give the worker about to be forked the lowest slot-accounting index no live worker has."""
+    taken = {w.hash_slot_index for w in server.WORKERS.values()}
+    worker.hash_slot_index = min(set(range(len(taken) + 1)) - taken)
+
+
+def post_fork(_server: Any, worker: Any) -> None:
+    hash_slots.bind(worker.hash_slot_index)
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    """A worker that was killed mid-hash (timeout, crash) gives its slots back to the server."""
+    hash_slots.reclaim(worker.hash_slot_index)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import multiprocessing
 import re
 import secrets
 import threading
@@ -248,6 +249,59 @@ class HashingBusy(Exception):
     """Every hashing slot stayed taken for the whole wait: the portal is over capacity; retry later."""
 
 
+class ServerSlots:
+    """Hashing slots shared by every worker process of one server, so they follow the load.
+
+    Created in the gunicorn master (``portal/gunicorn_config.py``) and inherited by each forked
+    worker: ``count`` hashes run at once on the whole server, whichever workers hold the
+    connections, so a worker that got every connection still hashes on every core while Argon2
+    memory stays at ``count`` buffers. Each worker records what it holds under its own index, so
+    the master can give back the slots of a worker that died holding them (``reclaim``).
+    """
+
+    def __init__(self, count: int, max_workers: int = 256) -> None:
+        self.count = count
+        self._free = multiprocessing.BoundedSemaphore(count)
+        self._held = multiprocessing.Array("i", max_workers)
+        self.index = 0  # this worker's index, set after the fork (``bind``)
+
+    def bind(self, index: int) -> None:
+        self.index = index
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._free.acquire(timeout=timeout):
+            return False
+        with self._held.get_lock():
+            self._held[self.index] += 1
+        return True
+
+    def release(self) -> None:
+        with self._held.get_lock():
+            self._held[self.index] -= 1
+        self._free.release()
+
+    def reclaim(self, index: int) -> None:
+        """In the master, when the worker at ``index`` exited: free whatever it still held."""
+        with self._held.get_lock():
+            lost, self._held[index] = self._held[index], 0
+        for _ in range(lost):
+            self._free.release()
+
+
+_server_slots: ServerSlots | None = None
+
+
+def share_hashing_slots(count: int) -> ServerSlots:
+    """Called once in the server's master process, before the workers are forked."""
+    global _server_slots
+    _server_slots = ServerSlots(count)
+    return _server_slots
+
+
+def server_hashing_slots() -> ServerSlots | None:
+    return _server_slots
+
+
 class IdentifierHasher:
     """Every keyed hash of an identifier is made here, and nowhere else."""
 
@@ -256,12 +310,15 @@ class IdentifierHasher:
     ) -> None:
         self.keyring = keyring
         self.params = params
-        # Caps Argon2 CPU and memory per process under a burst; waiting lookups queue here, bounded.
-        self._slots = threading.BoundedSemaphore(concurrency)
+        # Caps Argon2 CPU and memory under a burst; waiting lookups queue here, bounded. Under
+        # gunicorn the slots are the server's, shared by its workers; elsewhere this process's own.
+        shared = server_hashing_slots()
+        self._slots: ServerSlots | threading.BoundedSemaphore = shared or threading.BoundedSemaphore(concurrency)
         self._wait_seconds = wait_seconds
         # Only these long-lived threads run Argon2: glibc keeps a memory arena for every thread
         # that ever hashed, so hashing on request threads would cost m KiB per request thread.
-        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="argon2")
+        threads = shared.count if shared else concurrency
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
         self._subkeys = {
             (purpose, version): keyring.subkey(purpose, version)
             for purpose in ("lookup", "record", "letter", "person")

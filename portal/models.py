@@ -189,7 +189,7 @@ class AuditEvent(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    actor: Mapped[str] = mapped_column(String(64), index=True)  # staff:7, partner:3, public:<session>, cli:<user>
+    actor: Mapped[str] = mapped_column(String(64), index=True)  # staff:7, api-key:3, public:<session>, cli:<user>
     action: Mapped[str] = mapped_column(String(40), index=True)
     outcome: Mapped[str] = mapped_column(String(40))
     channel: Mapped[str] = mapped_column(String(16))
@@ -228,3 +228,25 @@ class LetterRecord(Base):
     key_version: Mapped[int] = mapped_column(Integer)  # of the identifier key
     reissue_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """A partner's API key. The key itself is shown once, at creation, and never stored.
+
+    ``prefix`` is public (it starts the key and names it in listings and logs); ``digest`` is the
+    SHA-256 of the whole key, compared in constant time after the prefix found the row. A key
+    of 256 random bits needs no slow hash: nobody can guess one, with or without the digest.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    partner: Mapped[str] = mapped_column(String(80))
+    scopes: Mapped[str] = mapped_column(String(80))  # space-separated: verify, claim
+    rate: Mapped[str] = mapped_column(String(80))  # a Flask-Limiter limit string, e.g. "120/minute"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -39,7 +39,15 @@ FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALL
 # Generous failure limits so that tests of other behaviour are not throttled; test_throttle sets real ones.
 LOOSE_LIMITS = {
     name: "10000 per minute"
-    for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_CLIENT_ATTEMPTS", "VERIFY_LIMIT_GLOBAL")
+    for name in (
+        "VERIFY_LIMIT_PERSON",
+        "VERIFY_LIMIT_CLIENT",
+        "VERIFY_LIMIT_CLIENT_ATTEMPTS",
+        "VERIFY_LIMIT_GLOBAL",
+        "API_VERIFY_LIMIT_PERSON",
+        "API_VERIFY_LIMIT_KEY",
+        "API_VERIFY_LIMIT_CLIENT",
+    )
 }
 
 BACKENDS = [
@@ -215,3 +223,13 @@ def lookup(client: FlaskClient, **fields: str) -> Any:
     data.update(fields)
     data["csrf_token"] = csrf_token(client)
     return client.post("/lookup", data=data)
+
+
+def create_api_key(app: Flask, *scopes: str, rate: str = "1000/minute", expires: str | None = None) -> str:
+    """A partner key made through the CLI, as an operator makes one; returns the key."""
+    args = ["create-api-key", "--partner", "Test partner", "--rate", rate]
+    args += [part for scope in scopes or ("verify", "claim") for part in ("--scope", scope)]
+    args += ["--expires", expires] if expires else []
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()[1]

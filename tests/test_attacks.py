@@ -64,7 +64,7 @@ def guess(server: LiveServer, last4: str, forwarded_for: str | None = None, **pe
 @pytest.mark.redis
 def test_a_burst_of_guesses_gets_no_more_answers_than_the_budget(tmp_path: Path, database_url: str) -> None:
     """32 wrong guesses and the right one, each from its own session, released at one instant
-    against 2 workers x 16 threads: at most the budget's 5 are answered, whatever is in flight."""
+    against 2 workers x 16 threads: at most the budget's 5 failures are answered, whatever is in flight."""
     with live_portal(
         tmp_path, database_url, threads=16,
         RATELIMIT_STORAGE_URI=REDIS_URL, VERIFY_LIMIT_PERSON="5 per 15 minutes; 100 per year",
@@ -73,7 +73,10 @@ def test_a_burst_of_guesses_gets_no_more_answers_than_the_budget(tmp_path: Path,
         fields = [{**KNOWN, "ssn_last4": WRONG}] * 32 + [{**KNOWN, "ssn_last4": RIGHT}]
         answers = all_at_once([lambda v=v, f=f: v.submit(f) for v, f in zip(visitors, fields, strict=True)])
         statuses = [answer.status for answer in answers]
-        assert sum(status in ANSWERED for status in statuses) <= 5, statuses
+        # At most the budget's 5 "not matched" answers. The right digits may be answered too when
+        # they reserve before the budget is spent: a success gives its unit back, which a later
+        # guess of the burst may take, but never a sixth failure.
+        assert statuses.count(200) <= 5 and statuses.count(303) <= 1, statuses
         assert set(statuses) <= ANSWERED | {429}, statuses
         assert all(int(a.headers["Retry-After"]) > 0 for a in answers if a.status == 429)
         # Whatever was left of the budget (a success gives its unit back) goes to the next guesses,

@@ -23,7 +23,12 @@ from portal.config import DEFAULTS, ConfigError, check_config
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-GUNICORN_SETTINGS = {"BIND", "THREADS", "ACCESS_LOG"}  # read by portal/gunicorn_config.py, not in DEFAULTS
+GUNICORN_SETTINGS = {
+    "BIND",
+    "THREADS",
+    "ACCESS_LOG",
+    "HASH_SLOTS",
+}  # read by portal/gunicorn_config.py, not in DEFAULTS
 
 
 def production_config(**overrides: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from conftest import import_patients, make_config, patient_row
 from flask import Flask
 
 from portal import create_app, schema, services
+from portal.api.keys import create_key
 from portal.claims import claim_code
 from portal.events import Event, record
 from portal.extensions import db
@@ -112,6 +113,7 @@ def test_head_to_base_and_back_with_data_present(database_url: str) -> None:
         start_verification(db.session, patient, "public", 900)
         create_staff(db.session, services().totp, "mig", "agent")
         record(Event("verification", "success", "public", patient.public_id))
+        create_key(db.session, "Partner", ["verify"], "10/minute")
         counts = {t: db.session.scalar(sa.select(sa.func.count()).select_from(sa.table(t))) for t in APP_TABLES}
         assert all(n > 0 for n in counts.values()), counts
         db.session.close()

@@ -1,7 +1,7 @@
 """Console and audit trail: staff accounts, the hash-chained audit events, their chain head, lost letters.
 
 Revision ID: console
-Revises: 0001
+Revises: api_keys
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "console"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "api_keys"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

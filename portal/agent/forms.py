@@ -52,7 +52,7 @@ class AuditFilterForm(FlaskForm):
 
     since = DateField("From (UTC date)", [Optional()])
     until = DateField("Until (UTC date, inclusive)", [Optional()])
-    actor = StringField("Actor (staff:7, partner:3, public:…)", [Optional(), Length(max=64)])
+    actor = StringField("Actor (staff:7, api-key:3, public:…)", [Optional(), Length(max=64)])
     action = StringField("Action", [Optional(), Length(max=40)])
     record_ref = StringField("Record reference", [Optional(), Length(max=32)])
 
