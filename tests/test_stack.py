@@ -154,7 +154,7 @@ def wrong(last4: str, n: int = 1) -> str:
 
 def events_from(stack: Stack, client: str, outcome: str) -> list[int]:
     """How many verification events with this outcome and client address each app server logged."""
-    line = f"action=verification outcome={outcome} channel=public patient=- client={client}\n"
+    line = f"action=verification outcome={outcome} channel=public patient=- client={client} actor="
     return [server.log_text().count(line) for server in stack.app_servers]
 
 
