@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import IO
 
 import click
@@ -16,7 +18,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 from werkzeug.serving import run_simple
 
-from portal import create_app, schema, services, synthetic
+from portal import create_app, schema, services, stats, synthetic
 from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
 from portal.extensions import db
@@ -54,6 +56,7 @@ def init_app(app: Flask) -> None:
         rotate_code_key_command,
         generate_patients_command,
         generate_codes_command,
+        stats_command,
     ):
         app.cli.add_command(command)
 
@@ -224,6 +227,33 @@ def rotate_code_key_command() -> None:
     """Re-encrypt the code pool under PORTAL_CODE_KEY (old rows opened with PORTAL_CODE_KEY_PREVIOUS)."""
     resealed = rotate_code_key(db.session, services().cipher)
     click.echo(f"{resealed:,} codes re-encrypted under key version {services().cipher.keyring.current_version}")
+
+
+# --- Running the programme -----------------------------------------------------------------------
+
+
+@click.command("stats")
+@click.option("--days", type=click.IntRange(1, 366), default=14, show_default=True, help="Days to show, up to today.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
+@with_appcontext
+def stats_command(days: int, as_json: bool) -> None:
+    """Verifications, claims and the pool, per day (UTC): the dashboard's figures in the terminal."""
+    summary = stats.summarise(db.session, datetime.now(UTC).date(), days)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    columns = ("verified", "failed", "throttled", "exposures_viewed", "claimed", "pool_empty")
+    click.echo("day        " + " ".join(f"{name.replace('_', ' '):>16}" for name in columns))
+    for day in summary.days:
+        click.echo(f"{day.start:%Y-%m-%d} " + " ".join(f"{getattr(day, name):>16,}" for name in columns))
+    surfaces = ", ".join(f"{surface} {count:,}" for surface, count in summary.claims_by_surface.items())
+    click.echo(f"claims by surface: {surfaces}")
+    pool = summary.pool
+    run_out = pool.run_out.isoformat() if pool.run_out else "not at the current rate (no claims this week)"
+    click.echo(f"pool: {pool.available:,} codes left, {pool.claimed:,} claimed, {pool.claims_per_day:,} a day")
+    click.echo(f"pool runs out: {run_out}")
+    for alert in summary.alerts:
+        click.echo(f"alert: {alert.hour:%Y-%m-%d %H:00} {alert.kind} on {alert.channel} ({alert.count})")
 
 
 # --- Synthetic data and the demo -----------------------------------------------------------------

@@ -1,16 +1,22 @@
 """Security-relevant events, raised in one place and never carrying an identifier.
 
-Today each event is one structured line on the ``portal.events`` logger. The audit trail
-(next on the roadmap) will append the same events to its own table from ``record``, and
-daily counts of verifications, failures and claims can be read off the same stream.
+``record`` is the one place every event goes through: it writes one structured line on the
+``portal.events`` logger and adds one to the event's hourly count (``portal.stats``), which
+the dashboard and ``portal stats`` read and which survives the retention purge.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
+
+from portal import stats
+from portal.extensions import db
+from portal.models import utcnow
 
 log = logging.getLogger("portal.events")
 
@@ -28,11 +34,13 @@ def init_app(app: Flask) -> None:
 
 @dataclass(frozen=True)
 class Event:
-    action: str  # verification, claim, sign-out
-    outcome: str  # success, failure, throttled, pool-empty, ...
-    channel: str  # public today; agent and api later
+    action: str  # verification, exposure, claim, sign-out, purge
+    outcome: str  # success, failure, throttled:<limit>, viewed, pool-empty, ...
+    channel: str  # the surface: public, agent, api (cli for commands)
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
     client: str | None = None  # client address as the trusted proxies report it
+    actor: str | None = None  # the staff id (agent) or partner key id (api) acting for the patient
+    at: datetime = field(default_factory=utcnow)
 
 
 def record(event: Event) -> None:
@@ -44,3 +52,10 @@ def record(event: Event) -> None:
         event.patient_ref or "-",
         event.client or "-",
     )
+    try:
+        # Its own short transaction: committed whatever the request does with its own.
+        with db.engine.begin() as connection:
+            stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
+    except SQLAlchemyError as error:
+        # A lost count must not turn the person's answer into an error page.
+        log.warning("hourly count not written: %s", error.__class__.__name__)
