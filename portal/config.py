@@ -63,6 +63,14 @@ DEFAULTS: dict[str, Any] = {
     # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
+    # Attack detection (portal/alerts.py): failed or refused verifications that raise an alert.
+    # Site-wide: this many times the last week's usual rate, and at least the floor.
+    "ALERT_FAILURE_FACTOR": 10,
+    "ALERT_FAILURE_FLOOR": "60 per minute",
+    "ALERT_PERSON_LIMITS": "20 per minute",  # refusals by the per-person limit (people being guessed at)
+    "ALERT_CLIENT_FAILURES": "20 per minute",  # from one client address (/64)
+    "ALERT_PARTNER_FAILURES": "50 per minute",  # with one partner API key
+    "ALERT_AGENT_FAILURES": "5 per 10 minutes",  # by one call-center agent
 }
 
 # OWASP Argon2id minimums (time cost -> memory in KiB) with parallelism 1.

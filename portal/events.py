@@ -11,10 +11,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flask import Flask
+from flask import Flask, current_app
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from portal import stats
+from portal import alerts, stats
 from portal.extensions import db
 from portal.models import utcnow
 
@@ -30,6 +33,17 @@ def init_app(app: Flask) -> None:
     if log.level == logging.NOTSET:
         log.setLevel(logging.INFO)
     _ = app.logger  # creating the app's logger attaches that handler
+    app.extensions["portal.detector"] = alerts.Detector(
+        alerts.Thresholds.from_config(app.config),
+        # The rate-limit store: Redis in production, so every worker adds to the same counts.
+        storage_from_string(app.config["RATELIMIT_STORAGE_URI"]),
+        alerts.CachedRate(_usual_failures_per_minute),
+    )
+
+
+def _usual_failures_per_minute(now: datetime) -> float:
+    with db.engine.connect() as connection:
+        return stats.usual_failures_per_minute(connection, now)
 
 
 @dataclass(frozen=True)
@@ -52,10 +66,25 @@ def record(event: Event) -> None:
         event.patient_ref or "-",
         event.client or "-",
     )
+    raised = _detect(event)
     try:
         # Its own short transaction: committed whatever the request does with its own.
         with db.engine.begin() as connection:
             stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
+            for alert in raised:
+                stats.add_count(connection, event.at, "alert", alert.kind, alert.channel)
     except SQLAlchemyError as error:
         # A lost count must not turn the person's answer into an error page.
         log.warning("hourly count not written: %s", error.__class__.__name__)
+    for alert in raised:
+        alerts.announce(alert)
+
+
+def _detect(event: Event) -> list[alerts.Alert]:
+    detector: alerts.Detector = current_app.extensions["portal.detector"]
+    try:
+        return detector.observe(event.action, event.outcome, event.channel, event.client, event.actor, event.at)
+    except (RedisError, StorageError, OSError, SQLAlchemyError) as error:
+        # The limits themselves fall back to memory; detection waits for the store to return.
+        log.warning("attack detection unavailable: %s", error.__class__.__name__)
+        return []

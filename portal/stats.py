@@ -165,13 +165,13 @@ def pool_outlook(session: Session, today: date) -> PoolOutlook:
     return PoolOutlook(status.available, status.claimed, round(per_day, 1), run_out)
 
 
-def usual_per_minute(session: Session, action: str, outcome: str, now: datetime, days: int = 7) -> float:
-    """The average count per minute of one event over the ``days`` before the current hour."""
+def usual_failures_per_minute(connection: Session | Connection, now: datetime, days: int = 7) -> float:
+    """Failed and refused verifications per minute on average, over the ``days`` before this hour."""
     end = hour_of(now)
-    total = session.scalar(
+    total = connection.scalar(
         select(func.coalesce(func.sum(HourlyCount.count), 0)).where(
-            HourlyCount.action == action,
-            HourlyCount.outcome == outcome,
+            HourlyCount.action == "verification",
+            (HourlyCount.outcome == "failure") | HourlyCount.outcome.startswith("throttled"),
             HourlyCount.hour >= end - timedelta(days=days),
             HourlyCount.hour < end,
         )
