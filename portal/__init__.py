@@ -12,9 +12,11 @@ from babel import Locale
 from babel.support import Translations
 from flask import Flask, current_app, g
 from flask_babel import get_locale, get_translations
+from limits.storage import storage_from_string
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from portal import metrics
 from portal.claims import CodeCipher
 from portal.config import load_config
 from portal.extensions import babel, csrf, db
@@ -57,10 +59,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             Argon2Params.from_config(app.config),
             concurrency=app.config["HASH_CONCURRENCY"],
             wait_seconds=app.config["HASH_WAIT_SECONDS"],
+            on_slot_wait=metrics.observe_hash_slot,
         ),
         cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )
+    # The rate-limit store as such (Redis in production): attack counters, readiness, purge.
+    app.extensions["portal.limit_store"] = storage_from_string(app.config["RATELIMIT_STORAGE_URI"])
 
     db.init_app(app)
     # The extension also registers an async teardown, which Flask runs through asgiref on a new
@@ -81,15 +86,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.jinja_env.globals["get_locale"] = get_locale
 
-    from portal import cli, errors, events, security, throttle
+    from portal import cli, errors, events, ops, security, telemetry, throttle
     from portal.public.views import bp as public_bp
 
     events.init_app(app)
+    telemetry.init_app(app)
     security.init_app(app)
     throttle.init_app(app)
     cli.init_app(app)
     errors.init_app(app)
     app.register_blueprint(public_bp)
+    ops.init_app(app)
     return app
 
 

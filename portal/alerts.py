@@ -34,7 +34,6 @@ from limits import RateLimitItem, parse
 
 log = logging.getLogger("portal.alerts")
 
-KEY_PREFIX = "portal:alert"
 USUAL_RATE_TTL_SECONDS = 600  # how long a process keeps the usual failure rate before reading it again
 
 
@@ -96,41 +95,52 @@ class Detector:
     """Counts the failures an event belongs to and returns the alerts it raises (usually none)."""
 
     def __init__(
-        self, thresholds: Thresholds, counters: Counters, usual_failures_per_minute: Callable[[datetime], float]
+        self,
+        thresholds: Thresholds,
+        counters: Counters,
+        usual_failures_per_minute: Callable[[datetime], float],
+        key_prefix: str = "portal",
     ) -> None:
         self.thresholds = thresholds
         self.counters = counters
         self.usual_failures_per_minute = usual_failures_per_minute
+        self.key_prefix = f"{key_prefix}:alert"
 
     def observe(self, action: str, outcome: str, channel: str, client: str | None, actor: str | None,
                 at: datetime) -> list[Alert]:  # fmt: skip
         if action != "verification" or outcome == "success":
             return []
         t = self.thresholds
-        floor = t.failure_floor
-        usual = self.usual_failures_per_minute(at) * floor.get_expiry() / 60
-        site_threshold = max(floor.amount, math.ceil(t.failure_factor * usual))
-        checks: list[tuple[str, RateLimitItem, int, str | None]] = [("failure-rate", floor, site_threshold, None)]
+
+        def site_threshold() -> int:
+            usual = self.usual_failures_per_minute(at) * t.failure_floor.get_expiry() / 60
+            return max(t.failure_floor.amount, math.ceil(t.failure_factor * usual))
+
+        checks: list[tuple[str, RateLimitItem, str | None, Callable[[], int] | None]] = [
+            ("failure-rate", t.failure_floor, None, site_threshold)
+        ]
         if outcome.startswith("throttled:verify-person"):
-            checks.append(("person-limits", t.person_limits, t.person_limits.amount, None))
+            checks.append(("person-limits", t.person_limits, None, None))
         network = client_network(client)
         if network:
-            checks.append(("client-failures", t.client_failures, t.client_failures.amount, network))
+            checks.append(("client-failures", t.client_failures, network, None))
         if actor and channel == "api":
-            checks.append(("partner-failures", t.partner_failures, t.partner_failures.amount, actor))
+            checks.append(("partner-failures", t.partner_failures, actor, None))
         if actor and channel == "agent":
-            checks.append(("agent-failures", t.agent_failures, t.agent_failures.amount, actor))
+            checks.append(("agent-failures", t.agent_failures, actor, None))
         return [alert for check in checks if (alert := self._count(*check, channel=channel, at=at))]
 
-    def _count(self, kind: str, item: RateLimitItem, threshold: int, subject: str | None, *, channel: str,
-               at: datetime) -> Alert | None:  # fmt: skip
+    def _count(self, kind: str, item: RateLimitItem, subject: str | None, threshold: Callable[[], int] | None, *,
+               channel: str, at: datetime) -> Alert | None:  # fmt: skip
+        """Count one; an alert when this count is the threshold. ``threshold`` (at least ``item.amount``)
+        is only worked out once the count reaches ``item.amount``: quiet traffic never reads the usual rate."""
         seconds = item.get_expiry()
         window = int(at.timestamp()) // seconds
-        key = f"{KEY_PREFIX}:{kind}:{subject or '-'}:{window}"
-        # Exactly one caller sees the count reach the threshold: one alert per window.
-        if self.counters.incr(key, 2 * seconds) != threshold:
+        count = self.counters.incr(f"{self.key_prefix}:{kind}:{subject or '-'}:{window}", 2 * seconds)
+        # Exactly one caller sees each count: one alert per window.
+        if count < item.amount or count != (threshold() if threshold else item.amount):
             return None
-        return Alert(kind, channel, threshold, seconds, datetime.fromtimestamp(window * seconds, UTC), subject)
+        return Alert(kind, channel, count, seconds, datetime.fromtimestamp(window * seconds, UTC), subject)
 
 
 class CachedRate:

@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
+    # /readyz and /metrics answer only requests for these host names or from these networks
+    # (the client address as PORTAL_TRUSTED_PROXIES resolves it); everyone else gets a 404.
+    "OPS_HOSTS": [],
+    "OPS_NETWORKS": ["127.0.0.0/8", "::1/128"],
     # Attack detection (portal/alerts.py): failed or refused verifications that raise an alert.
     # Site-wide: this many times the last week's usual rate, and at least the floor.
     "ALERT_FAILURE_FACTOR": 10,

@@ -13,11 +13,10 @@ from datetime import datetime
 
 from flask import Flask, current_app
 from limits.errors import StorageError
-from limits.storage import storage_from_string
 from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from portal import alerts, stats
+from portal import alerts, metrics, stats
 from portal.extensions import db
 from portal.models import utcnow
 
@@ -36,8 +35,9 @@ def init_app(app: Flask) -> None:
     app.extensions["portal.detector"] = alerts.Detector(
         alerts.Thresholds.from_config(app.config),
         # The rate-limit store: Redis in production, so every worker adds to the same counts.
-        storage_from_string(app.config["RATELIMIT_STORAGE_URI"]),
+        app.extensions["portal.limit_store"],
         alerts.CachedRate(_usual_failures_per_minute),
+        app.config["RATELIMIT_KEY_PREFIX"],
     )
 
 
@@ -66,6 +66,7 @@ def record(event: Event) -> None:
         event.patient_ref or "-",
         event.client or "-",
     )
+    metrics.observe_event(event.action, event.outcome, event.channel)
     raised = _detect(event)
     try:
         # Its own short transaction: committed whatever the request does with its own.
@@ -78,6 +79,7 @@ def record(event: Event) -> None:
         log.warning("hourly count not written: %s", error.__class__.__name__)
     for alert in raised:
         alerts.announce(alert)
+        metrics.observe_event("alert", alert.kind, alert.channel)
 
 
 def _detect(event: Event) -> list[alerts.Alert]:

@@ -8,8 +8,12 @@ with Retry-After; requests beyond the threads wait in gunicorn's backlog. Pages 
 hash keep being served by the other threads.
 """
 
+import glob
 import multiprocessing
 import os
+import shutil
+import tempfile
+from typing import Any
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PORTAL_WORKERS", multiprocessing.cpu_count()))
@@ -27,3 +31,26 @@ keepalive = 5
 accesslog = os.environ.get("PORTAL_ACCESS_LOG") or None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+
+# Prometheus multiprocess mode: each worker writes its metrics to files in this directory and a
+# scrape of /metrics, whichever worker answers it, adds every worker's up. A directory of our own
+# unless PROMETHEUS_MULTIPROC_DIR names one; emptied at start, so a restart begins from zero.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="portal-metrics-"))
+
+
+def on_starting(_server: object) -> None:
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
+        os.unlink(stale)
+
+
+def child_exit(_server: object, worker: Any) -> None:
+    """A worker gone (restarted or crashed): its live gauges stop counting; its counters stay summed."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(_server: object) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
