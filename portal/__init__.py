@@ -86,9 +86,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.jinja_env.globals["get_locale"] = get_locale
 
-    from portal import cli, errors, events, ops, security, telemetry, throttle
+    from portal import cli, errors, events, logs, ops, security, telemetry, throttle
     from portal.public.views import bp as public_bp
 
+    logs.init_app(app)
     events.init_app(app)
     telemetry.init_app(app)
     security.init_app(app)

@@ -20,7 +20,6 @@ No HTTP here; the store and the usual rate are handed in, so a test can replay a
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import math
 import threading
@@ -31,6 +30,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from limits import RateLimitItem, parse
+
+from portal.logs import Fields
 
 log = logging.getLogger("portal.alerts")
 
@@ -74,10 +75,9 @@ class Alert:
     # The client /64, partner key id or staff id that failed, for the operator; never a person.
     subject: str | None = None
 
-    def log_line(self) -> str:
+    def log_fields(self) -> Fields:
         fields = asdict(self)
-        fields["window_start"] = self.window_start.isoformat()
-        return json.dumps({"alert": fields.pop("kind"), **fields}, separators=(",", ":"))
+        return Fields(alert=fields.pop("kind"), **fields)
 
 
 def client_network(address: str | None) -> str | None:
@@ -167,4 +167,4 @@ class CachedRate:
 
 def announce(alert: Alert) -> None:
     """One structured WARNING line for the operators' log pipeline."""
-    log.warning(alert.log_line())
+    log.warning(alert.log_fields())

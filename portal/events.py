@@ -1,8 +1,9 @@
 """Security-relevant events, raised in one place and never carrying an identifier.
 
-``record`` is the one place every event goes through: it writes one structured line on the
-``portal.events`` logger and adds one to the event's hourly count (``portal.stats``), which
-the dashboard and ``portal stats`` read and which survives the retention purge.
+``record`` is the one place every event goes through: it writes one JSON line on the
+``portal.events`` logger, counts it in the metrics, feeds attack detection, and adds one to
+the event's hourly count (``portal.stats``), which the dashboard and ``portal stats`` read
+and which survives the retention purge.
 """
 
 from __future__ import annotations
@@ -18,20 +19,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from portal import alerts, metrics, stats
 from portal.extensions import db
+from portal.logs import Fields, request_id
 from portal.models import utcnow
 
 log = logging.getLogger("portal.events")
 
 
 def init_app(app: Flask) -> None:
-    """Events are INFO lines: written unless logging was configured otherwise.
-
-    They go through the handler Flask gives the app's logger when none is configured: the
-    request's error stream, which gunicorn keeps in its error log.
-    """
-    if log.level == logging.NOTSET:
-        log.setLevel(logging.INFO)
-    _ = app.logger  # creating the app's logger attaches that handler
+    """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
     app.extensions["portal.detector"] = alerts.Detector(
         alerts.Thresholds.from_config(app.config),
         # The rate-limit store: Redis in production, so every worker adds to the same counts.
@@ -59,12 +54,15 @@ class Event:
 
 def record(event: Event) -> None:
     log.info(
-        "action=%s outcome=%s channel=%s patient=%s client=%s",
-        event.action,
-        event.outcome,
-        event.channel,
-        event.patient_ref or "-",
-        event.client or "-",
+        Fields(
+            action=event.action,
+            outcome=event.outcome,
+            channel=event.channel,
+            patient=event.patient_ref,
+            client=event.client,
+            actor=event.actor,
+            request_id=request_id(),
+        )
     )
     metrics.observe_event(event.action, event.outcome, event.channel)
     raised = _detect(event)

@@ -1,4 +1,4 @@
-"""Per request: a request id, and the request's count and latency in the metrics.
+"""Per request: a request id, the request's count and latency in the metrics, one JSON log line.
 
 One ``before_request`` and one ``after_request`` hook for all of it: they run on every page,
 and the landing page is benchmarked against a bare Flask app.
@@ -6,6 +6,7 @@ and the landing page is benchmarked against a bare Flask app.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -13,6 +14,9 @@ import time
 from flask import Flask, Response, current_app, g, request
 
 from portal import metrics
+from portal.logs import Fields
+
+log = logging.getLogger("portal.requests")
 
 # What a proxy's id may look like to be kept (nginx's $request_id, a UUID, ...): bounded, no spaces.
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
@@ -40,5 +44,17 @@ def finish_request(response: Response) -> Response:
     # Both set by start_request, unless an earlier before_request hook answered first.
     started = g.get("started") or time.perf_counter()
     response.headers["X-Request-ID"] = g.get("request_id") or request_id()
-    metrics.observe_request(request.endpoint, response.status_code, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    metrics.observe_request(request.endpoint, response.status_code, seconds)
+    if log.isEnabledFor(logging.INFO):
+        # The endpoint, not the path: a path may hold whatever a visitor typed into the address bar.
+        log.info(
+            Fields(
+                request_id=response.headers["X-Request-ID"],
+                method=request.method,
+                endpoint=request.endpoint,
+                status=response.status_code,
+                ms=round(seconds * 1000, 1),
+            )
+        )
     return response
