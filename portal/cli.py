@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, NoReturn
 
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
+from tqdm import tqdm
 from werkzeug.serving import run_simple
 
 from portal import create_app, schema, services, stats, synthetic
@@ -116,22 +118,34 @@ def report_rejection(line: int, reason: str) -> None:
 
 
 class Progress:
-    """A one-line progress display, only on a terminal (logs get the summary alone)."""
+    """Rows done, percent and time left on standard error (tqdm): on a terminal, or when asked."""
 
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
+    def __init__(self, enabled: bool, total: int | None = None) -> None:
+        self.bar = tqdm(
+            total=total, unit=" rows", unit_scale=True, file=sys.stderr, disable=not enabled, smoothing=0.05
+        )
 
     def __call__(self, report: ImportReport) -> None:
-        if self.enabled:
-            rate = report.read / max(time.monotonic() - self.started, 1e-6)
-            click.echo(
-                f"\r{report.read:,} rows read, {report.added:,} added ({rate:,.0f} rows/s)  ", err=True, nl=False
-            )
+        self.bar.update(report.read - self.bar.n)
+
+    def reject(self, line: int, reason: str) -> None:
+        """A rejection printed above the bar rather than through it."""
+        if self.bar.disable:
+            report_rejection(line, reason)
+        else:
+            self.bar.write(f"line {line}: rejected: {reason}", file=sys.stderr)
 
     def close(self) -> None:
-        if self.enabled:
-            click.echo("", err=True)
+        self.bar.close()
+
+
+def count_rows(path: str) -> int | None:
+    """Data rows in a CSV file (lines after the header), for the percentage; one quick pass of bytes."""
+    if path == "-":
+        return None
+    with open(path, "rb") as stream:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+    return max(lines - 1, 0)
 
 
 def parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -146,10 +160,20 @@ def parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return index, count
 
 
-def finish(report: ImportReport, elapsed: float) -> None:
-    click.echo(f"{report.summary()} in {elapsed:,.1f} s")
+def finish(report: ImportReport, elapsed: float, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(report), "seconds": round(elapsed, 3)}))
+    else:
+        click.echo(f"{report.summary()} in {elapsed:,.1f} s")
     if report.rejected:
         sys.exit(EXIT_REJECTED)
+
+
+def unusable_file(path: str, error: ImportFileError, as_json: bool) -> NoReturn:
+    click.echo(f"{path}: {error}; nothing more was imported", err=True)
+    if as_json:
+        click.echo(json.dumps({"error": str(error)}))
+    sys.exit(EXIT_BAD_FILE)
 
 
 @click.command("import-patients")
@@ -172,12 +196,15 @@ def finish(report: ImportReport, elapsed: float) -> None:
 @click.option(
     "--rehash", is_flag=True, help="Hash stored records again too: applies corrected names, birth dates, ZIPs or SSNs."
 )
+@click.option("--progress/--no-progress", default=None, help="Show progress on stderr [default: on a terminal].")
+@click.option("--json", "as_json", is_flag=True, help="End with a JSON summary on stdout instead of a sentence.")
 @with_appcontext
 def import_patients_command(
-    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None, rehash: bool
-) -> None:
+    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None, rehash: bool,
+    progress: bool | None, as_json: bool,
+) -> None:  # fmt: skip
     """Import the breach list as keyed hashes. Exit 1 when any row was rejected, 2 when the file is unusable."""
-    progress = Progress()
+    show = sys.stderr.isatty() if progress is None else progress
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         letters = None
@@ -186,18 +213,17 @@ def import_patients_command(
             letters = csv.writer(letters_file, lineterminator="\n")
             letters.writerow(["record_id", "reference"])
         stream = stack.enter_context(open_csv(path))
+        bar = stack.enter_context(contextlib.closing(Progress(show, count_rows(path) if show else None)))
         importer = PatientImporter(
-            db.session, services().hasher, workers=workers, on_reject=report_rejection,
-            on_progress=progress, letters=letters, shard=shard, dry_run=dry_run, rehash=rehash,
+            db.session, services().hasher, workers=workers, on_reject=bar.reject,
+            on_progress=bar, letters=letters, shard=shard, dry_run=dry_run, rehash=rehash,
         )  # fmt: skip
         try:
             report = importer.run(read_csv(stream, PATIENT_COLUMNS))
         except ImportFileError as error:
-            progress.close()
-            click.echo(f"{path}: {error}; nothing more was imported", err=True)
-            sys.exit(EXIT_BAD_FILE)
-        progress.close()
-    finish(report, time.monotonic() - started)
+            bar.close()
+            unusable_file(path, error, as_json)
+    finish(report, time.monotonic() - started, as_json)
 
 
 @click.command("import-codes")
@@ -303,9 +329,8 @@ def load_demo_data(app: Flask, patients: int) -> None:
             click.echo(f"Hashing {patients:,} synthetic patients with Argon2id (about {patients // 100} s)...")
             PatientImporter(
                 db.session, services().hasher, workers=os.cpu_count() or 1, on_reject=report_rejection,
-                on_progress=Progress(),
+                on_progress=Progress(sys.stderr.isatty(), patients),
             ).run(enumerate_rows(synthetic.synthetic_patients(patients, DEMO_SEED)))  # fmt: skip
-            click.echo("")
             import_codes(
                 db.session, services().cipher, enumerate_rows(synthetic.synthetic_codes(patients, DEMO_SEED)),
                 on_reject=report_rejection,
