@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from portal.config import DEFAULTS as PORTAL_DEFAULTS
+from portal.config import SECRET_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -74,7 +75,7 @@ class Bench(contextlib.ExitStack):
         super().__enter__()
         self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         self._old_hup = signal.signal(signal.SIGHUP, _raise_interrupt)
-        self.keys = {name: secrets.token_urlsafe(32) for name in ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")}
+        self.keys = {name: secrets.token_urlsafe(32) for name in SECRET_NAMES}
         self.cpu = CpuWatch()
         self.cpu.start()
         self.callback(self.cpu.stop)

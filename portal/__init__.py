@@ -22,6 +22,7 @@ from portal.config import load_config
 from portal.extensions import babel, csrf, db
 from portal.identity import Argon2Params, IdentifierHasher, Keyring
 from portal.programme import Programme, load_programme
+from portal.staff import TotpCipher
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -38,6 +39,7 @@ class Services:
 
     hasher: IdentifierHasher
     cipher: CodeCipher
+    totp: TotpCipher
     programme: Programme
 
 
@@ -62,6 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             on_slot_wait=metrics.observe_hash_slot,
         ),
         cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
+        totp=TotpCipher(Keyring.from_config(app.config, "CODE_KEY")),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )
     # The rate-limit store as such (Redis in production): attack counters, readiness, purge.
@@ -97,6 +100,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     errors.init_app(app)
     app.register_blueprint(public_bp)
+    if app.config["AGENT_VIEW"]:
+        # Switched off, the console is not routed at all: every /agent/ path is a 404.
+        from portal.agent import auth
+        from portal.agent.views import bp as agent_bp
+
+        auth.init_app(app)
+        app.register_blueprint(agent_bp, url_prefix="/agent")
     ops.init_app(app)
     return app
 

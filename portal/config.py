@@ -10,6 +10,7 @@ import base64
 import binascii
 import secrets
 from collections.abc import Mapping
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "CODE_KEY": None,
     "CODE_KEY_VERSION": 1,
     "CODE_KEY_PREVIOUS": None,
+    # Keys the audit trail's hash chain; only `portal audit verify` and the app need it.
+    "AUDIT_KEY": None,
     # OWASP's Argon2id floor (m=19 MiB, t=2, p=1); stored with each hash scheme so it can rise later.
     "ARGON2_TIME_COST": 2,
     "ARGON2_MEMORY_COST": 19456,
@@ -63,6 +66,18 @@ DEFAULTS: dict[str, Any] = {
     # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
+    # The call-center console at /agent/ (see SECURITY.md): off (404) on the public servers.
+    "AGENT_VIEW": True,
+    # CIDRs the console answers (client address as the trusted proxies report it); empty: any.
+    "AGENT_NETWORKS": [],
+    "STAFF_IDLE_TIMEOUT_SECONDS": 15 * 60,
+    "STAFF_SESSION_MAX_SECONDS": 10 * 60 * 60,
+    # Failed staff logins, per account and per client address.
+    "STAFF_LOGIN_LIMIT_ACCOUNT": "5 per 15 minutes; 20 per day",
+    "STAFF_LOGIN_LIMIT_CLIENT": "30 per hour; 100 per day",
+    # Console verifications: per person (apart from the public budget), and failures per agent.
+    "AGENT_VERIFY_LIMIT_PERSON": "5 per hour; 10 per day; 30 per year",
+    "AGENT_VERIFY_LIMIT_FAILURES": "10 per hour; 40 per day",
     # /readyz and /metrics answer only requests for these host names or from these networks
     # (the client address as PORTAL_TRUSTED_PROXIES resolves it); everyone else gets a 404.
     "OPS_HOSTS": [],
@@ -80,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
 # OWASP Argon2id minimums (time cost -> memory in KiB) with parallelism 1.
 ARGON2_FLOORS = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
 
-SECRET_NAMES = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")
+SECRET_NAMES = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY")
 
 
 class ConfigError(RuntimeError):
@@ -124,11 +139,18 @@ def check_config(config: Mapping[str, Any]) -> None:
     for name in SECRET_NAMES:
         if not config.get(name):
             raise ConfigError(f"PORTAL_{name} is not set; the portal will not start without it.")
-    for name in ("IDENTIFIER_KEY", "CODE_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"):
+    for name in ("IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"):
         if config.get(name):
             decode_key(config[name], f"PORTAL_{name}")
     if len({str(config[name]) for name in SECRET_NAMES}) != len(SECRET_NAMES):
-        raise ConfigError("PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY and PORTAL_CODE_KEY must all differ.")
+        raise ConfigError(
+            "PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY, PORTAL_CODE_KEY and PORTAL_AUDIT_KEY must all differ."
+        )
+    for network in config.get("AGENT_NETWORKS") or []:
+        try:
+            ip_network(network, strict=False)
+        except ValueError as error:
+            raise ConfigError(f"PORTAL_AGENT_NETWORKS: {network!r} is not a network (write 10.0.0.0/8).") from error
     if not relaxed:
         if len(str(config["SECRET_KEY"])) < 32:
             raise ConfigError("PORTAL_SECRET_KEY must be at least 32 characters.")

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flask import Flask, current_app
+from flask import Flask, current_app, g, has_request_context
 from limits.errors import StorageError
 from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,11 +48,11 @@ class Event:
     channel: str  # the surface: public, agent, api (cli for commands)
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
     client: str | None = None  # client address as the trusted proxies report it
-    actor: str | None = None  # the staff id (agent) or partner key id (api) acting for the patient
     at: datetime = field(default_factory=utcnow)
 
 
 def record(event: Event) -> None:
+    actor = g.get("audit_actor") if has_request_context() else None  # see act_as
     log.info(
         Fields(
             action=event.action,
@@ -60,12 +60,12 @@ def record(event: Event) -> None:
             channel=event.channel,
             patient=event.patient_ref,
             client=event.client,
-            actor=event.actor,
+            actor=actor,
             request_id=request_id(),
         )
     )
     metrics.observe_event(event.action, event.outcome, event.channel)
-    raised = _detect(event)
+    raised = _detect(event, actor)
     try:
         # Its own short transaction: committed whatever the request does with its own.
         with db.engine.begin() as connection:
@@ -80,11 +80,16 @@ def record(event: Event) -> None:
         metrics.observe_event("alert", alert.kind, alert.channel)
 
 
-def _detect(event: Event) -> list[alerts.Alert]:
+def _detect(event: Event, actor: str | None) -> list[alerts.Alert]:
     detector: alerts.Detector = current_app.extensions["portal.detector"]
     try:
-        return detector.observe(event.action, event.outcome, event.channel, event.client, event.actor, event.at)
+        return detector.observe(event.action, event.outcome, event.channel, event.client, actor, event.at)
     except (RedisError, StorageError, OSError, SQLAlchemyError) as error:
         # The limits themselves fall back to memory; detection waits for the store to return.
         log.warning("attack detection unavailable: %s", error.__class__.__name__)
         return []
+
+
+def act_as(actor: str) -> None:
+    """Name who acts in this request's events: ``staff:<id>``, ``partner:<key id>``."""
+    g.audit_actor = actor

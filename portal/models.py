@@ -10,6 +10,7 @@ import secrets
 from datetime import UTC, date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -152,6 +153,61 @@ class Verification(Base):
     channel: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Staff(Base):
+    """A call-center agent or supervisor. Only hashes and a sealed TOTP secret are kept.
+
+    ``session_version`` is copied into each login's session; bumping it (logout, disable, MFA
+    reset) ends every session of this person at once, although sessions live in signed cookies.
+    """
+
+    __tablename__ = "staff"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor
+    password_hash: Mapped[str] = mapped_column(String(200))  # argon2-cffi PasswordHasher
+    totp_secret: Mapped[bytes] = mapped_column(LargeBinary)  # AES-256-GCM nonce || ciphertext
+    totp_key_version: Mapped[int] = mapped_column(Integer)
+    # The last 30-second step a TOTP code was accepted for: a code is never accepted twice.
+    last_totp_step: Mapped[int] = mapped_column(BigInteger, default=0)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    session_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """One security event, chained: ``chain_hash`` = HMAC(audit key, ``prev_hash`` || this row's fields).
+
+    ``id`` is the position in the chain (1, 2, 3 ...), given by ``audit_chain_head`` and never by
+    the database, so a deleted row leaves a gap and an inserted one breaks the next link.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)  # staff:7, partner:3, public:<session>, cli:<user>
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    outcome: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(16))
+    record_ref: Mapped[str | None] = mapped_column(String(32), index=True)  # Patient.public_id
+    client: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    chain_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditChainHead(Base):
+    """The single row writers lock to append: position and hash of the newest event."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)  # always 1
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
 class HourlyCount(Base):

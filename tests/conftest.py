@@ -122,6 +122,7 @@ def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
         "SECRET_KEY": secrets.token_urlsafe(32),
         "IDENTIFIER_KEY": secrets.token_urlsafe(32),
         "CODE_KEY": secrets.token_urlsafe(32),
+        "AUDIT_KEY": secrets.token_urlsafe(32),
         **FAST_ARGON2,
         **LOOSE_LIMITS,
         **overrides,

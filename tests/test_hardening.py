@@ -22,6 +22,7 @@ def production_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
         "PORTAL_SECRET_KEY": secrets.token_urlsafe(32),
         "PORTAL_IDENTIFIER_KEY": secrets.token_urlsafe(32),
         "PORTAL_CODE_KEY": secrets.token_urlsafe(32),
+        "PORTAL_AUDIT_KEY": secrets.token_urlsafe(32),
         "PORTAL_PROGRAMME_FILE": str(programme),
         "PORTAL_TRUSTED_HOSTS": '["notice.example.org"]',
     }

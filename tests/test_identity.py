@@ -398,6 +398,7 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "SECRET_KEY",
         "IDENTIFIER_KEY",
         "CODE_KEY",
+        "AUDIT_KEY",
         "ARGON2_TIME_COST",
         "ARGON2_MEMORY_COST",
         "ARGON2_PARALLELISM",
@@ -415,6 +416,7 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "IDENTIFIER_KEY_PREVIOUS": None,
         "CODE_KEY": secrets.token_urlsafe(32),
         "CODE_KEY_PREVIOUS": None,
+        "AUDIT_KEY": secrets.token_urlsafe(32),
         "ARGON2_TIME_COST": DEFAULTS["ARGON2_TIME_COST"],
         "ARGON2_MEMORY_COST": DEFAULTS["ARGON2_MEMORY_COST"],
         "ARGON2_PARALLELISM": DEFAULTS["ARGON2_PARALLELISM"],
@@ -442,7 +444,7 @@ def test_production_starts_with_everything_given(production: dict[str, Any]) -> 
         db.engine.dispose()
 
 
-@pytest.mark.parametrize("name", ["SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY"])
+@pytest.mark.parametrize("name", ["SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY"])
 @pytest.mark.parametrize("missing", [None, ""], ids=["none", "empty"])
 def test_production_refuses_a_missing_secret(production: dict[str, Any], name: str, missing: Any) -> None:
     with pytest.raises(ConfigError, match=f"PORTAL_{name}"):
@@ -450,14 +452,23 @@ def test_production_refuses_a_missing_secret(production: dict[str, Any], name: s
 
 
 @pytest.mark.parametrize(
-    "first, second", [("SECRET_KEY", "IDENTIFIER_KEY"), ("SECRET_KEY", "CODE_KEY"), ("IDENTIFIER_KEY", "CODE_KEY")]
+    "first, second",
+    [
+        ("SECRET_KEY", "IDENTIFIER_KEY"),
+        ("SECRET_KEY", "CODE_KEY"),
+        ("IDENTIFIER_KEY", "CODE_KEY"),
+        ("CODE_KEY", "AUDIT_KEY"),
+        ("IDENTIFIER_KEY", "AUDIT_KEY"),
+    ],
 )
 def test_production_refuses_equal_secrets(production: dict[str, Any], first: str, second: str) -> None:
     with pytest.raises(ConfigError, match=f"PORTAL_{first}.*PORTAL_{second}|PORTAL_{second}.*PORTAL_{first}"):
         create_app({**production, second: production[first]})
 
 
-@pytest.mark.parametrize("name", ["IDENTIFIER_KEY", "CODE_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"])
+@pytest.mark.parametrize(
+    "name", ["IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"]
+)
 @pytest.mark.parametrize(
     "bad",
     [secrets.token_urlsafe(31), "short", "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!", "é" * 50],
@@ -504,12 +515,15 @@ def test_production_refuses_without_a_programme_file(production: dict[str, Any],
         create_app({**production, "PROGRAMME_FILE": str(incomplete)})
 
 
+SECRETS = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY")
+
+
 def test_production_reads_its_secrets_from_the_environment(
     production: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The refusal also holds when the secrets come from PORTAL_* variables, as they do in production."""
-    overrides = {k: v for k, v in production.items() if k not in ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")}
-    for name in ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY"):
+    overrides = {k: v for k, v in production.items() if k not in SECRETS}
+    for name in SECRETS:
         monkeypatch.setenv(f"PORTAL_{name}", production[name])
     app = create_app(overrides)
     with app.app_context():

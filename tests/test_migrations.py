@@ -20,6 +20,7 @@ from portal.extensions import db
 from portal.identity import start_verification
 from portal.importer import import_codes
 from portal.models import Base, Patient
+from portal.staff import create_staff
 
 APP_TABLES = set(Base.metadata.tables)
 
@@ -109,7 +110,8 @@ def test_head_to_base_and_back_with_data_present(database_url: str) -> None:
         assert patient is not None
         claim_code(db.session, services().cipher, patient)
         start_verification(db.session, patient, "public", 900)
-        record(Event("verification", "success", "public"))
+        create_staff(db.session, services().totp, "mig", "agent")
+        record(Event("verification", "success", "public", patient.public_id))
         counts = {t: db.session.scalar(sa.select(sa.func.count()).select_from(sa.table(t))) for t in APP_TABLES}
         assert all(n > 0 for n in counts.values()), counts
         db.session.close()

@@ -1,7 +1,7 @@
 """Hourly counts of events per action, outcome and channel (no identifiers; kept past the purge).
 
 Revision ID: hourly_counts
-Revises: 0001
+Revises: console
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "hourly_counts"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "console"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
