@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import getpass
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import IO, NoReturn
 
 import click
@@ -20,9 +21,10 @@ from sqlalchemy import func, select
 from tqdm import tqdm
 from werkzeug.serving import run_simple
 
-from portal import create_app, schema, services, stats, synthetic
+from portal import create_app, retention, schema, services, stats, synthetic
 from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
+from portal.events import Event, act_as, record
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import (
@@ -59,6 +61,7 @@ def init_app(app: Flask) -> None:
         generate_patients_command,
         generate_codes_command,
         stats_command,
+        purge_command,
     ):
         app.cli.add_command(command)
 
@@ -280,6 +283,54 @@ def stats_command(days: int, as_json: bool) -> None:
     click.echo(f"pool runs out: {run_out}")
     for alert in summary.alerts:
         click.echo(f"alert: {alert.hour:%Y-%m-%d %H:00} {alert.kind} on {alert.channel} ({alert.count})")
+
+
+def operator_name() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no user name in this environment (a bare container)
+        return "unknown"
+
+
+def parse_day(_ctx: click.Context, _param: click.Parameter, value: str) -> date:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("write it YYYY-MM-DD") from None
+    if day > datetime.now(UTC).date():
+        raise click.BadParameter("must not be after today: a purge never reaches into what is still live")
+    return day
+
+
+@click.command("purge")
+@click.option("--before", required=True, callback=parse_day, metavar="YYYY-MM-DD", help="The cut-off date (UTC).")
+@click.option("--dry-run", is_flag=True, help="Say what would be destroyed; change nothing.")
+@click.option("--programme-end", is_flag=True, help="Also destroy every record, code and rate-limit counter.")
+@click.option("--yes", is_flag=True, help="Do not ask before destroying the records at programme end.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON report on stdout.")
+@with_appcontext
+def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, as_json: bool) -> None:
+    """Destroy expired verifications (and at programme end the records and codes); keep the hourly
+    counts and the audit trail for PORTAL_AUDIT_RETENTION_DAYS. Every purge is recorded as an event."""
+    if programme_end and not dry_run and not yes:
+        click.confirm("Destroy every patient record, code and verification for good?", abort=True)
+    act_as(f"cli:{operator_name()}")
+    report = retention.purge(
+        db.session, current_app.extensions["portal.limit_store"], before=before, dry_run=dry_run,
+        programme_end=programme_end, retention_days=current_app.config["AUDIT_RETENTION_DAYS"],
+    )  # fmt: skip
+    outcome = "dry-run" if dry_run else "programme-end" if programme_end else "expired"
+    record(Event("purge", outcome, "cli"))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        return
+    verb = "would be destroyed" if dry_run else "destroyed"
+    click.echo(f"purge before {before.isoformat()}{' (dry run)' if dry_run else ''}:")
+    for name in ("verifications", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
+        click.echo(f"  {name.replace('_', ' ')}: {getattr(report, name):,} {verb}")
+    click.echo(f"  audit rows past their retention period: {report.audit_rows_past_retention:,} (kept)")
+    limits = "cleared" if report.rate_limit_state_cleared else "expires by itself, cleared at programme end"
+    click.echo(f"  rate-limit state: {limits}")
 
 
 # --- Synthetic data and the demo -----------------------------------------------------------------

@@ -78,6 +78,9 @@ DEFAULTS: dict[str, Any] = {
     # Console verifications: per person (apart from the public budget), and failures per agent.
     "AGENT_VERIFY_LIMIT_PERSON": "5 per hour; 10 per day; 30 per year",
     "AGENT_VERIFY_LIMIT_FAILURES": "10 per hour; 40 per day",
+    # Hourly counts and the audit trail are kept this long after the purge's cut-off date:
+    # six years (with their leap days), as HIPAA keeps documentation.
+    "AUDIT_RETENTION_DAYS": 2192,
     # /readyz and /metrics answer only requests for these host names or from these networks
     # (the client address as PORTAL_TRUSTED_PROXIES resolves it); everyone else gets a 404.
     "OPS_HOSTS": [],

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flask import Flask, current_app, g, has_request_context
+from flask import Flask, current_app, g, has_app_context
 from limits.errors import StorageError
 from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,7 +52,7 @@ class Event:
 
 
 def record(event: Event) -> None:
-    actor = g.get("audit_actor") if has_request_context() else None  # see act_as
+    actor = g.get("audit_actor") if has_app_context() else None  # see act_as
     log.info(
         Fields(
             action=event.action,
