@@ -102,7 +102,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(public_bp)
     if app.config["AGENT_VIEW"]:
         # Switched off, the console is not routed at all: every /agent/ path is a 404.
-        from portal.agent import auth
+        from portal.agent import auth, dashboard  # noqa: F401 (dashboard adds the supervisor's pages to bp)
         from portal.agent.views import bp as agent_bp
 
         auth.init_app(app)

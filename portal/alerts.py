@@ -38,6 +38,16 @@ log = logging.getLogger("portal.alerts")
 USUAL_RATE_TTL_SECONDS = 600  # how long a process keeps the usual failure rate before reading it again
 
 
+# What each alert means, in the words the dashboard shows.
+KINDS = {
+    "failure-rate": "Failed verifications far above their usual rate",
+    "person-limits": "Many people reaching their failure limit",
+    "client-failures": "One client address failing far more than usual",
+    "partner-failures": "One partner key failing far more than usual",
+    "agent-failures": "One agent failing verifications repeatedly",
+}
+
+
 class Counters(Protocol):
     """A shared store of expiring counters: ``limits``' storages (Redis, memory) are one."""
 

@@ -78,6 +78,8 @@ DEFAULTS: dict[str, Any] = {
     # Console verifications: per person (apart from the public budget), and failures per agent.
     "AGENT_VERIFY_LIMIT_PERSON": "5 per hour; 10 per day; 30 per year",
     "AGENT_VERIFY_LIMIT_FAILURES": "10 per hour; 40 per day",
+    # The supervisor dashboard shows a warning when fewer codes than this are left in the pool.
+    "POOL_LOW_THRESHOLD": 10000,
     # Hourly counts and the audit trail are kept this long after the purge's cut-off date:
     # six years (with their leap days), as HIPAA keeps documentation.
     "AUDIT_RETENTION_DAYS": 2192,
