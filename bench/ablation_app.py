@@ -4,7 +4,7 @@ What a part of a verified lookup costs through the real stack (gunicorn, two cor
 Argon2id) is not what it costs in-process: measure it by taking it out. ``PORTAL_BENCH_ABLATE``
 names the parts to take out, comma-separated:
 
-* ``limits``   — the three failure limits (``guard_verification``) are not checked;
+* ``limits``   — the failure and attempt budgets (``throttle.attempt``) are not counted;
 * ``database`` — no query and no write: the lookup hashes with the configured parameters and
   "finds" a stand-in row; the verification is not stored;
 * ``csrf``     — the CSRF check is off;
@@ -15,6 +15,7 @@ Everything else is the real portal. Only the verify bench's two requests are mea
     PORTAL_BENCH_ABLATE=database .venv/bin/python bench/verify_bench.py --app ablation_app:app --pythonpath bench
 """
 
+import contextlib
 import os
 import secrets
 from types import SimpleNamespace
@@ -36,8 +37,15 @@ def _hash_only(_session: Any, hasher: Any, claim: Any) -> SimpleNamespace:
     return SimpleNamespace(id=0, public_id="0" * 32)
 
 
+class _Uncounted(contextlib.nullcontext):
+    """Stands in for ``throttle.attempt``: the body runs, nothing is counted."""
+
+    def __enter__(self) -> SimpleNamespace:
+        return SimpleNamespace(succeeded=lambda: None)
+
+
 if "limits" in ABLATED:
-    app.view_functions["public.lookup"] = views.lookup.__wrapped__  # the view guard_verification wraps
+    views.throttle = SimpleNamespace(public_budgets=lambda *_args: [], attempt=lambda *_args: _Uncounted())
 if "database" in ABLATED:
     views.find_patient = _hash_only
     views.start_verification = lambda *_args: secrets.token_urlsafe(32)

@@ -194,6 +194,7 @@ def portal_env(
         "ARGON2_PARALLELISM": parallelism,
         "VERIFY_LIMIT_PERSON": LOOSE_LIMIT,
         "VERIFY_LIMIT_CLIENT": LOOSE_LIMIT,
+        "VERIFY_LIMIT_CLIENT_ATTEMPTS": LOOSE_LIMIT,
         "VERIFY_LIMIT_GLOBAL": LOOSE_LIMIT,
         "RATELIMIT_STORAGE_URI": "memory://",
         **settings,

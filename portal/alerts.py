@@ -19,7 +19,6 @@ No HTTP here; the store and the usual rate are handed in, so a test can replay a
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import threading
@@ -90,17 +89,6 @@ class Alert:
         return Fields(alert=fields.pop("kind"), **fields)
 
 
-def client_network(address: str | None) -> str | None:
-    """An IPv6 client counts as its /64 (one household or machine); IPv4 as itself."""
-    if not address:
-        return None
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return str(ipaddress.ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else str(parsed)
-
-
 class Detector:
     """Counts the failures an event belongs to and returns the alerts it raises (usually none)."""
 
@@ -109,16 +97,18 @@ class Detector:
         thresholds: Thresholds,
         counters: Counters,
         usual_failures_per_minute: Callable[[datetime], float],
+        client_key: Callable[[str | None], str],
         key_prefix: str = "portal",
     ) -> None:
         self.thresholds = thresholds
         self.counters = counters
         self.usual_failures_per_minute = usual_failures_per_minute
+        self.client_key = client_key  # as the failure limits count a client: IPv6 folded to its /64
         self.key_prefix = f"{key_prefix}:alert"
 
     def observe(self, action: str, outcome: str, channel: str, client: str | None, actor: str | None,
                 at: datetime) -> list[Alert]:  # fmt: skip
-        if action != "verification" or outcome == "success":
+        if action != "verification" or not (outcome == "failure" or outcome.startswith("throttled:")):
             return []
         t = self.thresholds
 
@@ -131,9 +121,8 @@ class Detector:
         ]
         if outcome.startswith("throttled:verify-person"):
             checks.append(("person-limits", t.person_limits, None, None))
-        network = client_network(client)
-        if network:
-            checks.append(("client-failures", t.client_failures, network, None))
+        if client:
+            checks.append(("client-failures", t.client_failures, self.client_key(client), None))
         if actor and channel == "api":
             checks.append(("partner-failures", t.partner_failures, actor, None))
         if actor and channel == "agent":

@@ -116,6 +116,14 @@ def open_csv(path: str) -> Iterator[IO[str]]:
         yield stream
 
 
+def open_private(path: str) -> IO[str]:
+    """A file for the operator's eyes only (0600), even when one by that name already existed:
+    a letters file pairs record ids with the references that unlock a person's record."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    return open(descriptor, "w", newline="", encoding="utf-8")
+
+
 def report_rejection(line: int, reason: str) -> None:
     click.echo(f"line {line}: rejected: {reason}", err=True)
 
@@ -212,7 +220,7 @@ def import_patients_command(
     with contextlib.ExitStack() as stack:
         letters = None
         if letters_path:
-            letters_file = stack.enter_context(open(letters_path, "w", newline="", encoding="utf-8"))
+            letters_file = stack.enter_context(open_private(letters_path))
             letters = csv.writer(letters_file, lineterminator="\n")
             letters.writerow(["record_id", "reference"])
         stream = stack.enter_context(open_csv(path))

@@ -51,19 +51,26 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # Host names the portal answers to (Flask refuses others with 400); required in production.
+    "TRUSTED_HOSTS": None,
     # Failed verifications (see portal/throttle.py for why these numbers).
     "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
+    # Every attempt, successes included, per client address: one address verifying its own
+    # identity in a loop must not crowd out everyone else's hashing.
+    "VERIFY_LIMIT_CLIENT_ATTEMPTS": "20 per minute; 200 per hour",
     "VERIFY_LIMIT_GLOBAL": "6000 per minute",
     # memory:// is per process; several workers or servers share redis://host:6379/0.
     "RATELIMIT_STORAGE_URI": "memory://",
-    "RATELIMIT_STRATEGY": "moving-window",
+    # Verification budgets are fixed-window counters (portal/throttle.py): a success's
+    # reservation can be given back atomically. This applies to Flask-Limiter's own limits.
+    "RATELIMIT_STRATEGY": "fixed-window",
     # No X-RateLimit-* headers: the per-person bucket's count would tell anyone typing a name and
     # birth date how often others failed with them. A refusal still says when to retry.
     "RATELIMIT_HEADERS_ENABLED": False,
-    # Redis down: count in process memory (and log it) rather than fail or stop counting.
-    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
-    # Redis lost in the middle of a request: finish the request (that one failure goes uncounted).
+    # Redis down: verifications are refused (portal/throttle.py) rather than counted in each
+    # process's memory, which would multiply every budget by the number of processes.
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": False,
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
     # The call-center console at /agent/ (see SECURITY.md): off (404) on the public servers.
@@ -165,6 +172,9 @@ def check_config(config: Mapping[str, Any]) -> None:
                 "PORTAL_ARGON2_TIME_COST/PORTAL_ARGON2_MEMORY_COST are below OWASP's Argon2id floor "
                 "(for example t=2 with m=19456 KiB)."
             )
+        if not config.get("TRUSTED_HOSTS"):
+            # Without it a request's Host header is believed, and redirects follow it off-site.
+            raise ConfigError("PORTAL_TRUSTED_HOSTS is not set: list the host names served (a JSON list).")
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, TooManyRequests
 
 from portal.identity import HashingBusy
-from portal.throttle import seconds_until_retry
+from portal.throttle import LimitStoreDown, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(OperationalError, handle_database_unavailable)
     app.register_error_handler(HashingBusy, handle_over_capacity)
+    app.register_error_handler(Throttled, handle_throttled)
+    app.register_error_handler(LimitStoreDown, handle_limit_store_down)
     app.register_error_handler(Exception, handle_unexpected_error)
 
 
@@ -56,9 +58,17 @@ def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
     status = error.code or 500
     if isinstance(error, CSRFError):
         return render_error(400, CSRF_MESSAGE)
-    if status == TooManyRequests.code:
-        return render_error(status, retry_after=seconds_until_retry(RETRY_AFTER_SECONDS))
-    return render_error(status, retry_after=RETRY_AFTER_SECONDS if status == 503 else None)
+    return render_error(status, retry_after=RETRY_AFTER_SECONDS if status in (429, 503) else None)
+
+
+def handle_throttled(error: Throttled):  # type: ignore[no-untyped-def]
+    """A spent budget: the same page whoever the person is, with the wait the budget imposes."""
+    return render_error(TooManyRequests.code, retry_after=error.retry_after)
+
+
+def handle_limit_store_down(error: LimitStoreDown):  # type: ignore[no-untyped-def]
+    """Attempts cannot be counted: none is made (pages that do not verify are still served)."""
+    return render_error(ServiceUnavailable.code, retry_after=error.retry_after)
 
 
 def handle_database_unavailable(error: DBAPIError):  # type: ignore[no-untyped-def]

@@ -27,11 +27,14 @@ log = logging.getLogger("portal.events")
 
 def init_app(app: Flask) -> None:
     """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
+    from portal.throttle import client_key  # (throttle raises events: imported once both exist)
+
     app.extensions["portal.detector"] = alerts.Detector(
         alerts.Thresholds.from_config(app.config),
         # The rate-limit store: Redis in production, so every worker adds to the same counts.
         app.extensions["portal.limit_store"],
         alerts.CachedRate(_usual_failures_per_minute),
+        client_key,
         app.config["RATELIMIT_KEY_PREFIX"],
     )
 

@@ -360,6 +360,16 @@ PATIENT_BY_DIGEST = (
     select(_patients).where(_patients.c.lookup_digest.in_(bindparam("digests", expanding=True))).limit(1)
 )
 NEW_VERIFICATION = insert(Verification.__table__)
+EXPIRED_VERIFICATIONS_SWEPT = 20  # per new verification: more than are created, so the table stays small
+_verifications = Verification.__table__.c
+SWEEP_EXPIRED = delete(Verification.__table__).where(
+    _verifications.id.in_(
+        select(_verifications.id)
+        .where(_verifications.expires_at <= bindparam("now"))
+        .limit(EXPIRED_VERIFICATIONS_SWEPT)
+        .scalar_subquery()
+    )
+)
 
 
 def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[SchemeFields]:
@@ -402,11 +412,17 @@ def _token_digest(token: str) -> bytes:
 
 
 def start_verification(session: Session, patient: Patient | Row[Any], channel: str, ttl_seconds: int) -> str:
-    """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored)."""
+    """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored).
+
+    Each new verification also deletes a few expired ones (an index range on ``expires_at``), so
+    the table holds the live verifications and little else, without a job to schedule.
+    """
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    connection = session.connection()
+    connection.execute(SWEEP_EXPIRED, {"now": now})
     # Core, in the session's transaction: nothing reads the row back, so the ORM has nothing to do.
-    session.connection().execute(
+    connection.execute(
         NEW_VERIFICATION,
         {
             "token_digest": _token_digest(token),

@@ -1,57 +1,220 @@
-"""Guessing resistance: failed verifications are counted per person, per client and overall.
+"""Guessing resistance: every verification attempt is counted before it is hashed.
 
-* Per person — a keyed hash of the normalised last name and birth date, computed from the
-  request alone, so the bucket behaves identically whether or not the person is on the list.
-  It stops someone who knows a name, birth date and ZIP from walking through the 10,000
-  possible last-four digits from many addresses: back-off after 5 failures, and a hard cap
-  of 100 a year (NIST SP 800-63B's limit on consecutive failures).
-* Per client address — slows one machine trying many people.
-* Overall — a ceiling on the guessing rate the whole portal will serve.
+A surface (the public site, the console, the API) describes an attempt as a list of budgets —
+per person, per client address, per staff member or key, for the whole portal — and runs the
+lookup inside ``attempt``. The attempt takes one unit from every budget *before* the Argon2
+hash starts, each with one atomic increment in the shared limit store, and is refused as soon
+as one budget is spent. So N simultaneous requests can never be answered more often than the
+budgets allow, however many workers, threads or servers take them: the count is settled before
+anyone learns an answer.
 
-Only failures count (``deduct_when``): a person who verifies is never throttled by
-their own success. Every surface that verifies wraps its view with ``guard_verification``
-and calls ``note_failure`` on a miss, so all surfaces share the same buckets.
+A success gives back what it took from the *failure* budgets (a person who verifies is never
+locked out by their own visits); *attempt* budgets keep it (one address cannot verify its own
+identity thousands of times a minute). An attempt that ends in an error gives everything back:
+its caller learnt nothing.
+
+The counters are fixed windows (an integer per budget and window, expiring with the window):
+unlike a moving window, a counter can be given back atomically. While the limit store cannot be
+reached, verifications are refused (``LimitStoreDown``, 503): counting in each process's memory
+instead would multiply every budget by the number of processes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable
-from functools import partial, wraps
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import cache, partial, wraps
+from typing import Any
 
-from flask import Flask, current_app, g, request
-from flask.wrappers import Response
-from flask_limiter import RequestLimit
+from flask import Flask, current_app, g
+from limits import RateLimitItem, parse_many
 
 from portal import services
 from portal.events import Event, record
 from portal.extensions import limiter
-from portal.identity import InvalidIdentifier, normalise_last_name, parse_birth_date
+from portal.identity import IdentityClaim
 
-View = TypeVar("View", bound=Callable[..., Any])
+LIMIT_STORE_RETRY_AFTER = 30  # seconds a client is asked to wait while the limit store is unreachable
+LIMITER_HOOKS = "limiter_hooks"  # set in g by views that carry a Flask-Limiter limit of their own
 
-UNPARSEABLE = "unparseable"  # malformed input is refused before hashing and never counted
-GUARDED = "verification_guarded"  # set in g by guard_verification; Flask-Limiter's hooks then run
+
+class Throttled(Exception):
+    """A budget this attempt belongs to is spent; nothing was hashed. Answer 429 with Retry-After."""
+
+    def __init__(self, scope: str, retry_after: int) -> None:
+        super().__init__(scope)
+        self.scope = scope
+        self.retry_after = retry_after
+
+
+class LimitStoreDown(Exception):
+    """The shared limit store cannot be reached: refuse (503) rather than count per process."""
+
+    retry_after = LIMIT_STORE_RETRY_AFTER
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One family of counters: ``setting`` names the limits ("5 per 15 minutes; 100 per year"),
+    ``key`` whom they count. ``refund_on_success``: a failure budget (True) or an attempt budget."""
+
+    scope: str
+    setting: str
+    key: str
+    refund_on_success: bool = True
+
+
+@dataclass(frozen=True)
+class _Hold:
+    budget: Budget
+    counter: str
+
+
+class Attempt:
+    """Handed to the body of ``attempt``: the caller says when the verification succeeded."""
+
+    def __init__(self) -> None:
+        self.success = False
+
+    def succeeded(self) -> None:
+        self.success = True
+
+
+# --- Budgets -------------------------------------------------------------------------------------
+
+
+def person_budget(claim: IdentityClaim, surface: str, setting: str) -> Budget:
+    """Keyed on exactly the normalised name and birth date the lookup hashes: no spelling, padding
+    or encoding of the same person reaches another bucket, and the key is the same whether or not
+    the person exists."""
+    key = services().hasher.person_bucket(claim.last_name, claim.date_of_birth)
+    return Budget(f"verify-person-{surface}", setting, key)
+
+
+def client_key(address: str | None) -> str:
+    """The client as a limit sees it: an IPv4 address, or the /64 an IPv6 address belongs to (one
+    subscriber is routinely given a whole /64, so counting single addresses counts nothing)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def public_budgets(claim: IdentityClaim, address: str | None) -> list[Budget]:
+    """The public site's budgets: see SECURITY.md for the numbers and why."""
+    client = client_key(address)
+    return [
+        person_budget(claim, "public", "VERIFY_LIMIT_PERSON"),
+        Budget("verify-client", "VERIFY_LIMIT_CLIENT", client),
+        Budget("verify-client-attempts", "VERIFY_LIMIT_CLIENT_ATTEMPTS", client, refund_on_success=False),
+        Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal"),
+    ]
+
+
+# --- Counting ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def attempt(budgets: Sequence[Budget], channel: str, client: str | None = None) -> Iterator[Attempt]:
+    """Count one attempt in every budget, then run the body (the lookup).
+
+    Raises ``Throttled`` or ``LimitStoreDown`` before the body when the attempt may not proceed
+    (``client``, the address, goes into that event).
+    """
+    holds = _reserve(budgets, Event("verification", "", channel, client=client))
+    outcome = Attempt()
+    try:
+        yield outcome
+    except BaseException:
+        _give_back(holds)
+        raise
+    if outcome.success:
+        _give_back([hold for hold in holds if hold.budget.refund_on_success])
+
+
+@cache
+def _limits(text: str) -> list[RateLimitItem]:
+    return parse_many(text)
+
+
+def _counters(budget: Budget) -> Iterator[tuple[str, RateLimitItem]]:
+    prefix = current_app.config["RATELIMIT_KEY_PREFIX"]
+    for item in _limits(current_app.config[budget.setting]):
+        yield item.key_for(prefix, budget.scope, budget.key), item
+
+
+def _reserve(budgets: Sequence[Budget], refused: Event) -> list[_Hold]:
+    """One atomic increment per counter; on the first counter past its limit, undo them all."""
+    store = limiter.storage
+    holds: list[_Hold] = []
+    try:
+        for budget in budgets:
+            for counter, item in _counters(budget):
+                count = store.incr(counter, item.get_expiry())
+                holds.append(_Hold(budget, counter))
+                if count > item.amount:
+                    retry_after = max(1, int(store.get_expiry(counter) - time.time()) + 1)
+                    _give_back(holds)
+                    record(replace(refused, outcome=f"throttled:{budget.scope}"))
+                    raise Throttled(budget.scope, retry_after)
+    except (store.base_exceptions, OSError) as error:  # the store's own errors, and a lost socket
+        _give_back(holds)
+        record(replace(refused, outcome="limit-store-down"))
+        raise LimitStoreDown() from error
+    return holds
+
+
+def _give_back(holds: Sequence[_Hold]) -> None:
+    """Best effort: a unit that cannot be given back (store lost) errs on the side of counting."""
+    store = limiter.storage
+    for hold in holds:
+        try:
+            store.incr(hold.counter, 1, amount=-1)
+        except (store.base_exceptions, OSError):
+            return
+
+
+# --- Flask-Limiter --------------------------------------------------------------------------------
 
 
 def init_app(app: Flask) -> None:
-    """Bind Flask-Limiter, with its per-request passes only where a limit applies.
+    """Bind Flask-Limiter (it owns the limit store), with its per-request passes only where used.
 
-    Flask-Limiter hooks three passes into every request. Before it, it evaluates default,
-    application and blueprint limits, and the portal has none: each limit is a view decorator
-    (``guard_verification``), checked by the decorator itself, so that pass is dropped. After it,
-    it settles ``deduct_when`` deductions and resets its request state, which only a guarded view
-    ever has, so those two run for guarded views only. The first cost a seventh of every page, the
-    other two a further twelfth. ``tests/test_throttle.py`` fails if a limit of another kind is
-    ever declared, if a page runs the two, or if a failure stops being counted.
+    Flask-Limiter hooks three passes into every request. The before-request pass evaluates default,
+    application and blueprint limits, and the portal declares none (``tests/test_throttle.py``
+    checks), so it is dropped. The after-request and teardown passes only matter to a view that
+    carries a Flask-Limiter decorator; such a view is wrapped in ``with_limiter_hooks``, and every
+    other page skips them (they cost a fifth of a page).
     """
     limiter.init_app(app)
     before = app.before_request_funcs.get(None, [])
     if limiter._check_request_limit in before:  # absent when RATELIMIT_ENABLED is false
         before.remove(limiter._check_request_limit)
     for hooks in (app.after_request_funcs.get(None, []), app.teardown_request_funcs.get(None, [])):
-        hooks[:] = [_for_guarded_views(hook) if _bound_to_limiter(hook) else hook for hook in hooks]
+        hooks[:] = [_only_with_limiter_hooks(hook) if _bound_to_limiter(hook) else hook for hook in hooks]
+
+
+def with_limiter_hooks(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a view whose Flask-Limiter decorators need the after-request and teardown passes.
+
+
+    Outermost, above the Flask-Limiter decorators, so that a refused request is marked too.
+    """
+
+    @wraps(view)
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        g.setdefault(LIMITER_HOOKS, True)
+        return view(*args, **kwargs)
+
+    return marked
 
 
 def _bound_to_limiter(hook: Any) -> bool:
@@ -60,79 +223,8 @@ def _bound_to_limiter(hook: Any) -> bool:
     return owner is limiter
 
 
-def _for_guarded_views(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """An after-request or teardown hook that runs only for a request ``guard_verification`` saw."""
+def _only_with_limiter_hooks(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def hook_when_marked(value: Any) -> Any:
+        return hook(value) if g.get(LIMITER_HOOKS) else value
 
-    def hook_when_guarded(value: Any) -> Any:
-        return hook(value) if g.get(GUARDED) else value
-
-    return hook_when_guarded
-
-
-def person_key() -> str:
-    """The per-person bucket, from the submitted last name and date of birth (form or JSON)."""
-    data: Any = request.get_json(silent=True) if request.is_json else request.form
-    if not hasattr(data, "get"):  # a JSON body that is not an object
-        return UNPARSEABLE
-    try:
-        last_name = normalise_last_name(str(data.get("last_name", "")))
-        born = parse_birth_date(str(data.get("date_of_birth", "")))
-    except InvalidIdentifier:
-        return UNPARSEABLE
-    return "person:" + services().hasher.person_bucket(last_name, born)
-
-
-def whole_portal() -> str:
-    return "portal"
-
-
-def note_failure() -> None:
-    """Called by a view when a verification did not match: the limits below deduct one."""
-    g.verification_failed = True
-
-
-def _failed(_response: Response) -> bool:
-    return bool(g.get("verification_failed"))
-
-
-def _on_breach(breached: RequestLimit) -> None:
-    scope = breached.request_args[-1]  # Flask-Limiter passes (key, scope); the key stays out of the event
-    record(Event("verification", f"throttled:{scope}", request.blueprint or "-", client=request.remote_addr))
-
-
-def seconds_until_retry(default: int) -> int:
-    """For the Retry-After of a 429: when the limit this request broke lets the client in again."""
-    breached = limiter.current_limit
-    try:
-        return max(1, breached.reset_at - int(time.time())) if breached else default
-    except Exception:  # the limit store went away since the check (Redis lost): any honest hint will do
-        return default
-
-
-def _config_limit(name: str) -> Callable[[], str]:
-    return lambda: current_app.config[name]
-
-
-def guard_verification(view: View) -> View:
-    """Apply the three shared failure limits to a verifying view (POST only)."""
-    limited = view
-    for scope, key_func, setting in (
-        ("verify-person", person_key, "VERIFY_LIMIT_PERSON"),
-        ("verify-client", None, "VERIFY_LIMIT_CLIENT"),
-        ("verify-global", whole_portal, "VERIFY_LIMIT_GLOBAL"),
-    ):
-        limited = limiter.shared_limit(
-            _config_limit(setting),
-            scope=scope,
-            key_func=key_func,
-            methods=["POST"],
-            deduct_when=_failed,
-            on_breach=_on_breach,
-        )(limited)
-
-    @wraps(view)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        g.setdefault(GUARDED, True)
-        return limited(*args, **kwargs)
-
-    return cast(View, guarded)
+    return hook_when_marked

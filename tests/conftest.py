@@ -31,7 +31,8 @@ REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
 FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
 # Generous failure limits so that tests of other behaviour are not throttled; test_throttle sets real ones.
 LOOSE_LIMITS = {
-    name: "10000 per minute" for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_GLOBAL")
+    name: "10000 per minute"
+    for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_CLIENT_ATTEMPTS", "VERIFY_LIMIT_GLOBAL")
 }
 
 BACKENDS = [

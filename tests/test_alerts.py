@@ -18,6 +18,7 @@ from limits.storage import MemoryStorage
 from portal import alerts, stats
 from portal.extensions import db
 from portal.models import HourlyCount
+from portal.throttle import client_key
 
 DAY = datetime(2026, 11, 24, tzinfo=UTC)
 USUAL_FAILURES_PER_HOUR = 300  # 5 a minute: the week before the replayed day
@@ -40,7 +41,7 @@ def quiet_day(seed: int = 1) -> History:
         for _ in range(rng.randint(0, 4) * busy):
             yield at, "verification", "failure", "public", rng.choice(clients), None
         if rng.random() < 0.02:
-            yield at, "verification", "throttled:verify-person", "public", rng.choice(clients), None
+            yield at, "verification", "throttled:verify-person-public", "public", rng.choice(clients), None
         for _ in range(rng.randint(0, 5)):
             yield at, "verification", "failure", "api", "203.0.113.10", "partner-1"
         if minute % 10 == 0:
@@ -58,7 +59,7 @@ def attack(seed: int = 2) -> History:
             continue
         for _ in range(3):
             yield at, "verification", "failure", "public", f"2001:db8:bad:1:{rng.randint(1, 9999):x}::1", None
-        yield at, "verification", "throttled:verify-person", "public", f"192.0.2.{rng.randint(1, 250)}", None
+        yield at, "verification", "throttled:verify-person-public", "public", f"192.0.2.{rng.randint(1, 250)}", None
         yield at, "verification", "failure", "api", "203.0.113.99", "partner-2"
         yield at, "verification", "failure", "api", "203.0.113.99", "partner-2"
         if n % 50 == 0:
@@ -79,6 +80,7 @@ def replay(app: Flask, history: History) -> list[alerts.Alert]:
             alerts.Thresholds.from_config(app.config),
             MemoryStorage(),
             alerts.CachedRate(lambda at: stats.usual_failures_per_minute(db.session, at)),
+            client_key,
         )
         raised = []
         for at, action, outcome, channel, client, actor in history:

@@ -36,7 +36,7 @@ def test_verification_claim_and_throttling_are_recorded_without_identifiers(
     lines = event_lines(caplog)
     assert [line["outcome"] for line in lines] == [
         "failure",
-        "throttled:verify-person",
+        "throttled:verify-person-public",
         "failure",
         "success",
         "pool-empty",

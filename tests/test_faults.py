@@ -11,7 +11,6 @@ Every fault runs against a *private* server started by this module (never the sh
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import secrets
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import flask_limiter._extension as limiter_module
 import pytest
 import redis
 import sqlalchemy as sa
@@ -38,9 +36,10 @@ from sqlalchemy.orm import Session
 
 from portal import services
 from portal.claims import CodeCipher
-from portal.extensions import db, limiter
+from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode
+from portal.public import views
 
 PG_BIN = Path(os.environ.get("PORTAL_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 BUSY_TEXT = "busy or briefly unavailable"
@@ -426,30 +425,6 @@ def private_redis() -> Iterator[PrivateRedis]:
         server.client.close()
 
 
-@pytest.fixture
-def isolated_limiter() -> Iterator[None]:
-    """portal.extensions.limiter is module level: leave its storage state as we found it (alive)."""
-    limiter._storage_dead = False
-    yield
-    limiter._storage_dead = False
-    # Its back-off clock too: a test that shifted Flask-Limiter's time must not delay the next one's re-check.
-    limiter._Limiter__last_check_backend = time.time()  # type: ignore[attr-defined]
-    limiter._Limiter__check_backend_count = 0  # type: ignore[attr-defined]
-
-
-class ShiftedClock:
-    """Flask-Limiter's view of time, moved forward: its storage re-check is due without sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
 UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001", "ssn_last4": "1111"}
 
 
@@ -465,14 +440,20 @@ def failed_attempt(app: Flask, address: str, n: int) -> Any:
     return response
 
 
+def known_person_lookup(app: Flask, address: str) -> Any:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    token = CSRF_FIELD.search(client.get("/lookup").get_data(as_text=True))
+    assert token
+    known = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001",
+             "ssn_last4": "6789", "reference": "", "csrf_token": token.group(1)}  # fmt: skip
+    return client.post("/lookup", data=known)
+
+
 @pytest.mark.redis
-def test_rate_limits_survive_losing_redis(
-    private_redis: PrivateRedis, isolated_limiter: None, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    clock = ShiftedClock()
-    monkeypatch.setattr(limiter_module, "time", clock)
-    caplog.set_level(logging.INFO, logger="flask-limiter")
+def test_verifications_are_refused_while_redis_is_down(private_redis: PrivateRedis, tmp_path: Path) -> None:
+    """Counting in each process's memory would multiply every budget by the number of processes:
+    while the shared store is gone no attempt is made (503, Retry-After), and pages are still served."""
     app = make_app(
         f"sqlite:///{tmp_path / 'portal.sqlite3'}",
         RATELIMIT_STORAGE_URI=private_redis.url,
@@ -486,59 +467,63 @@ def test_rate_limits_survive_losing_redis(
     assert private_redis.limiter_keys(), "the limiter is not counting in the private Redis"
 
     private_redis.kill()
-    statuses = [failed_attempt(app, "192.0.2.2", n).status_code for n in range(4)]
-    assert statuses == [200, 200, 200, 429], "limits must hold (in memory) while Redis is down"
-    fell_back = [r for r in caplog.records if r.name == "flask-limiter" and "unreachable" in r.getMessage()]
-    assert fell_back and fell_back[0].levelno == logging.WARNING
-    assert "in-memory" in fell_back[0].getMessage()
+    for response in [failed_attempt(app, "192.0.2.2", n) for n in range(4)] + [known_person_lookup(app, "192.0.2.3")]:
+        assert_clean_503(response, "lookup while Redis is down")
+    assert app.test_client().get("/").status_code == 200
+    assert app.test_client().get("/lookup").status_code == 200
 
-    # A person who verifies is still served while Redis is down.
-    client = app.test_client()
-    client.environ_base["REMOTE_ADDR"] = "192.0.2.3"
-    token = CSRF_FIELD.search(client.get("/lookup").get_data(as_text=True))
-    assert token
-    known = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001",
-             "ssn_last4": "6789", "reference": "", "csrf_token": token.group(1)}  # fmt: skip
-    assert client.post("/lookup", data=known).status_code == 303
-
-    # Redis is back on the same port; once Flask-Limiter's back-off (at most 2**5 s) is over, it
-    # re-checks the storage and counts there again.
+    # Redis is back on the same port: counting resumes there at once, and the limits hold.
     private_redis.start()
-    assert private_redis.limiter_keys() == []
-    clock.offset += 120
-    assert failed_attempt(app, "192.0.2.4", 0).status_code == 200
-    assert any(r.name == "flask-limiter" and "recovered" in r.getMessage() for r in caplog.records)
+    assert [failed_attempt(app, "192.0.2.4", n).status_code for n in range(4)] == [200, 200, 200, 429]
     assert private_redis.limiter_keys(), "counts did not go back to Redis after it recovered"
-    assert [failed_attempt(app, "192.0.2.4", n).status_code for n in range(1, 4)] == [200, 200, 429]
+    assert known_person_lookup(app, "192.0.2.5").status_code == 303
     with app.app_context():
         db.engine.dispose()
 
 
 @pytest.mark.redis
 def test_redis_dying_during_a_lookup_is_not_a_500(
-    private_redis: PrivateRedis, isolated_limiter: None, tmp_path: Path
+    private_redis: PrivateRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis dies after a lookup passed the limit check and before its failure is deducted.
-
-    In production that is every failed lookup in flight (each spends ~0.1 s hashing) when Redis goes.
-    """
+    """Redis dies after a lookup was counted and before its answer: in production that is every
+    lookup in flight (each spends ~0.1 s hashing) when Redis goes."""
     app = make_app(
         f"sqlite:///{tmp_path / 'portal.sqlite3'}",
         RATELIMIT_STORAGE_URI=private_redis.url,
         VERIFY_LIMIT_CLIENT="3 per hour",
         PROPAGATE_EXCEPTIONS=False,
     )
+    assert import_patients(app, [patient_row()]) == []
+    real_find = views.find_patient
 
-    @app.after_request  # runs before Flask-Limiter's own after-request hook (registered earlier)
-    def redis_dies_now(response: Any) -> Any:
-        if request.method == "POST":
-            private_redis.kill()
-        return response
+    def redis_dies_while_hashing(*args: Any) -> Any:
+        private_redis.kill()
+        return real_find(*args)
 
-    response = failed_attempt(app, "192.0.2.20", 0)
-    assert response.status_code == 200, f"a lost Redis turned a failed lookup into {response.status_code}"
-    # The next attempts are counted in memory and still limited.
-    assert [failed_attempt(app, "192.0.2.20", n).status_code for n in range(1, 5)][-1] == 429
+    monkeypatch.setattr(views, "find_patient", redis_dies_while_hashing)
+    assert failed_attempt(app, "192.0.2.20", 0).status_code == 200
+    assert_clean_503(failed_attempt(app, "192.0.2.20", 1), "the next lookup")
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.mark.redis
+def test_a_full_limit_store_refuses_verifications_instead_of_forgetting(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Redis at its maxmemory with noeviction (as deploy/ sets it) refuses new counters: attempts
+    are refused too, so an attacker who fills the store gains no uncounted guesses."""
+    app = make_app(
+        f"sqlite:///{tmp_path / 'portal.sqlite3'}", RATELIMIT_STORAGE_URI=private_redis.url, PROPAGATE_EXCEPTIONS=False
+    )
+    assert import_patients(app, [patient_row()]) == []
+    assert failed_attempt(app, "192.0.2.30", 0).status_code == 200
+    used = int(private_redis.client.info("memory")["used_memory"])
+    private_redis.client.config_set("maxmemory-policy", "noeviction")
+    private_redis.client.config_set("maxmemory", str(used))
+    assert_clean_503(failed_attempt(app, "192.0.2.31", 1), "a lookup with the limit store full")
+    private_redis.client.config_set("maxmemory", "0")
+    assert known_person_lookup(app, "192.0.2.32").status_code == 303
     with app.app_context():
         db.engine.dispose()
 

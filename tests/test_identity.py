@@ -421,6 +421,7 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "ARGON2_MEMORY_COST": DEFAULTS["ARGON2_MEMORY_COST"],
         "ARGON2_PARALLELISM": DEFAULTS["ARGON2_PARALLELISM"],
         "PROGRAMME_FILE": str(programme),
+        "TRUSTED_HOSTS": ["notice.example.org"],
     }
 
 
@@ -513,6 +514,13 @@ def test_production_refuses_without_a_programme_file(production: dict[str, Any],
     incomplete.write_text('[programme]\norganisation = "Example"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="PORTAL_PROGRAMME_FILE"):
         create_app({**production, "PROGRAMME_FILE": str(incomplete)})
+
+
+@pytest.mark.parametrize("hosts", [None, []], ids=["unset", "empty"])
+def test_production_refuses_without_trusted_hosts(production: dict[str, Any], hosts: Any) -> None:
+    """Otherwise a foreign Host header is believed, and redirects follow it off-site."""
+    with pytest.raises(ConfigError, match="PORTAL_TRUSTED_HOSTS"):
+        create_app({**production, "TRUSTED_HOSTS": hosts})
 
 
 SECRETS = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY")

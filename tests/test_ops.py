@@ -201,7 +201,7 @@ def test_metrics_after_known_traffic_across_two_workers(tmp_path: Path) -> None:
     assert figures['portal_verifications_total{channel="public",outcome="failure"}'] == 2
     assert figures['portal_verifications_total{channel="public",outcome="throttled"}'] == 1
     assert figures['portal_verifications_total{channel="public",outcome="success"}'] == 1
-    assert figures['portal_rate_limit_refusals_total{channel="public",limit="verify-person"}'] == 1
+    assert figures['portal_rate_limit_refusals_total{channel="public",limit="verify-person-public"}'] == 1
     assert figures['portal_claims_total{channel="public",outcome="success"}'] == 1
     assert figures['portal_alerts_total{channel="public",kind="client-failures"}'] == 1
     assert figures["portal_hash_slot_wait_seconds_count"] == 3  # the refused guess never hashed

@@ -52,7 +52,7 @@ def known_history(app: Flask) -> None:
     events = [
         *[Event("verification", "success", "public", at=at(yesterday, 10))] * 5,
         *[Event("verification", "failure", "public", at=at(yesterday, 10, 5))] * 3,
-        *[Event("verification", "throttled:verify-person", "public", at=at(yesterday, 11))] * 2,
+        *[Event("verification", "throttled:verify-person-public", "public", at=at(yesterday, 11))] * 2,
         *[Event("claim", "success", "public", at=at(yesterday, 12))] * 4,
         *[Event("verification", "success", "agent", at=at(TODAY, 0, 30))] * 2,
         *[Event("claim", "success", "agent", at=at(TODAY, 0, 40))] * 2,

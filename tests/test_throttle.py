@@ -10,9 +10,10 @@ import pytest
 from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
 from flask import Flask, request
 from flask.testing import FlaskClient
-from flask_limiter import Limiter, RequestLimit
+from flask_limiter import Limiter
 
 import portal.identity
+from portal import throttle
 from portal.errors import RETRY_AFTER_SECONDS
 from portal.extensions import limiter
 
@@ -75,20 +76,21 @@ def test_answers_do_not_reveal_how_often_others_failed(database_url: str) -> Non
     assert "Retry-After" not in answers[0].headers
 
 
-def test_a_refusal_whose_limit_store_just_vanished_still_says_when_to_retry(
+def test_a_limit_store_lost_while_counting_refuses_the_attempt(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reading when the broken limit resets needs the limit store; without it, a 429 all the same."""
+    """Reading when a spent budget resets needs the limit store; without it, nothing is answered."""
     app = throttled_app(database_url, VERIFY_LIMIT_PERSON="1 per 15 minutes")
     assert attempt(app, KNOWN, "0000", "10.4.0.1")[0] == 200
 
-    def store_gone(_self: RequestLimit) -> int:
+    def store_gone(*_args: Any) -> float:
         raise ConnectionError("limit store lost")
 
-    monkeypatch.setattr(RequestLimit, "reset_at", property(store_gone))
-    status, body, retry_after = attempt(app, KNOWN, "0000", "10.4.0.2")
-    assert (status, retry_after) == (429, str(RETRY_AFTER_SECONDS))
-    assert "help line" in body
+    with app.app_context():
+        monkeypatch.setattr(limiter.storage, "get_expiry", store_gone)
+    status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.2")
+    assert (status, retry_after) == (503, str(RETRY_AFTER_SECONDS))
+    assert "García" not in body
 
 
 def test_one_client_address_is_limited_across_people(database_url: str) -> None:
@@ -173,22 +175,21 @@ def test_limits_are_shared_between_app_servers_through_redis(tmp_path) -> None:
     assert _restart_after_three_failures(f"sqlite:///{tmp_path / 'b.sqlite3'}", "memory://") == 200
 
 
-def test_every_limit_is_checked_by_its_view_decorator(database_url: str) -> None:
+def test_no_limit_relies_on_flask_limiters_before_request_pass(database_url: str) -> None:
     """The before-request pass of Flask-Limiter is dropped (portal.throttle.init_app): it is the only
     place default, application and blueprint limits are checked, so none may be declared."""
     app = make_app(database_url)
     manager = limiter.limit_manager
     assert manager.default_limits == [] and manager.application_limits == []
     assert not manager._blueprint_limits, "a blueprint limit would never be checked"
-    assert set(manager._decorated_limits) == {"portal.public.views.lookup.lookup"}
     assert limiter._check_request_limit not in app.before_request_funcs.get(None, [])
 
 
-def test_only_guarded_views_run_the_limiters_after_request_work(
+def test_only_marked_views_run_the_limiters_after_request_work(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Flask-Limiter's after-request and teardown passes (deductions, state reset) run for the views
-    guard_verification wraps, and for no other page (portal.throttle.init_app)."""
+    """Flask-Limiter's after-request and teardown passes (headers, state reset) run for the views
+    marked with_limiter_hooks, and for no other page (portal.throttle.init_app)."""
     seen: list[str] = []
     for name in ("_Limiter__inject_headers", "_Limiter__release_context"):
         original = getattr(Limiter, name)
@@ -199,9 +200,17 @@ def test_only_guarded_views_run_the_limiters_after_request_work(
 
         monkeypatch.setattr(Limiter, name, spy)
     app = throttled_app(database_url)
+
+    @app.get("/limited")
+    @throttle.with_limiter_hooks
+    @limiter.limit("1 per minute")
+    def limited() -> str:
+        return "ok"
+
     client = app.test_client()
     for path in ("/", "/lookup", "/exposure", "/no-such-page"):
         client.get(path)
-    assert seen == []
     assert lookup(client, **UNKNOWN, ssn_last4="0000").status_code == 200
-    assert seen == ["inject_headers POST /lookup", "release_context POST /lookup"]
+    assert seen == []
+    assert [client.get("/limited").status_code for _ in range(2)] == [200, 429]
+    assert seen == ["inject_headers GET /limited", "release_context GET /limited"] * 2

@@ -30,6 +30,14 @@ def _strip(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+class NeverEchoed(StringField):
+    """A field whose value is never written back into a page: a form shown again with errors must
+    not carry SSN digits or a letter reference (a shared screen, a cached page, a screenshot)."""
+
+    def _value(self) -> str:
+        return ""
+
+
 class LookupForm(FlaskForm):
     class Meta:
         csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
@@ -54,13 +62,13 @@ class LookupForm(FlaskForm):
         filters=[_strip],
         render_kw={"autocomplete": "postal-code", "inputmode": "numeric", "size": 10},
     )
-    ssn_last4 = StringField(
+    ssn_last4 = NeverEchoed(
         _l("Last 4 digits of your Social Security number"),
         [Optional(), Length(max=4, message=TOO_LONG["ssn_last4"])],
         filters=[_strip],
         render_kw={"autocomplete": "off", "inputmode": "numeric", "size": 4},
     )
-    reference = StringField(
+    reference = NeverEchoed(
         _l("Or: reference code from your letter"),
         [Optional(), Length(max=40, message=FIELD_MESSAGES["reference"])],
         filters=[_strip],

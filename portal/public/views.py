@@ -13,7 +13,7 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response
 
-from portal import exposure, services
+from portal import exposure, services, throttle
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
 from portal.events import Event, record
@@ -21,7 +21,6 @@ from portal.extensions import db
 from portal.identity import end_verification, find_patient, start_verification, verified_patient
 from portal.models import Patient
 from portal.public.forms import LookupForm
-from portal.throttle import guard_verification, note_failure
 
 bp = Blueprint("public", __name__)
 
@@ -62,17 +61,21 @@ def lookup_form() -> str:
 
 
 @bp.post("/lookup")
-@guard_verification
 def lookup() -> Response | tuple[str, int]:
     # Form-encoded bodies only: Flask-WTF would otherwise read a JSON body, whatever its shape.
     form = LookupForm(formdata=request.form)
+    # Malformed input is refused before any limit is consulted: the answer cannot depend on
+    # the state of anyone's budget, and nothing is counted.
     if not form.validate_on_submit():
         return render_template("public/lookup.html", form=form), 400
     assert form.claim is not None
-    patient = find_patient(db.session, services().hasher, form.claim)
+    budgets = throttle.public_budgets(form.claim, request.remote_addr)
+    with throttle.attempt(budgets, CHANNEL, request.remote_addr) as tried:
+        patient = find_patient(db.session, services().hasher, form.claim)
+        if patient is not None:
+            tried.succeeded()
     if patient is None:
         # Unknown person or one wrong field: the same page, the same status, after the same work.
-        note_failure()
         _record("verification", "failure")
         return render_template("public/lookup.html", form=form, not_matched=True), 200
     session.clear()
