@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from portal import metrics
+from portal.audit import AuditChain
 from portal.claims import CodeCipher
 from portal.config import load_config
 from portal.extensions import babel, csrf, db
@@ -40,6 +41,7 @@ class Services:
     hasher: IdentifierHasher
     cipher: CodeCipher
     totp: TotpCipher
+    audit: AuditChain
     programme: Programme
 
 
@@ -65,6 +67,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         ),
         cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
         totp=TotpCipher(Keyring.from_config(app.config, "CODE_KEY")),
+        audit=AuditChain.from_config(app.config),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )
     # The rate-limit store as such (Redis in production): attack counters, readiness, purge.

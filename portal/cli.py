@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import getpass
 import json
 import os
 import sys
@@ -15,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import IO, NoReturn
 
 import click
+import segno
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
@@ -24,7 +24,7 @@ from werkzeug.serving import run_simple
 from portal import create_app, retention, schema, services, stats, synthetic
 from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
-from portal.events import Event, act_as, record
+from portal.events import Event, record
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import (
@@ -37,7 +37,16 @@ from portal.importer import (
     import_codes,
     read_csv,
 )
-from portal.models import Patient
+from portal.models import Patient, Staff
+from portal.staff import (
+    ROLES,
+    StaffError,
+    create_staff,
+    disable_staff,
+    find_staff,
+    list_staff,
+    reset_mfa,
+)
 
 EXIT_REJECTED = 1
 EXIT_BAD_FILE = 2
@@ -62,6 +71,11 @@ def init_app(app: Flask) -> None:
         generate_codes_command,
         stats_command,
         purge_command,
+        audit_group,
+        create_staff_command,
+        disable_staff_command,
+        reset_staff_mfa_command,
+        list_staff_command,
     ):
         app.cli.add_command(command)
 
@@ -171,7 +185,8 @@ def parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return index, count
 
 
-def finish(report: ImportReport, elapsed: float, as_json: bool = False) -> None:
+def finish(action: str, report: ImportReport, elapsed: float, dry_run: bool, as_json: bool = False) -> None:
+    cli_event(action, "dry-run" if dry_run else "some-rows-rejected" if report.rejected else "success")
     if as_json:
         click.echo(json.dumps({**dataclasses.asdict(report), "seconds": round(elapsed, 3)}))
     else:
@@ -234,7 +249,7 @@ def import_patients_command(
         except ImportFileError as error:
             bar.close()
             unusable_file(path, error, as_json)
-    finish(report, time.monotonic() - started, as_json)
+    finish("import-patients", report, time.monotonic() - started, dry_run, as_json)
 
 
 @click.command("import-codes")
@@ -255,7 +270,7 @@ def import_codes_command(path: str, dry_run: bool) -> None:
             sys.exit(EXIT_BAD_FILE)
     status = pool_status(db.session)
     click.echo(f"pool: {status.total:,} codes, {status.claimed:,} claimed, {status.available:,} available")
-    finish(report, time.monotonic() - started)
+    finish("import-codes", report, time.monotonic() - started, dry_run)
 
 
 @click.command("rotate-code-key")
@@ -263,6 +278,7 @@ def import_codes_command(path: str, dry_run: bool) -> None:
 def rotate_code_key_command() -> None:
     """Re-encrypt the code pool under PORTAL_CODE_KEY (old rows opened with PORTAL_CODE_KEY_PREVIOUS)."""
     resealed = rotate_code_key(db.session, services().cipher)
+    cli_event("rotate-code-key", "success")
     click.echo(f"{resealed:,} codes re-encrypted under key version {services().cipher.keyring.current_version}")
 
 
@@ -293,13 +309,6 @@ def stats_command(days: int, as_json: bool) -> None:
         click.echo(f"alert: {alert.hour:%Y-%m-%d %H:00} {alert.kind} on {alert.channel} ({alert.count})")
 
 
-def operator_name() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no user name in this environment (a bare container)
-        return "unknown"
-
-
 def parse_day(_ctx: click.Context, _param: click.Parameter, value: str) -> date:
     try:
         day = date.fromisoformat(value)
@@ -322,13 +331,12 @@ def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, a
     counts and the audit trail for PORTAL_AUDIT_RETENTION_DAYS. Every purge is recorded as an event."""
     if programme_end and not dry_run and not yes:
         click.confirm("Destroy every patient record, code and verification for good?", abort=True)
-    act_as(f"cli:{operator_name()}")
     report = retention.purge(
         db.session, current_app.extensions["portal.limit_store"], before=before, dry_run=dry_run,
         programme_end=programme_end, retention_days=current_app.config["AUDIT_RETENTION_DAYS"],
     )  # fmt: skip
     outcome = "dry-run" if dry_run else "programme-end" if programme_end else "expired"
-    record(Event("purge", outcome, "cli"))
+    cli_event("purge", outcome)
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
@@ -339,6 +347,95 @@ def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, a
     click.echo(f"  audit rows past their retention period: {report.audit_rows_past_retention:,} (kept)")
     limits = "cleared" if report.rate_limit_state_cleared else "expires by itself, cleared at programme end"
     click.echo(f"  rate-limit state: {limits}")
+
+
+# --- Audit trail and staff ----------------------------------------------------------------------
+
+
+def cli_event(action: str, outcome: str) -> None:
+    record(Event(action, outcome, "cli"))
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit_group.command("verify")
+@with_appcontext
+def audit_verify() -> None:
+    """Check every link of the chain; exit 1 naming the first broken one."""
+    with db.engine.connect() as connection:
+        checked, broken = services().audit.verify(connection)
+    if broken is not None:
+        click.echo(f"audit trail BROKEN at row {broken.position}: {broken.reason} ({checked:,} rows before it hold)")
+        sys.exit(1)
+    click.echo(f"audit trail intact: {checked:,} rows")
+
+
+def print_enrolment(username: str, password: str, uri: str) -> None:
+    """The one time the initial password and the TOTP secret are shown: hand them over in person."""
+    click.echo(f"username: {username}")
+    click.echo(f"password: {password}")
+    click.echo(f"otpauth URI: {uri}")
+    segno.make(uri, error="m").terminal(compact=True)
+
+
+def staff_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A command acting on one existing staff member given as USERNAME."""
+
+    def decorator(action: Callable[[Staff], None]) -> click.Command:
+        @click.command(name, help=action.__doc__)
+        @click.argument("username")
+        @with_appcontext
+        def command(username: str) -> None:
+            try:
+                staff = find_staff(db.session, username)
+            except StaffError as error:
+                raise click.UsageError(str(error)) from None
+            action(staff)
+            cli_event(name, f"staff:{staff.id}")
+
+        return command
+
+    return decorator
+
+
+@click.command("create-staff")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@with_appcontext
+def create_staff_command(username: str, role: str) -> None:
+    """Create a console account; prints its initial password and TOTP enrolment."""
+    try:
+        enrolment = create_staff(db.session, services().totp, username, role)
+    except StaffError as error:
+        raise click.UsageError(str(error)) from None
+    cli_event("create-staff", f"staff:{enrolment.staff.id}")
+    print_enrolment(enrolment.staff.username, enrolment.password, enrolment.otpauth_uri)
+
+
+@staff_command("disable-staff")
+def disable_staff_command(staff: Staff) -> None:
+    """Disable an account and end its sessions at once."""
+    disable_staff(db.session, staff)
+    click.echo(f"{staff.username} disabled")
+
+
+@staff_command("reset-staff-mfa")
+def reset_staff_mfa_command(staff: Staff) -> None:
+    """New TOTP secret and new initial password; ends the account's sessions."""
+    password, uri = reset_mfa(db.session, services().totp, staff)
+    print_enrolment(staff.username, password, uri)
+
+
+@click.command("list-staff")
+@with_appcontext
+def list_staff_command() -> None:
+    """Every console account, its role and state."""
+    for staff in list_staff(db.session):
+        state = "disabled" if staff.disabled else "active"
+        click.echo(f"{staff.username:<24} {staff.role:<11} {state}")
 
 
 # --- Synthetic data and the demo -----------------------------------------------------------------

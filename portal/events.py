@@ -1,28 +1,36 @@
 """Security-relevant events, raised in one place and never carrying an identifier.
 
-``record`` is the one place every event goes through: it writes one JSON line on the
-``portal.events`` logger, counts it in the metrics, feeds attack detection, and adds one to
-the event's hourly count (``portal.stats``), which the dashboard and ``portal stats`` read
-and which survives the retention purge.
+Each event goes through ``record``, the one place for all of them: one JSON line on the
+``portal.events`` logger, one row of the audit trail (``portal/audit.py``), its count in the
+metrics, attack detection, and one more in its hourly count (``portal.stats``), which the
+dashboard and ``portal stats`` read and which survives the retention purge. The row names who
+acted (``act_as``, else the anonymous public session or the command-line user) and the request
+it belongs to (``g.request_id``, made here when no one set it).
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import logging
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from flask import Flask, current_app, g, has_app_context
+from flask import Flask, current_app, g, has_request_context, session
 from limits.errors import StorageError
 from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal import alerts, metrics, stats
+from portal.audit import Entry
 from portal.extensions import db
-from portal.logs import Fields, request_id
+from portal.logs import Fields
 from portal.models import utcnow
 
 log = logging.getLogger("portal.events")
+
+PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for its token
 
 
 def init_app(app: Flask) -> None:
@@ -54,21 +62,47 @@ class Event:
     at: datetime = field(default_factory=utcnow)
 
 
+def act_as(actor: str) -> None:
+    """Name who acts in this request's events: ``staff:<id>``, ``partner:<key id>``."""
+    g.audit_actor = actor
+
+
+def request_id() -> str | None:
+    """The request's id: one set earlier (from ``X-Request-ID``), else a new one for this request."""
+    if not has_request_context():
+        return None
+    if "request_id" not in g:
+        g.request_id = secrets.token_hex(8)
+    return str(g.request_id)
+
+
+def _actor() -> str:
+    if has_request_context():
+        if "audit_actor" in g:
+            return str(g.audit_actor)
+        token = session.get(PUBLIC_SESSION_KEY)
+        # The verification's token, hashed: ties one visitor's events together, names no one.
+        return "public:" + (hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous")
+    try:
+        return "cli:" + getpass.getuser()[:40]
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
 def record(event: Event) -> None:
-    actor = g.get("audit_actor") if has_app_context() else None  # see act_as
-    log.info(
-        Fields(
-            action=event.action,
-            outcome=event.outcome,
-            channel=event.channel,
-            patient=event.patient_ref,
-            client=event.client,
-            actor=actor,
-            request_id=request_id(),
-        )
+    entry = Entry(
+        actor=_actor(),
+        action=event.action,
+        outcome=event.outcome,
+        channel=event.channel,
+        record_ref=event.patient_ref,
+        client=event.client,
+        request_id=request_id(),
     )
+    log.info(Fields(asdict(entry)))
+    current_app.extensions["portal"].audit.append(db.engine, entry)
     metrics.observe_event(event.action, event.outcome, event.channel)
-    raised = _detect(event, actor)
+    raised = _detect(event, entry.actor)
     try:
         # Its own short transaction: committed whatever the request does with its own.
         with db.engine.begin() as connection:
@@ -91,8 +125,3 @@ def _detect(event: Event, actor: str | None) -> list[alerts.Alert]:
         # The limits themselves fall back to memory; detection waits for the store to return.
         log.warning("attack detection unavailable: %s", error.__class__.__name__)
         return []
-
-
-def act_as(actor: str) -> None:
-    """Name who acts in this request's events: ``staff:<id>``, ``partner:<key id>``."""
-    g.audit_actor = actor

@@ -34,8 +34,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
         }
-        if rid := request_id():
-            entry["request_id"] = rid
+        if has_request_context() and "request_id" in g:
+            entry["request_id"] = g.request_id
         if isinstance(record.msg, Fields):
             entry.update(record.msg)
         else:
@@ -45,10 +45,6 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = record.exc_info[0].__name__
             entry["stack"] = "".join(traceback.format_tb(record.exc_info[2]))
         return json.dumps(entry, separators=(",", ":"), default=str)
-
-
-def request_id() -> str | None:
-    return g.get("request_id") if has_request_context() else None
 
 
 def init_app(app: Flask) -> None:

@@ -127,11 +127,16 @@ def disable_staff(session: Session, staff: Staff) -> None:
     end_sessions(session, staff)
 
 
-def reset_mfa(session: Session, cipher: TotpCipher, staff: Staff) -> str:
-    """A new TOTP secret (the old authenticator stops working) and a new password to change at login."""
+def reset_mfa(session: Session, cipher: TotpCipher, staff: Staff) -> tuple[str, str]:
+    """A new TOTP secret (the old authenticator stops working) and a new password to change at login.
+
+    Returns the password and the otpauth URI; every session of the account ends."""
+    password = secrets.token_urlsafe(12)
+    staff.password_hash = passwords.hash(password)
+    staff.must_change_password = True
     uri = _new_totp(cipher, staff)
     end_sessions(session, staff)
-    return uri
+    return password, uri
 
 
 def set_password(session: Session, staff: Staff, password: str) -> None:

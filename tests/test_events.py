@@ -42,9 +42,11 @@ def test_verification_claim_and_throttling_are_recorded_without_identifiers(
         "pool-empty",
     ]
     assert all(line["channel"] == "public" and line["client"] == "127.0.0.1" for line in lines)
-    assert lines[0]["patient"] is None and re.fullmatch(r"[0-9a-f]{32}", lines[3]["patient"])
+    assert lines[0]["record_ref"] is None and re.fullmatch(r"[0-9a-f]{32}", lines[3]["record_ref"])
     # The random public and request ids are hex and may contain any digit run by chance: check the rest.
-    rest = [json.dumps({k: v for k, v in line.items() if k not in ("patient", "request_id")}) for line in lines]
+    rest = [
+        json.dumps({k: v for k, v in line.items() if k not in ("record_ref", "request_id", "actor")}) for line in lines
+    ]
     for secret in ("García", "Garcia", "garcialopez", "1980-04-23", "6789", "10001", "123-45"):
         assert not any(secret.lower() in line.lower() for line in rest)
 
@@ -70,6 +72,6 @@ def test_events_are_written_without_any_logging_set_up(database_url: str) -> Non
     )
     written = [json.loads(line) for line in done.stderr.splitlines() if '"action":"verification"' in line]
     assert len(written) == 1
-    assert {k: written[0][k] for k in ("logger", "outcome", "channel", "patient", "client")} == {
-        "logger": "portal.events", "outcome": "failure", "channel": "public", "patient": None, "client": "127.0.0.1"
+    assert {k: written[0][k] for k in ("logger", "outcome", "channel", "record_ref", "client")} == {
+        "logger": "portal.events", "outcome": "failure", "channel": "public", "record_ref": None, "client": "127.0.0.1"
     }  # fmt: skip

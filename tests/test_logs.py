@@ -1,5 +1,5 @@
-"""Logs: one JSON line per request and per event, tied together by the request id the response
-returns; and in a whole run's logs, not one imported value."""
+"""Logs: one JSON line per request and per event, tied to the audit row by the request id the
+response returns; and in a whole run's logs, not one imported value."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import csrf_token, lookup, make_app
 from flask import Flask, g
 
 from portal import synthetic
+from portal.extensions import db
 from portal.identity import normalise_last_name
 from portal.logs import JsonFormatter
+from portal.models import AuditEvent
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
-VOLATILE = ("time", "request_id", "patient", "ms")  # random or timing fields: any digits by chance
+VOLATILE = ("time", "request_id", "record_ref", "actor", "ms")  # random or timing fields: any digits by chance
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
-def test_one_line_per_request_and_per_event_with_the_request_id_returned(
+def test_one_line_per_request_and_per_event_with_the_request_id_of_the_response_and_audit_row(
     database_url: str, json_log: io.StringIO
 ) -> None:
     app = make_app(database_url)
@@ -60,6 +63,9 @@ def test_one_line_per_request_and_per_event_with_the_request_id_returned(
         ("portal.requests", "public.lookup"),
     ]
     assert [x["request_id"] for x in logged[2:]] == [request_id, request_id]
+    with app.app_context():
+        audited = db.session.execute(sa.select(AuditEvent.action, AuditEvent.request_id)).all()
+    assert [tuple(row) for row in audited] == [("verification", request_id)]
     assert logged[3]["status"] == 200 and logged[3]["method"] == "POST"
     assert len({x["request_id"] for x in logged}) == 3  # a new id for each request
 

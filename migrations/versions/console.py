@@ -53,13 +53,15 @@ def upgrade() -> None:
     op.create_index(op.f("ix_audit_events_actor"), "audit_events", ["actor"])
     op.create_index(op.f("ix_audit_events_action"), "audit_events", ["action"])
     op.create_index(op.f("ix_audit_events_record_ref"), "audit_events", ["record_ref"])
-    op.create_table(
+    head = op.create_table(
         "audit_chain_head",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("position", sa.BigInteger(), nullable=False),
         sa.Column("last_hash", sa.LargeBinary(length=32), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_chain_head")),
     )
+    # The one row every writer locks to append; position 0 and the all-zero hash start the chain.
+    op.bulk_insert(head, [{"id": 1, "position": 0, "last_hash": bytes(32)}])
 
 
 def downgrade() -> None:
