@@ -591,7 +591,7 @@ def subprocess_env(config: dict[str, Any]) -> dict[str, str]:
     env.update(
         {
             f"PORTAL_{name}": str(config[name])
-            for name in ("ENV", "DATABASE_URL", "SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", *FAST_ARGON2)
+            for name in ("ENV", "DATABASE_URL", "SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY", *FAST_ARGON2)
         }
     )
     return env
