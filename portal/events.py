@@ -5,7 +5,7 @@ Each event goes through ``record``, the one place for all of them: one JSON line
 metrics, attack detection, and one more in its hourly count (``portal.stats``), which the
 dashboard and ``portal stats`` read and which survives the retention purge. The row names who
 acted (``act_as``, else the anonymous public session or the command-line user) and the request
-it belongs to (``g.request_id``, made here when no one set it).
+it belongs to (``portal.telemetry.request_id``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import logging
-import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -27,6 +26,7 @@ from portal.audit import Entry
 from portal.extensions import db
 from portal.logs import Fields
 from portal.models import utcnow
+from portal.telemetry import request_id
 
 log = logging.getLogger("portal.events")
 
@@ -67,15 +67,6 @@ def act_as(actor: str) -> None:
     g.audit_actor = actor
 
 
-def request_id() -> str | None:
-    """The request's id: one set earlier (from ``X-Request-ID``), else a new one for this request."""
-    if not has_request_context():
-        return None
-    if "request_id" not in g:
-        g.request_id = secrets.token_hex(8)
-    return str(g.request_id)
-
-
 def _actor() -> str:
     if has_request_context():
         if "audit_actor" in g:
@@ -97,7 +88,7 @@ def record(event: Event) -> None:
         channel=event.channel,
         record_ref=event.patient_ref,
         client=event.client,
-        request_id=request_id(),
+        request_id=request_id() if has_request_context() else None,
     )
     log.info(Fields(asdict(entry)))
     current_app.extensions["portal"].audit.append(db.engine, entry)

@@ -59,8 +59,9 @@ lookup(app.test_client(), last_name="Nobody", date_of_birth="1975-01-02", zip_co
 """
 
 
-def test_events_are_written_without_any_logging_set_up(database_url: str) -> None:
-    """Nothing configures logging under gunicorn: the events must still reach its error log (stderr).
+def test_events_and_requests_are_written_without_any_logging_set_up(database_url: str) -> None:
+    """Nothing configures logging under gunicorn: events and request lines (written straight to the
+    JSON handler's stream) must still reach its error log (stderr), as JSON lines.
     A process of its own, because pytest's log capture is a configuration."""
     done = subprocess.run(
         [sys.executable, "-c", UNCONFIGURED_PROCESS, database_url],
@@ -75,3 +76,9 @@ def test_events_are_written_without_any_logging_set_up(database_url: str) -> Non
     assert {k: written[0][k] for k in ("logger", "outcome", "channel", "record_ref", "client")} == {
         "logger": "portal.events", "outcome": "failure", "channel": "public", "record_ref": None, "client": "127.0.0.1"
     }  # fmt: skip
+    requests = [json.loads(line) for line in done.stderr.splitlines() if '"logger":"portal.requests"' in line]
+    assert [(r["method"], r["endpoint"], r["status"], r["level"]) for r in requests] == [
+        ("GET", "public.lookup_form", 200, "INFO"),
+        ("POST", "public.lookup", 200, "INFO"),
+    ]
+    assert requests[1]["request_id"] == written[0]["request_id"] and requests[1]["time"].endswith("Z")

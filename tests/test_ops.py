@@ -195,9 +195,9 @@ def test_metrics_after_known_traffic_across_two_workers(tmp_path: Path) -> None:
         }
         log = (tmp_path / "gunicorn.log").read_text()
 
-    assert figures['portal_requests_total{endpoint="public.index",status="200"}'] == pages
-    assert figures['portal_request_seconds_count{endpoint="public.index"}'] == pages
-    assert figures['portal_requests_total{endpoint="public.lookup",status="429"}'] == 1
+    assert figures['portal_request_seconds_count{endpoint="public.index",status="200"}'] == pages
+    assert figures['portal_request_seconds_bucket{endpoint="public.index",le="+Inf",status="200"}'] == pages
+    assert figures['portal_request_seconds_count{endpoint="public.lookup",status="429"}'] == 1
     assert figures['portal_verifications_total{channel="public",outcome="failure"}'] == 2
     assert figures['portal_verifications_total{channel="public",outcome="throttled"}'] == 1
     assert figures['portal_verifications_total{channel="public",outcome="success"}'] == 1
