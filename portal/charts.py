@@ -81,7 +81,12 @@ def bar_chart(chart_id: str, title: str, categories: list[str], series: list[Ser
                     label=f"{one.name}, {category}: {value:,}",
                 )
             )
-    ticks = [Tick(round(TOP + plot_height * (1 - k / 4), 1), f"{top * k // 4:,}") for k in range(5)]
+    # Whole-number gridlines: 10 in fifths, 20 in quarters, 50 in fifths; 1 or 2 in ones.
+    divisions = min(top, {1: 5, 2: 4, 5: 5}[int(str(top)[0])])
+    ticks = [
+        Tick(round(TOP + plot_height * (1 - k / divisions), 1), f"{top * k // divisions:,}")
+        for k in range(divisions + 1)
+    ]
     every = math.ceil(len(categories) / 12)  # at most a dozen labels under the axis
     labels = [(round(LEFT + (i + 0.5) * group, 1), c) for i, c in enumerate(categories) if i % every == 0]
     totals = ", ".join(f"{sum(s.values):,} {s.name.lower()}" for s in series)

@@ -97,6 +97,8 @@ def test_bar_geometry_follows_the_figures() -> None:
     plot = chart.height - 12 - 40
     assert heights == {"Good, Mon: 10": plot, "Good, Tue: 5": plot / 2, "Bad, Mon: 0": 0, "Bad, Tue: 2": plot / 5}
     assert all(bar.y + bar.height == pytest.approx(12 + plot) for bar in chart.bars)  # all stand on the axis
-    assert [t.label for t in chart.ticks] == ["0", "2", "5", "7", "10"]
+    assert [t.label for t in chart.ticks] == ["0", "2", "4", "6", "8", "10"]
+    assert [t.label for t in bar_chart("d", "T", ["x"], [Series("S", [150])]).ticks] == ["0", "50", "100", "150", "200"]
+    assert [t.label for t in bar_chart("e", "T", ["x"], [Series("S", [2])]).ticks] == ["0", "1", "2"]
     assert chart.rows == [["Mon", "10", "0"], ["Tue", "5", "2"]]
     assert chart.description == "Bar chart of things per day from Mon to Tue. In total: 15 good, 2 bad. Busiest: Mon."
