@@ -10,10 +10,11 @@ from typing import Any
 
 from flask import Flask, current_app, g
 from flask_babel import get_locale
+from limits.storage import storage_from_string
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
-from portal import i18n
+from portal import i18n, metrics
 from portal.audit import AuditChain
 from portal.claims import CodeCipher
 from portal.config import load_config
@@ -60,12 +61,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             Argon2Params.from_config(app.config),
             concurrency=app.config["HASH_CONCURRENCY"],
             wait_seconds=app.config["HASH_WAIT_SECONDS"],
+            on_slot_wait=metrics.observe_hash_slot,
         ),
         cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
         totp=TotpCipher(Keyring.from_config(app.config, "CODE_KEY")),
         audit=AuditChain.from_config(app.config),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )
+    # The rate-limit store as such (Redis in production): attack counters, readiness, purge.
+    app.extensions["portal.limit_store"] = storage_from_string(app.config["RATELIMIT_STORAGE_URI"])
 
     db.init_app(app)
     # The extension also registers an async teardown, which Flask runs through asgiref on a new
@@ -86,11 +90,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Every page may show the programme's facts, with its free text in the page's language.
     app.context_processor(lambda: {"programme": services().programme.in_language(str(get_locale()))})
 
-    from portal import cli, errors, events, security, throttle
+    from portal import cli, errors, events, logs, ops, security, telemetry, throttle
     from portal.api.views import bp as api_bp
     from portal.public.views import bp as public_bp
 
+    logs.init_app(app)
     events.init_app(app)
+    telemetry.init_app(app)
     security.init_app(app)
     throttle.init_app(app)
     cli.init_app(app)
@@ -99,11 +105,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_bp)
     if app.config["AGENT_VIEW"]:
         # Switched off, the console is not routed at all: every /agent/ path is a 404.
-        from portal.agent import auth
+        from portal.agent import auth, dashboard  # noqa: F401 (dashboard adds the supervisor's pages to bp)
         from portal.agent.views import bp as agent_bp
 
         auth.init_app(app)
         app.register_blueprint(agent_bp, url_prefix="/agent")
+    ops.init_app(app)
     return app
 
 

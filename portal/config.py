@@ -102,6 +102,23 @@ DEFAULTS: dict[str, Any] = {
     # Console verifications: per person (apart from the public budget), and failures per agent.
     "AGENT_VERIFY_LIMIT_PERSON": "5 per hour; 10 per day; 30 per year",
     "AGENT_VERIFY_LIMIT_FAILURES": "10 per hour; 40 per day",
+    # The supervisor dashboard shows a warning when fewer codes than this are left in the pool.
+    "POOL_LOW_THRESHOLD": 10000,
+    # Hourly counts and the audit trail are kept this long after the purge's cut-off date:
+    # six years (with their leap days), as HIPAA keeps documentation.
+    "AUDIT_RETENTION_DAYS": 2192,
+    # /readyz and /metrics answer only requests for these host names or from these networks
+    # (the client address as PORTAL_TRUSTED_PROXIES resolves it); everyone else gets a 404.
+    "OPS_HOSTS": [],
+    "OPS_NETWORKS": ["127.0.0.0/8", "::1/128"],
+    # Attack detection (portal/alerts.py): failed or refused verifications that raise an alert.
+    # Site-wide: this many times the last week's usual rate, and at least the floor.
+    "ALERT_FAILURE_FACTOR": 10,
+    "ALERT_FAILURE_FLOOR": "60 per minute",
+    "ALERT_PERSON_LIMITS": "20 per minute",  # refusals by the per-person limit (people being guessed at)
+    "ALERT_CLIENT_FAILURES": "20 per minute",  # from one client address (/64)
+    "ALERT_PARTNER_FAILURES": "50 per minute",  # with one partner API key
+    "ALERT_AGENT_FAILURES": "5 per 10 minutes",  # by one call-center agent
 }
 
 # OWASP Argon2id minimums (time cost -> memory in KiB) with parallelism 1.

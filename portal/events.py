@@ -1,10 +1,12 @@
 """Security-relevant events, raised in one place and never carrying an identifier.
 
-Each event is one structured line on the ``portal.events`` logger and one row of the audit
-trail (``portal/audit.py``), whatever the surface: public site, console, API or command line.
-The row names who acted (the event's ``actor``, such as ``api-key:7``; else ``act_as``'s, such
-as ``staff:3``; else the public visitor's session or the command-line user) and the request it
-belongs to (``g.request_id``, made here when no one set it).
+Each event goes through ``record``, the one place for all of them: one JSON line on the
+``portal.events`` logger, one row of the audit trail (``portal/audit.py``), its count in the
+metrics, attack detection, and one more in its hourly count (``portal.stats``), which the
+dashboard and ``portal stats`` read and which survives the retention purge, whatever the surface:
+public site, console, API or command line. The row names who acted (the event's ``actor``, such
+as ``api-key:7``; else ``act_as``'s, such as ``staff:3``; else the public visitor's session or the
+command-line user) and the request it belongs to (``portal.telemetry.request_id``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ from __future__ import annotations
 import getpass
 import hashlib
 import logging
-import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 from flask import Flask, current_app, g, has_request_context, session
+from limits.errors import StorageError
+from redis import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
+from portal import alerts, metrics, stats
 from portal.audit import Entry
 from portal.extensions import db
+from portal.logs import Fields
+from portal.models import utcnow
+from portal.telemetry import request_id
 
 log = logging.getLogger("portal.events")
 
@@ -26,38 +35,38 @@ PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for i
 
 
 def init_app(app: Flask) -> None:
-    """Events are INFO lines: written unless logging was configured otherwise.
+    """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
+    from portal.throttle import client_key  # (throttle raises events: imported once both exist)
 
-    They go through the handler Flask gives the app's logger when none is configured: the
-    request's error stream, which gunicorn keeps in its error log.
-    """
-    if log.level == logging.NOTSET:
-        log.setLevel(logging.INFO)
-    _ = app.logger  # creating the app's logger attaches that handler
+    app.extensions["portal.detector"] = alerts.Detector(
+        alerts.Thresholds.from_config(app.config),
+        # The rate-limit store: Redis in production, so every worker adds to the same counts.
+        app.extensions["portal.limit_store"],
+        alerts.CachedRate(_usual_failures_per_minute),
+        client_key,
+        app.config["RATELIMIT_KEY_PREFIX"],
+    )
+
+
+def _usual_failures_per_minute(now: datetime) -> float:
+    with db.engine.connect() as connection:
+        return stats.usual_failures_per_minute(connection, now)
 
 
 @dataclass(frozen=True)
 class Event:
-    action: str  # verification, claim, sign-out, staff-login, ...
-    outcome: str  # success, failure, throttled, pool-empty, ...
-    channel: str  # public, agent, api, cli
+    action: str  # verification, exposure, claim, sign-out, purge
+    outcome: str  # success, failure, throttled:<limit>, viewed, pool-empty, ...
+    channel: str  # the surface: public, agent, api (cli for commands)
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
     client: str | None = None  # client address as the trusted proxies report it
     actor: str | None = None  # who acted for the person: "api-key:7" for a partner key; None for the person
+    at: datetime = field(default_factory=utcnow)
 
 
 def act_as(actor: str) -> None:
     """Name who acts in this request's events when the event does not: ``staff:<id>``."""
     g.audit_actor = actor
-
-
-def request_id() -> str | None:
-    """The request's id: one set earlier (from ``X-Request-ID``), else a new one for this request."""
-    if not has_request_context():
-        return None
-    if "request_id" not in g:
-        g.request_id = secrets.token_hex(8)
-    return str(g.request_id)
 
 
 def _actor() -> str:
@@ -74,17 +83,9 @@ def _actor() -> str:
 
 
 def record(event: Event) -> None:
-    """One log line and one audit row; the actor is the event's own, else this request's (``act_as``)."""
+    """One JSON line, one audit row, its metrics, attack detection and its hourly count; the actor
+    is the event's own, else this request's (``act_as``)."""
     actor = event.actor or _actor()
-    log.info(
-        "action=%s outcome=%s channel=%s patient=%s client=%s actor=%s",
-        event.action,
-        event.outcome,
-        event.channel,
-        event.patient_ref or "-",
-        event.client or "-",
-        actor,
-    )
     entry = Entry(
         actor=actor,
         action=event.action,
@@ -92,6 +93,31 @@ def record(event: Event) -> None:
         channel=event.channel,
         record_ref=event.patient_ref,
         client=event.client,
-        request_id=request_id(),
+        request_id=request_id() if has_request_context() else None,
     )
+    log.info(Fields(asdict(entry)))
     current_app.extensions["portal"].audit.append(db.engine, entry)
+    metrics.observe_event(event.action, event.outcome, event.channel)
+    raised = _detect(event, entry.actor)
+    try:
+        # Its own short transaction: committed whatever the request does with its own.
+        with db.engine.begin() as connection:
+            stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
+            for alert in raised:
+                stats.add_count(connection, event.at, "alert", alert.kind, alert.channel)
+    except SQLAlchemyError as error:
+        # A lost count must not turn the person's answer into an error page.
+        log.warning("hourly count not written: %s", error.__class__.__name__)
+    for alert in raised:
+        alerts.announce(alert)
+        metrics.observe_event("alert", alert.kind, alert.channel)
+
+
+def _detect(event: Event, actor: str | None) -> list[alerts.Alert]:
+    detector: alerts.Detector = current_app.extensions["portal.detector"]
+    try:
+        return detector.observe(event.action, event.outcome, event.channel, event.client, actor, event.at)
+    except (RedisError, StorageError, OSError, SQLAlchemyError) as error:
+        # The limits themselves fall back to memory; detection waits for the store to return.
+        log.warning("attack detection unavailable: %s", error.__class__.__name__)
+        return []

@@ -9,8 +9,11 @@ connections still hashes on every core. Lookups beyond that wait a bounded time
 wait in gunicorn's backlog. Pages that do not hash keep being served by the other threads.
 """
 
+import glob
 import multiprocessing
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from portal.identity import share_hashing_slots
@@ -60,6 +63,27 @@ def post_fork(_server: Any, worker: Any) -> None:
     hash_slots.bind(worker.hash_slot_index)
 
 
-def child_exit(_server: Any, worker: Any) -> None:
-    """A worker that was killed mid-hash (timeout, crash) gives its slots back to the server."""
+# Prometheus multiprocess mode: each worker writes its metrics to files in this directory and a
+# scrape of /metrics, whichever worker answers it, adds every worker's up. A directory of our own
+# unless PROMETHEUS_MULTIPROC_DIR names one; emptied at start, so a restart begins from zero.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="portal-metrics-"))
+
+
+def on_starting(_server: object) -> None:
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
+        os.unlink(stale)
+
+
+def child_exit(_server: object, worker: Any) -> None:
+    """A worker gone (restarted, timed out, crashed): it gives back the hashing slots it held, and
+    its live gauges stop counting while its counters stay summed."""
+    from prometheus_client import multiprocess
+
     hash_slots.reclaim(worker.hash_slot_index)
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(_server: object) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

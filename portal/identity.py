@@ -22,8 +22,9 @@ import multiprocessing
 import re
 import secrets
 import threading
+import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -306,10 +307,16 @@ class IdentifierHasher:
     """Every keyed hash of an identifier is made here, and nowhere else."""
 
     def __init__(
-        self, keyring: Keyring, params: Argon2Params, concurrency: int = 1, wait_seconds: float = 10.0
+        self,
+        keyring: Keyring,
+        params: Argon2Params,
+        concurrency: int = 1,
+        wait_seconds: float = 10.0,
+        on_slot_wait: Callable[[float, bool], None] | None = None,
     ) -> None:
         self.keyring = keyring
         self.params = params
+        self._on_slot_wait = on_slot_wait  # (seconds waited, got a slot): for the metrics
         # Caps Argon2 CPU and memory under a burst; waiting lookups queue here, bounded. Under
         # gunicorn the slots are the server's, shared by its workers; elsewhere this process's own.
         shared = server_hashing_slots()
@@ -338,7 +345,11 @@ class IdentifierHasher:
 
     def lookup_digests(self, claim: IdentityClaim, schemes: list[SchemeFields]) -> list[bytes]:
         """One digest per scheme, on the hashing threads; HashingBusy when no turn comes within the wait."""
-        if not self._slots.acquire(timeout=self._wait_seconds):
+        started = time.perf_counter()
+        acquired = self._slots.acquire(timeout=self._wait_seconds)
+        if self._on_slot_wait is not None:
+            self._on_slot_wait(time.perf_counter() - started, acquired)
+        if not acquired:
             raise HashingBusy()
         try:
             return self._threads.submit(lambda: [self.lookup_digest(claim, s) for s in schemes]).result()

@@ -250,3 +250,20 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class HourlyCount(Base):
+    """How many events of one kind happened in one hour, on one surface.
+
+    No person, address, key or staff member: only counts, so they outlive the retention purge
+    and still show how the programme went. One row per (hour, action, outcome, channel),
+    raised by an UPSERT from ``portal.events.record``.
+    """
+
+    __tablename__ = "hourly_counts"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # the hour's start, UTC
+    action: Mapped[str] = mapped_column(String(32), primary_key=True)  # verification, exposure, claim, alert...
+    outcome: Mapped[str] = mapped_column(String(48), primary_key=True)  # success, failure, throttled:..., ...
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)  # public, agent, api, cli
+    count: Mapped[int] = mapped_column(Integer)

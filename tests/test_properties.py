@@ -245,7 +245,7 @@ def test_arbitrary_text_raises_nothing_but_invalid_identifier(values: list[str])
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
 VALUE_ATTR = re.compile(r'value="[^"]*"')
 # Values that differ per request whoever asks: the echoed input's length, a bucket's retry time.
-PER_BUCKET_HEADERS = ("Content-Length", "Retry-After", "Set-Cookie")
+PER_BUCKET_HEADERS = ("Content-Length", "Retry-After", "Set-Cookie", "X-Request-ID")
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,7 @@ def _normalised(body: str, submitted: dict[str, str]) -> str:
 # Headers whose values may differ between any two requests without telling anything: the date,
 # and a refusal's retry time (its per-person bucket is keyed on what was typed, so it behaves
 # the same whether or not the person exists; see test_throttle).
-VOLATILE_HEADERS = {"Date", "Retry-After"}
+VOLATILE_HEADERS = {"Date", "Retry-After", "X-Request-ID"}
 
 
 @pytest.mark.parametrize("factor", ["ssn_last4", "reference"])

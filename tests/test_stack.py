@@ -9,6 +9,7 @@ per-client limit of one never throttles another. Runs when PORTAL_TEST_NGINX is 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import ssl
 import threading
@@ -154,8 +155,15 @@ def wrong(last4: str, n: int = 1) -> str:
 
 def events_from(stack: Stack, client: str, outcome: str) -> list[int]:
     """How many verification events with this outcome and client address each app server logged."""
-    line = f"action=verification outcome={outcome} channel=public patient=- client={client} actor="
-    return [server.log_text().count(line) for server in stack.app_servers]
+    wanted = {"action": "verification", "outcome": outcome, "channel": "public", "client": client}
+    return [
+        sum(wanted.items() <= event.items() for event in json_lines(server.log_text())) for server in stack.app_servers
+    ]
+
+
+def json_lines(log: str) -> list[dict[str, Any]]:
+    """The log's JSON lines (events and requests), parsed."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
 def claimed_codes(stack: Stack) -> int:
