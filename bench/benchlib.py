@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import http.client
+import json
 import multiprocessing
 import os
 import re
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from portal.config import DEFAULTS as PORTAL_DEFAULTS
+from portal.config import SECRET_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -74,7 +76,7 @@ class Bench(contextlib.ExitStack):
         super().__enter__()
         self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         self._old_hup = signal.signal(signal.SIGHUP, _raise_interrupt)
-        self.keys = {name: secrets.token_urlsafe(32) for name in ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")}
+        self.keys = {name: secrets.token_urlsafe(32) for name in SECRET_NAMES}
         self.cpu = CpuWatch()
         self.cpu.start()
         self.callback(self.cpu.stop)
@@ -193,7 +195,11 @@ def portal_env(
         "ARGON2_PARALLELISM": parallelism,
         "VERIFY_LIMIT_PERSON": LOOSE_LIMIT,
         "VERIFY_LIMIT_CLIENT": LOOSE_LIMIT,
+        "VERIFY_LIMIT_CLIENT_ATTEMPTS": LOOSE_LIMIT,
         "VERIFY_LIMIT_GLOBAL": LOOSE_LIMIT,
+        "API_VERIFY_LIMIT_PERSON": LOOSE_LIMIT,
+        "API_VERIFY_LIMIT_KEY": LOOSE_LIMIT,
+        "API_VERIFY_LIMIT_CLIENT": LOOSE_LIMIT,
         "RATELIMIT_STORAGE_URI": "memory://",
         **settings,
     }
@@ -650,6 +656,24 @@ class Lookup:
         return str(status), _retry_after_ok(status, headers)
 
 
+class ApiVerification:
+    """One operation = POST /api/v1/verifications with a partner key and a real identity.
+
+    The operation's status is "200" for ``{"verified": true}``, "200 unverified" otherwise.
+    """
+
+    def __init__(self, identities: list[dict[str, str]], key: str) -> None:
+        self.bodies = [json.dumps(identity) for identity in identities]
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+
+    def __call__(self, client: _Client, n: int) -> tuple[str, bool]:
+        status, headers, body = client.request(
+            "POST", "/api/v1/verifications", self.bodies[n % len(self.bodies)], self.headers
+        )
+        verified = status == 200 and b'"verified":true' in body
+        return str(status) if verified or status != 200 else "200 unverified", _retry_after_ok(status, headers)
+
+
 def _retry_after_ok(status: int, headers: Any) -> bool:
     return status != 503 or bool(headers.get("Retry-After"))
 
@@ -895,6 +919,93 @@ def timed_request(server: Server, scenario: Any, n: int = 0) -> tuple[str, float
     elapsed = time.perf_counter() - began
     client.close()
     return status, elapsed
+
+
+def alternating_rounds(
+    bench: Bench,
+    server: Server,
+    scenario: Any,
+    argon2: tuple[int, int, int],
+    clients: int,
+    seconds: float,
+    rounds: int,
+    baseline_seconds: float,
+    new_connections: bool,
+    success: str,
+    what: str,
+) -> tuple[float, bool, int]:
+    """Rounds of raw Argon2id on every core, then HTTP load; prints the table and the summary.
+
+    Returns (operations/s / raw hashes/s, whether every operation ended in ``success``, peak RSS).
+    """
+    # Alternating rounds (raw Argon2id, then HTTP load) so that drift on the machine hits both alike.
+    raws: list[float] = []
+    hash_cpus: list[float] = []
+    loads: list[LoadResult] = []
+    window = bench.cpu.snapshot()
+    round_rows = []
+    for index in range(rounds):
+        baseline = argon2_baseline_detail(argon2, CORES, baseline_seconds)
+        raws.append(baseline.rate)
+        hash_cpus.append(baseline.cpu_per_hash)
+        loads.append(run_load(server, scenario, clients, seconds, warmup=3.0))
+        by_process = " ".join(f"{c / seconds:.2f}" for c in loads[-1].server_cpu_by_process)
+        round_rows.append(
+            (
+                index + 1,
+                f"{raws[-1]:,.1f}",
+                f"{loads[-1].rate:,.1f}",
+                f"{loads[-1].rate / raws[-1]:.3f}",
+                by_process,
+            )
+        )
+    load_cpu = bench.cpu.line(window)
+    lopsided = [
+        str(i + 1)
+        for i, r in enumerate(loads)
+        if len(r.server_cpu_by_process) > 2 and r.server_cpu_by_process[1] < 0.25 * r.server_cpu_by_process[0]
+    ]
+    raw = sum(raws) / len(raws)
+    ops = sum(r.ops for r in loads)
+    rate = ops / (seconds * rounds)
+    latencies = [x for r in loads for x in r.latencies]
+    statuses = sum((r.statuses for r in loads), Counter())
+    errors = sum((r.errors for r in loads), Counter())
+    server_cpu = sum(r.server_cpu for r in loads)
+    client_cpu = sum(r.client_cpu for r in loads)
+    peak_rss = max(r.server_peak_rss for r in loads)
+    say(
+        f"{rounds} rounds of: raw Argon2id with {CORES} processes for {baseline_seconds:.0f} s, then"
+        f" {clients} HTTP clients for {seconds:.0f} s (after 3 s warm-up; 1 load process;"
+        f" {'a new connection per visit' if new_connections else 'one kept-alive connection per client'})"
+    )
+    say(table(round_rows, ["round", "raw hashes/s", f"{what}/s", "ratio", "server CPU by process (cores)"]))
+    say(
+        f"  {ops:,} verified {what} -> {rate:,.1f} {what}/s vs {raw:,.1f} raw hashes/s;"
+        f" statuses {dict(statuses)}  connection errors {dict(errors) or 0}"
+    )
+    say(f"  latency per operation: {latency_line(latencies)}")
+    hash_cpu = sum(hash_cpus) / len(hash_cpus)
+    say(
+        f"  CPU per operation: server {ms(server_cpu / max(ops, 1))}, load generator"
+        f" {ms(client_cpu / max(sum(statuses.values()), 1))}; raw Argon2id hash {ms(hash_cpu)}"
+    )
+    cpu_bound = hash_cpu / ((server_cpu + client_cpu) / max(ops, 1))
+    say(
+        f"  CPU-only view (less sensitive to other tenants): Argon2id core-time / all CPU per operation"
+        f" (server + load generator) = {cpu_bound:.3f}; the ratio cannot exceed this on a dedicated machine"
+    )
+    say(f"  server RSS peak (master + workers): {mib(peak_rss)}")
+    if lopsided:
+        say(
+            f"  NOTE: in round(s) {', '.join(lopsided)} the kept-alive connections landed (almost) all on one"
+            " worker (it still hashes on every core: the server's hashing slots are shared by its workers)"
+        )
+    say(f"  {load_cpu}")
+    good = statuses.get(success, 0) == sum(statuses.values()) and not errors
+    if not good:
+        say(f"  FAIL: some {what} did not end in {success}")
+    return rate / raw, good, peak_rss
 
 
 # --- Raw Argon2id baseline -----------------------------------------------------------------------

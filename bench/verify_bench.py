@@ -1,12 +1,12 @@
 """Verified lookups per second through the real HTTP stack vs raw Argon2id on the same cores.
 
-The portal runs as in production: ``gunicorn -c python:portal.gunicorn_config wsgi:app``
-(workers = cores, 4 threads each, PORTAL_HASH_CONCURRENCY per worker as configured), on a temporary SQLite
-file by default or a private schema of ``--database-url``. A separate load process drives it over
-loopback at 2 x cores concurrent clients; each operation is a first visit: GET /lookup (CSRF token
-and session cookie), then POST /lookup with a real synthetic identity, expecting 303. Each client
-keeps one connection for all its visits, as a pooling proxy in front does (``--new-connections``:
-one per visit).
+The portal runs as in production: ``gunicorn -c python:portal.gunicorn_config wsgi:app`` (workers =
+cores, 4 threads each, PORTAL_HASH_SLOTS hashing slots shared by the workers, default one a core),
+on a temporary SQLite file by default or a private schema of ``--database-url``. A separate load
+process drives it over loopback at 2 x cores concurrent clients; each operation is a first visit:
+GET /lookup (CSRF token and session cookie), then POST /lookup with a real synthetic identity,
+expecting 303. Each client keeps one connection for all its visits, as a pooling proxy in front does
+(``--new-connections``: one per visit).
 
 RATIO = verified lookups/s / hashes/s of ``cores`` processes doing nothing but
 portal.identity.stretch (same Argon2id params, measured before and after in the same run).
@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--hash-wait", type=float, help="PORTAL_HASH_WAIT_SECONDS (default: config's)")
     parser.add_argument("--workers", type=int, help="PORTAL_WORKERS (default: gunicorn_config's, = cores)")
     parser.add_argument("--threads", type=int, help="PORTAL_THREADS (default: gunicorn_config's, 4)")
-    parser.add_argument("--hash-concurrency", type=int, help="PORTAL_HASH_CONCURRENCY (default: config's)")
+    parser.add_argument("--hash-slots", type=int, help="PORTAL_HASH_SLOTS, shared by the workers (default: cores)")
     parser.add_argument("--baseline-seconds", type=float, default=4.0)
     parser.add_argument(
         "--argon2",
@@ -58,7 +58,7 @@ def main() -> int:
     b.add_app_options(parser)
     args = parser.parse_args()
     argon2 = tuple(int(x) for x in args.argon2.split(","))
-    hash_concurrency = args.hash_concurrency or b.PORTAL_DEFAULTS["HASH_CONCURRENCY"]
+    hash_slots = args.hash_slots or b.CORES
     hash_wait = args.hash_wait or b.PORTAL_DEFAULTS["HASH_WAIT_SECONDS"]
     seconds = args.seconds or (30.0 if args.full else 10.0)
     rounds = args.rounds or (6 if args.full else 4)
@@ -71,7 +71,7 @@ def main() -> int:
         settings = {
             "WORKERS": args.workers,
             "THREADS": args.threads,
-            "HASH_CONCURRENCY": args.hash_concurrency,
+            "HASH_SLOTS": args.hash_slots,
             "HASH_WAIT_SECONDS": args.hash_wait,
         }
         env = b.portal_env(bench, url, argon2, **settings)
@@ -82,7 +82,7 @@ def main() -> int:
         b.say(
             f"gunicorn -c python:portal.gunicorn_config {args.app}: workers {args.workers or b.CORES}"
             f" (PORTAL_WORKERS), threads {args.threads or 4} (PORTAL_THREADS),"
-            f" hash concurrency {hash_concurrency} per worker (PORTAL_HASH_CONCURRENCY),"
+            f" {hash_slots} hashing slots shared by the workers (PORTAL_HASH_SLOTS),"
             f" hash wait {hash_wait:g} s (PORTAL_HASH_WAIT_SECONDS)"
         )
         b.say(f"throttle: PORTAL_VERIFY_LIMIT_PERSON/CLIENT/GLOBAL = '{b.LOOSE_LIMIT}' (cannot interfere)")
@@ -99,74 +99,11 @@ def main() -> int:
         if status != "303":
             raise RuntimeError(f"a real identity got {status}, not 303:\n{server.log_tail()}")
 
-        # Alternating rounds (raw Argon2id, then HTTP load) so that drift on the machine hits both alike.
-        raws: list[float] = []
-        hash_cpus: list[float] = []
-        loads: list[b.LoadResult] = []
-        window = bench.cpu.snapshot()
-        round_rows = []
-        for index in range(rounds):
-            baseline = b.argon2_baseline_detail(argon2, b.CORES, args.baseline_seconds)
-            raws.append(baseline.rate)
-            hash_cpus.append(baseline.cpu_per_hash)
-            loads.append(b.run_load(server, scenario, args.clients, seconds, warmup=3.0))
-            by_process = " ".join(f"{c / seconds:.2f}" for c in loads[-1].server_cpu_by_process)
-            round_rows.append(
-                (
-                    index + 1,
-                    f"{raws[-1]:,.1f}",
-                    f"{loads[-1].rate:,.1f}",
-                    f"{loads[-1].rate / raws[-1]:.3f}",
-                    by_process,
-                )
-            )
-        load_cpu = bench.cpu.line(window)
-        lopsided = [
-            str(i + 1)
-            for i, r in enumerate(loads)
-            if len(r.server_cpu_by_process) > 2 and r.server_cpu_by_process[1] < 0.25 * r.server_cpu_by_process[0]
-        ]
-        raw = sum(raws) / len(raws)
-        ops = sum(r.ops for r in loads)
-        rate = ops / (seconds * rounds)
-        latencies = [x for r in loads for x in r.latencies]
-        statuses = sum((r.statuses for r in loads), b.Counter())
-        errors = sum((r.errors for r in loads), b.Counter())
-        server_cpu = sum(r.server_cpu for r in loads)
-        client_cpu = sum(r.client_cpu for r in loads)
-        peak_rss = max(r.server_peak_rss for r in loads)
-        b.say(
-            f"{rounds} rounds of: raw Argon2id with {b.CORES} processes for {args.baseline_seconds:.0f} s, then"
-            f" {args.clients} HTTP clients for {seconds:.0f} s (after 3 s warm-up; 1 load process;"
-            f" {'a new connection per visit' if args.new_connections else 'one kept-alive connection per client'})"
-        )
-        b.say(b.table(round_rows, ["round", "raw hashes/s", "lookups/s", "ratio", "server CPU by process (cores)"]))
-        b.say(
-            f"  {ops:,} verified lookups -> {rate:,.1f} lookups/s vs {raw:,.1f} raw hashes/s;"
-            f" statuses {dict(statuses)}  connection errors {dict(errors) or 0}"
-        )
-        b.say(f"  latency (GET + POST): {b.latency_line(latencies)}")
-        hash_cpu = sum(hash_cpus) / len(hash_cpus)
-        b.say(
-            f"  CPU per lookup: server {b.ms(server_cpu / max(ops, 1))}, load generator"
-            f" {b.ms(client_cpu / max(sum(statuses.values()), 1))}; raw Argon2id hash {b.ms(hash_cpu)}"
-        )
-        cpu_bound = hash_cpu / ((server_cpu + client_cpu) / max(ops, 1))
-        b.say(
-            f"  CPU-only view (less sensitive to other tenants): Argon2id core-time / all CPU per lookup"
-            f" (server + load generator) = {cpu_bound:.3f}; the ratio cannot exceed this on a dedicated machine"
-        )
-        b.say(f"  server RSS peak (master + workers): {b.mib(peak_rss)}")
-        if lopsided:
-            b.say(
-                f"  NOTE: in round(s) {', '.join(lopsided)} the kept-alive connections landed (almost) all on one"
-                " worker, which hashes on PORTAL_HASH_CONCURRENCY cores at most"
-            )
-        b.say(f"  {load_cpu}")
-        good = statuses.get("303", 0) == sum(statuses.values()) and not errors
-        if not good:
-            b.say("  FAIL: some lookups did not end in 303")
-        ok = b.verdict("verified lookups/s / raw Argon2id hashes/s", rate / raw, 0.80) and good
+        ratio, good, peak_rss = b.alternating_rounds(
+            bench, server, scenario, argon2, args.clients, seconds, rounds, args.baseline_seconds,
+            args.new_connections, success="303", what="lookups",
+        )  # fmt: skip
+        ok = b.verdict("verified lookups/s / raw Argon2id hashes/s", ratio, 0.80) and good
 
         if args.overload:
             clients = args.overload_factor * args.clients

@@ -8,18 +8,20 @@ from inspect import iscoroutinefunction
 from pathlib import Path
 from typing import Any
 
-from babel import Locale
-from babel.support import Translations
 from flask import Flask, current_app, g
-from flask_babel import get_locale, get_translations
+from flask_babel import get_locale
+from limits.storage import storage_from_string
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from portal import i18n, metrics
+from portal.audit import AuditChain
 from portal.claims import CodeCipher
 from portal.config import load_config
 from portal.extensions import babel, csrf, db
 from portal.identity import Argon2Params, IdentifierHasher, Keyring
 from portal.programme import Programme, load_programme
+from portal.staff import TotpCipher
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -36,6 +38,8 @@ class Services:
 
     hasher: IdentifierHasher
     cipher: CodeCipher
+    totp: TotpCipher
+    audit: AuditChain
     programme: Programme
 
 
@@ -57,10 +61,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             Argon2Params.from_config(app.config),
             concurrency=app.config["HASH_CONCURRENCY"],
             wait_seconds=app.config["HASH_WAIT_SECONDS"],
+            on_slot_wait=metrics.observe_hash_slot,
         ),
         cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
+        totp=TotpCipher(Keyring.from_config(app.config, "CODE_KEY")),
+        audit=AuditChain.from_config(app.config),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )
+    # The rate-limit store as such (Redis in production): attack counters, readiness, purge.
+    app.extensions["portal.limit_store"] = storage_from_string(app.config["RATELIMIT_STORAGE_URI"])
 
     db.init_app(app)
     # The extension also registers an async teardown, which Flask runs through asgiref on a new
@@ -70,35 +79,39 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         _tune_engine(db.engine)
     csrf.init_app(app)
-    # One language ships today. Flask-Babel would parse the default locale again on every request;
-    # the selector hands it over parsed once. Choosing among several (Accept-Language) goes here.
-    default_locale = Locale.parse(app.config["BABEL_DEFAULT_LOCALE"])
-    babel.init_app(app, locale_selector=lambda: default_locale)
+    babel.init_app(app, locale_selector=i18n.select_locale)
+    i18n.init_app(app)
     app.jinja_env.install_gettext_callables(
-        lambda text: _translations().ugettext(text),
-        lambda singular, plural, n: _translations().ungettext(singular, plural, n),
+        lambda text: i18n.translations().ugettext(text),
+        lambda singular, plural, n: i18n.translations().ungettext(singular, plural, n),
         newstyle=True,
     )
     app.jinja_env.globals["get_locale"] = get_locale
+    # Every page may show the programme's facts, with its free text in the page's language.
+    app.context_processor(lambda: {"programme": services().programme.in_language(str(get_locale()))})
 
-    from portal import cli, errors, events, security, throttle
+    from portal import cli, errors, events, logs, ops, security, telemetry, throttle
+    from portal.api.views import bp as api_bp
     from portal.public.views import bp as public_bp
 
+    logs.init_app(app)
     events.init_app(app)
+    telemetry.init_app(app)
     security.init_app(app)
     throttle.init_app(app)
     cli.init_app(app)
     errors.init_app(app)
     app.register_blueprint(public_bp)
+    app.register_blueprint(api_bp)
+    if app.config["AGENT_VIEW"]:
+        # Switched off, the console is not routed at all: every /agent/ path is a 404.
+        from portal.agent import auth, dashboard  # noqa: F401 (dashboard adds the supervisor's pages to bp)
+        from portal.agent.views import bp as agent_bp
+
+        auth.init_app(app)
+        app.register_blueprint(agent_bp, url_prefix="/agent")
+    ops.init_app(app)
     return app
-
-
-def _translations() -> Translations:
-    """The request's catalogue, looked up once: Flask-Babel resolves the locale again on every
-    string, and a page has dozens of them (that was a third of the landing page's cost)."""
-    if "translations" not in g:
-        g.translations = get_translations()
-    return g.translations
 
 
 def _close_session(_error: BaseException | None) -> None:

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO
+from datetime import UTC, date, datetime, timedelta
+from typing import IO, NoReturn
 
 import click
+import segno
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
+from tqdm import tqdm
 from werkzeug.serving import run_simple
 
-from portal import create_app, schema, services, synthetic
+from portal import create_app, retention, schema, services, stats, synthetic
+from portal.api import keys as api_keys
+from portal.audit import head_hash
 from portal.claims import pool_status, rotate_code_key
 from portal.config import write_development_secrets
+from portal.events import Event, record
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import (
@@ -31,7 +39,17 @@ from portal.importer import (
     import_codes,
     read_csv,
 )
-from portal.models import Patient
+from portal.letters import LetterVault, export_requested
+from portal.models import Patient, Staff
+from portal.staff import (
+    ROLES,
+    StaffError,
+    create_staff,
+    disable_staff,
+    find_staff,
+    list_staff,
+    reset_mfa,
+)
 
 EXIT_REJECTED = 1
 EXIT_BAD_FILE = 2
@@ -54,6 +72,17 @@ def init_app(app: Flask) -> None:
         rotate_code_key_command,
         generate_patients_command,
         generate_codes_command,
+        stats_command,
+        purge_command,
+        audit_group,
+        letters_group,
+        create_staff_command,
+        disable_staff_command,
+        reset_staff_mfa_command,
+        list_staff_command,
+        create_api_key_command,
+        list_api_keys_command,
+        revoke_api_key_command,
     ):
         app.cli.add_command(command)
 
@@ -108,27 +137,47 @@ def open_csv(path: str) -> Iterator[IO[str]]:
         yield stream
 
 
+def open_private(path: str) -> IO[str]:
+    """A file for the operator's eyes only (0600), even when one by that name already existed:
+    a letters file pairs record ids with the references that unlock a person's record."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    return open(descriptor, "w", newline="", encoding="utf-8")
+
+
 def report_rejection(line: int, reason: str) -> None:
     click.echo(f"line {line}: rejected: {reason}", err=True)
 
 
 class Progress:
-    """A one-line progress display, only on a terminal (logs get the summary alone)."""
+    """Rows done, percent and time left on standard error (tqdm): on a terminal, or when asked."""
 
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
+    def __init__(self, enabled: bool, total: int | None = None) -> None:
+        self.bar = tqdm(
+            total=total, unit=" rows", unit_scale=True, file=sys.stderr, disable=not enabled, smoothing=0.05
+        )
 
     def __call__(self, report: ImportReport) -> None:
-        if self.enabled:
-            rate = report.read / max(time.monotonic() - self.started, 1e-6)
-            click.echo(
-                f"\r{report.read:,} rows read, {report.added:,} added ({rate:,.0f} rows/s)  ", err=True, nl=False
-            )
+        self.bar.update(report.read - self.bar.n)
+
+    def reject(self, line: int, reason: str) -> None:
+        """A rejection printed above the bar rather than through it."""
+        if self.bar.disable:
+            report_rejection(line, reason)
+        else:
+            self.bar.write(f"line {line}: rejected: {reason}", file=sys.stderr)
 
     def close(self) -> None:
-        if self.enabled:
-            click.echo("", err=True)
+        self.bar.close()
+
+
+def count_rows(path: str) -> int | None:
+    """Data rows in a CSV file (lines after the header), for the percentage; one quick pass of bytes."""
+    if path == "-":
+        return None
+    with open(path, "rb") as stream:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+    return max(lines - 1, 0)
 
 
 def parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -143,10 +192,21 @@ def parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return index, count
 
 
-def finish(report: ImportReport, elapsed: float) -> None:
-    click.echo(f"{report.summary()} in {elapsed:,.1f} s")
+def finish(action: str, report: ImportReport, elapsed: float, dry_run: bool, as_json: bool = False) -> None:
+    cli_event(action, "dry-run" if dry_run else "some-rows-rejected" if report.rejected else "success")
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(report), "seconds": round(elapsed, 3)}))
+    else:
+        click.echo(f"{report.summary()} in {elapsed:,.1f} s")
     if report.rejected:
         sys.exit(EXIT_REJECTED)
+
+
+def unusable_file(path: str, error: ImportFileError, as_json: bool) -> NoReturn:
+    click.echo(f"{path}: {error}; nothing more was imported", err=True)
+    if as_json:
+        click.echo(json.dumps({"error": str(error)}))
+    sys.exit(EXIT_BAD_FILE)
 
 
 @click.command("import-patients")
@@ -169,32 +229,34 @@ def finish(report: ImportReport, elapsed: float) -> None:
 @click.option(
     "--rehash", is_flag=True, help="Hash stored records again too: applies corrected names, birth dates, ZIPs or SSNs."
 )
+@click.option("--progress/--no-progress", default=None, help="Show progress on stderr [default: on a terminal].")
+@click.option("--json", "as_json", is_flag=True, help="End with a JSON summary on stdout instead of a sentence.")
 @with_appcontext
 def import_patients_command(
-    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None, rehash: bool
-) -> None:
+    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None, rehash: bool,
+    progress: bool | None, as_json: bool,
+) -> None:  # fmt: skip
     """Import the breach list as keyed hashes. Exit 1 when any row was rejected, 2 when the file is unusable."""
-    progress = Progress()
+    show = sys.stderr.isatty() if progress is None else progress
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         letters = None
         if letters_path:
-            letters_file = stack.enter_context(open(letters_path, "w", newline="", encoding="utf-8"))
+            letters_file = stack.enter_context(open_private(letters_path))
             letters = csv.writer(letters_file, lineterminator="\n")
             letters.writerow(["record_id", "reference"])
         stream = stack.enter_context(open_csv(path))
+        bar = stack.enter_context(contextlib.closing(Progress(show, count_rows(path) if show else None)))
         importer = PatientImporter(
-            db.session, services().hasher, workers=workers, on_reject=report_rejection,
-            on_progress=progress, letters=letters, shard=shard, dry_run=dry_run, rehash=rehash,
+            db.session, services().hasher, workers=workers, on_reject=bar.reject,
+            on_progress=bar, letters=letters, shard=shard, dry_run=dry_run, rehash=rehash,
         )  # fmt: skip
         try:
             report = importer.run(read_csv(stream, PATIENT_COLUMNS))
         except ImportFileError as error:
-            progress.close()
-            click.echo(f"{path}: {error}; nothing more was imported", err=True)
-            sys.exit(EXIT_BAD_FILE)
-        progress.close()
-    finish(report, time.monotonic() - started)
+            bar.close()
+            unusable_file(path, error, as_json)
+    finish("import-patients", report, time.monotonic() - started, dry_run, as_json)
 
 
 @click.command("import-codes")
@@ -215,7 +277,7 @@ def import_codes_command(path: str, dry_run: bool) -> None:
             sys.exit(EXIT_BAD_FILE)
     status = pool_status(db.session)
     click.echo(f"pool: {status.total:,} codes, {status.claimed:,} claimed, {status.available:,} available")
-    finish(report, time.monotonic() - started)
+    finish("import-codes", report, time.monotonic() - started, dry_run)
 
 
 @click.command("rotate-code-key")
@@ -223,7 +285,238 @@ def import_codes_command(path: str, dry_run: bool) -> None:
 def rotate_code_key_command() -> None:
     """Re-encrypt the code pool under PORTAL_CODE_KEY (old rows opened with PORTAL_CODE_KEY_PREVIOUS)."""
     resealed = rotate_code_key(db.session, services().cipher)
+    cli_event("rotate-code-key", "success")
     click.echo(f"{resealed:,} codes re-encrypted under key version {services().cipher.keyring.current_version}")
+
+
+# --- Running the programme -----------------------------------------------------------------------
+
+
+@click.command("stats")
+@click.option("--days", type=click.IntRange(1, 366), default=14, show_default=True, help="Days to show, up to today.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
+@with_appcontext
+def stats_command(days: int, as_json: bool) -> None:
+    """Verifications, claims and the pool, per day (UTC): the dashboard's figures in the terminal."""
+    summary = stats.summarise(db.session, datetime.now(UTC).date(), days)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    columns = ("verified", "failed", "throttled", "exposures_viewed", "claimed", "pool_empty")
+    click.echo("day        " + " ".join(f"{name.replace('_', ' '):>16}" for name in columns))
+    for day in summary.days:
+        click.echo(f"{day.start:%Y-%m-%d} " + " ".join(f"{getattr(day, name):>16,}" for name in columns))
+    surfaces = ", ".join(f"{surface} {count:,}" for surface, count in summary.claims_by_surface.items())
+    click.echo(f"claims by surface: {surfaces}")
+    pool = summary.pool
+    run_out = pool.run_out.isoformat() if pool.run_out else "not at the current rate (no claims this week)"
+    click.echo(f"pool: {pool.available:,} codes left, {pool.claimed:,} claimed, {pool.claims_per_day:,} a day")
+    click.echo(f"pool runs out: {run_out}")
+    for alert in summary.alerts:
+        click.echo(f"alert: {alert.hour:%Y-%m-%d %H:00} {alert.kind} on {alert.channel} ({alert.count})")
+
+
+def parse_day(_ctx: click.Context, _param: click.Parameter, value: str) -> date:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("write it YYYY-MM-DD") from None
+    if day > datetime.now(UTC).date():
+        raise click.BadParameter("must not be after today: a purge never reaches into what is still live")
+    return day
+
+
+@click.command("purge")
+@click.option("--before", required=True, callback=parse_day, metavar="YYYY-MM-DD", help="The cut-off date (UTC).")
+@click.option("--dry-run", is_flag=True, help="Say what would be destroyed; change nothing.")
+@click.option("--programme-end", is_flag=True, help="Also destroy every record, code and rate-limit counter.")
+@click.option("--yes", is_flag=True, help="Do not ask before destroying the records at programme end.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON report on stdout.")
+@with_appcontext
+def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, as_json: bool) -> None:
+    """Destroy expired verifications (and at programme end the records and codes); keep the hourly
+    counts and the audit trail for PORTAL_AUDIT_RETENTION_DAYS. Every purge is recorded as an event."""
+    if programme_end and not dry_run and not yes:
+        click.confirm("Destroy every patient record, code and verification for good?", abort=True)
+    report = retention.purge(
+        db.session, current_app.extensions["portal.limit_store"], before=before, dry_run=dry_run,
+        programme_end=programme_end, retention_days=current_app.config["AUDIT_RETENTION_DAYS"],
+    )  # fmt: skip
+    outcome = "dry-run" if dry_run else "programme-end" if programme_end else "expired"
+    cli_event("purge", outcome)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        return
+    verb = "would be destroyed" if dry_run else "destroyed"
+    click.echo(f"purge before {before.isoformat()}{' (dry run)' if dry_run else ''}:")
+    for name in ("verifications", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
+        click.echo(f"  {name.replace('_', ' ')}: {getattr(report, name):,} {verb}")
+    click.echo(f"  audit rows past their retention period: {report.audit_rows_past_retention:,} (kept)")
+    limits = "cleared" if report.rate_limit_state_cleared else "expires by itself, cleared at programme end"
+    click.echo(f"  rate-limit state: {limits}")
+
+
+# --- Audit trail and staff ----------------------------------------------------------------------
+
+
+def cli_event(action: str, outcome: str) -> None:
+    record(Event(action, outcome, "cli"))
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit_group.command("verify")
+@with_appcontext
+def audit_verify() -> None:
+    """Check every link of the chain; exit 1 naming the first broken one."""
+    with db.engine.connect() as connection:
+        checked, broken = services().audit.verify(connection)
+        head = head_hash(connection)
+    if broken is not None:
+        click.echo(f"audit trail BROKEN at row {broken.position}: {broken.reason} ({checked:,} rows before it hold)")
+        sys.exit(1)
+    click.echo(f"audit trail intact: {checked:,} rows; head {head} (note it: a later run must reach it)")
+
+
+@click.group("letters")
+def letters_group() -> None:
+    """Replacement letters for people with no SSN on file."""
+
+
+@letters_group.command("reissue")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), required=True)
+@with_appcontext
+def letters_reissue(out_path: str) -> None:
+    """Write record_id,reference of every record whose letter agents asked to replace (each once)."""
+    with open(out_path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["record_id", "reference"])
+        count = 0
+        for row in export_requested(db.session, LetterVault(services().hasher)):
+            writer.writerow(row)
+            count += 1
+    cli_event("letters-reissue", f"exported:{count}")
+    click.echo(f"{count:,} replacement letters written to {out_path}")
+
+
+def print_enrolment(username: str, password: str, uri: str) -> None:
+    """The one time the initial password and the TOTP secret are shown: hand them over in person."""
+    click.echo(f"username: {username}")
+    click.echo(f"password: {password}")
+    click.echo(f"otpauth URI: {uri}")
+    segno.make(uri, error="m").terminal(compact=True)
+
+
+def staff_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A command acting on one existing staff member given as USERNAME."""
+
+    def decorator(action: Callable[[Staff], None]) -> click.Command:
+        @click.command(name, help=action.__doc__)
+        @click.argument("username")
+        @with_appcontext
+        def command(username: str) -> None:
+            try:
+                staff = find_staff(db.session, username)
+            except StaffError as error:
+                raise click.UsageError(str(error)) from None
+            action(staff)
+            cli_event(name, f"staff:{staff.id}")
+
+        return command
+
+    return decorator
+
+
+@click.command("create-staff")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@with_appcontext
+def create_staff_command(username: str, role: str) -> None:
+    """Create a console account; prints its initial password and TOTP enrolment."""
+    try:
+        enrolment = create_staff(db.session, services().totp, username, role)
+    except StaffError as error:
+        raise click.UsageError(str(error)) from None
+    cli_event("create-staff", f"staff:{enrolment.staff.id}")
+    print_enrolment(enrolment.staff.username, enrolment.password, enrolment.otpauth_uri)
+
+
+@staff_command("disable-staff")
+def disable_staff_command(staff: Staff) -> None:
+    """Disable an account and end its sessions at once."""
+    disable_staff(db.session, staff)
+    click.echo(f"{staff.username} disabled")
+
+
+@staff_command("reset-staff-mfa")
+def reset_staff_mfa_command(staff: Staff) -> None:
+    """New TOTP secret and new initial password; ends the account's sessions."""
+    password, uri = reset_mfa(db.session, services().totp, staff)
+    print_enrolment(staff.username, password, uri)
+
+
+@click.command("list-staff")
+@with_appcontext
+def list_staff_command() -> None:
+    """Every console account, its role and state."""
+    for staff in list_staff(db.session):
+        state = "disabled" if staff.disabled else "active"
+        click.echo(f"{staff.username:<24} {staff.role:<11} {state}")
+
+
+# --- Partner API keys ----------------------------------------------------------------------------
+
+
+@click.command("create-api-key")
+@click.option("--partner", required=True, help="Who the key is for (shown in listings).")
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(api_keys.SCOPES))
+@click.option("--rate", default=None, help='Requests allowed, e.g. "120/minute" (default: PORTAL_API_KEY_RATE).')
+@click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last day the key works (UTC).")
+@with_appcontext
+def create_api_key_command(partner: str, scopes: tuple[str, ...], rate: str | None, expires: datetime | None) -> None:
+    """Create a partner key and print it once: only its digest is kept."""
+    try:
+        new = api_keys.create_key(
+            db.session, partner, list(scopes), rate or current_app.config["API_KEY_RATE"],
+            expires.date() if expires else None,
+        )  # fmt: skip
+    except api_keys.InvalidKeySetting as error:
+        raise click.BadParameter(str(error)) from None
+    click.echo(f"key {new.row.id} for {new.row.partner} ({new.row.scopes}, {new.row.rate}):")
+    click.echo(new.secret)
+    click.echo("Give it to the partner now: it cannot be shown again.", err=True)
+
+
+@click.command("list-api-keys")
+@with_appcontext
+def list_api_keys_command() -> None:
+    """One line per key: id, prefix, partner, scopes, rate, expiry, state, last used."""
+    for key in api_keys.all_keys(db.session):
+        fields = (
+            key.id, key.prefix, key.partner, key.scopes.replace(" ", ","), key.rate,
+            _day(key.expires_at - timedelta(days=1)) if key.expires_at else "never",
+            api_keys.key_state(key), key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never",
+        )  # fmt: skip
+        click.echo("\t".join(map(str, fields)))
+
+
+def _day(moment: datetime) -> str:
+    return moment.date().isoformat()
+
+
+@click.command("revoke-api-key")
+@click.argument("key_id", type=int)
+@with_appcontext
+def revoke_api_key_command(key_id: int) -> None:
+    """Revoke a key: refused from its next request on, on every server."""
+    key = api_keys.revoke_key(db.session, key_id)
+    if key is None:
+        click.echo(f"no key {key_id}", err=True)
+        sys.exit(1)
+    click.echo(f"key {key.id} ({key.prefix}, {key.partner}) revoked")
 
 
 # --- Synthetic data and the demo -----------------------------------------------------------------
@@ -273,9 +566,8 @@ def load_demo_data(app: Flask, patients: int) -> None:
             click.echo(f"Hashing {patients:,} synthetic patients with Argon2id (about {patients // 100} s)...")
             PatientImporter(
                 db.session, services().hasher, workers=os.cpu_count() or 1, on_reject=report_rejection,
-                on_progress=Progress(),
+                on_progress=Progress(sys.stderr.isatty(), patients),
             ).run(enumerate_rows(synthetic.synthetic_patients(patients, DEMO_SEED)))  # fmt: skip
-            click.echo("")
             import_codes(
                 db.session, services().cipher, enumerate_rows(synthetic.synthetic_codes(patients, DEMO_SEED)),
                 on_reject=report_rejection,

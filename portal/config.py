@@ -10,10 +10,12 @@ import base64
 import binascii
 import secrets
 from collections.abc import Mapping
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from limits import parse_many
 
 RELAXED_ENVS = frozenset({"development", "testing"})
 
@@ -28,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "CODE_KEY": None,
     "CODE_KEY_VERSION": 1,
     "CODE_KEY_PREVIOUS": None,
+    # Keys the audit trail's hash chain; only `portal audit verify` and the app need it.
+    "AUDIT_KEY": None,
     # OWASP's Argon2id floor (m=19 MiB, t=2, p=1); stored with each hash scheme so it can rise later.
     "ARGON2_TIME_COST": 2,
     "ARGON2_MEMORY_COST": 19456,
@@ -48,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
     "BABEL_DEFAULT_LOCALE": "en",
+    # The languages offered (each needs a catalogue in portal/translations); the default is among them.
+    "LANGUAGES": ["en", "es", "fr"],
+    # Host names the portal answers to (Flask refuses others with 400); required in production.
+    "TRUSTED_HOSTS": None,
     # Failed verifications (see portal/throttle.py for why these numbers).
     "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
@@ -55,8 +63,22 @@ DEFAULTS: dict[str, Any] = {
     # identity in a loop must not crowd out everyone else's hashing.
     "VERIFY_LIMIT_CLIENT_ATTEMPTS": "20 per minute; 200 per hour",
     "VERIFY_LIMIT_GLOBAL": "6000 per minute",
-    # memory:// is per process; several workers or servers share redis://host:6379/0.
+    # The partner API's own failure budgets (the global one above is shared). A partner's traffic
+    # is many people from one address with one key, so those two budgets are wider than a
+    # browser's; the per-person one is the site's, counted separately for the API surface.
+    "API_VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
+    "API_VERIFY_LIMIT_KEY": "300 per hour; 2000 per day",
+    "API_VERIFY_LIMIT_CLIENT": "300 per hour; 2000 per day",
+    # A new key's request rate unless `portal create-api-key --rate` says otherwise.
+    "API_KEY_RATE": "120/minute",
+    # Partner bodies are a few hundred bytes.
+    "API_MAX_CONTENT_LENGTH": 4096,
+    # memory:// is per process; several workers or servers share redis://host:6379/0. Production
+    # refuses memory:// unless SINGLE_PROCESS says only one process serves (see check_limit_store).
     "RATELIMIT_STORAGE_URI": "memory://",
+    "SINGLE_PROCESS": False,
+    # Gunicorn's worker count, exported by portal/gunicorn_config.py to the app (None: not known).
+    "WORKERS": None,
     # Verification budgets are fixed-window counters (portal/throttle.py): a success's
     # reservation can be given back atomically. This applies to Flask-Limiter's own limits.
     "RATELIMIT_STRATEGY": "fixed-window",
@@ -68,12 +90,46 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": False,
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
+    # The call-center console at /agent/ (see SECURITY.md): off (404) on the public servers.
+    "AGENT_VIEW": True,
+    # CIDRs the console answers (client address as the trusted proxies report it); empty: any.
+    "AGENT_NETWORKS": [],
+    "STAFF_IDLE_TIMEOUT_SECONDS": 15 * 60,
+    "STAFF_SESSION_MAX_SECONDS": 10 * 60 * 60,
+    # Failed staff logins, per account and per client address.
+    "STAFF_LOGIN_LIMIT_ACCOUNT": "5 per 15 minutes; 20 per day",
+    "STAFF_LOGIN_LIMIT_CLIENT": "30 per hour; 100 per day",
+    # Console verifications: per person (apart from the public budget), and failures per agent.
+    "AGENT_VERIFY_LIMIT_PERSON": "5 per hour; 10 per day; 30 per year",
+    "AGENT_VERIFY_LIMIT_FAILURES": "10 per hour; 40 per day",
+    # The supervisor dashboard shows a warning when fewer codes than this are left in the pool.
+    "POOL_LOW_THRESHOLD": 10000,
+    # Hourly counts and the audit trail are kept this long after the purge's cut-off date:
+    # six years (with their leap days), as HIPAA keeps documentation.
+    "AUDIT_RETENTION_DAYS": 2192,
+    # /readyz and /metrics answer only requests for these host names or from these networks
+    # (the client address as PORTAL_TRUSTED_PROXIES resolves it); everyone else gets a 404.
+    "OPS_HOSTS": [],
+    "OPS_NETWORKS": ["127.0.0.0/8", "::1/128"],
+    # Attack detection (portal/alerts.py): failed or refused verifications that raise an alert.
+    # Site-wide: this many times the last week's usual rate, and at least the floor.
+    "ALERT_FAILURE_FACTOR": 10,
+    "ALERT_FAILURE_FLOOR": "60 per minute",
+    "ALERT_PERSON_LIMITS": "20 per minute",  # refusals by the per-person limit (people being guessed at)
+    "ALERT_CLIENT_FAILURES": "20 per minute",  # from one client address (/64)
+    "ALERT_PARTNER_FAILURES": "50 per minute",  # with one partner API key
+    "ALERT_AGENT_FAILURES": "5 per 10 minutes",  # by one call-center agent
 }
 
 # OWASP Argon2id minimums (time cost -> memory in KiB) with parallelism 1.
 ARGON2_FLOORS = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
 
-SECRET_NAMES = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")
+SECRET_NAMES = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY")
+LIMIT_SETTINGS = (
+    "VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_GLOBAL",
+    "API_VERIFY_LIMIT_PERSON", "API_VERIFY_LIMIT_KEY", "API_VERIFY_LIMIT_CLIENT", "API_KEY_RATE",
+    "STAFF_LOGIN_LIMIT_ACCOUNT", "STAFF_LOGIN_LIMIT_CLIENT", "AGENT_VERIFY_LIMIT_PERSON", "AGENT_VERIFY_LIMIT_FAILURES",
+)  # fmt: skip
 
 
 class ConfigError(RuntimeError):
@@ -117,11 +173,27 @@ def check_config(config: Mapping[str, Any]) -> None:
     for name in SECRET_NAMES:
         if not config.get(name):
             raise ConfigError(f"PORTAL_{name} is not set; the portal will not start without it.")
-    for name in ("IDENTIFIER_KEY", "CODE_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"):
+    for name in ("IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"):
         if config.get(name):
             decode_key(config[name], f"PORTAL_{name}")
+    for name in LIMIT_SETTINGS:
+        # A limit that does not parse would be no limit at all: refuse to start instead.
+        try:
+            parse_many(str(config[name]))
+        except ValueError:
+            raise ConfigError(f"PORTAL_{name} is not a limit such as '5 per 15 minutes; 100 per year'.") from None
     if len({str(config[name]) for name in SECRET_NAMES}) != len(SECRET_NAMES):
-        raise ConfigError("PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY and PORTAL_CODE_KEY must all differ.")
+        raise ConfigError(
+            "PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY, PORTAL_CODE_KEY and PORTAL_AUDIT_KEY must all differ."
+        )
+    networks = config.get("AGENT_NETWORKS") or []
+    if not isinstance(networks, list):
+        raise ConfigError("PORTAL_AGENT_NETWORKS must be a JSON list, for example '[\"10.0.0.0/8\"]'.")
+    for network in networks:
+        try:
+            ip_network(network, strict=False)
+        except ValueError as error:
+            raise ConfigError(f"PORTAL_AGENT_NETWORKS: {network!r} is not a network (write 10.0.0.0/8).") from error
     if not relaxed:
         if len(str(config["SECRET_KEY"])) < 32:
             raise ConfigError("PORTAL_SECRET_KEY must be at least 32 characters.")
@@ -131,8 +203,39 @@ def check_config(config: Mapping[str, Any]) -> None:
                 "PORTAL_ARGON2_TIME_COST/PORTAL_ARGON2_MEMORY_COST are below OWASP's Argon2id floor "
                 "(for example t=2 with m=19456 KiB)."
             )
+        if not config.get("TRUSTED_HOSTS"):
+            # Without it a request's Host header is believed, and redirects follow it off-site.
+            raise ConfigError("PORTAL_TRUSTED_HOSTS is not set: list the host names served (a JSON list).")
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
+        check_limit_store(config)
+
+
+def check_limit_store(config: Mapping[str, Any]) -> None:
+    """Refuse a limit store whose counts would multiply with the number of processes serving.
+
+    ``memory://`` counts per process: with N gunicorn workers (or N servers) every failure limit
+    becomes N times larger. It is allowed only when the deployment says it runs one process
+    (``PORTAL_SINGLE_PROCESS``) and gunicorn, when it serves, agrees. The in-memory fallback
+    would do the same to a shared store while it is unreachable.
+    """
+    workers = config.get("WORKERS")
+    if str(config["RATELIMIT_STORAGE_URI"]).startswith("memory://"):
+        if not config.get("SINGLE_PROCESS"):
+            raise ConfigError(
+                "PORTAL_RATELIMIT_STORAGE_URI is memory://, which counts failures per process: set it to the "
+                "shared Redis (redis://host:6379/0), or PORTAL_SINGLE_PROCESS=true if exactly one process serves."
+            )
+        if workers is not None and int(workers) > 1:
+            raise ConfigError(
+                f"PORTAL_SINGLE_PROCESS is set but gunicorn runs {workers} workers, each with its own memory:// "
+                "limits: set PORTAL_WORKERS=1 or a shared PORTAL_RATELIMIT_STORAGE_URI."
+            )
+    elif config.get("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"):
+        raise ConfigError(
+            "PORTAL_RATELIMIT_IN_MEMORY_FALLBACK_ENABLED would count failures per process while the shared "
+            "limit store is down (limits multiplied by the processes serving): set it to false."
+        )
 
 
 def decode_key(value: str, name: str) -> bytes:
@@ -151,6 +254,11 @@ def write_development_secrets(instance_path: str) -> Path:
     """Create ``instance/config.py`` with fresh random secrets for a development or demo instance."""
     path = Path(instance_path) / "config.py"
     if path.exists():
+        # An instance made before a secret was added (PORTAL_AUDIT_KEY) gets just the missing ones.
+        text = path.read_text(encoding="utf-8")
+        missing = [name for name in SECRET_NAMES if f"\n{name} = " not in text]
+        if missing:
+            path.write_text(text + "".join(f'{name} = "{secrets.token_urlsafe(32)}"\n' for name in missing))
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [

@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 import traceback
 
-from flask import Flask, render_template
+from flask import Flask, render_template, request
 from flask.globals import request_ctx
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, TooManyRequests
 
+from portal.api.errors import http_problem
 from portal.identity import HashingBusy
 from portal.throttle import LimitStoreDown, Throttled
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 30
+API_PREFIX = "/api/"
 
 MESSAGES = {
     400: _l("We could not read that request. Please go back and try again."),
@@ -55,6 +57,8 @@ def render_error(status: int, message: object = None, retry_after: int | None = 
 
 
 def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
+    if request.path.startswith(API_PREFIX):  # routing errors (404, 405) come here before any blueprint
+        return http_problem(error)
     status = error.code or 500
     if isinstance(error, CSRFError):
         return render_error(400, CSRF_MESSAGE)

@@ -1,46 +1,123 @@
 """Security-relevant events, raised in one place and never carrying an identifier.
 
-Today each event is one structured line on the ``portal.events`` logger. The audit trail
-(next on the roadmap) will append the same events to its own table from ``record``, and
-daily counts of verifications, failures and claims can be read off the same stream.
+Each event goes through ``record``, the one place for all of them: one JSON line on the
+``portal.events`` logger, one row of the audit trail (``portal/audit.py``), its count in the
+metrics, attack detection, and one more in its hourly count (``portal.stats``), which the
+dashboard and ``portal stats`` read and which survives the retention purge, whatever the surface:
+public site, console, API or command line. The row names who acted (the event's ``actor``, such
+as ``api-key:7``; else ``act_as``'s, such as ``staff:3``; else the public visitor's session or the
+command-line user) and the request it belongs to (``portal.telemetry.request_id``).
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
-from flask import Flask
+from flask import Flask, current_app, g, has_request_context, session
+from limits.errors import StorageError
+from redis import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from portal import alerts, metrics, stats
+from portal.audit import Entry
+from portal.extensions import db
+from portal.logs import Fields
+from portal.models import utcnow
+from portal.telemetry import request_id
 
 log = logging.getLogger("portal.events")
 
+PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for its token
+
 
 def init_app(app: Flask) -> None:
-    """Events are INFO lines: written unless logging was configured otherwise.
+    """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
+    from portal.throttle import client_key  # (throttle raises events: imported once both exist)
 
-    They go through the handler Flask gives the app's logger when none is configured: the
-    request's error stream, which gunicorn keeps in its error log.
-    """
-    if log.level == logging.NOTSET:
-        log.setLevel(logging.INFO)
-    _ = app.logger  # creating the app's logger attaches that handler
+    app.extensions["portal.detector"] = alerts.Detector(
+        alerts.Thresholds.from_config(app.config),
+        # The rate-limit store: Redis in production, so every worker adds to the same counts.
+        app.extensions["portal.limit_store"],
+        alerts.CachedRate(_usual_failures_per_minute),
+        client_key,
+        app.config["RATELIMIT_KEY_PREFIX"],
+    )
+
+
+def _usual_failures_per_minute(now: datetime) -> float:
+    with db.engine.connect() as connection:
+        return stats.usual_failures_per_minute(connection, now)
 
 
 @dataclass(frozen=True)
 class Event:
-    action: str  # verification, claim, sign-out
-    outcome: str  # success, failure, throttled, pool-empty, ...
-    channel: str  # public today; agent and api later
+    action: str  # verification, exposure, claim, sign-out, purge
+    outcome: str  # success, failure, throttled:<limit>, viewed, pool-empty, ...
+    channel: str  # the surface: public, agent, api (cli for commands)
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
     client: str | None = None  # client address as the trusted proxies report it
+    actor: str | None = None  # who acted for the person: "api-key:7" for a partner key; None for the person
+    at: datetime = field(default_factory=utcnow)
+
+
+def act_as(actor: str) -> None:
+    """Name who acts in this request's events when the event does not: ``staff:<id>``."""
+    g.audit_actor = actor
+
+
+def _actor() -> str:
+    if has_request_context():
+        if "audit_actor" in g:
+            return str(g.audit_actor)
+        token = session.get(PUBLIC_SESSION_KEY)
+        # The verification's token, hashed: ties one visitor's events together, names no one.
+        return "public:" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous"
+    try:
+        return "cli:" + getpass.getuser()[:40]
+    except (KeyError, OSError):
+        return "cli:unknown"
 
 
 def record(event: Event) -> None:
-    log.info(
-        "action=%s outcome=%s channel=%s patient=%s client=%s",
-        event.action,
-        event.outcome,
-        event.channel,
-        event.patient_ref or "-",
-        event.client or "-",
+    """One JSON line, one audit row, its metrics, attack detection and its hourly count; the actor
+    is the event's own, else this request's (``act_as``)."""
+    actor = event.actor or _actor()
+    entry = Entry(
+        actor=actor,
+        action=event.action,
+        outcome=event.outcome,
+        channel=event.channel,
+        record_ref=event.patient_ref,
+        client=event.client,
+        request_id=request_id() if has_request_context() else None,
     )
+    log.info(Fields(asdict(entry)))
+    current_app.extensions["portal"].audit.append(db.engine, entry)
+    metrics.observe_event(event.action, event.outcome, event.channel)
+    raised = _detect(event, entry.actor)
+    try:
+        # Its own short transaction: committed whatever the request does with its own.
+        with db.engine.begin() as connection:
+            stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
+            for alert in raised:
+                stats.add_count(connection, event.at, "alert", alert.kind, alert.channel)
+    except SQLAlchemyError as error:
+        # A lost count must not turn the person's answer into an error page.
+        log.warning("hourly count not written: %s", error.__class__.__name__)
+    for alert in raised:
+        alerts.announce(alert)
+        metrics.observe_event("alert", alert.kind, alert.channel)
+
+
+def _detect(event: Event, actor: str | None) -> list[alerts.Alert]:
+    detector: alerts.Detector = current_app.extensions["portal.detector"]
+    try:
+        return detector.observe(event.action, event.outcome, event.channel, event.client, actor, event.at)
+    except (RedisError, StorageError, OSError, SQLAlchemyError) as error:
+        # The limits themselves fall back to memory; detection waits for the store to return.
+        log.warning("attack detection unavailable: %s", error.__class__.__name__)
+        return []

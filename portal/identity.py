@@ -18,11 +18,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import multiprocessing
 import re
 import secrets
 import threading
+import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -248,20 +250,82 @@ class HashingBusy(Exception):
     """Every hashing slot stayed taken for the whole wait: the portal is over capacity; retry later."""
 
 
+class ServerSlots:
+    """Hashing slots shared by every worker process of one server, so they follow the load.
+
+    Created in the gunicorn master (``portal/gunicorn_config.py``) and inherited by each forked
+    worker: ``count`` hashes run at once on the whole server, whichever workers hold the
+    connections, so a worker that got every connection still hashes on every core while Argon2
+    memory stays at ``count`` buffers. Each worker records what it holds under its own index, so
+    the master can give back the slots of a worker that died holding them (``reclaim``).
+    """
+
+    def __init__(self, count: int, max_workers: int = 256) -> None:
+        self.count = count
+        self._free = multiprocessing.BoundedSemaphore(count)
+        self._held = multiprocessing.Array("i", max_workers)
+        self.index = 0  # this worker's index, set after the fork (``bind``)
+
+    def bind(self, index: int) -> None:
+        self.index = index
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._free.acquire(timeout=timeout):
+            return False
+        with self._held.get_lock():
+            self._held[self.index] += 1
+        return True
+
+    def release(self) -> None:
+        with self._held.get_lock():
+            self._held[self.index] -= 1
+        self._free.release()
+
+    def reclaim(self, index: int) -> None:
+        """In the master, when the worker at ``index`` exited: free whatever it still held."""
+        with self._held.get_lock():
+            lost, self._held[index] = self._held[index], 0
+        for _ in range(lost):
+            self._free.release()
+
+
+_server_slots: ServerSlots | None = None
+
+
+def share_hashing_slots(count: int) -> ServerSlots:
+    """Called once in the server's master process, before the workers are forked."""
+    global _server_slots
+    _server_slots = ServerSlots(count)
+    return _server_slots
+
+
+def server_hashing_slots() -> ServerSlots | None:
+    return _server_slots
+
+
 class IdentifierHasher:
     """Every keyed hash of an identifier is made here, and nowhere else."""
 
     def __init__(
-        self, keyring: Keyring, params: Argon2Params, concurrency: int = 1, wait_seconds: float = 10.0
+        self,
+        keyring: Keyring,
+        params: Argon2Params,
+        concurrency: int = 1,
+        wait_seconds: float = 10.0,
+        on_slot_wait: Callable[[float, bool], None] | None = None,
     ) -> None:
         self.keyring = keyring
         self.params = params
-        # Caps Argon2 CPU and memory per process under a burst; waiting lookups queue here, bounded.
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self._on_slot_wait = on_slot_wait  # (seconds waited, got a slot): for the metrics
+        # Caps Argon2 CPU and memory under a burst; waiting lookups queue here, bounded. Under
+        # gunicorn the slots are the server's, shared by its workers; elsewhere this process's own.
+        shared = server_hashing_slots()
+        self._slots: ServerSlots | threading.BoundedSemaphore = shared or threading.BoundedSemaphore(concurrency)
         self._wait_seconds = wait_seconds
         # Only these long-lived threads run Argon2: glibc keeps a memory arena for every thread
         # that ever hashed, so hashing on request threads would cost m KiB per request thread.
-        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="argon2")
+        threads = shared.count if shared else concurrency
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
         self._subkeys = {
             (purpose, version): keyring.subkey(purpose, version)
             for purpose in ("lookup", "record", "letter", "person")
@@ -281,7 +345,11 @@ class IdentifierHasher:
 
     def lookup_digests(self, claim: IdentityClaim, schemes: list[SchemeFields]) -> list[bytes]:
         """One digest per scheme, on the hashing threads; HashingBusy when no turn comes within the wait."""
-        if not self._slots.acquire(timeout=self._wait_seconds):
+        started = time.perf_counter()
+        acquired = self._slots.acquire(timeout=self._wait_seconds)
+        if self._on_slot_wait is not None:
+            self._on_slot_wait(time.perf_counter() - started, acquired)
+        if not acquired:
             raise HashingBusy()
         try:
             return self._threads.submit(lambda: [self.lookup_digest(claim, s) for s in schemes]).result()
@@ -349,6 +417,16 @@ PATIENT_BY_DIGEST = (
     select(_patients).where(_patients.c.lookup_digest.in_(bindparam("digests", expanding=True))).limit(1)
 )
 NEW_VERIFICATION = insert(Verification.__table__)
+EXPIRED_VERIFICATIONS_SWEPT = 20  # per new verification: more than are created, so the table stays small
+_verifications = Verification.__table__.c
+SWEEP_EXPIRED = delete(Verification.__table__).where(
+    _verifications.id.in_(
+        select(_verifications.id)
+        .where(_verifications.expires_at <= bindparam("now"))
+        .limit(EXPIRED_VERIFICATIONS_SWEPT)
+        .scalar_subquery()
+    )
+)
 
 
 def lookup_schemes(session: Session, hasher: IdentifierHasher) -> list[SchemeFields]:
@@ -391,11 +469,17 @@ def _token_digest(token: str) -> bytes:
 
 
 def start_verification(session: Session, patient: Patient | Row[Any], channel: str, ttl_seconds: int) -> str:
-    """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored)."""
+    """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored).
+
+    Each new verification also deletes a few expired ones (an index range on ``expires_at``), so
+    the table holds the live verifications and little else, without a job to schedule.
+    """
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    connection = session.connection()
+    connection.execute(SWEEP_EXPIRED, {"now": now})
     # Core, in the session's transaction: nothing reads the row back, so the ORM has nothing to do.
-    session.connection().execute(
+    connection.execute(
         NEW_VERIFICATION,
         {
             "token_digest": _token_digest(token),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import IO, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,7 +42,8 @@ from portal.identity import (
     scheme_params,
     stretch,
 )
-from portal.models import ActivationCode, Patient
+from portal.letters import LetterVault
+from portal.models import ActivationCode, LetterRecord, Patient
 
 PATIENT_COLUMNS = (
     "record_id", "first_name", "last_name", "date_of_birth", "ssn",
@@ -262,6 +263,7 @@ class PatientImporter:
         self.rehash = rehash  # hash stored records again: applies corrected identifiers
         self.report = ImportReport()
         self._seen = SeenKeys()
+        self._vault = LetterVault(hasher)
 
     def run(self, rows: Iterable[tuple[int, dict[str, str]]]) -> ImportReport:
         scheme = current_scheme(self.session, self.hasher)
@@ -403,6 +405,7 @@ class PatientImporter:
             )
         }
         seen: set[bytes] = set()
+        without_ssn: list[tuple[PatientRow, Patient | int]] = []
         for i, (row, digest) in enumerate(entries):
             own = rehash.get(i)  # the record this row re-hashes, if any: it may keep its digest
             if digest in seen or stored.get(digest, own) != own:
@@ -417,11 +420,28 @@ class PatientImporter:
             if i in rehash:
                 self.session.execute(update(Patient).where(Patient.id == rehash[i]).values(**values))
                 outcomes.append((row.line, "updated"))
+                stored_patient: Patient | int = rehash[i]
             else:
-                self.session.add(Patient(**values))
+                stored_patient = Patient(**values)
+                self.session.add(stored_patient)
                 outcomes.append((row.line, "added"))
+            if row.claim.reference is not None:
+                without_ssn.append((row, stored_patient))
         self.session.flush()
+        self._keep_letter_records(without_ssn)
         return outcomes
+
+    def _keep_letter_records(self, rows: list[tuple[PatientRow, Patient | int]]) -> None:
+        """What a replacement letter needs, for records without an SSN (``portal/letters.py``)."""
+        for row, stored in rows:
+            patient = stored if isinstance(stored, Patient) else self.session.get(Patient, stored)
+            assert patient is not None
+            self.session.execute(delete(LetterRecord).where(LetterRecord.patient_id == patient.id))
+            claim = row.claim
+            self.session.add(
+                self._vault.record(patient, row.record_id, claim.last_name, claim.date_of_birth, claim.zip_code)
+            )
+        self.session.flush()
 
     def _progress(self) -> None:
         if self.on_progress is not None:

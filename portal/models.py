@@ -10,6 +10,7 @@ import secrets
 from datetime import UTC, date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -152,3 +153,117 @@ class Verification(Base):
     channel: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Staff(Base):
+    """A call-center agent or supervisor. Only hashes and a sealed TOTP secret are kept.
+
+    ``session_version`` is copied into each login's session; bumping it (logout, disable, MFA
+    reset) ends every session of this person at once, although sessions live in signed cookies.
+    """
+
+    __tablename__ = "staff"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # agent | supervisor
+    password_hash: Mapped[str] = mapped_column(String(200))  # argon2-cffi PasswordHasher
+    totp_secret: Mapped[bytes] = mapped_column(LargeBinary)  # AES-256-GCM nonce || ciphertext
+    totp_key_version: Mapped[int] = mapped_column(Integer)
+    # The last 30-second step a TOTP code was accepted for: a code is never accepted twice.
+    last_totp_step: Mapped[int] = mapped_column(BigInteger, default=0)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    session_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """One security event, chained: ``chain_hash`` = HMAC(audit key, ``prev_hash`` || this row's fields).
+
+    ``id`` is the position in the chain (1, 2, 3 ...), given by ``audit_chain_head`` and never by
+    the database, so a deleted row leaves a gap and an inserted one breaks the next link.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)  # staff:7, api-key:3, public:<session>, cli:<user>
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    outcome: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(16))
+    record_ref: Mapped[str | None] = mapped_column(String(32), index=True)  # Patient.public_id
+    client: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    chain_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditChainHead(Base):
+    """The single row writers lock to append: position and hash of the newest event."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)  # always 1
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class LetterRecord(Base):
+    """What replacing a lost letter needs, kept only for people with no SSN on file.
+
+    Such a person can verify only with the reference printed on their letter. To find their
+    record without it, ``locate_digest`` is an HMAC of the normalised last name, birth date and
+    ZIP (not unique: two people may share them, and then nobody is identified). The vendor's
+    record id, which the mail house needs, is kept sealed (AES-256-GCM) for this alone.
+    """
+
+    __tablename__ = "letter_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), unique=True)
+    locate_digest: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    sealed_record_id: Mapped[bytes] = mapped_column(LargeBinary)  # nonce || ciphertext
+    key_version: Mapped[int] = mapped_column(Integer)  # of the identifier key
+    reissue_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """A partner's API key. The key itself is shown once, at creation, and never stored.
+
+    ``prefix`` is public (it starts the key and names it in listings and logs); ``digest`` is the
+    SHA-256 of the whole key, compared in constant time after the prefix found the row. A key
+    of 256 random bits needs no slow hash: nobody can guess one, with or without the digest.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    partner: Mapped[str] = mapped_column(String(80))
+    scopes: Mapped[str] = mapped_column(String(80))  # space-separated: verify, claim
+    rate: Mapped[str] = mapped_column(String(80))  # a Flask-Limiter limit string, e.g. "120/minute"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class HourlyCount(Base):
+    """How many events of one kind happened in one hour, on one surface.
+
+    No person, address, key or staff member: only counts, so they outlive the retention purge
+    and still show how the programme went. One row per (hour, action, outcome, channel),
+    raised by an UPSERT from ``portal.events.record``.
+    """
+
+    __tablename__ = "hourly_counts"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # the hour's start, UTC
+    action: Mapped[str] = mapped_column(String(32), primary_key=True)  # verification, exposure, claim, alert...
+    outcome: Mapped[str] = mapped_column(String(48), primary_key=True)  # success, failure, throttled:..., ...
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)  # public, agent, api, cli
+    count: Mapped[int] = mapped_column(Integer)

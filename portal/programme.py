@@ -2,15 +2,19 @@
 
 They are configuration (``PORTAL_PROGRAMME_FILE``, a TOML file with a ``[programme]`` table);
 development and the demo use ``DEMO_PROGRAMME``. Production refuses to start without a file.
+The free text may be given again per language in sub-tables (``[programme.es]``); what a
+language leaves out is shown in the default language, inside a page in the visitor's language.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from portal.config import ConfigError
 
@@ -28,6 +32,17 @@ class Programme:
     enrol_by: date
     coverage_months: int = 24
     mailing_address: str = ""
+    # language code -> {free-text field -> that text in the language}
+    translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def in_language(self, code: str) -> Programme:
+        """These facts with the free text in ``code`` where the file gives it."""
+        local = self.translations.get(code)
+        return dataclasses.replace(self, **local) if local else self
+
+
+# Text a person wrote for people to read; names, numbers, dates and addresses of sites stay as they are.
+TRANSLATABLE = ("incident_summary", "call_center_hours", "mailing_address")
 
 
 DEMO_PROGRAMME = Programme(
@@ -46,6 +61,33 @@ DEMO_PROGRAMME = Programme(
     enrolment_url="https://enroll.example.com/northwind",
     enrol_by=date(2027, 6, 30),
     mailing_address="Northwind Health Records, Privacy Office, P.O. Box 0000, Springfield, ST 00000",
+    translations={
+        "es": {
+            "incident_summary": (
+                "El 14 de septiembre de 2026, una persona no autorizada usó las credenciales de acceso robadas de"
+                " un proveedor para copiar una base de datos de registro de pacientes. La copia contenía nombres,"
+                " fechas de nacimiento, direcciones postales, números de teléfono y, para la mayoría de los "
+                "pacientes, números de Seguro Social. Cerramos ese acceso el 16 de septiembre, informamos a las "
+                "autoridades y estamos avisando a cada persona cuyos datos estaban en la copia."
+            ),
+            "call_center_hours": (
+                "de lunes a viernes de 8 a.m. a 8 p.m. y los sábados de 9 a.m. a 1 p.m. (hora del Este)"
+            ),
+        },
+        "fr": {
+            "incident_summary": (
+                "Le 14 septembre 2026, une personne non autorisée a utilisé l'identifiant volé d'un prestataire "
+                "pour copier une base de données d'inscription des patients. Cette copie contenait des noms, des "
+                "dates de naissance, des adresses postales, des numéros de téléphone et, pour la plupart des "
+                "patients, des numéros de sécurité sociale américains (SSN). Nous avons coupé cet accès le "
+                "16 septembre, prévenu les forces de l'ordre, et nous informons chaque personne dont les données "
+                "figuraient dans la copie."
+            ),
+            "call_center_hours": (
+                "du lundi au vendredi de 8 h à 20 h et le samedi de 9 h à 13 h (heure de l'Est des États-Unis)"
+            ),
+        },
+    },
 )
 
 
@@ -55,9 +97,22 @@ def load_programme(path: str | None) -> Programme:
         return DEMO_PROGRAMME
     try:
         table = tomllib.loads(Path(path).read_text(encoding="utf-8"))["programme"]
-        return Programme(**table)
+        translations = _translations(table)
+        return Programme(**table, translations=translations)
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as error:
         fields = ", ".join(f.name for f in dataclasses.fields(Programme))
         raise ConfigError(
             f"PORTAL_PROGRAMME_FILE could not be read as a [programme] table with {fields}: {error}"
         ) from error
+
+
+def _translations(table: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Take the per-language sub-tables out of ``table``; each may hold only the free-text fields."""
+    translations = {code: table.pop(code) for code in [k for k, v in table.items() if isinstance(v, dict)]}
+    for code, texts in translations.items():
+        extra = set(texts) - set(TRANSLATABLE)
+        if extra or not all(isinstance(text, str) for text in texts.values()):
+            raise ConfigError(
+                f"PORTAL_PROGRAMME_FILE: [programme.{code}] may give only these texts: {', '.join(TRANSLATABLE)}"
+            )
+    return translations

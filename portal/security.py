@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, Response, request
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -28,12 +31,50 @@ SECURITY_HEADERS = [
 
 
 def init_app(app: Flask) -> None:
+    app.wsgi_app = UnreadableBodiesAreBadRequests(app.wsgi_app)  # type: ignore[method-assign]
     proxies = int(app.config.get("TRUSTED_PROXIES", 0))
     if proxies:
         # Only as many X-Forwarded-* hops as there are proxies of ours: a client cannot forge its address.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
     app.session_interface = SignedCookieSessions()
     app.after_request(add_security_headers)
+
+
+class UnreadableBodiesAreBadRequests:
+    """A body the server cannot decode (a malformed chunk size, a truncated chunk) is the client's
+    error: the server raises it from ``wsgi.input`` mid-parse, and it must be a 400, not a 500.
+    Nothing but the client's bytes is read there, so every error of a read is the request's."""
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        environ["wsgi.input"] = _GuardedInput(environ["wsgi.input"])
+        return self.wsgi_app(environ, start_response)
+
+
+class _GuardedInput:
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def read(self, *size: int) -> bytes:
+        return self._guarded(self._stream.read, *size)
+
+    def readline(self, *size: int) -> bytes:
+        return self._guarded(self._stream.readline, *size)
+
+    def readlines(self, *hint: int) -> list[bytes]:
+        return self._guarded(self._stream.readlines, *hint)
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+    @staticmethod
+    def _guarded(read: Any, *args: int) -> Any:
+        try:
+            return read(*args)
+        except Exception as error:  # servers raise their own parse errors (gunicorn: ParseException)
+            raise BadRequest() from error
 
 
 class SignedCookieSessions(SecureCookieSessionInterface):

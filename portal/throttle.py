@@ -123,13 +123,15 @@ def public_budgets(claim: IdentityClaim, address: str | None) -> list[Budget]:
 
 
 @contextmanager
-def attempt(budgets: Sequence[Budget], channel: str, client: str | None = None) -> Iterator[Attempt]:
+def attempt(
+    budgets: Sequence[Budget], channel: str, client: str | None = None, actor: str | None = None
+) -> Iterator[Attempt]:
     """Count one attempt in every budget, then run the body (the lookup).
 
     Raises ``Throttled`` or ``LimitStoreDown`` before the body when the attempt may not proceed
-    (``client``, the address, goes into that event).
+    (``client``, the address, and ``actor``, who acted for the person, go into that event).
     """
-    holds = _reserve(budgets, Event("verification", "", channel, client=client))
+    holds = _reserve(budgets, Event("verification", "", channel, client=client, actor=actor))
     outcome = Attempt()
     try:
         yield outcome

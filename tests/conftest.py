@@ -1,7 +1,7 @@
 """Fixtures: a real database per test (SQLite file, or a fresh PostgreSQL schema), the app, clients.
 
-PostgreSQL and Redis tests run when PORTAL_TEST_POSTGRES_URL / PORTAL_TEST_REDIS_URL are set
-(`.ci/run` sets both). Without them those tests are deselected — reported in the header, never
+PostgreSQL, Redis and browser tests run when PORTAL_TEST_POSTGRES_URL / PORTAL_TEST_REDIS_URL /
+PORTAL_TEST_BROWSER are set (`.ci/run` sets all three). Without them those tests are deselected — reported in the header, never
 counted as passed — and a configured but unreachable server fails the run instead.
 """
 
@@ -12,6 +12,7 @@ import hmac
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,15 +27,29 @@ from portal import create_app, schema, services, synthetic
 from portal.extensions import db
 from portal.importer import PatientImporter
 
+pytest_plugins = ("browser",)  # the live server, Chromium and page-audit fixtures (tests/browser.py)
+
 POSTGRES_URL = os.environ.get("PORTAL_TEST_POSTGRES_URL", "")
 REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
+# End-to-end tests through nginx (tests/test_stack.py); `.ci/run` installs nginx and sets it.
+NGINX = bool(os.environ.get("PORTAL_TEST_NGINX"))
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") is not None
+BROWSER = os.environ.get("PORTAL_TEST_BROWSER", "")
 
 # Cheap Argon2id for speed; test_identity checks the production defaults separately.
 FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
 # Generous failure limits so that tests of other behaviour are not throttled; test_throttle sets real ones.
 LOOSE_LIMITS = {
     name: "10000 per minute"
-    for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_CLIENT_ATTEMPTS", "VERIFY_LIMIT_GLOBAL")
+    for name in (
+        "VERIFY_LIMIT_PERSON",
+        "VERIFY_LIMIT_CLIENT",
+        "VERIFY_LIMIT_CLIENT_ATTEMPTS",
+        "VERIFY_LIMIT_GLOBAL",
+        "API_VERIFY_LIMIT_PERSON",
+        "API_VERIFY_LIMIT_KEY",
+        "API_VERIFY_LIMIT_CLIENT",
+    )
 }
 
 # Every connection of a test database gives up on a row lock after 5 s and on a statement after 60 s:
@@ -54,6 +69,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"PostgreSQL tests: {'on ' + _redacted(POSTGRES_URL) if POSTGRES_URL else 'NOT RUN (set PORTAL_TEST_POSTGRES_URL)'}",
         f"Redis tests: {'on ' + REDIS_URL if REDIS_URL else 'NOT RUN (set PORTAL_TEST_REDIS_URL)'}",
+        f"nginx end-to-end tests: {'on' if NGINX else 'NOT RUN (set PORTAL_TEST_NGINX)'}",
+        f"systemd unit check: {'on' if SYSTEMD_ANALYZE else 'NOT RUN (no systemd-analyze)'}",
+        f"Browser tests: {'with ' + BROWSER if BROWSER else 'NOT RUN (set PORTAL_TEST_BROWSER to a Chromium)'}",
     ]
 
 
@@ -63,7 +81,13 @@ def _redacted(url: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect (not skip) the tests whose server is not configured, and say how many."""
-    wanted = {"postgres": bool(POSTGRES_URL), "redis": bool(REDIS_URL)}
+    wanted = {
+        "postgres": bool(POSTGRES_URL),
+        "redis": bool(REDIS_URL),
+        "nginx": NGINX,
+        "systemd": SYSTEMD_ANALYZE,
+        "browser": bool(BROWSER),
+    }
     keep, drop = [], []
     for item in items:
         (keep if all(wanted[m] for m in wanted if item.get_closest_marker(m)) else drop).append(item)
@@ -133,6 +157,7 @@ def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
         "SECRET_KEY": secrets.token_urlsafe(32),
         "IDENTIFIER_KEY": secrets.token_urlsafe(32),
         "CODE_KEY": secrets.token_urlsafe(32),
+        "AUDIT_KEY": secrets.token_urlsafe(32),
         **FAST_ARGON2,
         **LOOSE_LIMITS,
         **overrides,
@@ -208,6 +233,16 @@ def lookup(client: FlaskClient, **fields: str) -> Any:
     data.update(fields)
     data["csrf_token"] = csrf_token(client)
     return client.post("/lookup", data=data)
+
+
+def create_api_key(app: Flask, *scopes: str, rate: str = "1000/minute", expires: str | None = None) -> str:
+    """A partner key made through the CLI, as an operator makes one; returns the key."""
+    args = ["create-api-key", "--partner", "Test partner", "--rate", rate]
+    args += [part for scope in scopes or ("verify", "claim") for part in ("--scope", scope)]
+    args += ["--expires", expires] if expires else []
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()[1]
 
 
 def hkdf_sha256(master: bytes, info: bytes) -> bytes:

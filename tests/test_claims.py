@@ -272,6 +272,10 @@ def test_concurrent_claims_never_share_or_double_a_code(app: Flask) -> None:
         with Session(engine) as session:
             barrier.wait(timeout=60)
             attempt(session, first_wave[index])
+            # The queue starts once the whole first wave is answered: on a loaded machine a late
+            # thread of the first wave could otherwise find the pool already emptied by the queue.
+            session.close()  # its connection goes back to the pool for the threads still claiming
+            barrier.wait(timeout=60)
             while True:
                 try:
                     patient_id = work.get_nowait()

@@ -8,6 +8,7 @@ check what ships.
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 from pathlib import Path
@@ -86,6 +87,8 @@ def documented_defaults() -> dict[str, str | None]:
     documented: dict[str, str | None] = {}
     for names_cell, default_cell, _meaning in markdown_table(README, "## Configuration"):
         names = re.findall(r"`(PORTAL_\w+|_\w+)`", names_cell)
+        if not names:  # a variable read by another program (PROMETHEUS_MULTIPROC_DIR)
+            continue
         continued = [n for n in names if n.startswith("_")]
         if continued:  # the prefix the first continuation completes: PORTAL_ARGON2 for _MEMORY_COST
             prefix = "_".join(names[0].split("_")[: -continued[0].count("_")])
@@ -98,16 +101,22 @@ def documented_defaults() -> dict[str, str | None]:
     return documented
 
 
-def as_written(value: Any) -> str | None:
-    return None if value is None else str(value)
+def as_configured(written: str | None) -> Any:
+    """A default as written in the table, read as PORTAL_* values are: JSON when it parses."""
+    if written is None:
+        return None
+    try:
+        return json.loads(written)
+    except ValueError:
+        return written
 
 
 def test_readme_configuration_table_states_every_shipped_default() -> None:
     documented = documented_defaults()
     assert documented["ARGON2_MEMORY_COST"] == "19456", "the table's parser lost its way"
     assert PROMISED <= documented.keys()
-    shipped = {name: as_written(DEFAULTS[name]) for name in documented if name in DEFAULTS}
-    assert shipped == {name: documented[name] for name in shipped}
+    shipped = {name: DEFAULTS[name] for name in documented if name in DEFAULTS}
+    assert shipped == {name: as_configured(documented[name]) for name in shipped}
     undocumented = DEFAULTS.keys() - documented.keys() - NOT_IN_THE_TABLE
     assert not undocumented, f"add these to README's configuration table: {sorted(undocumented)}"
 
@@ -116,14 +125,23 @@ def test_security_md_failure_limits_are_the_shipped_ones() -> None:
     setting = {
         "person": "VERIFY_LIMIT_PERSON",
         "client address": "VERIFY_LIMIT_CLIENT",
-        "client address, every attempt": "VERIFY_LIMIT_CLIENT_ATTEMPTS",
+        "client attempts, successes included": "VERIFY_LIMIT_CLIENT_ATTEMPTS",
         "whole portal": "VERIFY_LIMIT_GLOBAL",
+        "API: person": "API_VERIFY_LIMIT_PERSON",
+        "API: partner key": "API_VERIFY_LIMIT_KEY",
+        "API: client address": "API_VERIFY_LIMIT_CLIENT",
+        "person, in the console": "AGENT_VERIFY_LIMIT_PERSON",
+        "failures per agent": "AGENT_VERIFY_LIMIT_FAILURES",
+        "failed staff logins per username": "STAFF_LOGIN_LIMIT_ACCOUNT",
+        "failed staff logins per client address": "STAFF_LOGIN_LIMIT_CLIENT",
     }
+    tables = ("## Failure limits, and why", "### The call-center console's limits")
     documented = {
-        setting[bucket.split(" (")[0]]: limit.replace(",", "")
-        for bucket, limit, _why in markdown_table(SECURITY, "## Failure limits, and why")
+        setting[budget.split(" (")[0]]: limit.replace(",", "").replace(" failures", "")
+        for heading in tables
+        for budget, limit, _why in markdown_table(SECURITY, heading)
     }
-    shipped = {name: limit for name, limit in DEFAULTS.items() if name.startswith("VERIFY_LIMIT_")}
+    shipped = {name: limit for name, limit in DEFAULTS.items() if "_LIMIT_" in name or name.startswith("VERIFY_LIMIT")}
     assert documented == shipped
 
 
@@ -193,11 +211,11 @@ def test_no_rate_limit_counters_and_a_shared_store_in_production() -> None:
     assert DEFAULTS["RATELIMIT_HEADERS_ENABLED"] is False
     # A refused verification is told when to retry without any count (tests/test_throttle.py).
     assert DEFAULTS["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] is False, "per-process counts multiply every budget"
-    assert "export PORTAL_RATELIMIT_STORAGE_URI=redis://" in README
+    assert "production refuses `memory://`" in README
 
 
 def test_development_secrets_are_fresh_private_and_never_overwritten(tmp_path: Path) -> None:
-    """``./dev.sh demo`` writes instance/config.py: readable by its owner only, three different keys
+    """``./dev.sh demo`` writes instance/config.py: readable by its owner only, different keys
     of at least 32 random bytes, and a second run keeps the first run's keys (and the data they hash)."""
     path = write_development_secrets(str(tmp_path / "instance"))
     assert path == tmp_path / "instance" / "config.py"  # where load_config looks for it
@@ -206,7 +224,7 @@ def test_development_secrets_are_fresh_private_and_never_overwritten(tmp_path: P
     exec(path.read_text(encoding="utf-8"), settings)  # the file this test just wrote
     assert settings["ENV"] == "development"
     keys = [settings[name] for name in SECRET_NAMES]
-    assert len(set(keys)) == 3 and all(
+    assert len(set(keys)) == len(SECRET_NAMES) and all(
         len(decode_key(key, name)) >= 32 for key, name in zip(keys, SECRET_NAMES, strict=True)
     )
     first = path.read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -12,8 +13,8 @@ import pytest
 from conftest import csrf_token, import_patients, lookup, make_app, patient_row
 
 
-def event_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "portal.events"]
+def event_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "portal.events"]
 
 
 def test_verification_claim_and_throttling_are_recorded_without_identifiers(
@@ -33,18 +34,20 @@ def test_verification_claim_and_throttling_are_recorded_without_identifiers(
     client.post("/claim", data={"csrf_token": csrf_token(client, "/exposure")})
 
     lines = event_lines(caplog)
-    outcomes = [line.split()[1] for line in lines]
-    assert outcomes == [
-        "outcome=failure",
-        "outcome=throttled:verify-person-public",
-        "outcome=failure",
-        "outcome=success",
-        "outcome=pool-empty",
+    assert [line["outcome"] for line in lines] == [
+        "failure",
+        "throttled:verify-person-public",
+        "failure",
+        "success",
+        "viewed",  # the exposure page, where the claim form is
+        "pool-empty",
     ]
-    assert all("channel=public" in line and "client=127.0.0.1" in line for line in lines)
-    assert "patient=-" in lines[0] and "patient=-" not in lines[3]
-    # The random public id is hex and may contain any digit run by chance: check the rest.
-    rest = [re.sub(r"patient=[0-9a-f]{32}", "patient=REF", line) for line in lines]
+    assert all(line["channel"] == "public" and line["client"] == "127.0.0.1" for line in lines)
+    assert lines[0]["record_ref"] is None and re.fullmatch(r"[0-9a-f]{32}", lines[3]["record_ref"])
+    # The random public and request ids are hex and may contain any digit run by chance: check the rest.
+    rest = [
+        json.dumps({k: v for k, v in line.items() if k not in ("record_ref", "request_id", "actor")}) for line in lines
+    ]
     for secret in ("García", "Garcia", "garcialopez", "1980-04-23", "6789", "10001", "123-45"):
         assert not any(secret.lower() in line.lower() for line in rest)
 
@@ -57,8 +60,9 @@ lookup(app.test_client(), last_name="Nobody", date_of_birth="1975-01-02", zip_co
 """
 
 
-def test_events_are_written_without_any_logging_set_up(database_url: str) -> None:
-    """Nothing configures logging under gunicorn: the events must still reach its error log (stderr).
+def test_events_and_requests_are_written_without_any_logging_set_up(database_url: str) -> None:
+    """Nothing configures logging under gunicorn: events and request lines (written straight to the
+    JSON handler's stream) must still reach its error log (stderr), as JSON lines.
     A process of its own, because pytest's log capture is a configuration."""
     done = subprocess.run(
         [sys.executable, "-c", UNCONFIGURED_PROCESS, database_url],
@@ -68,5 +72,14 @@ def test_events_are_written_without_any_logging_set_up(database_url: str) -> Non
         timeout=60,
         check=True,
     )
-    written = [line for line in done.stderr.splitlines() if "action=verification" in line]
-    assert len(written) == 1 and "outcome=failure channel=public patient=- client=127.0.0.1" in written[0]
+    written = [json.loads(line) for line in done.stderr.splitlines() if '"action":"verification"' in line]
+    assert len(written) == 1
+    assert {k: written[0][k] for k in ("logger", "outcome", "channel", "record_ref", "client")} == {
+        "logger": "portal.events", "outcome": "failure", "channel": "public", "record_ref": None, "client": "127.0.0.1"
+    }  # fmt: skip
+    requests = [json.loads(line) for line in done.stderr.splitlines() if '"logger":"portal.requests"' in line]
+    assert [(r["method"], r["endpoint"], r["status"], r["level"]) for r in requests] == [
+        ("GET", "public.lookup_form", 200, "INFO"),
+        ("POST", "public.lookup", 200, "INFO"),
+    ]
+    assert requests[1]["request_id"] == written[0]["request_id"] and requests[1]["time"].endswith("Z")

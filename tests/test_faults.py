@@ -507,6 +507,27 @@ def test_redis_dying_during_a_lookup_is_not_a_500(
         db.engine.dispose()
 
 
+@pytest.mark.redis
+def test_a_full_limit_store_refuses_verifications_instead_of_forgetting(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Redis at its maxmemory with noeviction (as deploy/ sets it) refuses new counters: attempts
+    are refused too, so an attacker who fills the store gains no uncounted guesses."""
+    app = make_app(
+        f"sqlite:///{tmp_path / 'portal.sqlite3'}", RATELIMIT_STORAGE_URI=private_redis.url, PROPAGATE_EXCEPTIONS=False
+    )
+    assert import_patients(app, [patient_row()]) == []
+    assert failed_attempt(app, "192.0.2.30", 0).status_code == 200
+    used = int(private_redis.client.info("memory")["used_memory"])
+    private_redis.client.config_set("maxmemory-policy", "noeviction")
+    private_redis.client.config_set("maxmemory", str(used))
+    assert_clean_503(failed_attempt(app, "192.0.2.31", 1), "a lookup with the limit store full")
+    private_redis.client.config_set("maxmemory", "0")
+    assert known_person_lookup(app, "192.0.2.32").status_code == 303
+    with app.app_context():
+        db.engine.dispose()
+
+
 # --- Over capacity --------------------------------------------------------------------------------
 
 

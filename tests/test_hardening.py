@@ -27,8 +27,11 @@ def production_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         "PORTAL_SECRET_KEY": secrets.token_urlsafe(32),
         "PORTAL_IDENTIFIER_KEY": secrets.token_urlsafe(32),
         "PORTAL_CODE_KEY": secrets.token_urlsafe(32),
+        "PORTAL_AUDIT_KEY": secrets.token_urlsafe(32),
         "PORTAL_PROGRAMME_FILE": str(programme),
         "PORTAL_TRUSTED_HOSTS": '["notice.example.org"]',
+        "PORTAL_SINGLE_PROCESS": "true",
+        "PORTAL_WORKERS": "1",
     }
     for name, value in {**environment, **more}.items():
         monkeypatch.setenv(name, value)

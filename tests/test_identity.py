@@ -488,12 +488,15 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "SECRET_KEY",
         "IDENTIFIER_KEY",
         "CODE_KEY",
+        "AUDIT_KEY",
         "ARGON2_TIME_COST",
         "ARGON2_MEMORY_COST",
         "ARGON2_PARALLELISM",
         "PROGRAMME_FILE",
         "ENV",
         "DATABASE_URL",
+        "SINGLE_PROCESS",
+        "WORKERS",
     ):
         monkeypatch.delenv(f"PORTAL_{name}", raising=False)
     programme = write_programme(tmp_path)
@@ -505,10 +508,13 @@ def production(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         "IDENTIFIER_KEY_PREVIOUS": None,
         "CODE_KEY": secrets.token_urlsafe(32),
         "CODE_KEY_PREVIOUS": None,
+        "AUDIT_KEY": secrets.token_urlsafe(32),
         "ARGON2_TIME_COST": DEFAULTS["ARGON2_TIME_COST"],
         "ARGON2_MEMORY_COST": DEFAULTS["ARGON2_MEMORY_COST"],
         "ARGON2_PARALLELISM": DEFAULTS["ARGON2_PARALLELISM"],
         "PROGRAMME_FILE": str(programme),
+        "SINGLE_PROCESS": True,  # one process: per-process limits are allowed (see test_deploy.py)
+        "TRUSTED_HOSTS": ["notice.example.org"],
     }
 
 
@@ -532,7 +538,7 @@ def test_production_starts_with_everything_given(production: dict[str, Any]) -> 
         db.engine.dispose()
 
 
-@pytest.mark.parametrize("name", ["SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY"])
+@pytest.mark.parametrize("name", ["SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY"])
 @pytest.mark.parametrize("missing", [None, ""], ids=["none", "empty"])
 def test_production_refuses_a_missing_secret(production: dict[str, Any], name: str, missing: Any) -> None:
     with pytest.raises(ConfigError, match=f"PORTAL_{name}"):
@@ -540,14 +546,23 @@ def test_production_refuses_a_missing_secret(production: dict[str, Any], name: s
 
 
 @pytest.mark.parametrize(
-    "first, second", [("SECRET_KEY", "IDENTIFIER_KEY"), ("SECRET_KEY", "CODE_KEY"), ("IDENTIFIER_KEY", "CODE_KEY")]
+    "first, second",
+    [
+        ("SECRET_KEY", "IDENTIFIER_KEY"),
+        ("SECRET_KEY", "CODE_KEY"),
+        ("IDENTIFIER_KEY", "CODE_KEY"),
+        ("CODE_KEY", "AUDIT_KEY"),
+        ("IDENTIFIER_KEY", "AUDIT_KEY"),
+    ],
 )
 def test_production_refuses_equal_secrets(production: dict[str, Any], first: str, second: str) -> None:
     with pytest.raises(ConfigError, match=f"PORTAL_{first}.*PORTAL_{second}|PORTAL_{second}.*PORTAL_{first}"):
         create_app({**production, second: production[first]})
 
 
-@pytest.mark.parametrize("name", ["IDENTIFIER_KEY", "CODE_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"])
+@pytest.mark.parametrize(
+    "name", ["IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY", "IDENTIFIER_KEY_PREVIOUS", "CODE_KEY_PREVIOUS"]
+)
 @pytest.mark.parametrize(
     "bad",
     [secrets.token_urlsafe(31), "short", "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!", "é" * 50],
@@ -633,12 +648,22 @@ def test_development_and_testing_are_the_relaxed_environments(production: dict[s
         db.engine.dispose()
 
 
+@pytest.mark.parametrize("hosts", [None, []], ids=["unset", "empty"])
+def test_production_refuses_without_trusted_hosts(production: dict[str, Any], hosts: Any) -> None:
+    """Otherwise a foreign Host header is believed, and redirects follow it off-site."""
+    with pytest.raises(ConfigError, match="PORTAL_TRUSTED_HOSTS"):
+        create_app({**production, "TRUSTED_HOSTS": hosts})
+
+
+SECRETS = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY")
+
+
 def test_production_reads_its_secrets_from_the_environment(
     production: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The refusal also holds when the secrets come from PORTAL_* variables, as they do in production."""
-    overrides = {k: v for k, v in production.items() if k not in ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY")}
-    for name in ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY"):
+    overrides = {k: v for k, v in production.items() if k not in SECRETS}
+    for name in SECRETS:
         monkeypatch.setenv(f"PORTAL_{name}", production[name])
     app = create_app(overrides)
     with app.app_context():

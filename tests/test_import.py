@@ -29,7 +29,7 @@ from portal import create_app, exposure, services, synthetic
 from portal.extensions import db
 from portal.identity import IdentityClaim, find_patient, format_reference, stretch
 from portal.importer import CODE_COLUMNS, DEFAULT_PRODUCT, PATIENT_COLUMNS, PatientImporter
-from portal.models import ActivationCode, HashScheme, Patient
+from portal.models import ActivationCode, HashScheme, LetterRecord, Patient
 
 PORTAL_BIN = Path(sys.executable).with_name("portal")
 
@@ -496,6 +496,7 @@ def test_two_workers_give_the_same_result_as_one(app: Flask, runner: Any, tmp_pa
     assert parallel.exit_code == 0, parallel.output
     with app.app_context():
         by_two = dict(db.session.execute(select(Patient.record_key, Patient.lookup_digest)).all())
+        db.session.execute(sa.delete(LetterRecord))
         db.session.execute(sa.delete(Patient))
         db.session.commit()
     assert patient_count(app) == 0
@@ -591,7 +592,7 @@ def subprocess_env(config: dict[str, Any]) -> dict[str, str]:
     env.update(
         {
             f"PORTAL_{name}": str(config[name])
-            for name in ("ENV", "DATABASE_URL", "SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", *FAST_ARGON2)
+            for name in ("ENV", "DATABASE_URL", "SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY", *FAST_ARGON2)
         }
     )
     return env

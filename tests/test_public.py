@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from babel.dates import format_date
 from conftest import csrf_token, import_patients, lookup, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
@@ -90,6 +91,11 @@ def shown_code(text: str) -> str:
     codes = re.findall(r"<code>([^<]*)</code>", text)
     assert len(codes) == 1, codes
     return codes[0]
+
+
+def long_date(day: date) -> str:
+    """A date as the English pages write it ("June 30, 2027")."""
+    return format_date(day, "long", locale="en")
 
 
 def letter_reference(app: Flask, record_id: str) -> str:
@@ -180,7 +186,7 @@ def test_many_spellings_verify_and_see_exactly_their_exposed_fields(app: Flask) 
             text = page(response)
             assert exposed_on(text) == expected, (last_name, zip_code)
             assert programme.call_center_phone in text
-            assert programme.enrol_by.isoformat() in text
+            assert long_date(programme.enrol_by) in text
             assert "Get my activation code" in text
 
 
@@ -232,7 +238,7 @@ def _normalised(body: str, submitted: dict[str, str]) -> str:
     """
     body, tokens = re.subn(r'(name="csrf_token"[^>]*value=")[^"]+"', r'\1TOKEN"', body)
     assert tokens == 1
-    for name in ("last_name", "date_of_birth", "zip_code", "ssn_last4", "reference"):
+    for name in ("last_name", "zip_code", "ssn_last4", "reference"):
         pattern = re.compile(rf'(<input[^>]*name="{name}"[^>]*value=")([^"]*)"')
         echoed = pattern.findall(body)
         expected = "" if name in NEVER_ECHOED else html.escape(submitted.get(name, ""), quote=True)
@@ -244,7 +250,7 @@ def _normalised(body: str, submitted: dict[str, str]) -> str:
 # Headers whose values may differ between any two requests without telling anything: the date,
 # and a refusal's retry time (its per-person bucket is keyed on what was typed, so it behaves
 # the same whether or not the person exists; see test_throttle).
-VOLATILE_HEADERS = {"Date", "Retry-After"}
+VOLATILE_HEADERS = {"Date", "Retry-After", "X-Request-ID"}
 
 
 @pytest.mark.parametrize("factor", ["ssn_last4", "reference"])
@@ -313,6 +319,12 @@ def test_a_failed_lookup_looks_and_costs_the_same_whatever_was_wrong(
 
 # --- bad input -----------------------------------------------------------------------------------
 
+
+def boxes(month: str, day: str, year: str) -> dict[str, str]:
+    """The date of birth as the three boxes send it (and no single field)."""
+    return {"date_of_birth": "", "date_of_birth_month": month, "date_of_birth_day": day, "date_of_birth_year": year}
+
+
 GOOD = dict(last_name="Smith", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
 FULL_SSN_TEXT = "Enter only the last 4 digits of your Social Security number"
 EITHER_TEXT = "Enter the last 4 digits of your Social Security number, or the reference code"
@@ -320,12 +332,17 @@ BAD_INPUT = {
     "no last name": ({"last_name": ""}, "last_name", "Enter your last name"),
     "last name without letters": ({"last_name": "-- ' --"}, "last_name", "Enter your last name"),
     "last name too long": ({"last_name": "a" * 101}, "last_name", "at most 100 characters"),
-    "no date of birth": ({"date_of_birth": ""}, "date_of_birth", "YYYY-MM-DD"),
-    "US date order": ({"date_of_birth": "04/23/1980"}, "date_of_birth", "YYYY-MM-DD"),
-    "impossible date": ({"date_of_birth": "1980-02-30"}, "date_of_birth", "YYYY-MM-DD"),
-    "future birth": ({"date_of_birth": "2999-01-01"}, "date_of_birth", "YYYY-MM-DD"),
-    "birth before 1900": ({"date_of_birth": "1899-12-31"}, "date_of_birth", "YYYY-MM-DD"),
-    "date too long": ({"date_of_birth": "1980-04-230"}, "date_of_birth", "YYYY-MM-DD"),
+    "no date of birth": ({"date_of_birth": ""}, "date_of_birth", "Enter your date of birth"),
+    "US date order": ({"date_of_birth": "04/23/1980"}, "date_of_birth", "must be a real date"),
+    "impossible date": ({"date_of_birth": "1980-02-30"}, "date_of_birth", "must be a real date"),
+    "future birth": ({"date_of_birth": "2999-01-01"}, "date_of_birth", "must be in the past"),
+    "birth before 1900": ({"date_of_birth": "1899-12-31"}, "date_of_birth", "in 1900 or later"),
+    "date too long": ({"date_of_birth": "1980-04-230"}, "date_of_birth", "must be a real date"),
+    "boxes: no day": (boxes("4", "", "1980"), "date_of_birth", "must include a day"),
+    "boxes: month 13": (boxes("13", "1", "1980"), "date_of_birth", "must be a real date"),
+    "boxes: 30 February": (boxes("2", "30", "1980"), "date_of_birth", "must be a real date"),
+    "boxes: two-digit year": (boxes("4", "23", "80"), "date_of_birth", "year as 4 numbers"),
+    "boxes: letters": (boxes("IV", "23", "1980"), "date_of_birth", "must be a real date"),
     "no ZIP": ({"zip_code": ""}, "zip_code", "5-digit ZIP code"),
     "short ZIP": ({"zip_code": "1000"}, "zip_code", "5-digit ZIP code"),
     "letters in ZIP": ({"zip_code": "1OOO1"}, "zip_code", "5-digit ZIP code"),
@@ -351,11 +368,16 @@ def test_malformed_fields_get_a_400_with_a_message_on_that_field(
     response = lookup(client, **{**GOOD, **changes})
     assert response.status_code == 400
     text = page(response)
-    errors = dict(re.findall(r'<p class="error" id="([a-z_0-9]+)-error">([^<]*)</p>', text))
+    errors = dict(re.findall(r'<p class="error" id="([a-z_0-9]+)-error"><span[^>]*>Error:</span> ([^<]*)</p>', text))
     assert list(errors) == [field], errors
     assert message in errors[field]
-    assert "Please correct the details marked below" in text
-    described = re.search(rf'<input[^>]*aria-describedby="([^"]*)"[^>]*name="{field}"', text)
+    assert "There is a problem" in text and "<title>Error: " in text
+    # The summary links to the box, and the box (or the date's group of boxes) names its error.
+    assert re.search(rf'<a href="#{field}(_month|_day|_year)?">', text)
+    if field == "date_of_birth":  # the three boxes' group, as the GOV.UK date pattern does
+        described = re.search(r'<fieldset class="date" role="group" aria-describedby="([^"]*)"', text)
+    else:
+        described = re.search(rf'<input[^>]*aria-describedby="([^"]*)"[^>]*name="{field}"', text)
     assert described and f"{field}-error" in described.group(1).split()
     assert hashed == [], "malformed input must be refused before any hashing"
     with client.session_transaction() as session:
@@ -641,7 +663,7 @@ def test_claim_flow_one_code_per_person_and_the_same_one_again(app: Flask) -> No
     text = page(response)
     code = shown_code(text)
     assert code == "FLOW-BBBB-0002"  # the one to be enrolled earliest goes first
-    assert soon.isoformat() in text
+    assert long_date(soon) in text
     assert programme.enrolment_url in text
     assert "24 months" in text and programme.coverage_months == 24
 

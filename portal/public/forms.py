@@ -1,20 +1,36 @@
-"""The patient's lookup form: bounds every field before anything is hashed."""
+"""The patient's lookup form: bounds and checks every field before anything is hashed.
+
+Every problem is found at once and pinned to its field, as the GOV.UK Design System asks, so
+that the page can list them all in its error summary. The date of birth arrives as three boxes
+(month, day, year: the US order); a ``date_of_birth=YYYY-MM-DD`` field, as partners' tools post
+it, still works when the boxes are absent.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import date
 from typing import Any
 
+from flask_babel import LazyString
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import StringField
-from wtforms.validators import InputRequired, Length, Optional
-from wtforms.widgets import DateInput
+from wtforms import Field, StringField
+from wtforms.validators import InputRequired, Length, Optional, ValidationError
 
-from portal.identity import IdentityClaim, InvalidIdentifier
+from portal.identity import (
+    EARLIEST_BIRTH_DATE,
+    IdentityClaim,
+    InvalidIdentifier,
+    normalise_last_name,
+    normalise_reference,
+    normalise_ssn_last4,
+    normalise_zip,
+    parse_birth_date,
+)
 
 FIELD_MESSAGES = {
     "last_name": _l("Enter your last name as it appears on your letter."),
-    "date_of_birth": _l("Enter your date of birth as YYYY-MM-DD, for example 1980-04-23."),
     "zip_code": _l("Enter the 5-digit ZIP code of the address on your letter."),
     "ssn_last4": _l("Enter the last 4 digits of your Social Security number, or the reference code from your letter."),
     "reference": _l("Enter the 24-character reference code printed on your letter."),
@@ -22,6 +38,17 @@ FIELD_MESSAGES = {
 TOO_LONG = {
     "last_name": _l("Your last name can be at most 100 characters long. Enter it as it appears on your letter."),
     "ssn_last4": _l("Enter only the last 4 digits of your Social Security number, never the full number."),
+}
+DATE_PARTS = ("month", "day", "year")
+DATE_MESSAGES = {
+    "missing": _l("Enter your date of birth."),
+    "month": _l("Your date of birth must include a month."),
+    "day": _l("Your date of birth must include a day."),
+    "year": _l("Your date of birth must include a year."),
+    "year_digits": _l("Enter the year as 4 numbers, for example 1980."),
+    "real": _l("Your date of birth must be a real date."),
+    "future": _l("Your date of birth must be in the past."),
+    "too_early": _l("Your date of birth must be in 1900 or later."),
 }
 
 
@@ -38,61 +65,142 @@ class NeverEchoed(StringField):
         return ""
 
 
-class LookupForm(FlaskForm):
+class Normalised:
+    """A field the domain must accept: its normaliser's refusal becomes the field's own message."""
+
+    def __init__(self, normalise: Callable[[str], object], message: LazyString) -> None:
+        self.normalise = normalise
+        self.message = message
+
+    def __call__(self, _form: FlaskForm, field: Field) -> None:
+        try:
+            self.normalise(field.data)
+        except InvalidIdentifier as error:
+            raise ValidationError(str(self.message)) from error
+
+
+def _date_part(label: LazyString, autocomplete: str) -> StringField:
+    return StringField(label, filters=[_strip], render_kw={"autocomplete": autocomplete, "inputmode": "numeric"})
+
+
+class PersonForm(FlaskForm):
+    """Last name, birth date and ZIP, bounded and checked: the part of every lookup."""
+
     class Meta:
         csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
 
-    # Required and length failures name the field too; surrounding blanks (pasted text) are forgiven.
     last_name = StringField(
         _l("Last name"),
-        [InputRequired(FIELD_MESSAGES["last_name"]), Length(max=100, message=TOO_LONG["last_name"])],
+        [
+            InputRequired(FIELD_MESSAGES["last_name"]),
+            Length(max=100, message=TOO_LONG["last_name"]),
+            Normalised(normalise_last_name, FIELD_MESSAGES["last_name"]),
+        ],
         filters=[_strip],
-        render_kw={"autocomplete": "family-name"},
+        render_kw={"autocomplete": "family-name", "spellcheck": "false"},
     )
-    date_of_birth = StringField(
-        _l("Date of birth"),
-        [InputRequired(FIELD_MESSAGES["date_of_birth"]), Length(max=10, message=FIELD_MESSAGES["date_of_birth"])],
-        filters=[_strip],
-        widget=DateInput(),
-        render_kw={"autocomplete": "bday"},
-    )
+    date_of_birth_month = _date_part(_l("Month"), "bday-month")
+    date_of_birth_day = _date_part(_l("Day"), "bday-day")
+    date_of_birth_year = _date_part(_l("Year"), "bday-year")
+    # The whole date as YYYY-MM-DD: what partners' tools post; filled from the boxes otherwise.
+    date_of_birth = StringField(_l("Date of birth"), filters=[_strip])
     zip_code = StringField(
         _l("ZIP code"),
-        [InputRequired(FIELD_MESSAGES["zip_code"]), Length(max=10, message=FIELD_MESSAGES["zip_code"])],
+        [
+            InputRequired(FIELD_MESSAGES["zip_code"]),
+            Length(max=10, message=FIELD_MESSAGES["zip_code"]),
+            Normalised(normalise_zip, FIELD_MESSAGES["zip_code"]),
+        ],
         filters=[_strip],
-        render_kw={"autocomplete": "postal-code", "inputmode": "numeric", "size": 10},
+        render_kw={"autocomplete": "postal-code", "inputmode": "numeric"},
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.date_parts_in_error: list[str] = []
+
+    def validate_date_of_birth(self, field: Field) -> None:
+        """Three boxes make one date; each way it can be wrong has its own message and boxes to mark."""
+        parts = {part: getattr(self, f"date_of_birth_{part}").data for part in DATE_PARTS}
+        if any(parts.values()):
+            field.data = self._date_from_parts(parts)
+        elif not field.data:
+            self.date_parts_in_error = list(DATE_PARTS)
+            raise ValidationError(str(DATE_MESSAGES["missing"]))
+        try:
+            born = date.fromisoformat(field.data) if len(field.data) == 10 else None
+        except ValueError:
+            born = None
+        if born is not None and born > date.today():
+            self._date_error("future", list(DATE_PARTS))
+        if born is not None and born < EARLIEST_BIRTH_DATE:
+            self._date_error("too_early", ["year"])
+        try:
+            parse_birth_date(field.data)
+        except InvalidIdentifier as error:
+            self.date_parts_in_error = list(DATE_PARTS)
+            raise ValidationError(str(DATE_MESSAGES["real"])) from error
+
+    def _date_from_parts(self, parts: dict[str, str]) -> str:
+        missing = [part for part in DATE_PARTS if not parts[part]]
+        if missing:
+            self._date_error(missing[0], missing)
+        if not all(parts[part].isascii() and parts[part].isdigit() for part in DATE_PARTS):
+            self._date_error("real", [part for part in DATE_PARTS if not parts[part].isdigit()])
+        if len(parts["year"]) != 4:
+            self._date_error("year_digits", ["year"])
+        for part, highest in (("month", 12), ("day", 31)):
+            if len(parts[part]) > 2 or not 1 <= int(parts[part]) <= highest:
+                self._date_error("real", [part])
+        return f"{parts['year']}-{parts['month']:0>2}-{parts['day']:0>2}"
+
+    def _date_error(self, reason: str, parts: list[str]) -> None:
+        self.date_parts_in_error = parts
+        raise ValidationError(str(DATE_MESSAGES[reason]))
+
+
+class LookupForm(PersonForm):
+    """The website's lookup (the console's too): the person, plus the SSN's last four or the reference."""
+
     ssn_last4 = NeverEchoed(
         _l("Last 4 digits of your Social Security number"),
-        [Optional(), Length(max=4, message=TOO_LONG["ssn_last4"])],
+        [
+            Optional(),
+            Length(max=4, message=TOO_LONG["ssn_last4"]),
+            Normalised(normalise_ssn_last4, FIELD_MESSAGES["ssn_last4"]),
+        ],
         filters=[_strip],
-        render_kw={"autocomplete": "off", "inputmode": "numeric", "size": 4},
+        render_kw={"autocomplete": "off", "inputmode": "numeric"},
     )
     reference = NeverEchoed(
         _l("Or: reference code from your letter"),
-        [Optional(), Length(max=40, message=FIELD_MESSAGES["reference"])],
+        [
+            Optional(),
+            Length(max=40, message=FIELD_MESSAGES["reference"]),
+            Normalised(normalise_reference, FIELD_MESSAGES["reference"]),
+        ],
         filters=[_strip],
-        render_kw={"autocomplete": "off", "size": 30},
+        render_kw={"autocomplete": "off", "spellcheck": "false"},
     )
 
     claim: IdentityClaim | None = None
 
     def validate(self, extra_validators: Any = None) -> bool:
-        """Field bounds first, then the domain's normalisation; each failure is pinned to its field."""
-        if not super().validate(extra_validators):
+        """Every field's own checks, then the one rule across two fields: the SSN digits or the reference."""
+        valid = super().validate(extra_validators)
+        factors = [self.ssn_last4, self.reference]
+        if not any(f.errors for f in factors) and bool(self.ssn_last4.data) == bool(self.reference.data):
+            self.ssn_last4.errors.append(str(FIELD_MESSAGES["ssn_last4"]))
+            valid = False
+        if not valid:
             return False
-        if bool(self.ssn_last4.data.strip()) == bool(self.reference.data.strip()):
-            self.ssn_last4.errors.append(FIELD_MESSAGES["ssn_last4"])
-            return False
-        try:
-            self.claim = IdentityClaim.from_input(
-                self.last_name.data,
-                self.date_of_birth.data,
-                self.zip_code.data,
-                self.ssn_last4.data,
-                self.reference.data,
-            )
-        except InvalidIdentifier as error:
-            getattr(self, error.field).errors.append(FIELD_MESSAGES[error.field])
-            return False
+        self.claim = IdentityClaim.from_input(
+            self.last_name.data, self.date_of_birth.data, self.zip_code.data, self.ssn_last4.data, self.reference.data
+        )
         return True
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(id of the box to go to, message) for each field in error, in the order of the page."""
+        first_box = f"date_of_birth_{(self.date_parts_in_error or DATE_PARTS)[0]}"
+        shown = (self.last_name, self.date_of_birth, self.zip_code, self.ssn_last4, self.reference)
+        return [(first_box if f is self.date_of_birth else f.id, f.errors[0]) for f in shown if f.errors]

@@ -48,7 +48,7 @@ def rendered_once(template: str, context: Callable[[], dict[str, Any]]) -> str:
 @bp.get("/")
 def index() -> str:
     """The most requested page: the same for everyone in a language (its template shows no flash)."""
-    return rendered_once("public/index.html", lambda: {"programme": services().programme})
+    return rendered_once("public/index.html", dict)
 
 
 @bp.get("/lookup")
@@ -106,10 +106,10 @@ def verified_only(view: Callable[[Patient], ResponseValue]) -> Callable[[], Resp
 @bp.get("/exposure")
 @verified_only
 def exposure_page(patient: Patient) -> str:
+    _record("exposure", "viewed", patient.public_id)
     return render_template(
         "public/exposure.html",
         fields=exposure.fields_in(patient.exposed_fields),
-        programme=services().programme,
         held=code_of(db.session, services().cipher, patient),
     )
 
@@ -141,7 +141,8 @@ def code_page(patient: Patient) -> ResponseValue:
     held = code_of(db.session, services().cipher, patient)
     if held is None:
         return redirect(url_for("public.exposure_page"), 303)
-    return render_template("public/code.html", held=held, programme=services().programme)
+    _record("code", "viewed", patient.public_id)
+    return render_template("public/code.html", held=held)
 
 
 @bp.post("/sign-out")

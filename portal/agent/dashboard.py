@@ -1,0 +1,85 @@
+"""The supervisor's dashboard on the console: charts of the programme's figures, the pool, alerts.
+
+Everything shown comes from ``portal.stats`` (hourly counts without identifiers, and the pool);
+the charts are SVG drawn on the server (``portal.charts``), each with its figures as a table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from flask import abort, current_app, render_template, request
+
+from portal import alerts, stats
+from portal.agent.auth import supervisor_required
+from portal.agent.views import bp
+from portal.charts import Chart, Series, bar_chart
+from portal.extensions import db
+
+SURFACE_NAMES = {"public": "Web", "agent": "Call center", "api": "Partner API"}
+MAX_DAYS = 92
+
+
+def charts(summary: stats.Summary) -> list[Chart]:
+    days = [f"{d.start:%Y-%m-%d}" for d in summary.days]
+    hours = [f"{h.start:%H}:00" for h in summary.hours]
+    day = f"{summary.last:%Y-%m-%d}"
+
+    def verifications(periods: list[stats.Figures]) -> list[Series]:
+        return [
+            Series("Succeeded", [p.verified for p in periods]),
+            Series("Failed", [p.failed for p in periods]),
+            Series("Refused by a limit", [p.throttled for p in periods]),
+        ]
+
+    def claims(periods: list[stats.Figures]) -> list[Series]:
+        return [
+            Series("Exposures viewed", [p.exposures_viewed for p in periods]),
+            Series("Codes claimed", [p.claimed for p in periods]),
+            Series("Refused, pool empty", [p.pool_empty for p in periods]),
+        ]
+
+    surfaces = list(summary.claims_by_surface)
+    return [
+        bar_chart("verifications-daily", "Verifications per day", days, verifications(summary.days)),
+        bar_chart("claims-daily", "Exposures viewed and claims per day", days, claims(summary.days)),
+        bar_chart("verifications-hourly", f"Verifications per hour on {day}", hours, verifications(summary.hours),
+                  " (UTC)"),
+        bar_chart("claims-hourly", f"Exposures viewed and claims per hour on {day}", hours, claims(summary.hours),
+                  " (UTC)"),
+        bar_chart("claims-surface", "Codes claimed by surface", [SURFACE_NAMES.get(s, s) for s in surfaces],
+                  [Series("Codes claimed", [summary.claims_by_surface[s] for s in surfaces])]),
+    ]  # fmt: skip
+
+
+def _day_argument(name: str, default: date) -> date:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        abort(400)
+
+
+@bp.get("/dashboard")
+@supervisor_required
+def dashboard() -> str:
+    """The last ``days`` days up to ``day`` (today by default), that day hour by hour."""
+    today = datetime.now(UTC).date()
+    day = min(_day_argument("day", today), today)
+    days_text = request.args.get("days", "14")
+    if not days_text.isdigit() or not 1 <= int(days_text) <= MAX_DAYS:
+        abort(400)
+    days = int(days_text)
+    summary = stats.summarise(db.session, day, days)
+    since = datetime.now(UTC) - timedelta(hours=24)
+    return render_template(
+        "agent/dashboard.html",
+        summary=summary,
+        charts=charts(summary),
+        pool_low=summary.pool.available < current_app.config["POOL_LOW_THRESHOLD"],
+        recent_alerts=[a for a in summary.alerts if a.hour >= since.replace(minute=0, second=0, microsecond=0)],
+        alert_kinds=alerts.KINDS,
+        surface_names=SURFACE_NAMES,
+    )

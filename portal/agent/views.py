@@ -1,0 +1,371 @@
+"""The console's pages. Thin: forms in, domain calls, templates out; access rules live in auth.py."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from functools import wraps
+from typing import Any
+
+import segno
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
+from flask.typing import ResponseValue
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from markupsafe import Markup
+
+from portal import audit as audit_trail
+from portal import exposure, services, throttle
+from portal.agent.auth import agent_required, end_session, protect, start_session, supervisor_required
+from portal.agent.forms import AuditFilterForm, CreateStaffForm, LocateForm, LoginForm, PasswordChangeForm
+from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, pool_status
+from portal.errors import render_error
+from portal.events import Event, act_as, record
+from portal.extensions import db
+from portal.identity import IdentityClaim, end_verification, find_patient, start_verification, verified_patient
+from portal.letters import LetterVault, request_reissue
+from portal.models import Patient, Staff
+from portal.public.forms import LookupForm
+from portal.staff import (
+    StaffError,
+    authenticate,
+    create_staff,
+    disable_staff,
+    end_sessions,
+    list_staff,
+    reset_mfa,
+    set_password,
+)
+
+bp = Blueprint("agent", __name__)
+protect(bp)
+
+CHANNEL = "agent"
+LOGIN_FAILED = "The username, password or code is not right, or the account is disabled."
+
+
+def audit(action: str, outcome: str, record_ref: str | None = None) -> None:
+    record(Event(action, outcome, CHANNEL, record_ref, request.remote_addr))
+
+
+def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]:
+    """A form shown blank (200), or sent back with what was wrong with it (400)."""
+    status = 400 if request.method == "POST" else 200
+    return render_template(template, form=form, **context), status
+
+
+@bp.errorhandler(throttle.Throttled)
+def throttled(error: throttle.Throttled) -> ResponseValue:
+    return render_error(429, "Too many attempts. Please wait before trying again.", retry_after=error.retry_after)
+
+
+@bp.errorhandler(throttle.LimitStoreDown)
+def limit_store_down(error: throttle.LimitStoreDown) -> ResponseValue:
+    return render_error(503, retry_after=error.retry_after)
+
+
+def login_budgets(username: str) -> list[throttle.Budget]:
+    return [
+        throttle.Budget("staff-login-account", "STAFF_LOGIN_LIMIT_ACCOUNT", "staff:" + username.strip().lower()[:64]),
+        throttle.Budget("staff-login-client", "STAFF_LOGIN_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
+    ]
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseValue:
+    form = LoginForm()
+    if not form.validate_on_submit():
+        return form_page("agent/login.html", form, failed=request.method == "POST")
+    with throttle.attempt(login_budgets(form.username.data), CHANNEL, request.remote_addr) as attempt:
+        staff = authenticate(db.session, services().totp, form.username.data, form.password.data, form.code.data)
+        if staff is not None:
+            attempt.succeeded()
+    if staff is None:
+        audit("staff-login", "failure")  # never the typed username: it may be a mistyped password
+        return render_template("agent/login.html", form=LoginForm(formdata=None), failed=True), 200
+    start_session(staff)
+    act_as(f"staff:{staff.id}")
+    audit("staff-login", "success")
+    return redirect(url_for("agent.home"), 303)
+
+
+@bp.post("/logout")
+def logout() -> ResponseValue:
+    audit("staff-logout", "success")
+    end_sessions(db.session, current_user.staff)
+    end_session()
+    flash("You are signed out.")
+    return redirect(url_for("agent.login"), 303)
+
+
+@bp.route("/password", methods=["GET", "POST"])
+def change_password() -> ResponseValue:
+    form = PasswordChangeForm()
+    if not form.validate_on_submit():
+        return form_page("agent/password.html", form)
+    set_password(db.session, current_user.staff, form.password.data)
+    audit("staff-password", "changed")
+    return redirect(url_for("agent.home"), 303)
+
+
+@bp.get("/")
+@agent_required
+def home() -> str:
+    return render_template("agent/home.html")
+
+
+# --- Serving a caller: verify, exposure, code, outcome ------------------------------------------
+
+CALL_KEY = "agent_call"  # the verification token of the call in progress
+CALL_OUTCOMES = {
+    "resolved": "Caller's questions answered",
+    "code-given": "Activation code read to the caller",
+    "callback": "Caller will call back",
+    "escalated": "Escalated to a supervisor",
+    "not-verified": "Caller could not be verified",
+}
+
+
+def verify_budgets(claim: IdentityClaim) -> list[throttle.Budget]:
+    """The console's own per-person budget (a person locked out on the website can still be
+    served), and the agent's failures, which supervisors see when they trip."""
+    return [
+        throttle.person_budget(claim, CHANNEL, "AGENT_VERIFY_LIMIT_PERSON"),
+        throttle.Budget("agent-failures", "AGENT_VERIFY_LIMIT_FAILURES", f"staff:{current_user.staff.id}"),
+    ]
+
+
+@bp.route("/call", methods=["GET", "POST"])
+@agent_required
+def call() -> ResponseValue:
+    form = LookupForm()
+    if not form.validate_on_submit():
+        return form_page("agent/call.html", form, outcomes=CALL_OUTCOMES)
+    assert form.claim is not None
+    with throttle.attempt(verify_budgets(form.claim), CHANNEL, request.remote_addr) as attempt:
+        patient = find_patient(db.session, services().hasher, form.claim)
+        if patient is not None:
+            attempt.succeeded()
+    if patient is None:
+        audit("verification", "failure")
+        return render_template("agent/call.html", form=form, not_matched=True, outcomes=CALL_OUTCOMES), 200
+    audit("verification", "success", patient.public_id)
+    session[CALL_KEY] = start_verification(db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"])
+    return redirect(url_for("agent.caller"), 303)
+
+
+def in_call(view: Callable[[Patient], ResponseValue]) -> Callable[[], ResponseValue]:
+    """Run ``view`` for the verified caller of this call; without one, back to a new call."""
+
+    @wraps(view)
+    def guarded() -> ResponseValue:
+        patient = verified_patient(db.session, session.get(CALL_KEY))
+        if patient is None:
+            session.pop(CALL_KEY, None)
+            return redirect(url_for("agent.call"), 303)
+        return view(patient)
+
+    return guarded
+
+
+@bp.get("/call/caller")
+@agent_required
+@in_call
+def caller(patient: Patient) -> str:
+    held = code_of(db.session, services().cipher, patient)
+    audit("exposure", "viewed", patient.public_id)
+    if held is not None:
+        audit("code", "re-read", patient.public_id)
+    return render_template(
+        "agent/caller.html",
+        fields=exposure.fields_in(patient.exposed_fields),
+        programme=services().programme,
+        held=held,
+        outcomes=CALL_OUTCOMES,
+    )
+
+
+@bp.post("/call/claim")
+@agent_required
+@in_call
+def claim_for_caller(patient: Patient) -> ResponseValue:
+    try:
+        claim_code(db.session, services().cipher, patient)
+    except (PoolEmpty, PoolBusy) as error:
+        outcome = "pool-empty" if isinstance(error, PoolEmpty) else "busy"
+        audit("claim", outcome, patient.public_id)
+        return render_error(503, "No activation code could be given just now. Nothing was changed.", retry_after=5)
+    audit("claim", "success", patient.public_id)
+    return redirect(url_for("agent.caller"), 303)
+
+
+@bp.post("/call/end")
+@agent_required
+def end_call() -> ResponseValue:
+    outcome = request.form.get("outcome", "")
+    if outcome not in CALL_OUTCOMES:
+        abort(400)
+    patient = verified_patient(db.session, session.get(CALL_KEY))
+    audit("call-outcome", outcome, patient.public_id if patient else None)
+    end_verification(db.session, session.pop(CALL_KEY, None))
+    flash("Call recorded.")
+    return redirect(url_for("agent.call"), 303)
+
+
+@bp.route("/letter", methods=["GET", "POST"])
+@agent_required
+def lost_letter() -> ResponseValue:
+    """A caller with no SSN on file whose letter never arrived: identify, and request a new one."""
+    form = LocateForm()
+    if not form.validate_on_submit():
+        return form_page("agent/letter.html", form, outcomes=CALL_OUTCOMES)
+    assert form.person is not None
+    last_name, born, zip_code = form.person
+    vault = LetterVault(services().hasher)
+    with throttle.attempt(locate_budgets(last_name, born), CHANNEL, request.remote_addr) as attempt:
+        public_id = request_reissue(db.session, vault, last_name, born, zip_code)
+        if public_id is not None:
+            attempt.succeeded()
+    audit("letter-reissue", "requested" if public_id else "not-identified", public_id)
+    return render_template(
+        "agent/letter.html", form=form, requested=public_id is not None, not_identified=public_id is None,
+        outcomes=CALL_OUTCOMES,
+    )  # fmt: skip
+
+
+def locate_budgets(last_name: str, born: date) -> list[throttle.Budget]:
+    """The same budgets as a console verification: the person (by name and birth date) and the agent."""
+    # The person budget keys on last name and birth date only; the placeholder reference completes a claim.
+    claim = IdentityClaim(last_name, born, "00000", reference="0" * 24)
+    return verify_budgets(claim)
+
+
+# --- Supervisors: audit trail, staff, pool -------------------------------------------------------
+
+AUDIT_PAGE_ROWS = 200
+
+
+@bp.get("/supervisor")
+@supervisor_required
+def supervisor() -> str:
+    with db.engine.connect() as connection:
+        throttled = audit_trail.throttled_staff(connection, datetime.now(UTC) - timedelta(days=1))
+    return render_template("agent/supervisor.html", pool=pool_status(db.session), throttled=throttled)
+
+
+def audit_filter(form: AuditFilterForm) -> audit_trail.Filter:
+    def midnight(day: date | None, days_after: int = 0) -> datetime | None:
+        return datetime.combine(day, time(), UTC) + timedelta(days=days_after) if day else None
+
+    return audit_trail.Filter(
+        since=midnight(form.since.data),
+        until=midnight(form.until.data, 1),
+        actor=form.actor.data or None,
+        action=form.action.data or None,
+        record_ref=form.record_ref.data or None,
+    )
+
+
+@bp.get("/audit")
+@supervisor_required
+def audit_page() -> ResponseValue:
+    form = AuditFilterForm(request.args)
+    if not form.validate():
+        return render_template("agent/audit.html", form=form, rows=[]), 400
+    audit("audit-trail", "viewed")
+    with db.engine.connect() as connection:
+        rows = list(audit_trail.events(connection, audit_filter(form), AUDIT_PAGE_ROWS))
+    return render_template("agent/audit.html", form=form, rows=rows, limit=AUDIT_PAGE_ROWS)
+
+
+@bp.get("/audit/export.csv")
+@supervisor_required
+def audit_export() -> ResponseValue:
+    form = AuditFilterForm(request.args)
+    if not form.validate():
+        abort(400)
+    audit("audit-export", "success")
+    where = audit_filter(form)
+
+    def lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(audit_trail.EXPORT_COLUMNS)
+        with db.engine.connect() as connection:
+            for row in audit_trail.events(connection, where):
+                writer.writerow([row[name] if row[name] is not None else "" for name in audit_trail.EXPORT_COLUMNS])
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    headers = {"Content-Disposition": "attachment; filename=audit.csv"}
+    return Response(stream_with_context(lines()), mimetype="text/csv", headers=headers)
+
+
+@bp.route("/staff", methods=["GET", "POST"])
+@supervisor_required
+def staff_page() -> ResponseValue:
+    form = CreateStaffForm()
+    enrolment = None
+    status = 200
+    if form.validate_on_submit():
+        try:
+            created = create_staff(db.session, services().totp, form.username.data, form.role.data)
+        except StaffError as error:
+            form.username.errors.append(str(error))
+            status = 400
+        else:
+            audit("create-staff", f"staff:{created.staff.id}")
+            enrolment = (created.staff.username, created.password, created.otpauth_uri)
+    elif request.method == "POST":
+        status = 400
+    return render_enrolment(form, enrolment, status)
+
+
+def render_enrolment(form: CreateStaffForm, enrolment: tuple[str, str, str] | None, status: int = 200) -> ResponseValue:
+    """The staff list, with a new password and TOTP QR code shown once (never stored in clear)."""
+    # segno writes the SVG from the URI alone (paths and presentation attributes, no script or style).
+    qr = Markup(segno.make(enrolment[2], error="m").svg_inline(scale=4)) if enrolment else None  # noqa: S704
+    page = render_template("agent/staff.html", form=form, staff=list_staff(db.session), enrolment=enrolment, qr=qr)
+    return page, status
+
+
+def staff_member(staff_id: int) -> Staff:
+    staff = db.session.get(Staff, staff_id)
+    if staff is None:
+        abort(404)
+    return staff
+
+
+@bp.post("/staff/<int:staff_id>/disable")
+@supervisor_required
+def disable_staff_member(staff_id: int) -> ResponseValue:
+    staff = staff_member(staff_id)
+    disable_staff(db.session, staff)
+    audit("disable-staff", f"staff:{staff.id}")
+    flash(f"{staff.username} is disabled; their sessions have ended.")
+    return redirect(url_for("agent.staff_page"), 303)
+
+
+@bp.post("/staff/<int:staff_id>/reset-mfa")
+@supervisor_required
+def reset_staff_mfa(staff_id: int) -> ResponseValue:
+    staff = staff_member(staff_id)
+    password, uri = reset_mfa(db.session, services().totp, staff)
+    audit("reset-staff-mfa", f"staff:{staff.id}")
+    return render_enrolment(CreateStaffForm(formdata=None), (staff.username, password, uri))

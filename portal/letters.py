@@ -1,0 +1,88 @@
+"""Replacement letters for people with no SSN on file, who cannot verify without their letter.
+
+An agent identifies the caller's record by last name, birth date and ZIP (a keyed hash kept
+only for these records; two or more matches identify no one) and requests a new letter;
+``portal letters reissue`` hands the mail house each requested record id with its reference.
+No HTTP here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterator
+from datetime import date
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from portal.identity import IdentifierHasher, format_reference
+from portal.models import LetterRecord, Patient, utcnow
+
+
+class LetterVault:
+    """The locate hash and the sealed record id, each under its own subkey of the identifier key."""
+
+    def __init__(self, hasher: IdentifierHasher) -> None:
+        keyring = hasher.keyring
+        self.hasher = hasher
+        self.version = keyring.current_version
+        self._locate_key = keyring.subkey("letter-locate")
+        self._aead = {v: AESGCM(keyring.subkey("letter-record", v)) for v in keyring.keys}
+
+    def locate_digest(self, last_name: str, date_of_birth: date, zip_code: str) -> bytes:
+        message = "\x1f".join((last_name, date_of_birth.isoformat(), zip_code)).encode("utf-8")
+        return hmac.new(self._locate_key, message, hashlib.sha256).digest()
+
+    def seal(self, record_id: str, patient_ref: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead[self.version].encrypt(nonce, record_id.encode("utf-8"), patient_ref.encode())
+
+    def open(self, row: LetterRecord, patient_ref: str) -> str:
+        sealed = row.sealed_record_id
+        return self._aead[row.key_version].decrypt(sealed[:12], sealed[12:], patient_ref.encode()).decode("utf-8")
+
+    def record(self, patient: Patient, record_id: str, last_name: str, born: date, zip_code: str) -> LetterRecord:
+        return LetterRecord(
+            patient_id=patient.id,
+            locate_digest=self.locate_digest(last_name, born, zip_code),
+            sealed_record_id=self.seal(record_id, patient.public_id),
+            key_version=self.version,
+        )
+
+
+def request_reissue(session: Session, vault: LetterVault, last_name: str, born: date, zip_code: str) -> str | None:
+    """Mark the one matching record for a new letter; its Patient.public_id, or None when zero or
+    several records match (the caller cannot be identified this way: escalate)."""
+    digest = vault.locate_digest(last_name, born, zip_code)
+    matches = session.execute(
+        select(LetterRecord.id, Patient.public_id)
+        .join(Patient, Patient.id == LetterRecord.patient_id)
+        .where(LetterRecord.locate_digest == digest)
+        .limit(2)
+    ).all()
+    if len(matches) != 1:
+        return None
+    letter_id, public_id = matches[0]
+    session.execute(
+        update(LetterRecord).where(LetterRecord.id == letter_id).values(reissue_requested_at=utcnow(), exported_at=None)
+    )
+    session.commit()
+    return str(public_id)
+
+
+def export_requested(session: Session, vault: LetterVault) -> Iterator[tuple[str, str]]:
+    """``(record_id, reference)`` of every record awaiting a letter; each is marked exported."""
+    rows = session.execute(
+        select(LetterRecord, Patient.public_id)
+        .join(Patient, Patient.id == LetterRecord.patient_id)
+        .where(LetterRecord.reissue_requested_at.is_not(None), LetterRecord.exported_at.is_(None))
+        .order_by(LetterRecord.id)
+    ).all()
+    for letter, public_id in rows:
+        record_id = vault.open(letter, public_id)
+        yield record_id, format_reference(vault.hasher.letter_reference(record_id))
+        letter.exported_at = utcnow()
+    session.commit()

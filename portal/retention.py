@@ -1,0 +1,81 @@
+"""Retention: destroy what the programme no longer needs, keep what the law asks to keep (no HTTP here).
+
+* Always: verification sessions that expired before the cut-off date. (Rate-limit state expires
+  in its store by itself: each counter lives as long as its window.)
+* At programme end: every record, code, verification and hash scheme, and all rate-limit state.
+* Kept: the hourly counts and the audit trail, for ``PORTAL_AUDIT_RETENTION_DAYS`` (six years,
+  as HIPAA keeps documentation); hourly counts older than that go. Audit rows past it are only
+  counted: the chain is checked from its first row, so removing its oldest rows needs the audit
+  trail's own support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from limits.storage import Storage
+from sqlalchemy import ColumnElement, Delete, delete, false, func, select, true
+from sqlalchemy.orm import Session
+
+from portal.models import ActivationCode, AuditEvent, HashScheme, HourlyCount, Patient, Verification
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    before: date
+    programme_end: bool
+    dry_run: bool
+    verifications: int
+    activation_codes: int
+    patients: int
+    hash_schemes: int
+    hourly_counts: int  # older than the retention period
+    audit_rows_past_retention: int  # counted, kept (see the module's docstring)
+    rate_limit_state_cleared: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "before": self.before.isoformat()}
+
+
+def purge(
+    session: Session, limit_store: Storage, *, before: date, retention_days: int, programme_end: bool, dry_run: bool
+) -> PurgeReport:
+    """Delete (or with ``dry_run`` only count) what the rules above say; one transaction."""
+    cut = datetime.combine(before, time(), UTC)
+    kept_since = cut - timedelta(days=retention_days)
+    everything, nothing = true(), false()
+    # Children before parents: verifications and codes point at patients, patients at schemes.
+    targets: list[tuple[type[Any], ColumnElement[bool]]] = [
+        (Verification, everything if programme_end else Verification.expires_at < cut),
+        (ActivationCode, everything if programme_end else nothing),
+        (Patient, everything if programme_end else nothing),
+        (HashScheme, everything if programme_end else nothing),
+        (HourlyCount, HourlyCount.hour < kept_since),
+    ]
+    counts = {}
+    for model, condition in targets:
+        counts[model.__tablename__] = session.scalar(select(func.count()).select_from(model).where(condition)) or 0
+        if not dry_run:
+            statement: Delete = delete(model).where(condition)
+            session.execute(statement.execution_options(synchronize_session=False))
+    audit_past = session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.at < kept_since)) or 0
+    if dry_run:
+        session.rollback()
+    else:
+        session.commit()
+        if programme_end:
+            limit_store.reset()
+    return PurgeReport(
+        before=before,
+        programme_end=programme_end,
+        dry_run=dry_run,
+        verifications=counts["verifications"],
+        activation_codes=counts["activation_codes"],
+        patients=counts["patients"],
+        hash_schemes=counts["hash_schemes"],
+        hourly_counts=counts["hourly_counts"],
+        audit_rows_past_retention=audit_past,
+        rate_limit_state_cleared=programme_end and not dry_run,
+    )

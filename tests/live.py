@@ -1,0 +1,165 @@
+"""A live gunicorn serving the portal, and visitors that talk to it as browsers do.
+
+For the tests that must meet a protection the way an attacker does: several worker processes,
+several threads each, simultaneous requests over real sockets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: str
+
+
+class LiveServer:
+    """``gunicorn -c python:portal.gunicorn_config wsgi:app`` on a free loopback port."""
+
+    def __init__(self, log_path: Path, config: dict[str, Any], workers: int = 2, threads: int = 4) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+        for name, value in config.items():
+            if value is not None and name != "TESTING":
+                env[f"PORTAL_{name}"] = value if isinstance(value, str) else json.dumps(value)
+        env.update(PORTAL_BIND=f"127.0.0.1:{self.port}", PORTAL_WORKERS=str(workers), PORTAL_THREADS=str(threads))
+        self.workers = workers
+        self._log = open(log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            [GUNICORN, "-c", "python:portal.gunicorn_config", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, host: str = "127.0.0.1", timeout: float = 60) -> LiveServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited {self.process.returncode}:\n{self.log()}")
+            if self.log().count("Booting worker") >= self.workers:
+                try:
+                    if self.request("GET", "/", headers={"Host": host}).status == 200:
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn not ready:\n{self.log()}")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Answer:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Answer(response.status, dict(response.getheaders()), response.read().decode("utf-8", "replace"))
+        finally:
+            connection.close()
+
+    def raw(self, payload: bytes) -> bytes:
+        """Send bytes as they are (malformed framing) and return the first line of the answer."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(payload)
+            received = b""
+            while b"\r\n" not in received:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+        return received.split(b"\r\n", 1)[0]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@dataclass
+class Visitor:
+    """One browser: its own session cookie and CSRF token, and optionally an address a proxy reports."""
+
+    server: LiveServer
+    forwarded_for: str | None = None
+    cookies: dict[str, str] = field(default_factory=dict)
+    token: str = ""
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if self.forwarded_for:
+            headers["X-Forwarded-For"] = self.forwarded_for
+        return headers
+
+    def _keep_cookies(self, answer: Answer) -> Answer:
+        for name, value in answer.headers.items():
+            if name.lower() == "set-cookie":
+                pair = value.split(";", 1)[0]
+                key, _, cookie = pair.partition("=")
+                self.cookies[key] = cookie
+        return answer
+
+    def get(self, path: str) -> Answer:
+        return self._keep_cookies(self.server.request("GET", path, headers=self._headers()))
+
+    def prepare(self) -> Visitor:
+        """Open the lookup form: a session and a CSRF token, as a browser has before submitting."""
+        match = CSRF_FIELD.search(self.get("/lookup").body)
+        assert match, "the lookup form has no CSRF token"
+        self.token = match.group(1)
+        return self
+
+    def submit(self, fields: dict[str, str]) -> Answer:
+        data = {"last_name": "", "date_of_birth": "", "zip_code": "", "ssn_last4": "", "reference": ""}
+        data.update(fields)
+        data["csrf_token"] = self.token
+        headers = self._headers({"Content-Type": "application/x-www-form-urlencoded"})
+        return self._keep_cookies(self.server.request("POST", "/lookup", urlencode(data).encode(), headers))
+
+
+def all_at_once(actions: Sequence[Callable[[], Answer]]) -> list[Answer]:
+    """Run the actions on their own threads, released together by a barrier; answers in order."""
+    start = threading.Barrier(len(actions))
+    answers: list[Answer | None] = [None] * len(actions)
+
+    def run(index: int, action: Callable[[], Answer]) -> None:
+        start.wait()
+        answers[index] = action()
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(answer is not None for answer in answers), "a request never returned"
+    return [answer for answer in answers if answer is not None]

@@ -1,0 +1,463 @@
+"""The call-center console: default deny, logins with two factors, sessions, roles, serving a caller."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from agent_helpers import NEW_PASSWORD, Account, login, make_staff, post_form, signed_in
+from conftest import csrf_token, import_patients, lookup, make_app, patient_row
+from flask import Flask
+from sqlalchemy import select
+from test_public import _check_headers
+
+from portal import services
+from portal.agent.auth import LOGIN_AT, OPEN_ENDPOINTS, SEEN_AT
+from portal.config import ConfigError
+from portal.extensions import db
+from portal.identity import format_reference
+from portal.importer import import_codes
+from portal.models import AuditEvent, LetterRecord, Patient, Staff
+
+PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
+FAILED = "The username, password or code is not right"
+
+
+def agent_rules(app: Flask) -> list[Any]:
+    return [rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("agent.")]
+
+
+def audit_rows(app: Flask) -> list[AuditEvent]:
+    with app.app_context():
+        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+
+
+def concrete(rule: Any) -> str:
+    """A path the rule matches: 1 for each of its arguments (every console argument is an id)."""
+    return str(rule.map.bind("localhost").build(rule.endpoint, dict.fromkeys(rule.arguments, 1)))
+
+
+# --- default deny --------------------------------------------------------------------------------
+
+
+def test_every_console_route_but_login_needs_a_signed_in_staff_member(app: Flask) -> None:
+    rules = agent_rules(app)
+    assert len(rules) >= 6
+    client = app.test_client()
+    token = csrf_token(client, "/agent/login")
+    for rule in rules:
+        if rule.endpoint in OPEN_ENDPOINTS:
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = client.open(concrete(rule), method=method, data={"csrf_token": token})
+            assert response.status_code == 303, (rule.rule, method)
+            assert response.headers["Location"] == "/agent/login", (rule.rule, method)
+
+
+def test_an_agent_gets_403_on_every_supervisor_page(app: Flask) -> None:
+    supervisor_only = [
+        rule
+        for rule in agent_rules(app)
+        if getattr(app.view_functions[rule.endpoint], "required_roles", ()) == ("supervisor",)
+    ]
+    assert supervisor_only
+    agent = signed_in(app, make_staff(app, "agent1", "agent"))
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    token = csrf_token(agent, "/agent/")
+    for rule in supervisor_only:
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            assert agent.open(concrete(rule), method=method, data={"csrf_token": token}).status_code == 403, rule.rule
+        if "GET" in rule.methods and not rule.arguments:
+            assert supervisor.get(concrete(rule)).status_code == 200, rule.rule
+
+
+# --- login ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wrong", [{"username": "nobody"}, {"password": "not the password!"}, {"code": "000000"}, {"code": "12345x"}]
+)
+def test_each_wrong_factor_gets_the_same_generic_refusal(app: Flask, wrong: dict[str, str]) -> None:
+    account = make_staff(app)
+    client = app.test_client()
+    response = login(client, account, **wrong)
+    assert response.status_code in (200, 400)
+    assert FAILED in response.get_data(as_text=True)
+    assert client.get("/agent/").status_code == 303
+    assert signed_in(app, account)  # the right factors still work afterwards
+
+
+def test_a_disabled_account_cannot_sign_in_and_its_sessions_end(app: Flask) -> None:
+    account = make_staff(app)
+    client = signed_in(app, account)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["disable-staff", account.username]).exit_code == 0
+    assert client.get("/agent/").headers["Location"] == "/agent/login"
+    assert FAILED in login(app.test_client(), account, steps_ahead=1).get_data(as_text=True)
+
+
+def test_a_totp_code_is_accepted_once_only(app: Flask) -> None:
+    account = make_staff(app)
+    code = account.code()
+    assert login(app.test_client(), account, code=code).status_code == 303
+    replay = login(app.test_client(), account, code=code)
+    assert FAILED in replay.get_data(as_text=True)
+    earlier = login(app.test_client(), account, steps_ahead=-1)  # an older step than the one used
+    assert FAILED in earlier.get_data(as_text=True)
+
+
+def test_simultaneous_logins_with_one_code_let_exactly_one_in(app: Flask) -> None:
+    """Eight clients send the same password and code at the same moment: the code is spent once."""
+    account = make_staff(app)
+    code = account.code()
+    clients = [app.test_client() for _ in range(8)]
+    tokens = [csrf_token(client, "/agent/login") for client in clients]
+    start = threading.Barrier(len(clients))
+
+    def send(index: int) -> int:
+        start.wait()
+        data = {"username": account.username, "password": account.password, "code": code, "csrf_token": tokens[index]}
+        return clients[index].post("/agent/login", data=data).status_code
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        statuses = list(pool.map(send, range(len(clients))))
+    # Attempts are counted before the work, so some may meet the account's limit (429) instead.
+    assert statuses.count(303) == 1 and set(statuses) - {303} <= {200, 429}, statuses
+
+
+def test_failed_logins_are_throttled_per_account(database_url: str) -> None:
+    app = make_app(database_url, STAFF_LOGIN_LIMIT_ACCOUNT="3 per hour")
+    account = make_staff(app)
+    for _ in range(3):
+        assert FAILED in login(app.test_client(), account, password="wrong password!!").get_data(as_text=True)
+    refused = login(app.test_client(), account)  # even the right factors
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+
+
+def test_failed_logins_are_throttled_per_address(database_url: str) -> None:
+    app = make_app(database_url, STAFF_LOGIN_LIMIT_CLIENT="2 per hour")
+    account = make_staff(app)
+    for name in ("x1", "x2"):
+        assert FAILED in login(app.test_client(), account, username=name).get_data(as_text=True)
+    assert login(app.test_client(), account).status_code == 429
+
+
+def test_first_login_must_choose_a_new_password(app: Flask) -> None:
+    account = make_staff(app, ready=False)
+    client = signed_in(app, account)
+    assert client.get("/agent/call").headers["Location"] == "/agent/password"
+    short = post_form(client, "/agent/password", "/agent/password", password="short", confirm="short")
+    assert short.status_code == 400
+    done = post_form(client, "/agent/password", "/agent/password", password=NEW_PASSWORD, confirm=NEW_PASSWORD)
+    assert done.status_code == 303
+    assert client.get("/agent/call").status_code == 200
+    assert signed_in(app, Account(account.username, NEW_PASSWORD, account.secret, account.id), steps_ahead=1)
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+
+def session_cookie(client: Any, app: Flask) -> str:
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    return cookie.value if cookie else ""
+
+
+def test_login_rotates_the_session_and_logout_revokes_it(app: Flask) -> None:
+    account = make_staff(app)
+    client = app.test_client()
+    with client.session_transaction() as before:
+        before["planted"] = "by an attacker"
+    planted = session_cookie(client, app)
+    assert login(client, account).status_code == 303
+    with client.session_transaction() as after:
+        assert "planted" not in after
+    signed = session_cookie(client, app)
+    assert signed != planted
+
+    post_form(client, "/agent/logout", "/agent/")
+    assert client.get("/agent/").headers["Location"] == "/agent/login"
+    replay = app.test_client()
+    replay.set_cookie(app.config["SESSION_COOKIE_NAME"], signed)
+    assert replay.get("/agent/").headers["Location"] == "/agent/login"
+
+
+@pytest.mark.parametrize(
+    "stamp, seconds", [(SEEN_AT, 15 * 60 + 5), (LOGIN_AT, 10 * 3600 + 5)], ids=["idle", "absolute"]
+)
+def test_sessions_time_out(app: Flask, stamp: str, seconds: int) -> None:
+    client = signed_in(app, make_staff(app))
+    assert client.get("/agent/").status_code == 200
+    with client.session_transaction() as session:
+        session[stamp] = int(time.time()) - seconds
+    assert client.get("/agent/").headers["Location"] == "/agent/login"
+    with client.session_transaction() as session:
+        assert "_user_id" not in session
+
+
+def test_activity_keeps_a_session_alive_until_the_absolute_limit(app: Flask) -> None:
+    client = signed_in(app, make_staff(app))
+    with client.session_transaction() as session:
+        session[SEEN_AT] = int(time.time()) - 14 * 60
+        session[LOGIN_AT] = int(time.time()) - 9 * 3600
+    assert client.get("/agent/").status_code == 200
+
+
+# --- switch-off and networks ---------------------------------------------------------------------
+
+
+def test_the_console_can_be_switched_off(database_url: str) -> None:
+    app = make_app(database_url, AGENT_VIEW=False)
+    client = app.test_client()
+    for path in ("/agent/login", "/agent/", "/agent/call", "/agent/anything"):
+        assert client.get(path).status_code == 404
+    assert not agent_rules(app)
+
+
+def test_the_console_answers_only_allowed_networks(database_url: str) -> None:
+    closed = make_app(database_url, AGENT_NETWORKS=["10.0.0.0/8", "2001:db8::/32"])
+    assert closed.test_client().get("/agent/login").status_code == 404
+    assert closed.test_client().get("/agent/login", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+    open_ = make_app(database_url, AGENT_NETWORKS=["127.0.0.0/8"])
+    assert open_.test_client().get("/agent/login").status_code == 200
+
+
+@pytest.mark.parametrize("networks", ["10.0.0.0/8", ["10.0.0.0/33"], ["example.org"]])
+def test_a_malformed_network_list_is_refused_at_start(database_url: str, networks: Any) -> None:
+    with pytest.raises(ConfigError, match="PORTAL_AGENT_NETWORKS"):
+        make_app(database_url, AGENT_NETWORKS=networks)
+
+
+# --- serving a caller ----------------------------------------------------------------------------
+
+
+def add_codes(app: Flask, count: int = 2) -> None:
+    rows = [
+        {"code": f"AGT-{i:04d}", "enroll_by": (date.today() + timedelta(days=30)).isoformat()} for i in range(count)
+    ]
+    with app.app_context():
+        import_codes(db.session, services().cipher, enumerate(rows, start=2), on_reject=pytest.fail)
+
+
+def verify_call(client: Any, **fields: str):  # type: ignore[no-untyped-def]
+    data = {"last_name": "", "date_of_birth": "", "zip_code": "", "ssn_last4": "", "reference": "", **fields}
+    return post_form(client, "/agent/call", "/agent/call", **data)
+
+
+def test_a_full_call_leaves_the_expected_audit_rows(app: Flask) -> None:
+    assert import_patients(app, [patient_row()]) == []
+    add_codes(app)
+    account = make_staff(app)
+    client = signed_in(app, account)
+    assert verify_call(client, **PERSON, ssn_last4="0000").status_code == 200
+    assert verify_call(client, **PERSON, ssn_last4="6789").headers["Location"] == "/agent/call/caller"
+    page = client.get("/agent/call/caller").get_data(as_text=True)
+    assert "Social Security number" in page
+    assert post_form(client, "/agent/call/claim", "/agent/").status_code == 303
+    page = client.get("/agent/call/caller").get_data(as_text=True)
+    assert "AGT-000" in page
+    assert post_form(client, "/agent/call/end", "/agent/", outcome="code-given").status_code == 303
+    assert client.get("/agent/call/caller").headers["Location"] == "/agent/call"  # the call is over
+
+    with app.app_context():
+        ref = db.session.scalars(select(Patient.public_id)).one()
+    rows = [(r.actor, r.action, r.outcome, r.record_ref) for r in audit_rows(app) if r.channel == "agent"]
+    actor = f"staff:{account.id}"
+    assert rows == [
+        (actor, "staff-login", "success", None),
+        (actor, "verification", "failure", None),
+        (actor, "verification", "success", ref),
+        (actor, "exposure", "viewed", ref),
+        (actor, "claim", "success", ref),
+        (actor, "exposure", "viewed", ref),
+        (actor, "code", "re-read", ref),
+        (actor, "call-outcome", "code-given", ref),
+    ]
+    assert all(r.request_id and r.client == "127.0.0.1" for r in audit_rows(app))
+
+
+def test_an_outcome_outside_the_fixed_list_is_refused(app: Flask) -> None:
+    client = signed_in(app, make_staff(app))
+    assert post_form(client, "/agent/call/end", "/agent/call", outcome="he said his SSN is").status_code == 400
+
+
+def test_a_person_locked_out_of_the_website_is_still_served_by_an_agent(database_url: str) -> None:
+    app = make_app(database_url, VERIFY_LIMIT_PERSON="2 per day")
+    assert import_patients(app, [patient_row()]) == []
+    for _ in range(2):
+        lookup(app.test_client(), **PERSON, ssn_last4="0000")
+    assert lookup(app.test_client(), **PERSON, ssn_last4="6789").status_code == 429
+    client = signed_in(app, make_staff(app))
+    assert verify_call(client, **PERSON, ssn_last4="6789").headers["Location"] == "/agent/call/caller"
+
+
+def test_console_verifications_have_their_own_budgets(database_url: str) -> None:
+    app = make_app(database_url, AGENT_VERIFY_LIMIT_PERSON="2 per day", AGENT_VERIFY_LIMIT_FAILURES="3 per day")
+    assert import_patients(app, [patient_row()]) == []
+    client = signed_in(app, make_staff(app))
+    for _ in range(2):
+        assert verify_call(client, **PERSON, ssn_last4="0000").status_code == 200
+    assert verify_call(client, **PERSON, ssn_last4="6789").status_code == 429  # this person, in the console
+    assert verify_call(client, **{**PERSON, "last_name": "Other"}, ssn_last4="0000").status_code == 200
+    other = {**PERSON, "last_name": "Someone"}
+    assert verify_call(client, **other, ssn_last4="0000").status_code == 429  # this agent's failures
+    assert lookup(app.test_client(), **PERSON, ssn_last4="6789").status_code == 303  # the website is unaffected
+    assert any(r.action == "verification" and r.outcome.startswith("throttled") for r in audit_rows(app))
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    assert "staff:1</a>: 2 refused" in supervisor.get("/agent/supervisor").get_data(as_text=True)
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+
+def test_console_pages_pass_the_public_pages_header_checks(app: Flask) -> None:
+    assert import_patients(app, [patient_row()]) == []
+    add_codes(app)
+    anonymous = app.test_client()
+    _check_headers("/agent/login", anonymous.get("/agent/login"))
+    _check_headers("/agent/login failed", login(anonymous, make_staff(app, "x"), password="nope nope nope"))
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    _check_headers("/agent/", supervisor.get("/agent/"))
+    _check_headers("/agent/call", supervisor.get("/agent/call"))
+    verify_call(supervisor, **PERSON, ssn_last4="6789")
+    _check_headers("/agent/call/caller", supervisor.get("/agent/call/caller"))
+    for rule in agent_rules(app):
+        if "GET" in rule.methods and not rule.arguments and rule.endpoint not in OPEN_ENDPOINTS:
+            response = supervisor.get(concrete(rule))
+            _check_headers(rule.rule, response)
+            assert response.headers["Cache-Control"] == "no-store"
+    cookie = supervisor.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+
+
+# --- supervisors ---------------------------------------------------------------------------------
+
+
+def test_supervisors_create_disable_and_reset_staff(app: Flask) -> None:
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    created = post_form(supervisor, "/agent/staff", "/agent/", username="Newbie", role="agent")
+    page = created.get_data(as_text=True)
+    assert created.status_code == 200 and "password:" in page and "otpauth://totp/" in page and "<svg" in page
+    assert post_form(supervisor, "/agent/staff", "/agent/", username="newbie", role="agent").status_code == 400
+    with app.app_context():
+        newbie = db.session.scalars(select(Staff).where(Staff.username == "newbie")).one()
+    reset = post_form(supervisor, f"/agent/staff/{newbie.id}/reset-mfa", "/agent/")
+    assert reset.status_code == 200 and "otpauth://totp/" in reset.get_data(as_text=True)
+    assert post_form(supervisor, f"/agent/staff/{newbie.id}/disable", "/agent/").status_code == 303
+    assert "disabled" in supervisor.get("/agent/staff").get_data(as_text=True)
+    actions = [
+        (r.action, r.outcome) for r in audit_rows(app) if r.action.endswith("-staff") or r.action.endswith("mfa")
+    ]
+    target = f"staff:{newbie.id}"
+    assert actions == [("create-staff", target), ("reset-staff-mfa", target), ("disable-staff", target)]
+
+
+def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Flask) -> None:
+    assert import_patients(app, [patient_row()]) == []
+    agent = make_staff(app, "agent1")
+    client = signed_in(app, agent)
+    verify_call(client, **PERSON, ssn_last4="6789")
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    with app.app_context():
+        ref = db.session.scalars(select(Patient.public_id)).one()
+    page = supervisor.get(f"/agent/audit?record_ref={ref}").get_data(as_text=True)
+    assert page.count(ref) == 3  # the row, the filter field and the export link
+    assert "staff-login" not in page
+    export = supervisor.get(f"/agent/audit/export.csv?actor=staff:{agent.id}&since={date.today().isoformat()}")
+    lines = export.get_data(as_text=True).splitlines()
+    assert export.mimetype == "text/csv" and lines[0].startswith("id,at,actor,action")
+    assert [line.split(",")[3] for line in lines[1:]] == ["verification", "staff-login"]
+    assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
+    assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]
+
+
+# --- lost letters --------------------------------------------------------------------------------
+
+NO_SSN = {"last_name": "Ødegård", "date_of_birth": "1961-07-19", "zip_code": "20002"}
+
+
+def test_a_lost_letter_is_reissued_and_exported_once(app: Flask, tmp_path: Any) -> None:
+    rows = [
+        patient_row(record_id="R-LOST", last_name="Ødegård", date_of_birth="1961-07-19", zip="20002", ssn=""),
+        patient_row(record_id="R-TWIN-1", last_name="Twin", date_of_birth="1970-01-01", zip="30003", ssn=""),
+        patient_row(record_id="R-TWIN-2", last_name="Twin", date_of_birth="1970-01-01", zip="30003-1234", ssn=""),
+        patient_row(record_id="R-SSN", last_name="Hasssn", date_of_birth="1970-01-01", zip="30003"),
+    ]
+    assert import_patients(app, rows) == []
+    client = signed_in(app, make_staff(app))
+    found = post_form(
+        client, "/agent/letter", "/agent/", last_name="odegard", date_of_birth="1961-07-19", zip_code="20002"
+    )
+    assert "A replacement letter will be mailed" in found.get_data(as_text=True)
+    for person in (
+        {"last_name": "Twin", "date_of_birth": "1970-01-01", "zip_code": "30003"},  # two records: nobody
+        {"last_name": "Hasssn", "date_of_birth": "1970-01-01", "zip_code": "30003"},  # has an SSN: not kept
+        {**NO_SSN, "zip_code": "20003"},
+    ):
+        page = post_form(client, "/agent/letter", "/agent/", **person).get_data(as_text=True)
+        assert "do not identify exactly one record" in page, person
+
+    out = tmp_path / "reissue.csv"
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["letters", "reissue", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        reference = format_reference(services().hasher.letter_reference("R-LOST"))
+    assert out.read_text().splitlines() == ["record_id,reference", f"R-LOST,{reference}"]
+    assert runner.invoke(args=["letters", "reissue", "--out", str(out)]).exit_code == 0
+    assert out.read_text().splitlines() == ["record_id,reference"]  # each request is exported once
+
+    with app.app_context(), db.engine.connect() as connection:
+        stored = b"".join(
+            bytes(v) for row in connection.execute(select(LetterRecord.__table__)) for v in row if isinstance(v, bytes)
+        )
+    assert b"R-LOST" not in stored
+    outcomes = [r.outcome for r in audit_rows(app) if r.action == "letter-reissue"]
+    assert outcomes == ["requested", "not-identified", "not-identified", "not-identified"]
+    assert [r.outcome for r in audit_rows(app) if r.action == "letters-reissue"] == ["exported:1", "exported:0"]
+
+
+def test_lost_letter_lookups_count_against_the_console_budgets(database_url: str) -> None:
+    app = make_app(database_url, AGENT_VERIFY_LIMIT_FAILURES="2 per day")
+    client = signed_in(app, make_staff(app))
+    for _ in range(2):
+        assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 200
+    assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 429
+
+
+# --- staff commands ------------------------------------------------------------------------------
+
+
+def test_staff_commands_enrol_list_reset_and_disable(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    created = runner.invoke(args=["create-staff", "Carol", "--role", "supervisor"])
+    assert created.exit_code == 0, created.output
+    assert re.search(r"^password: \S{12,}$", created.output, re.MULTILINE)
+    assert re.search(r"^otpauth URI: otpauth://totp/.*secret=[A-Z2-7]+", created.output, re.MULTILINE)
+    assert "█" in created.output or "▀" in created.output  # the QR code, drawn in the terminal
+    assert runner.invoke(args=["create-staff", "carol", "--role", "agent"]).exit_code == 2  # taken
+    assert runner.invoke(args=["create-staff", "dave", "--role", "admin"]).exit_code == 2
+    account = Account("carol", created.output.split("password: ")[1].split()[0], "", 1)
+    account.secret = re.search(r"secret=([A-Z2-7]+)", created.output).group(1)  # type: ignore[union-attr]
+    client = signed_in(app, account)
+    assert client.get("/agent/").headers["Location"] == "/agent/password"  # a new password first
+
+    reset = runner.invoke(args=["reset-staff-mfa", "carol"])
+    assert reset.exit_code == 0 and "otpauth://" in reset.output
+    assert client.get("/agent/").headers["Location"] == "/agent/login"  # sessions ended
+    assert FAILED in login(app.test_client(), account, steps_ahead=1).get_data(as_text=True)  # old secret
+
+    assert "carol" in runner.invoke(args=["list-staff"]).output
+    assert runner.invoke(args=["disable-staff", "carol"]).exit_code == 0
+    assert "disabled" in runner.invoke(args=["list-staff"]).output
+    assert runner.invoke(args=["disable-staff", "nobody"]).exit_code == 2
+    rows = [(r.actor.split(":")[0], r.action, r.outcome, r.channel) for r in audit_rows(app) if r.channel == "cli"]
+    assert rows == [
+        ("cli", "create-staff", "staff:1", "cli"),
+        ("cli", "reset-staff-mfa", "staff:1", "cli"),
+        ("cli", "disable-staff", "staff:1", "cli"),
+    ]

@@ -1,0 +1,387 @@
+"""The partner API in-process: every endpoint, every error status, keys, scopes, limits and headers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from conftest import REDIS_URL, create_api_key, free_port, import_patients, make_app, numbered, patient_row
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import update
+
+from portal import services
+from portal.extensions import db
+from portal.importer import import_codes
+from portal.models import ApiKey, Verification, utcnow
+
+PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
+WRONG_FIELD = {**PERSON, "ssn_last4": "0000"}
+UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001", "ssn_last4": "6789"}
+PROBLEM_KEYS = {"type", "title", "status", "detail"}
+
+
+def api_app(database_url: str, codes: int = 2, **config: Any) -> Flask:
+    app = make_app(database_url, RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **config)
+    assert import_patients(app, [patient_row()]) == []
+    if codes:
+        rows = [{"code": f"IDP-TEST-{n:04d}", "enroll_by": "2030-01-01", "product": "Protect 24"} for n in range(codes)]
+        with app.app_context():
+            import_codes(db.session, services().cipher, numbered(rows), on_reject=lambda *_: None)
+    return app
+
+
+def call(client: FlaskClient, key: str | None, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(kwargs.pop("headers", {}))
+    if body is not None:
+        kwargs["json"] = body
+    return client.open(f"/api/v1{path}", method=method, headers=headers, **kwargs)
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json(force=True)
+    assert PROBLEM_KEYS <= set(body) and body["status"] == status
+    assert "Set-Cookie" not in response.headers
+    if status in (429, 503):
+        assert int(response.headers["Retry-After"]) > 0
+    return body
+
+
+@pytest.fixture
+def app(database_url: str) -> Flask:
+    return api_app(database_url)
+
+
+@pytest.fixture
+def key(app: Flask) -> str:
+    return create_api_key(app, "verify", "claim")
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+# --- Endpoints ------------------------------------------------------------------------------------
+
+
+def test_a_verified_person_gets_their_exposure_and_a_claim_token(client: FlaskClient, key: str) -> None:
+    response = call(client, key, "POST", "/verifications", PERSON)
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["verified"] is True
+    assert body["exposed_fields"] == ["name", "date_of_birth", "ssn"]
+    assert body["expires_at"].endswith("Z") and len(body["claim_token"]) >= 40
+    assert "Set-Cookie" not in response.headers
+
+
+def test_the_form_spellings_verify_on_the_api_too(client: FlaskClient, key: str) -> None:
+    """The API normalises through IdentityClaim.from_input, exactly as the form does."""
+    spelled = {**PERSON, "last_name": " garcia lopez ", "zip_code": "10001-2345"}
+    assert call(client, key, "POST", "/verifications", spelled).get_json()["verified"] is True
+
+
+def test_unknown_person_and_wrong_field_get_the_same_answer(client: FlaskClient, key: str) -> None:
+    answers = [call(client, key, "POST", "/verifications", body) for body in (UNKNOWN, WRONG_FIELD)]
+    assert [(r.status_code, r.get_data()) for r in answers] == [(200, b'{"verified":false}\n')] * 2
+    assert list(answers[0].headers.keys()) == list(answers[1].headers.keys())
+
+
+def test_a_claim_gives_the_code_once_then_the_same_code(client: FlaskClient, key: str) -> None:
+    token = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
+    first = call(client, key, "POST", "/claims", {"claim_token": token})
+    again = call(client, key, "POST", "/claims", {"claim_token": token})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.get_json() == again.get_json()
+    body = first.get_json()
+    assert body["activation_code"].startswith("IDP-TEST-")
+    assert body["coverage_months"] == 24 and body["enroll_by"] == "2030-01-01" and body["product"] == "Protect 24"
+    # A second verification of the same person gets the same code, never a second one.
+    token2 = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
+    assert call(client, key, "POST", "/claims", {"claim_token": token2}).get_json() == body
+
+
+def test_an_unknown_or_expired_claim_token_is_a_field_error(app: Flask, client: FlaskClient, key: str) -> None:
+    assert_problem(call(client, key, "POST", "/claims", {"claim_token": "nope"}), 422)
+    token = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
+    with app.app_context():
+        db.session.execute(update(Verification).values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    body = assert_problem(call(client, key, "POST", "/claims", {"claim_token": token}), 422)
+    assert body["errors"][0]["field"] == "claim_token"
+
+
+def test_an_empty_pool_is_a_503_problem_with_retry_after(database_url: str) -> None:
+    app = api_app(database_url, codes=0)
+    key, client = create_api_key(app), app.test_client()
+    token = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
+    body = assert_problem(call(client, key, "POST", "/claims", {"claim_token": token}), 503)
+    assert body["type"].endswith("#problem-pool-empty")
+
+
+def test_program_lists_the_facts_and_the_vocabulary(client: FlaskClient, key: str) -> None:
+    body = call(client, key, "GET", "/program").get_json()
+    assert body["organisation"] and body["enroll_by"] and body["coverage_months"] == 24
+    ssn = next(field for field in body["exposed_fields"] if field["name"] == "ssn")
+    assert ssn["label"] and ssn["steps"] and all("text" in step for step in ssn["steps"])
+
+
+def test_the_contract_and_its_page_are_served_without_a_key(client: FlaskClient) -> None:
+    document = client.get("/api/v1/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1") and set(document["paths"]) == {"/verifications", "/claims", "/program"}
+    page = client.get("/api/v1/docs")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "POST /api/v1/verifications" in html and 'id="problem-pool-empty"' in html
+    # Self-hosted and within the strict CSP: no script, no inline style, nothing from elsewhere.
+    assert "<script" not in html and "style=" not in html and "<style" not in html and "cdn" not in html.lower()
+    assert "unsafe-inline" not in page.headers["Content-Security-Policy"]
+
+
+# --- Errors ---------------------------------------------------------------------------------------
+
+
+def test_401_without_a_key_or_with_a_wrong_one(client: FlaskClient, key: str) -> None:
+    for header in (None, "Basic abc", "Bearer ", "Bearer nonsense", f"Bearer {key[:-1]}x", f"Bearer {key}x"):
+        response = call(client, None, "GET", "/program", headers={"Authorization": header} if header else {})
+        assert_problem(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "X-RateLimit-Limit" not in response.headers
+
+
+def test_403_when_the_key_lacks_the_scope(app: Flask, client: FlaskClient) -> None:
+    verify_only, claim_only = create_api_key(app, "verify"), create_api_key(app, "claim")
+    assert_problem(call(client, claim_only, "POST", "/verifications", PERSON), 403)
+    token = call(client, verify_only, "POST", "/verifications", PERSON).get_json()["claim_token"]
+    assert_problem(call(client, verify_only, "POST", "/claims", {"claim_token": token}), 403)
+    assert call(client, claim_only, "POST", "/claims", {"claim_token": token}).status_code == 201
+
+
+def test_404_and_405_are_problems(client: FlaskClient, key: str) -> None:
+    assert_problem(call(client, key, "GET", "/nowhere"), 404)
+    response = call(client, key, "DELETE", "/verifications")
+    assert_problem(response, 405)
+    assert "POST" in response.headers["Allow"]
+    assert_problem(call(client, key, "POST", "/program"), 405)
+
+
+def test_413_for_a_large_body(client: FlaskClient, key: str) -> None:
+    huge = {**PERSON, "last_name": "x" * 5000}
+    assert_problem(call(client, key, "POST", "/verifications", huge), 413)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/json; charset=latin-1", None]
+)
+def test_415_unless_json_in_utf8(client: FlaskClient, key: str, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = call(client, key, "POST", "/verifications", data=json.dumps(PERSON), headers=headers)
+    assert_problem(response, 415)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{", b"", b'{"last_name": NaN}', b"\xff\xfe{}", b'{"a": 1' + b"1" * 5000 + b"}", b"[" * 3000]
+)
+def test_400_for_a_body_that_is_not_utf8_json(client: FlaskClient, key: str, raw: bytes) -> None:
+    response = call(client, key, "POST", "/verifications", data=raw, content_type="application/json")
+    assert response.status_code in (400, 413)
+    assert_problem(response, response.status_code)
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({}, {"last_name", "date_of_birth", "zip_code"}),
+        ({**PERSON, "zip_code": 10001}, {"zip_code"}),
+        ({**PERSON, "extra": "x"}, {"extra"}),
+        ({**PERSON, "zip_code": "1"}, {"zip_code"}),
+        ({**PERSON, "date_of_birth": "1980-02-30"}, {"date_of_birth"}),
+        ({**PERSON, "ssn_last4": "123-45-6789"}, {"ssn_last4"}),
+        ({**PERSON, "reference": "ABCD"}, {"ssn_last4"}),
+        ({**PERSON, "last_name": "\x00\x00"}, {"last_name"}),
+        ({**PERSON, "last_name": None, "zip_code": [1]}, {"last_name", "zip_code"}),
+        ([PERSON], {""}),
+    ],
+)
+def test_422_names_each_bad_field_and_never_its_value(
+    client: FlaskClient, key: str, body: Any, fields: set[str]
+) -> None:
+    response = call(client, key, "POST", "/verifications", body)
+    problem = assert_problem(response, 422)
+    assert {error["field"] for error in problem["errors"]} == fields
+    assert "6789" not in response.get_data(as_text=True) and "1980" not in response.get_data(as_text=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+            max_leaves=12,
+        ).map(lambda value: json.dumps(value).encode()),
+        st.fixed_dictionaries({name: st.text(max_size=120) for name in PERSON}).map(
+            lambda value: json.dumps(value).encode()
+        ),
+    )
+)
+def test_no_input_gets_a_500(client: FlaskClient, key: str, body: bytes) -> None:
+    for path in ("/verifications", "/claims"):
+        response = call(client, key, "POST", path, data=body, content_type="application/json")
+        assert response.status_code in (200, 400, 413, 422), response.get_data(as_text=True)
+
+
+# --- Keys -----------------------------------------------------------------------------------------
+
+
+def test_keys_are_listed_with_their_state_and_stored_only_as_digests(app: Flask, client: FlaskClient) -> None:
+    key = create_api_key(app, "verify", rate="7/minute", expires="2099-12-31")
+    call(client, key, "GET", "/program")
+    listing = app.test_cli_runner().invoke(args=["list-api-keys"]).output.splitlines()
+    fields = listing[-1].split("\t")
+    assert fields[1] == key.split(".")[0] and fields[2:7] == [
+        "Test partner",
+        "verify",
+        "7/minute",
+        "2099-12-31",
+        "active",
+    ]
+    assert fields[7] != "never"  # last used
+    with app.app_context():
+        stored = db.session.query(ApiKey).one()
+        assert key.split(".")[1].encode() not in b"".join(str(v).encode() for v in vars(stored).values())
+
+
+def test_a_revoked_key_is_refused_on_its_next_request(app: Flask, client: FlaskClient, key: str) -> None:
+    assert call(client, key, "GET", "/program").status_code == 200
+    result = app.test_cli_runner().invoke(args=["revoke-api-key", "1"])
+    assert result.exit_code == 0 and "revoked" in result.output
+    assert_problem(call(client, key, "GET", "/program"), 401)
+    assert "revoked" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
+    assert app.test_cli_runner().invoke(args=["revoke-api-key", "99"]).exit_code == 1
+
+
+def test_an_expired_key_is_refused(app: Flask, client: FlaskClient, key: str) -> None:
+    assert call(client, key, "GET", "/program").status_code == 200
+    with app.app_context():
+        db.session.execute(update(ApiKey).values(expires_at=utcnow()))
+        db.session.commit()
+    assert_problem(call(client, key, "GET", "/program"), 401)
+    assert "expired" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--scope", "admin"],
+        ["--scope", "verify", "--rate", "lots"],
+        ["--scope", "verify", "--expires", "2001-01-01"],
+        ["--scope", "verify", "--expires", "tomorrow"],
+        [],
+    ],
+)
+def test_a_key_cannot_be_made_with_a_bad_setting(app: Flask, args: list[str]) -> None:
+    result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", "P", *args])
+    assert result.exit_code != 0
+    with app.app_context():
+        assert db.session.query(ApiKey).count() == 0
+
+
+# --- Limits and headers ---------------------------------------------------------------------------
+
+
+def limited_app(database_url: str, storage: str, **config: str) -> Flask:
+    return api_app(database_url, RATELIMIT_STORAGE_URI=storage, **config)
+
+
+STORAGES = [pytest.param("memory://", id="memory"), pytest.param(REDIS_URL, id="redis", marks=pytest.mark.redis)]
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str) -> None:
+    app = limited_app(database_url, storage)
+    slow, other = create_api_key(app, rate="3/minute"), create_api_key(app, rate="100/minute")
+    client = app.test_client()
+    answers = [call(client, slow, "GET", "/program") for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["2", "1", "0", "0"]
+    assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"3"}
+    assert int(answers[0].headers["X-RateLimit-Reset"]) > 0
+    assert_problem(answers[-1], 429)
+    # The rate is the key's, shared by all its endpoints; another key is not affected.
+    assert_problem(call(client, slow, "POST", "/verifications", PERSON), 429)
+    assert call(client, other, "GET", "/program").status_code == 200
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_the_person_budget_stops_guessing_and_is_not_in_the_headers(database_url: str, storage: str) -> None:
+    app = limited_app(database_url, storage, API_VERIFY_LIMIT_PERSON="3 per 15 minutes")
+    key, client = create_api_key(app, rate="100/minute"), app.test_client()
+    answers = [call(client, key, "POST", "/verifications", {**PERSON, "ssn_last4": f"{n:04d}"}) for n in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert_problem(answers[-1], 429)
+    # Even the right digits are refused now; the headers only ever speak of the key's own rate.
+    right = call(client, key, "POST", "/verifications", PERSON)
+    assert right.status_code == 429
+    assert [r.headers["X-RateLimit-Limit"] for r in [*answers, right]] == ["100"] * 5
+    assert [r.headers["X-RateLimit-Remaining"] for r in [*answers, right]] == ["99", "98", "97", "96", "95"]
+    # The same for a person who is not on the list.
+    for n in range(3):
+        call(client, key, "POST", "/verifications", {**UNKNOWN, "ssn_last4": f"{n:04d}"})
+    assert call(client, key, "POST", "/verifications", UNKNOWN).status_code == 429
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_success_does_not_spend_the_failure_budgets(database_url: str, storage: str) -> None:
+    app = limited_app(
+        database_url, storage, API_VERIFY_LIMIT_PERSON="2 per 15 minutes", API_VERIFY_LIMIT_KEY="2 per hour"
+    )
+    key, client = create_api_key(app, rate="100/minute"), app.test_client()
+    assert [call(client, key, "POST", "/verifications", PERSON).status_code for _ in range(5)] == [200] * 5
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_each_key_has_its_own_failure_budget(database_url: str, storage: str) -> None:
+    app = limited_app(database_url, storage, API_VERIFY_LIMIT_KEY="3 per hour")
+    key, fresh, client = create_api_key(app), create_api_key(app), app.test_client()
+    people = [{**UNKNOWN, "last_name": f"Nobody{chr(97 + n)}"} for n in range(5)]
+    assert [call(client, key, "POST", "/verifications", p).status_code for p in people[:4]] == [200] * 3 + [429]
+    assert call(client, fresh, "POST", "/verifications", people[4]).status_code == 200
+
+
+def test_the_client_budget_counts_failures_from_one_address(database_url: str) -> None:
+    app = limited_app(database_url, "memory://", API_VERIFY_LIMIT_CLIENT="2 per hour")
+    keys, client = [create_api_key(app) for _ in range(3)], app.test_client()
+    people = [{**UNKNOWN, "last_name": f"Nobody{chr(97 + n)}"} for n in range(3)]
+    statuses = [call(client, k, "POST", "/verifications", p).status_code for k, p in zip(keys, people, strict=True)]
+    assert statuses == [200, 200, 429]
+
+
+def test_every_api_verification_and_claim_is_an_event_with_the_key(
+    client: FlaskClient, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="portal.events"):
+        token = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
+        call(client, key, "POST", "/verifications", UNKNOWN)
+        call(client, key, "POST", "/claims", {"claim_token": token})
+    lines = [r.getMessage() for r in caplog.records if r.name == "portal.events"]
+    events = [json.loads(line) for line in lines]
+    assert [event["outcome"] for event in events] == ["success", "failure", "success"]
+    assert all(event["channel"] == "api" and event["actor"] == "api-key:1" for event in events)
+    assert not any(secret in " ".join(lines) for secret in ("6789", "García", "1980", "IDP-TEST", token))
+
+
+def test_a_lost_limit_store_refuses_verification_with_a_503(database_url: str) -> None:
+    """No failure budget can be counted: refuse (503, Retry-After) rather than verify uncounted."""
+    app = limited_app(database_url, f"redis://127.0.0.1:{free_port()}/0")
+    key = create_api_key(app)
+    body = assert_problem(call(app.test_client(), key, "POST", "/verifications", PERSON), 503)
+    assert body["type"].endswith("#problem-unavailable")

@@ -1,0 +1,104 @@
+"""The supervisor dashboard: its charts, tables, pool banner and alerts against a known history,
+for supervisors only, under the public pages' header rules."""
+
+from __future__ import annotations
+
+import html
+import re
+import urllib.parse
+from datetime import timedelta
+
+import pyotp
+import pytest
+import sqlalchemy as sa
+from conftest import csrf_token
+from flask import Flask
+from flask.testing import FlaskClient
+from test_public import _check_headers
+from test_stats import TODAY, known_history
+
+from portal import services
+from portal.charts import Series, bar_chart, nice_ceiling
+from portal.extensions import db
+from portal.models import Staff
+from portal.staff import create_staff
+
+
+def signed_in(app: Flask, role: str) -> FlaskClient:
+    """A staff member of ``role`` through the real login form (password and TOTP code)."""
+    with app.app_context():
+        enrolment = create_staff(db.session, services().totp, f"{role}1", role)
+        db.session.execute(sa.update(Staff).where(Staff.username == f"{role}1").values(must_change_password=False))
+        db.session.commit()
+    secret = urllib.parse.parse_qs(urllib.parse.urlparse(enrolment.otpauth_uri).query)["secret"][0]
+    client = app.test_client()
+    form = {"username": f"{role}1", "password": enrolment.password, "code": pyotp.TOTP(secret).now()}
+    response = client.post("/agent/login", data={**form, "csrf_token": csrf_token(client, "/agent/login")})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return client
+
+
+def table_of(page: str, chart_id: str) -> list[list[str]]:
+    """The rows of the table that follows a chart's SVG."""
+    figure = re.search(rf'<figure class="chart" aria-labelledby="{chart_id}-caption">(.*?)</figure>', page, re.S)
+    assert figure, chart_id
+    body = re.search(r"<tbody>(.*?)</tbody>", figure.group(1), re.S)
+    assert body
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", body.group(1))]
+
+
+def test_only_supervisors_see_the_dashboard(app: Flask) -> None:
+    assert app.test_client().get("/agent/dashboard").status_code == 303  # to the login page
+    assert signed_in(app, "agent").get("/agent/dashboard").status_code == 403
+    assert signed_in(app, "supervisor").get("/agent/dashboard").status_code == 200
+
+
+def test_the_dashboard_shows_a_known_history(app: Flask) -> None:
+    known_history(app)
+    app.config["POOL_LOW_THRESHOLD"] = 100
+    client = signed_in(app, "supervisor")
+    response = client.get("/agent/dashboard?days=2")
+    _check_headers("/agent/dashboard", response)
+    assert "no-store" in response.headers["Cache-Control"]
+    page = html.unescape(response.get_data(as_text=True))
+
+    yesterday = (TODAY - timedelta(days=1)).isoformat()
+    assert table_of(page, "verifications-daily") == [[yesterday, "5", "3", "2"], [TODAY.isoformat(), "2", "0", "0"]]
+    assert table_of(page, "claims-daily") == [[yesterday, "0", "4", "0"], [TODAY.isoformat(), "3", "3", "1"]]
+    assert table_of(page, "claims-hourly")[:2] == [["00:00", "0", "2", "0"], ["01:00", "3", "1", "1"]]
+    assert table_of(page, "claims-surface") == [["Web", "4"], ["Call center", "2"], ["Partner API", "1"]]
+    # Each chart is an image with a title and a description that a screen reader reads out.
+    assert (
+        len(re.findall(r'<svg class="chart-svg"[^>]*role="img"\s+aria-labelledby="[a-z-]+-title [a-z-]+-desc"', page))
+        == 5
+    )
+    assert (
+        f"Bar chart of verifications per day from {yesterday} to {TODAY.isoformat()}. "
+        "In total: 7 succeeded, 3 failed, 2 refused by a limit. Busiest: " + yesterday
+    ) in page
+    assert "<title>Codes claimed, Web: 4</title>" in page
+    # The pool: 23 left at one a day, under the threshold of 100.
+    assert "23 activation codes are left" in page and (TODAY + timedelta(days=23)).isoformat() in page
+    assert "Failed verifications far above their usual rate" in page  # the alert of the history
+
+    app.config["POOL_LOW_THRESHOLD"] = 5
+    assert 'id="pool-low"' not in client.get("/agent/dashboard?days=2").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("query", ["days=0", "days=1000", "days=x", "day=2026-13-01", "day=yesterday"])
+def test_a_bad_period_is_a_400(app: Flask, query: str) -> None:
+    assert signed_in(app, "supervisor").get(f"/agent/dashboard?{query}").status_code == 400
+
+
+def test_bar_geometry_follows_the_figures() -> None:
+    assert [nice_ceiling(v) for v in (0, 1, 3, 10, 11, 240, 5001)] == [1, 1, 5, 10, 20, 500, 10000]
+    chart = bar_chart("c", "Things per day", ["Mon", "Tue"], [Series("Good", [10, 5]), Series("Bad", [0, 2])])
+    heights = {bar.label: bar.height for bar in chart.bars}
+    plot = chart.height - 12 - 40
+    assert heights == {"Good, Mon: 10": plot, "Good, Tue: 5": plot / 2, "Bad, Mon: 0": 0, "Bad, Tue: 2": plot / 5}
+    assert all(bar.y + bar.height == pytest.approx(12 + plot) for bar in chart.bars)  # all stand on the axis
+    assert [t.label for t in chart.ticks] == ["0", "2", "4", "6", "8", "10"]
+    assert [t.label for t in bar_chart("d", "T", ["x"], [Series("S", [150])]).ticks] == ["0", "50", "100", "150", "200"]
+    assert [t.label for t in bar_chart("e", "T", ["x"], [Series("S", [2])]).ticks] == ["0", "1", "2"]
+    assert chart.rows == [["Mon", "10", "0"], ["Tue", "5", "2"]]
+    assert chart.description == "Bar chart of things per day from Mon to Tue. In total: 15 good, 2 bad. Busiest: Mon."

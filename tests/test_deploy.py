@@ -1,0 +1,266 @@
+"""The production settings and deploy/ files: limits that hold whatever the number of processes,
+and proxy, unit and environment files that agree with the portal they serve."""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port, write_programme
+
+from portal.config import DEFAULTS, ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+GUNICORN_SETTINGS = {
+    "BIND",
+    "THREADS",
+    "ACCESS_LOG",
+    "HASH_SLOTS",
+}  # read by portal/gunicorn_config.py, not in DEFAULTS
+
+
+def production_config(**overrides: Any) -> dict[str, Any]:
+    return {
+        **DEFAULTS,
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "IDENTIFIER_KEY": secrets.token_urlsafe(32),
+        "CODE_KEY": secrets.token_urlsafe(32),
+        "AUDIT_KEY": secrets.token_urlsafe(32),
+        "PROGRAMME_FILE": "/etc/portal/programme.toml",
+        "TRUSTED_HOSTS": ["notice.example.org"],
+        **overrides,
+    }
+
+
+# --- limits that hold whatever the number of processes --------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [None, 1, 2, 16])
+def test_production_refuses_per_process_limits_unless_single_process_is_declared(workers: int | None) -> None:
+    with pytest.raises(ConfigError, match="PORTAL_RATELIMIT_STORAGE_URI is memory://"):
+        check_config(production_config(RATELIMIT_STORAGE_URI="memory://", WORKERS=workers))
+
+
+@pytest.mark.parametrize("workers", [2, "16"])
+def test_single_process_is_refused_when_gunicorn_runs_more_workers(workers: int | str) -> None:
+    with pytest.raises(ConfigError, match=f"gunicorn runs {workers} workers"):
+        check_config(production_config(RATELIMIT_STORAGE_URI="memory://", SINGLE_PROCESS=True, WORKERS=workers))
+
+
+@pytest.mark.parametrize("workers", [None, 1])
+def test_one_declared_process_may_count_in_memory(workers: int | None) -> None:
+    check_config(production_config(RATELIMIT_STORAGE_URI="memory://", SINGLE_PROCESS=True, WORKERS=workers))
+
+
+def test_a_shared_store_is_accepted_with_any_number_of_workers() -> None:
+    check_config(production_config(RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", WORKERS=64))
+
+
+def test_the_in_memory_fallback_is_refused_with_a_shared_store() -> None:
+    with pytest.raises(ConfigError, match="PORTAL_RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"):
+        check_config(
+            production_config(
+                RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True
+            )
+        )
+
+
+def test_development_may_count_in_memory() -> None:
+    check_config(production_config(ENV="development", RATELIMIT_STORAGE_URI="memory://", WORKERS=4))
+
+
+@pytest.fixture
+def production_environment(tmp_path: Path) -> dict[str, str]:
+    """PORTAL_* variables of a production server on SQLite with per-process limits."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    return {
+        **inherited,
+        "PORTAL_ENV": "production",
+        "PORTAL_DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",
+        "PORTAL_SECRET_KEY": secrets.token_urlsafe(32),
+        "PORTAL_IDENTIFIER_KEY": secrets.token_urlsafe(32),
+        "PORTAL_CODE_KEY": secrets.token_urlsafe(32),
+        "PORTAL_AUDIT_KEY": secrets.token_urlsafe(32),
+        "PORTAL_PROGRAMME_FILE": str(write_programme(tmp_path)),
+        "PORTAL_RATELIMIT_STORAGE_URI": "memory://",
+        "PORTAL_TRUSTED_HOSTS": '["127.0.0.1"]',
+        "PORTAL_BIND": f"127.0.0.1:{free_port()}",
+    }
+
+
+def serve(environment: dict[str, str], *options: str, timeout: float = 30) -> tuple[int | None, str]:
+    """Start ``gunicorn -c python:portal.gunicorn_config`` as production does: (exit status or None if it
+    served the landing page, its log). The server is stopped either way."""
+    process = subprocess.Popen(
+        [str(BIN / "gunicorn"), "-c", "python:portal.gunicorn_config", *options, "portal:create_app()"],
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://{environment['PORTAL_BIND']}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        return None, ""
+            except OSError:
+                time.sleep(0.2)
+        if process.poll() is None:
+            raise AssertionError("gunicorn neither served nor exited")
+        return process.returncode, process.communicate()[0]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.communicate(timeout=30)
+
+
+def test_gunicorn_with_several_workers_refuses_to_start_on_per_process_limits(
+    production_environment: dict[str, str],
+) -> None:
+    """The issue's case: the README's production command on a 2-core server, limits left at memory://."""
+    status, log = serve({**production_environment, "PORTAL_WORKERS": "2"})
+    assert status not in (None, 0)
+    assert "PORTAL_RATELIMIT_STORAGE_URI is memory://" in log
+
+
+def test_gunicorn_tells_the_app_its_worker_count_even_when_given_on_the_command_line(
+    production_environment: dict[str, str],
+) -> None:
+    single = {**production_environment, "PORTAL_SINGLE_PROCESS": "true", "PORTAL_WORKERS": "1"}
+    status, log = serve(single, "--workers", "3")
+    assert status not in (None, 0)
+    assert "gunicorn runs 3 workers" in log
+    # The contrast: the same declared single process, really one worker, serves.
+    assert serve(single) == (None, "")
+
+
+# --- deploy/ ---------------------------------------------------------------------------------------
+
+
+def env_template_names() -> list[str]:
+    text = (DEPLOY / "portal.env.example").read_text(encoding="utf-8")
+    return re.findall(r"^#? ?PORTAL_(\w+)=", text, flags=re.MULTILINE)
+
+
+def test_the_environment_template_lists_every_setting() -> None:
+    listed = env_template_names()
+    assert set(DEFAULTS) - set(listed) == set(), "add the new setting to deploy/portal.env.example"
+    assert set(listed) - set(DEFAULTS) - GUNICORN_SETTINGS == set(), "the template names a setting that does not exist"
+    assert len(listed) == len(set(listed)), "a setting is listed twice"
+
+
+def test_the_environment_template_is_safe_for_production() -> None:
+    """Its non-secret values pass the production checks once the three keys are filled in."""
+    text = (DEPLOY / "portal.env.example").read_text(encoding="utf-8")
+    values = dict(re.findall(r"^PORTAL_(\w+)=(.*)$", text, flags=re.MULTILINE))
+    assert values["RATELIMIT_STORAGE_URI"].startswith("redis://")
+    assert values["TRUSTED_PROXIES"] == "1"
+    check_config(
+        production_config(
+            RATELIMIT_STORAGE_URI=values["RATELIMIT_STORAGE_URI"],
+            RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=values["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] == "true",
+        )
+    )
+
+
+@pytest.fixture
+def gunicorn_settings(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """portal/gunicorn_config.py as gunicorn reads it (it exports PORTAL_WORKERS: restored afterwards)."""
+    monkeypatch.setenv("PORTAL_WORKERS", "2")
+    return runpy.run_path(str(ROOT / "portal" / "gunicorn_config.py"))
+
+
+def nginx_directives() -> dict[str, list[str]]:
+    directives: dict[str, list[str]] = {}
+    for name in ("portal.conf", "portal_proxy.conf"):
+        for line in (DEPLOY / "nginx" / name).read_text(encoding="utf-8").splitlines():
+            match = re.match(r"\s*(\w+)\s+([^#]*?);", line)
+            if match:
+                directives.setdefault(match.group(1), []).append(match.group(2))
+    return directives
+
+
+def seconds(value: str) -> int:
+    match = re.fullmatch(r"(\d+)s", value)
+    assert match, f"write nginx times in seconds: {value}"
+    return int(match.group(1))
+
+
+def test_nginx_limits_match_the_portals(gunicorn_settings: dict[str, Any]) -> None:
+    nginx = nginx_directives()
+    assert nginx["client_max_body_size"] == [f"{DEFAULTS['MAX_CONTENT_LENGTH'] // 1024}k"]
+    # The proxy waits as long as gunicorn lets a request run, and no less than a lookup may queue.
+    assert seconds(nginx["proxy_read_timeout"][0]) == gunicorn_settings["timeout"]
+    assert seconds(nginx["proxy_send_timeout"][0]) == gunicorn_settings["timeout"]
+    assert seconds(nginx["proxy_read_timeout"][0]) > DEFAULTS["HASH_WAIT_SECONDS"]
+    # Pooled connections are closed by nginx before gunicorn would close them under a request.
+    assert seconds(nginx["keepalive_timeout"][0]) < gunicorn_settings["keepalive"]
+
+
+def test_nginx_sets_the_forwarding_headers_and_never_appends() -> None:
+    headers = dict(value.split(None, 1) for value in nginx_directives()["proxy_set_header"])
+    assert headers["X-Forwarded-For"] == "$remote_addr"  # not $proxy_add_x_forwarded_for
+    assert headers["X-Forwarded-Proto"] == "$scheme"
+    assert headers["X-Forwarded-Host"] == headers["Host"] == "$host:$server_port"
+    assert headers["Forwarded"] == '""'
+    assert not any("add_x_forwarded" in value for value in headers.values())
+
+
+@pytest.mark.systemd
+def test_the_gunicorn_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    unit = (DEPLOY / "systemd" / "portal.service").read_text(encoding="utf-8")
+    assert "/srv/portal/venv/bin/gunicorn" in unit
+    local = tmp_path / "portal.service"
+    local.write_text(unit.replace("/srv/portal/venv/bin/gunicorn", str(BIN / "gunicorn")), encoding="utf-8")
+    done = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")
+    for hardening in (
+        "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes",
+        "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "MemoryDenyWriteExecute=yes",
+    ):  # fmt: skip
+        assert hardening in unit
+
+
+@pytest.fixture
+def no_write_execute_memory() -> Iterator[None]:
+    """This kernel has prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) (Linux 6.3+): the refusal systemd's
+    MemoryDenyWriteExecute= applies (as a seccomp filter on older kernels)."""
+    probe = "import ctypes; raise SystemExit(ctypes.CDLL(None).prctl(65, 1, 0, 0, 0))"
+    if subprocess.run([sys.executable, "-c", probe]).returncode != 0:
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    yield
+
+
+MDWE_RUNNER = """
+import ctypes, mmap, sys
+assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+except PermissionError:
+    pass
+else:
+    sys.exit("writable and executable memory was still allowed")
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def test_the_portal_runs_without_writable_executable_memory(no_write_execute_memory: None) -> None:
+    """MemoryDenyWriteExecute=yes in the unit: the claim flow (Argon2 through cffi, AES-GCM through
+    cryptography, PostgreSQL through psycopg when configured) under the kernel's same refusal."""
+    tests = ["tests/test_public.py", "-k", "claim_flow or verified_person_sees", "-q", "-p", "no:cacheprovider"]
+    done = subprocess.run([sys.executable, "-c", MDWE_RUNNER, *tests], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\b[2-9] passed", done.stdout)

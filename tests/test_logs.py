@@ -1,0 +1,146 @@
+"""Logs: one JSON line per request and per event, tied to the audit row by the request id the
+response returns; and in a whole run's logs, not one imported value."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import csrf_token, lookup, make_app
+from flask import Flask, g
+
+from portal import synthetic
+from portal.extensions import db
+from portal.identity import normalise_last_name
+from portal.logs import JsonFormatter
+from portal.models import AuditEvent
+
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+VOLATILE = ("time", "request_id", "record_ref", "actor", "ms")  # random or timing fields: any digits by chance
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """What the portal's JSON handler writes, as gunicorn's error log would hold it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("portal")
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_one_line_per_request_and_per_event_with_the_request_id_of_the_response_and_audit_row(
+    database_url: str, json_log: io.StringIO
+) -> None:
+    app = make_app(database_url)
+    seen: list[str] = []
+    app.after_request(lambda response: seen.append(g.request_id) or response)  # what the audit trail reads
+    client = app.test_client()
+    client.get("/")
+    response = lookup(client, last_name="Nobody", date_of_birth="1970-01-01", zip_code="10001", ssn_last4="0000")
+    request_id = response.headers["X-Request-ID"]
+    assert HEX_ID.fullmatch(request_id) and seen[-1] == request_id
+    logged = lines(json_log)
+    assert [(x["logger"], x.get("endpoint") or x.get("action")) for x in logged] == [
+        ("portal.requests", "public.index"),
+        ("portal.requests", "public.lookup_form"),
+        ("portal.events", "verification"),
+        ("portal.requests", "public.lookup"),
+    ]
+    assert [x["request_id"] for x in logged[2:]] == [request_id, request_id]
+    with app.app_context():
+        audited = db.session.execute(sa.select(AuditEvent.action, AuditEvent.request_id)).all()
+    assert [tuple(row) for row in audited] == [("verification", request_id)]
+    assert logged[3]["status"] == 200 and logged[3]["method"] == "POST"
+    assert len({x["request_id"] for x in logged}) == 3  # a new id for each request
+
+
+@pytest.mark.parametrize(
+    ("proxies", "incoming", "kept"),
+    [
+        (1, "0f4c1e8a-9d1b-4c7e-8f0a-2b3c4d5e6f70", True),  # a UUID from our proxy
+        (1, "abc", False),  # too short
+        (1, "a" * 64, True),  # as long as the audit trail keeps
+        (1, "a" * 65, False),  # too long
+        (1, "req 1 {forged}=x", False),  # spaces, braces
+        (0, "0f4c1e8a-9d1b-4c7e-8f0a-2b3c4d5e6f70", False),  # no trusted proxy: the client's say-so
+    ],
+)
+def test_an_incoming_request_id_is_kept_only_from_a_trusted_proxy_and_well_formed(
+    app: Flask, proxies: int, incoming: str, kept: bool
+) -> None:
+    app.config["TRUSTED_PROXIES"] = proxies
+    returned = app.test_client().get("/", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
+    assert returned == incoming if kept else HEX_ID.fullmatch(returned)
+
+
+def secrets_of(rows: list[dict[str, str]], codes: list[str]) -> set[str]:
+    """Every imported value worth finding (four characters or more), as written and as normalised."""
+    found = set(codes)
+    for row in rows:
+        for column, value in row.items():
+            if column in ("exposed_fields", "state"):  # not identifiers: field names, two-letter codes
+                continue
+            found |= {value, value.lower(), re.sub(r"[^0-9]", "", value)}
+        found |= {normalise_last_name(row["last_name"]), row["ssn"][-4:], row["zip"][:5]}
+    return {value for value in found if len(value) >= 4}
+
+
+def test_a_whole_run_logs_no_imported_value(
+    database_url: str, json_log: io.StringIO, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Import, lookups that succeed, fail and are refused, exposure, claim, code, sign-out, a scrape."""
+    app = make_app(database_url, VERIFY_LIMIT_PERSON="2 per hour")
+    rows = list(synthetic.synthetic_patients(20, seed=7))
+    rows.append({**rows[0], "record_id": "SYN-BAD", "date_of_birth": "1976-02-30"})  # rejected
+    patients = tmp_path / "patients.csv"
+    synthetic.write_csv(str(patients), synthetic.PATIENT_HEADER, iter(rows))
+    code_rows = list(synthetic.synthetic_codes(5, seed=7))
+    codes = tmp_path / "codes.csv"
+    synthetic.write_csv(str(codes), synthetic.CODE_HEADER, iter(code_rows))
+    runner = app.test_cli_runner()
+    outputs = [
+        runner.invoke(args=["import-patients", str(patients), "--workers", "1"]),
+        runner.invoke(args=["import-codes", str(codes)]),
+    ]
+    assert [o.exit_code for o in outputs] == [1, 0]
+
+    person = next(r for r in rows if r["ssn"])
+    fields = {"last_name": person["last_name"], "date_of_birth": person["date_of_birth"], "zip_code": person["zip"]}
+    other = {**fields, "last_name": rows[1]["last_name"], "date_of_birth": rows[1]["date_of_birth"]}
+    client = app.test_client()
+    for _ in range(3):  # two failures, then refused
+        lookup(app.test_client(), **other, ssn_last4="0000")
+    assert lookup(client, **fields, ssn_last4=person["ssn"][-4:]).status_code == 303
+    client.get("/exposure")
+    assert client.post("/claim", data={"csrf_token": csrf_token(client, "/exposure")}).status_code == 303
+    shown = client.get("/code").get_data(as_text=True)
+    claimed = [c["code"] for c in code_rows if c["code"] in shown]
+    assert len(claimed) == 1
+    assert client.post("/sign-out", data={"csrf_token": csrf_token(client, "/code")}).status_code == 303
+    # The names and labels of the metrics (their values are numbers with any digits).
+    metrics = "\n".join(line.rsplit(" ", 1)[0] for line in app.test_client().get("/metrics").text.splitlines())
+
+    logged = lines(json_log)
+    assert {x.get("outcome") for x in logged} >= {"success", "failure", "throttled:verify-person-public"}
+    text = "\n".join(json.dumps({k: v for k, v in x.items() if k not in VOLATILE}) for x in logged)
+    text += "".join(o.output for o in outputs) + capsys.readouterr().err + metrics
+    found = sorted(value for value in secrets_of(rows, codes=[c["code"] for c in code_rows]) if value in text)
+    assert found == [], f"imported values in the logs: {found}"
+    assert "line 22: rejected" in outputs[0].output  # the rejection is reported, without its value
+    assert any(row.get("record_id") for row in csv.DictReader(patients.open()))
