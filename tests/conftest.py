@@ -149,6 +149,23 @@ def write_programme(folder: Path) -> Path:
     return path
 
 
+def production_variables(folder: Path, **settings: str) -> dict[str, str]:
+    """The PORTAL_* variables of a complete production deployment on SQLite, as a server gets them
+    from its environment file; ``settings`` (names without the prefix) add or replace some."""
+    variables = {
+        "ENV": "production",
+        "DATABASE_URL": f"sqlite:///{folder / 'portal.sqlite3'}",
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "IDENTIFIER_KEY": secrets.token_urlsafe(32),
+        "CODE_KEY": secrets.token_urlsafe(32),
+        "AUDIT_KEY": secrets.token_urlsafe(32),
+        "PROGRAMME_FILE": str(write_programme(folder)),
+        "TRUSTED_HOSTS": '["notice.example.org"]',
+        **settings,
+    }
+    return {f"PORTAL_{name}": value for name, value in variables.items()}
+
+
 def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
     return {
         "ENV": "testing",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, write_programme
+from conftest import free_port, production_variables
 
 from portal.config import DEFAULTS, ConfigError, check_config
 
@@ -87,16 +87,12 @@ def production_environment(tmp_path: Path) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
     return {
         **inherited,
-        "PORTAL_ENV": "production",
-        "PORTAL_DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",
-        "PORTAL_SECRET_KEY": secrets.token_urlsafe(32),
-        "PORTAL_IDENTIFIER_KEY": secrets.token_urlsafe(32),
-        "PORTAL_CODE_KEY": secrets.token_urlsafe(32),
-        "PORTAL_AUDIT_KEY": secrets.token_urlsafe(32),
-        "PORTAL_PROGRAMME_FILE": str(write_programme(tmp_path)),
-        "PORTAL_RATELIMIT_STORAGE_URI": "memory://",
-        "PORTAL_TRUSTED_HOSTS": '["127.0.0.1"]',
-        "PORTAL_BIND": f"127.0.0.1:{free_port()}",
+        **production_variables(
+            tmp_path,
+            RATELIMIT_STORAGE_URI="memory://",
+            TRUSTED_HOSTS='["127.0.0.1"]',
+            BIND=f"127.0.0.1:{free_port()}",
+        ),
     }
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
-from conftest import write_programme
+from conftest import production_variables
 from flask import Flask, request
 
 from portal import create_app, schema
@@ -20,19 +19,7 @@ def production_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
 
 def production_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **more: str) -> Flask:
     """An app configured as a deployment is, through PORTAL_* variables (``more`` adds some)."""
-    programme = write_programme(tmp_path)
-    environment = {
-        "PORTAL_ENV": "production",
-        "PORTAL_DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",
-        "PORTAL_SECRET_KEY": secrets.token_urlsafe(32),
-        "PORTAL_IDENTIFIER_KEY": secrets.token_urlsafe(32),
-        "PORTAL_CODE_KEY": secrets.token_urlsafe(32),
-        "PORTAL_AUDIT_KEY": secrets.token_urlsafe(32),
-        "PORTAL_PROGRAMME_FILE": str(programme),
-        "PORTAL_TRUSTED_HOSTS": '["notice.example.org"]',
-        "PORTAL_SINGLE_PROCESS": "true",
-        "PORTAL_WORKERS": "1",
-    }
+    environment = production_variables(tmp_path, SINGLE_PROCESS="true", WORKERS="1")
     for name, value in {**environment, **more}.items():
         monkeypatch.setenv(name, value)
     app = create_app()
