@@ -116,7 +116,8 @@ def test_the_sign_in_pages_pass(server: LiveServer, open_page: Any, audit: PageA
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_an_agents_pages_pass(server: LiveServer, open_page: Any, audit: PageAudit, width: int) -> None:
-    """Home, the serve-a-caller form (empty, with errors, not matched), the caller's exposure and code."""
+    """Home, the serve-a-caller form (empty, with errors, not matched), the caller's exposure and code,
+    the call recorded, and the lost-letter form (empty, with errors)."""
     page = open_page(width)
     assert sign_in(page, server, make_staff(server.app, f"agent{width}", "agent")) == 200
     assert page.url == server.url + "/agent/"
@@ -142,6 +143,11 @@ def test_an_agents_pages_pass(server: LiveServer, open_page: Any, audit: PageAud
     assert submit(page, "form[action='/agent/call/end'] button[type=submit]") == 200
     assert page.url == server.url + "/agent/call"
     audit.check(page, f"agent-{width}-call-recorded" if width == 1280 else None)
+
+    page.goto(server.url + "/agent/letter")  # the lost-letter form: empty, then sent empty
+    audit.check(page, f"agent-{width}-letter" if width == 1280 else None)
+    assert submit(page) == 400
+    audit.check(page, f"agent-{width}-letter-errors" if width == 320 else None)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
