@@ -60,8 +60,13 @@ def nice_ceiling(value: int) -> int:
     return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
 
 
-def bar_chart(chart_id: str, title: str, categories: list[str], series: list[Series], unit: str = "") -> Chart:
-    """Grouped bars: one group per category (a day, an hour, a surface), one bar per series."""
+def bar_chart(
+    chart_id: str, title: str, categories: list[str], series: list[Series], unit: str = "", heading: str = "Category"
+) -> Chart:
+    """Grouped bars: one group per category (a day, an hour, a surface), one bar per series.
+
+    ``heading`` names the categories' column in the table, so every column has a header a screen reader reads.
+    """
     top = nice_ceiling(max((v for s in series for v in s.values), default=0))
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     group = plot_width / max(len(categories), 1)
@@ -103,6 +108,6 @@ def bar_chart(chart_id: str, title: str, categories: list[str], series: list[Ser
         ticks=ticks,
         categories=labels,
         legend=[(s.name, COLOURS[n % len(COLOURS)]) for n, s in enumerate(series)],
-        columns=["", *(s.name for s in series)],
+        columns=[heading, *(s.name for s in series)],
         rows=[[c, *(f"{s.values[i]:,}" for s in series)] for i, c in enumerate(categories)],
     )

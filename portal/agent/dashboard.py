@@ -41,14 +41,14 @@ def charts(summary: stats.Summary) -> list[Chart]:
 
     surfaces = list(summary.claims_by_surface)
     return [
-        bar_chart("verifications-daily", "Verifications per day", days, verifications(summary.days)),
-        bar_chart("claims-daily", "Exposures viewed and claims per day", days, claims(summary.days)),
+        bar_chart("verifications-daily", "Verifications per day", days, verifications(summary.days), heading="Day"),
+        bar_chart("claims-daily", "Exposures viewed and claims per day", days, claims(summary.days), heading="Day"),
         bar_chart("verifications-hourly", f"Verifications per hour on {day}", hours, verifications(summary.hours),
-                  " (UTC)"),
+                  " (UTC)", heading="Hour (UTC)"),
         bar_chart("claims-hourly", f"Exposures viewed and claims per hour on {day}", hours, claims(summary.hours),
-                  " (UTC)"),
+                  " (UTC)", heading="Hour (UTC)"),
         bar_chart("claims-surface", "Codes claimed by surface", [SURFACE_NAMES.get(s, s) for s in surfaces],
-                  [Series("Codes claimed", [summary.claims_by_surface[s] for s in surfaces])]),
+                  [Series("Codes claimed", [summary.claims_by_surface[s] for s in surfaces])], heading="Surface"),
     ]  # fmt: skip
 
 
