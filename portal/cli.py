@@ -50,6 +50,7 @@ from portal.staff import (
     list_staff,
     reset_mfa,
 )
+from portal.throttle import limit_store
 
 EXIT_REJECTED = 1
 EXIT_BAD_FILE = 2
@@ -339,7 +340,7 @@ def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, a
     if programme_end and not dry_run and not yes:
         click.confirm("Destroy every patient record, code and verification for good?", abort=True)
     report = retention.purge(
-        db.session, current_app.extensions["portal.limit_store"], before=before, dry_run=dry_run,
+        db.session, limit_store(), before=before, dry_run=dry_run,
         programme_end=programme_end, retention_days=current_app.config["AUDIT_RETENTION_DAYS"],
     )  # fmt: skip
     outcome = "dry-run" if dry_run else "programme-end" if programme_end else "expired"

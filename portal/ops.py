@@ -21,6 +21,7 @@ from werkzeug.exceptions import NotFound
 
 from portal import metrics
 from portal.extensions import db
+from portal.throttle import limit_store
 
 bp = Blueprint("ops", __name__)
 
@@ -77,7 +78,7 @@ def _database_answers() -> bool:
 
 
 def _limit_store_answers() -> bool:
-    store: Storage = current_app.extensions["portal.limit_store"]
+    store: Storage = limit_store()
     try:
         return bool(store.check())
     except (RedisError, OSError):

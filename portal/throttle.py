@@ -31,6 +31,7 @@ from typing import Any
 
 from flask import Flask, current_app, g
 from limits import RateLimitItem, parse_many
+from limits.storage import Storage
 
 from portal import services
 from portal.events import Event, record
@@ -142,6 +143,13 @@ def attempt(
         _give_back([hold for hold in holds if hold.budget.refund_on_success])
 
 
+def limit_store() -> Storage:
+    """This app's limit store (``PORTAL_RATELIMIT_STORAGE_URI``), made once in ``create_app``: the
+    budgets, attack detection, readiness and the purge all count in it. (Flask-Limiter's own
+    storage is the extension's, rebound by every app in a process; only the API's key rate uses it.)"""
+    return current_app.extensions["portal.limit_store"]
+
+
 @cache
 def _limits(text: str) -> list[RateLimitItem]:
     return parse_many(text)
@@ -155,7 +163,7 @@ def _counters(budget: Budget) -> Iterator[tuple[str, RateLimitItem]]:
 
 def _reserve(budgets: Sequence[Budget], refused: Event) -> list[_Hold]:
     """One atomic increment per counter; on the first counter past its limit, undo them all."""
-    store = limiter.storage
+    store = limit_store()
     holds: list[_Hold] = []
     try:
         for budget in budgets:
@@ -176,7 +184,7 @@ def _reserve(budgets: Sequence[Budget], refused: Event) -> list[_Hold]:
 
 def _give_back(holds: Sequence[_Hold]) -> None:
     """Best effort: a unit that cannot be given back (store lost) errs on the side of counting."""
-    store = limiter.storage
+    store = limit_store()
     for hold in holds:
         try:
             store.incr(hold.counter, 1, amount=-1)

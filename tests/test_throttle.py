@@ -132,7 +132,7 @@ def test_a_limit_store_lost_while_counting_refuses_the_attempt(
         raise ConnectionError("limit store lost")
 
     with app.app_context():
-        monkeypatch.setattr(limiter.storage, "get_expiry", store_gone)
+        monkeypatch.setattr(throttle.limit_store(), "get_expiry", store_gone)
     status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.2")
     assert (status, retry_after) == (503, str(RETRY_AFTER_SECONDS))
     assert "García" not in body
