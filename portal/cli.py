@@ -392,7 +392,7 @@ def letters_group() -> None:
 @with_appcontext
 def letters_reissue(out_path: str) -> None:
     """Write record_id,reference of every record whose letter agents asked to replace (each once)."""
-    with open(out_path, "w", newline="", encoding="utf-8") as out:
+    with open_private(out_path) as out:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["record_id", "reference"])
         count = 0

@@ -82,7 +82,9 @@ def _this_page() -> str:
 
 def switch_language() -> Response | None:
     """``GET any-page?lang=es``: remember the pick for the visit and show the same page again, cleanly."""
-    if request.method != "GET" or SWITCH_PARAMETER not in request.args:
+    # Not on the console's or the operators' pages: a redirect there would answer paths that must
+    # stay a 404 to whoever is outside their networks (an unknown path goes to the start page).
+    if request.method != "GET" or SWITCH_PARAMETER not in request.args or request.blueprint not in (None, "public"):
         return None
     response = redirect(_this_page(), 303)
     chosen = request.args[SWITCH_PARAMETER]

@@ -263,7 +263,11 @@ class ServerSlots:
     def __init__(self, count: int, max_workers: int = 256) -> None:
         self.count = count
         self._free = multiprocessing.BoundedSemaphore(count)
-        self._held = multiprocessing.Array("i", max_workers)
+        # No lock shared between processes: a worker killed while holding one would leave the master
+        # waiting on it in ``reclaim``. Each worker writes only its own entry (its threads take
+        # turns on a lock of its own), and the master reads an entry only once its worker is gone.
+        self._held = multiprocessing.Array("i", max_workers, lock=False)
+        self._own = threading.Lock()
         self.index = 0  # this worker's index, set after the fork (``bind``)
 
     def bind(self, index: int) -> None:
@@ -272,19 +276,18 @@ class ServerSlots:
     def acquire(self, timeout: float) -> bool:
         if not self._free.acquire(timeout=timeout):
             return False
-        with self._held.get_lock():
+        with self._own:
             self._held[self.index] += 1
         return True
 
     def release(self) -> None:
-        with self._held.get_lock():
+        with self._own:
             self._held[self.index] -= 1
         self._free.release()
 
     def reclaim(self, index: int) -> None:
         """In the master, when the worker at ``index`` exited: free whatever it still held."""
-        with self._held.get_lock():
-            lost, self._held[index] = self._held[index], 0
+        lost, self._held[index] = self._held[index], 0
         for _ in range(lost):
             self._free.release()
 

@@ -155,6 +155,8 @@ def _password_matches(stored: str, password: str) -> bool:
 
 def _totp_step(secret: str, code: str, now: float) -> int | None:
     """The time step ``code`` is valid for (within the drift), compared in constant time."""
+    if not (code.isascii() and code.isdigit()):  # compare_digest takes ASCII text only
+        return None
     totp = pyotp.TOTP(secret)
     current = int(now) // TOTP_STEP
     matched = None

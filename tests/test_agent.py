@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -372,6 +373,7 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert export.mimetype == "text/csv" and lines[0].startswith("id,at,actor,action")
     assert [line.split(",")[3] for line in lines[1:]] == ["verification", "staff-login"]
     assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
+    assert supervisor.get("/agent/audit?until=9999-12-31").status_code == 400  # its day's end is no date
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]
 
 
@@ -408,6 +410,7 @@ def test_a_lost_letter_is_reissued_and_exported_once(app: Flask, tmp_path: Any) 
     with app.app_context():
         reference = format_reference(services().hasher.letter_reference("R-LOST"))
     assert out.read_text().splitlines() == ["record_id,reference", f"R-LOST,{reference}"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # record ids beside the references that unlock them
     assert runner.invoke(args=["letters", "reissue", "--out", str(out)]).exit_code == 0
     assert out.read_text().splitlines() == ["record_id,reference"]  # each request is exported once
 
@@ -461,3 +464,18 @@ def test_staff_commands_enrol_list_reset_and_disable(app: Flask) -> None:
         ("cli", "reset-staff-mfa", "staff:1", "cli"),
         ("cli", "disable-staff", "staff:1", "cli"),
     ]
+
+
+def test_a_code_of_other_characters_is_a_failed_login_not_an_error(app: Flask) -> None:
+    account = make_staff(app)
+    answer = login(app.test_client(), account, code="é23456")
+    assert answer.status_code == 200 and "is not right" in answer.get_data(as_text=True)
+
+
+def test_the_console_stays_hidden_behind_a_language_switch(app: Flask) -> None:
+    """Outside the console's networks every /agent/ path is a 404, ?lang= or not."""
+    app.config["AGENT_NETWORKS"] = ["10.9.0.0/16"]
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.5"
+    for path in ("/agent/login", "/agent/login?lang=es", "/agent/audit?lang=fr"):
+        assert client.get(path).status_code == 404, path

@@ -85,7 +85,9 @@ def test_the_dashboard_shows_a_known_history(app: Flask) -> None:
     assert 'id="pool-low"' not in client.get("/agent/dashboard?days=2").get_data(as_text=True)
 
 
-@pytest.mark.parametrize("query", ["days=0", "days=1000", "days=x", "day=2026-13-01", "day=yesterday"])
+@pytest.mark.parametrize(
+    "query", ["days=0", "days=1000", "days=x", "day=2026-13-01", "day=yesterday", "day=0001-01-01&days=14"]
+)
 def test_a_bad_period_is_a_400(app: Flask, query: str) -> None:
     assert signed_in(app, "supervisor").get(f"/agent/dashboard?{query}").status_code == 400
 

@@ -52,14 +52,20 @@ def charts(summary: stats.Summary) -> list[Chart]:
     ]  # fmt: skip
 
 
+FIRST_DAY = date(2000, 1, 1)
+
+
 def _day_argument(name: str, default: date) -> date:
     text = request.args.get(name)
     if text is None:
         return default
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         abort(400)
+    if day < FIRST_DAY:  # and far enough from date.min for the days before it to be dates
+        abort(400)
+    return day
 
 
 @bp.get("/dashboard")

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask_wtf import FlaskForm
 from wtforms import DateField, PasswordField, SelectField, StringField
-from wtforms.validators import EqualTo, InputRequired, Length, Optional
+from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
 
 from portal.identity import normalise_last_name, normalise_zip, parse_birth_date
 from portal.public.forms import PersonForm
@@ -44,14 +44,20 @@ class PasswordChangeForm(StaffForm):
     )
 
 
+def audit_day(_form: FlaskForm, field: DateField) -> None:
+    """A day an audit trail can hold; past 9999-12-30 the end of the day would not be a date."""
+    if field.data is not None and not date(2000, 1, 1) <= field.data <= date(9999, 12, 30):
+        raise ValidationError("Enter a date from 2000-01-01 on.")
+
+
 class AuditFilterForm(FlaskForm):
     """Read from the query string (a GET form: bookmarkable, nothing changes)."""
 
     class Meta:
         csrf = False
 
-    since = DateField("From (UTC date)", [Optional()])
-    until = DateField("Until (UTC date, inclusive)", [Optional()])
+    since = DateField("From (UTC date)", [Optional(), audit_day])
+    until = DateField("Until (UTC date, inclusive)", [Optional(), audit_day])
     actor = StringField("Actor (staff:7, api-key:3, public:…)", [Optional(), Length(max=64)])
     action = StringField("Action", [Optional(), Length(max=40)])
     record_ref = StringField("Record reference", [Optional(), Length(max=32)])

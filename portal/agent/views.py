@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -78,9 +80,16 @@ def limit_store_down(error: throttle.LimitStoreDown) -> ResponseValue:
     return render_error(503, retry_after=error.retry_after)
 
 
+def login_key(username: str) -> str:
+    """The account budget's key: a keyed hash of the name as typed (folded), never the text itself,
+    which may be a password typed into the wrong box and would otherwise sit in the limit store."""
+    folded = username.strip().lower()[:64].encode()
+    return hmac.new(current_app.secret_key.encode(), b"staff-login\x1f" + folded, hashlib.sha256).hexdigest()
+
+
 def login_budgets(username: str) -> list[throttle.Budget]:
     return [
-        throttle.Budget("staff-login-account", "STAFF_LOGIN_LIMIT_ACCOUNT", "staff:" + username.strip().lower()[:64]),
+        throttle.Budget("staff-login-account", "STAFF_LOGIN_LIMIT_ACCOUNT", login_key(username)),
         throttle.Budget("staff-login-client", "STAFF_LOGIN_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
     ]
 
