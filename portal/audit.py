@@ -144,12 +144,9 @@ class Filter:
     record_ref: str | None = None
 
 
-EXPORT_COLUMNS = ("id", "at", "actor", "action", "outcome", "channel", "record_ref", "client", "request_id")
-
-
 def events(connection: Connection, where: Filter, limit: int | None = None) -> Iterator[Mapping[str, Any]]:
     """Matching rows, newest first."""
-    query = select(*(EVENTS.c[name] for name in EXPORT_COLUMNS)).order_by(EVENTS.c.id.desc())
+    query = select(*(EVENTS.c[name] for name in FIELDS)).order_by(EVENTS.c.id.desc())
     if where.since:
         query = query.where(EVENTS.c.at >= where.since)
     if where.until:

@@ -427,6 +427,7 @@ SWEEP_EXPIRED = delete(Verification.__table__).where(
         select(_verifications.id)
         .where(_verifications.expires_at <= bindparam("now"))
         .limit(EXPIRED_VERIFICATIONS_SWEPT)
+        .with_for_update(skip_locked=True)  # concurrent sweeps take different rows, never wait (PostgreSQL)
         .scalar_subquery()
     )
 )

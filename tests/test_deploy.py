@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import free_port, production_variables
 
+from portal import identity
 from portal.config import DEFAULTS, ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,8 +174,11 @@ def test_the_environment_template_is_safe_for_production() -> None:
 
 @pytest.fixture
 def gunicorn_settings(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """portal/gunicorn_config.py as gunicorn reads it (it exports PORTAL_WORKERS: restored afterwards)."""
+    """portal/gunicorn_config.py as gunicorn reads it. What it sets for the server's processes is
+    restored afterwards: PORTAL_WORKERS and the server's hashing slots (which every hasher made later
+    in this process would otherwise share)."""
     monkeypatch.setenv("PORTAL_WORKERS", "2")
+    monkeypatch.setattr(identity, "_server_slots", identity.server_hashing_slots())
     return runpy.run_path(str(ROOT / "portal" / "gunicorn_config.py"))
 
 
