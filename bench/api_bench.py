@@ -38,10 +38,12 @@ def main() -> int:
     b.say(f"api_bench  {b.machine_line()}")
     with b.Bench() as bench:
         tmp = bench.tempdir()
-        env = b.portal_env(bench, bench.database(args.database_url), argon2)
+        store = b.limit_store(bench, args.limit_store)
+        env = b.portal_env(bench, bench.database(args.database_url), argon2, **store)
         b.say(
             f"database: {'PostgreSQL (private schema)' if args.database_url else 'SQLite (temporary file)'};"
-            f" {b.describe_argon2(argon2)}; gunicorn -c python:portal.gunicorn_config {args.app}"
+            f" limits: {store['RATELIMIT_STORAGE_URI']}; {b.describe_argon2(argon2)};"
+            f" gunicorn -c python:portal.gunicorn_config {args.app}"
         )
         b.migrate(env)
         csv_path = b.generate_patients(env, args.people, tmp / "patients.csv")

@@ -57,6 +57,7 @@ PROD_ARGON2: tuple[int, int, int] = (
     PORTAL_DEFAULTS["ARGON2_PARALLELISM"],
 )
 CHEAP_ARGON2 = (1, 8, 1)  # Argon2's own minimum: t >= 1, m >= 8 * p KiB
+BENCH_REDIS = "redis://127.0.0.1:6379/14"  # the limit store, when a Redis answers there
 LOOSE_LIMIT = "1000000 per minute"  # VERIFY_LIMIT_*: high enough that throttling never interferes
 
 _SPAWN = multiprocessing.get_context("spawn")
@@ -594,9 +595,34 @@ class Server:
 
 
 def add_app_options(parser: Any) -> None:
-    """--app/--pythonpath: measure another WSGI module (e.g. the app with a proposed change applied)."""
+    """--app/--pythonpath: measure another WSGI module (e.g. the app with a proposed change applied);
+    --limit-store: where the limits count."""
     parser.add_argument("--app", default="wsgi:app", help="WSGI app to serve (default wsgi:app, the real one)")
     parser.add_argument("--pythonpath", help="extra import path for --app")
+    parser.add_argument(
+        "--limit-store",
+        default=BENCH_REDIS,
+        help=f"limit store (default {BENCH_REDIS} as in production, memory:// when no Redis answers there)",
+    )
+
+
+def limit_store(bench: Bench, uri: str) -> dict[str, str]:
+    """The limit-store settings: Redis as in production, where a server of several workers refuses
+    memory://, under a key prefix of this run's own (its keys deleted at exit); memory:// when asked
+    for, or when no Redis answers at ``uri``."""
+    if uri == "memory://":
+        return {"RATELIMIT_STORAGE_URI": uri}
+    import redis
+
+    client = redis.Redis.from_url(uri, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        say(f"no Redis answers at {uri}: the limits count in each worker's memory (memory://)")
+        return {"RATELIMIT_STORAGE_URI": "memory://"}
+    prefix = f"bench{secrets.token_hex(4)}"
+    bench.callback(lambda: [client.delete(key) for key in client.scan_iter(match=f"*{prefix}*")])
+    return {"RATELIMIT_STORAGE_URI": uri, "RATELIMIT_KEY_PREFIX": prefix}
 
 
 def start_portal(bench: Bench, args: Any, env: dict[str, str], log: Path, ready: str = "/") -> Server:

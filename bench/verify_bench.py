@@ -73,11 +73,12 @@ def main() -> int:
             "THREADS": args.threads,
             "HASH_SLOTS": args.hash_slots,
             "HASH_WAIT_SECONDS": args.hash_wait,
+            **b.limit_store(bench, args.limit_store),
         }
         env = b.portal_env(bench, url, argon2, **settings)
         b.say(
             f"database: {'PostgreSQL (private schema)' if args.database_url else 'SQLite (temporary file)'};"
-            f" {b.describe_argon2(argon2)}"
+            f" limits: {settings['RATELIMIT_STORAGE_URI']}; {b.describe_argon2(argon2)}"
         )
         b.say(
             f"gunicorn -c python:portal.gunicorn_config {args.app}: workers {args.workers or b.CORES}"

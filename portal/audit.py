@@ -9,8 +9,9 @@ one change the chain alone cannot show; compare the head an operator noted earli
 
 Writers take the single ``audit_chain_head`` row first (an UPDATE, which locks the row on
 PostgreSQL and takes SQLite's write lock), so any number of processes append one at a time and
-every position is used exactly once. Appends run in their own short transaction, apart from the
-request's, so a rolled-back request still leaves its trace and no request holds the lock long.
+every position is used exactly once. The caller gives each append a short transaction of its
+own (``portal.events.record``), apart from the request's, so a rolled-back request still leaves
+its trace and no request holds the lock long.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from portal.config import decode_key
 from portal.identity import Keyring
@@ -33,6 +34,17 @@ HEAD_ID = 1
 EVENTS = AuditEvent.__table__
 HEAD = AuditChainHead.__table__
 FIELDS = ("id", "at", "actor", "action", "outcome", "channel", "record_ref", "client", "request_id")
+
+# Built once: every event runs them, and building a statement costs more than running it.
+# Taking the next position returns the previous link in the same statement, under the lock.
+_TAKE_POSITION = (
+    update(HEAD)
+    .where(HEAD.c.id == HEAD_ID)
+    .values(position=HEAD.c.position + 1)
+    .returning(HEAD.c.position, HEAD.c.last_hash)
+)
+_ADD_ROW = insert(EVENTS)
+_MOVE_HEAD = update(HEAD).where(HEAD.c.id == HEAD_ID).values(last_hash=bindparam("new_hash"))
 
 
 @dataclass(frozen=True)
@@ -70,24 +82,16 @@ class AuditChain:
         message = prev_hash + "\x1f".join(values).encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def append(self, engine: Engine, entry: Entry) -> int:
-        """Add ``entry`` at the end of the chain, in a transaction of its own; returns its position."""
-        with engine.begin() as connection:
-            return self._append(connection, entry)
+    def append(self, connection: Connection, entry: Entry) -> int:
+        """Add ``entry`` at the end of the chain in the caller's transaction; returns its position.
 
-    def _append(self, connection: Connection, entry: Entry) -> int:
-        # The UPDATE comes first: it takes the head's row lock (PostgreSQL) or the write lock
-        # (SQLite) before anything is read, so no two writers can read the same head.
-        connection.execute(
-            update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(position=AuditChainHead.position + 1)
-        )
-        position, prev_hash = connection.execute(
-            select(AuditChainHead.position, AuditChainHead.last_hash).where(AuditChainHead.id == HEAD_ID)
-        ).one()
+        The UPDATE comes first: it takes the head's row lock (PostgreSQL) or the write lock
+        (SQLite) before anything is read, so no two writers can read the same head."""
+        position, prev_hash = connection.execute(_TAKE_POSITION).one()
         row = {"id": position, "at": utcnow(), **entry.__dict__}
         chain_hash = self.link(prev_hash, row)
-        connection.execute(insert(AuditEvent).values(**row, prev_hash=prev_hash, chain_hash=chain_hash))
-        connection.execute(update(AuditChainHead).where(AuditChainHead.id == HEAD_ID).values(last_hash=chain_hash))
+        connection.execute(_ADD_ROW, {**row, "prev_hash": prev_hash, "chain_hash": chain_hash})
+        connection.execute(_MOVE_HEAD, {"new_hash": chain_hash})
         return int(position)
 
     def verify(self, connection: Connection, batch: int = 1000) -> tuple[int, BrokenLink | None]:

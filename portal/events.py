@@ -96,18 +96,15 @@ def record(event: Event) -> None:
         request_id=request_id() if has_request_context() else None,
     )
     log.info(Fields(asdict(entry)))
-    current_app.extensions["portal"].audit.append(db.engine, entry)
     metrics.observe_event(event.action, event.outcome, event.channel)
     raised = _detect(event, entry.actor)
-    try:
-        # Its own short transaction: committed whatever the request does with its own.
-        with db.engine.begin() as connection:
-            stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
-            for alert in raised:
-                stats.add_count(connection, event.at, "alert", alert.kind, alert.channel)
-    except SQLAlchemyError as error:
-        # A lost count must not turn the person's answer into an error page.
-        log.warning("hourly count not written: %s", error.__class__.__name__)
+    # The row and its counts in one short transaction of their own: committed whatever the
+    # request does with its own, one commit for all of them.
+    with db.engine.begin() as connection:
+        current_app.extensions["portal"].audit.append(connection, entry)
+        stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
+        for alert in raised:
+            stats.add_count(connection, event.at, "alert", alert.kind, alert.channel)
     for alert in raised:
         alerts.announce(alert)
         metrics.observe_event("alert", alert.kind, alert.channel)

@@ -22,7 +22,18 @@ from portal.models import ActivationCode, HourlyCount
 
 SURFACES = ("public", "agent", "api")
 RUN_OUT_WINDOW_DAYS = 7  # the "current rate" of claims: the average of this many past days
-_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def _upsert(dialect_insert: Any) -> Any:
+    statement = dialect_insert(HourlyCount.__table__)
+    return statement.on_conflict_do_update(
+        index_elements=["hour", "action", "outcome", "channel"],
+        set_={"count": HourlyCount.__table__.c.count + statement.excluded.count},
+    )
+
+
+# Built once per dialect: one runs for every event.
+_UPSERTS = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -31,14 +42,9 @@ def hour_of(moment: datetime) -> datetime:
 
 def add_count(connection: Connection, moment: datetime, action: str, outcome: str, channel: str) -> None:
     """Add one to the hour's count: an atomic UPSERT, exact with any number of processes."""
-    statement = _UPSERTS[connection.dialect.name](HourlyCount).values(
-        hour=hour_of(moment), action=action[:32], outcome=outcome[:48], channel=channel[:16], count=1
-    )
     connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=["hour", "action", "outcome", "channel"],
-            set_={"count": HourlyCount.count + statement.excluded.count},
-        )
+        _UPSERTS[connection.dialect.name],
+        {"hour": hour_of(moment), "action": action[:32], "outcome": outcome[:48], "channel": channel[:16], "count": 1},
     )
 
 

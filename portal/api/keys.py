@@ -14,9 +14,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from limits import parse_many
-from sqlalchemy import select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from portal.models import ApiKey, utcnow
@@ -88,7 +89,7 @@ def create_key(session: Session, partner: str, scopes: list[str], rate: str, exp
     return NewKey(row, secret)
 
 
-def key_state(key: ApiKey, now: datetime | None = None) -> str:
+def key_state(key: ApiKey | Row[Any], now: datetime | None = None) -> str:
     now = now or utcnow()
     if key.revoked_at is not None:
         return "revoked"
@@ -97,17 +98,26 @@ def key_state(key: ApiKey, now: datetime | None = None) -> str:
     return "active"
 
 
+_keys = ApiKey.__table__.c
+# Built once: every partner request runs it. Core, not ORM: the row is only read.
+KEY_BY_PREFIX = select(
+    _keys.id, _keys.prefix, _keys.digest, _keys.scopes, _keys.rate, _keys.expires_at, _keys.revoked_at,
+    _keys.last_used_at,
+).where(_keys.prefix == bindparam("prefix"))  # fmt: skip
+MARK_USED = update(ApiKey.__table__).where(_keys.id == bindparam("key_id")).values(last_used_at=bindparam("now"))
+
+
 def authenticate(session: Session, presented: str) -> PartnerKey | None:
     """The active key ``presented`` is, or None (unknown, wrong, revoked or expired: one answer)."""
     shape = KEY_SHAPE.fullmatch(presented)
-    row = session.scalar(select(ApiKey).where(ApiKey.prefix == shape.group(1))) if shape else None
+    row = session.connection().execute(KEY_BY_PREFIX, {"prefix": shape.group(1)}).first() if shape else None
     matches = hmac.compare_digest(row.digest if row else _NO_KEY_DIGEST, _digest(presented) if shape else b"")
     if row is None or not matches or key_state(row) != "active":
         return None
     found = PartnerKey(row.id, row.prefix, frozenset(row.scopes.split()), row.rate)
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        session.connection().execute(MARK_USED, {"key_id": row.id, "now": now})
         session.commit()
     return found
 
