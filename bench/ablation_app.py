@@ -8,9 +8,11 @@ names the parts to take out, comma-separated:
 * ``database`` — no query and no write: the lookup hashes with the configured parameters and
   "finds" a stand-in row; the verification is not stored;
 * ``csrf``     — the CSRF check is off;
-* ``events``   — no security event is logged.
+* ``events``   — no security event is logged;
+* ``slots``    — each worker hashes on one thread of its own, not in the server's shared slots.
 
-Everything else is the real portal. Only the verify bench's two requests are meant to work.
+Everything else is the real portal. The parts are taken out of the public lookup and of the
+API's verification alike (``verify_bench.py`` and ``api_bench.py``); nothing else is meant to work.
 
     PORTAL_BENCH_ABLATE=database .venv/bin/python bench/verify_bench.py --app ablation_app:app --pythonpath bench
 """
@@ -18,14 +20,17 @@ Everything else is the real portal. Only the verify bench's two requests are mea
 import contextlib
 import os
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
-from portal.public import views
+from portal.api import views as api_views
+from portal.public import views as public_views
 from wsgi import app
 
 ABLATED = set(filter(None, os.environ.get("PORTAL_BENCH_ABLATE", "").split(",")))
-UNKNOWN = ABLATED - {"limits", "database", "csrf", "events"}
+UNKNOWN = ABLATED - {"limits", "database", "csrf", "events", "slots"}
 if UNKNOWN:
     raise SystemExit(f"PORTAL_BENCH_ABLATE: unknown part(s) {sorted(UNKNOWN)}")
 
@@ -34,7 +39,7 @@ def _hash_only(_session: Any, hasher: Any, claim: Any) -> SimpleNamespace:
     """One Argon2id on the hashing threads, as find_patient does, and a stand-in row."""
     scheme = SimpleNamespace(key_version=hasher.keyring.current_version, salt=bytes(16), **vars(hasher.params))
     hasher.lookup_digests(claim, [scheme])
-    return SimpleNamespace(id=0, public_id="0" * 32)
+    return SimpleNamespace(id=0, public_id="0" * 32, exposed_fields=0)
 
 
 class _Uncounted(contextlib.nullcontext):
@@ -44,12 +49,23 @@ class _Uncounted(contextlib.nullcontext):
         return SimpleNamespace(succeeded=lambda: None)
 
 
-if "limits" in ABLATED:
-    views.throttle = SimpleNamespace(public_budgets=lambda *_args: [], attempt=lambda *_args: _Uncounted())
-if "database" in ABLATED:
-    views.find_patient = _hash_only
-    views.start_verification = lambda *_args: secrets.token_urlsafe(32)
+for views in (public_views, api_views):
+    if "limits" in ABLATED:
+        views.throttle = SimpleNamespace(  # type: ignore[assignment]
+            public_budgets=lambda *_args: [],
+            person_budget=lambda *_args: None,
+            Budget=lambda *_args: None,
+            client_key=lambda _address: "",
+            attempt=lambda *_args, **_kwargs: _Uncounted(),
+        )
+    if "database" in ABLATED:
+        views.find_patient = _hash_only  # type: ignore[assignment]
+        views.start_verification = lambda *_args: secrets.token_urlsafe(32)  # type: ignore[assignment]
+    if "events" in ABLATED:
+        views._record = lambda *_args: None  # type: ignore[assignment]
+if "slots" in ABLATED:
+    hasher = app.extensions["portal"].hasher
+    hasher._slots = threading.BoundedSemaphore(1)
+    hasher._threads = ThreadPoolExecutor(1, thread_name_prefix="argon2")
 if "csrf" in ABLATED:
     app.config["WTF_CSRF_ENABLED"] = False
-if "events" in ABLATED:
-    views._record = lambda *_args: None

@@ -31,9 +31,10 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=400, help="synthetic people imported")
     parser.add_argument("--clients", type=int, default=2 * b.CORES, help="concurrent clients (default 2 x cores)")
     parser.add_argument("--baseline-seconds", type=float, default=4.0)
+    b.add_argon2_option(parser)
     b.add_app_options(parser)
     args = parser.parse_args()
-    argon2 = b.PROD_ARGON2
+    argon2 = args.argon2
 
     b.say(f"api_bench  {b.machine_line()}")
     with b.Bench() as bench:

@@ -185,7 +185,8 @@ def portal_env(
 
     ``settings`` are PORTAL_ names without the prefix (HASH_CONCURRENCY=2, WORKERS=4, ...).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    # PORTAL_BENCH_ABLATE is the benchmark's own (bench/ablation_app.py), not a portal setting.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_") or k == "PORTAL_BENCH_ABLATE"}
     time_cost, memory_cost, parallelism = argon2
     values: dict[str, Any] = {
         "ENV": "testing",
@@ -603,6 +604,16 @@ def add_app_options(parser: Any) -> None:
         "--limit-store",
         default=BENCH_REDIS,
         help=f"limit store (default {BENCH_REDIS} as in production, memory:// when no Redis answers there)",
+    )
+
+
+def add_argon2_option(parser: Any) -> None:
+    parser.add_argument(
+        "--argon2",
+        default=PROD_ARGON2,
+        type=lambda text: tuple(int(x) for x in text.split(",")),
+        metavar="T,M,P",
+        help="Argon2id params (default the production 2,19456,1; 1,8,1 isolates the non-hash cost)",
     )
 
 

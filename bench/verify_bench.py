@@ -49,15 +49,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="PORTAL_THREADS (default: gunicorn_config's, 4)")
     parser.add_argument("--hash-slots", type=int, help="PORTAL_HASH_SLOTS, shared by the workers (default: cores)")
     parser.add_argument("--baseline-seconds", type=float, default=4.0)
-    parser.add_argument(
-        "--argon2",
-        default=",".join(map(str, b.PROD_ARGON2)),
-        metavar="T,M,P",
-        help="Argon2id params (default the production 2,19456,1; 1,8,1 isolates the non-hash cost)",
-    )
+    b.add_argon2_option(parser)
     b.add_app_options(parser)
     args = parser.parse_args()
-    argon2 = tuple(int(x) for x in args.argon2.split(","))
+    argon2 = args.argon2
     hash_slots = args.hash_slots or b.CORES
     hash_wait = args.hash_wait or b.PORTAL_DEFAULTS["HASH_WAIT_SECONDS"]
     seconds = args.seconds or (30.0 if args.full else 10.0)
