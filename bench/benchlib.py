@@ -5,7 +5,8 @@ What lives here, once, so the scripts differ only in what they measure:
 * ``Bench``: a cleanup stack (temp dirs, private PostgreSQL schemas, servers, child processes)
   that also runs on Ctrl+C and SIGTERM;
 * ``portal_env``: a PORTAL_* environment with freshly generated keys (ENV=testing);
-* ``Server``: ``gunicorn -c python:portal.gunicorn_config APP`` on a free loopback port;
+* ``Server``: ``gunicorn -c python:portal.gunicorn_config APP`` on a free loopback port
+  (deploy/launch.py, which the tests and the production rehearsal start theirs with too);
 * ``run_load``: a closed-loop load generator in separate processes (threads, each with a
   lean keep-alive HTTP/1.1 client on a plain socket), with ``GetPage`` and ``Lookup`` scenarios;
 * ``argon2_baseline``: N processes doing nothing but ``portal.identity.stretch``;
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import http.client
 import json
 import multiprocessing
 import os
@@ -43,10 +43,12 @@ from portal.config import DEFAULTS as PORTAL_DEFAULTS
 from portal.config import SECRET_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+from launch import Gunicorn, portal_environment, private_schema, stop_group  # noqa: E402 (deploy/ first)
+
 BENCH_DIR = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the venv's bin/ when run as .venv/bin/python bench/x.py
 PORTAL = str(BIN / "portal")
-GUNICORN = str(BIN / "gunicorn")
 CORES = os.cpu_count() or 1
 DEFAULT_PG_URL = os.environ.get("PORTAL_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -102,33 +104,9 @@ class Bench(contextlib.ExitStack):
         return f"sqlite:///{self.tempdir() / name}"
 
     def postgres_schema(self, base_url: str) -> str:
-        """A private schema on ``base_url`` (dropped at exit); returns a URL whose search_path is it."""
-        import sqlalchemy as sa
-
-        name = f"bench_{secrets.token_hex(5)}"
-        admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE SCHEMA {name}"))
-
-        def drop() -> None:
-            with admin.connect() as connection:
-                # Our servers are stopped by now (LIFO), but an interrupted run may leave one of its
-                # own connections inside a transaction: end those (tagged with our application_name
-                # only), then drop.
-                connection.execute(
-                    sa.text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE application_name = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": name},
-                )
-                connection.execute(sa.text("SET lock_timeout = '30s'"))
-                connection.execute(sa.text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
-            admin.dispose()
-
-        self.callback(drop)
-        url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={name}", "application_name": name})
-        return url.render_as_string(hide_password=False)
+        """A private schema on ``base_url`` (dropped at exit, after the servers that use it have
+        stopped); returns a URL whose search_path is it."""
+        return self.enter_context(private_schema(base_url, f"bench_{secrets.token_hex(5)}"))
 
     def database(self, database_url: str | None) -> str:
         """A fresh empty database: a temp SQLite file, or a private schema when a PostgreSQL URL is given."""
@@ -137,7 +115,7 @@ class Bench(contextlib.ExitStack):
     def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """A child in its own process group, killed (the group, by its id) at exit if still running."""
         proc = subprocess.Popen(args, start_new_session=True, **kwargs)
-        self.callback(stop_process_group, proc)
+        self.callback(stop_group, proc)
         return proc
 
 
@@ -147,22 +125,6 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise Interrupted(f"signal {signum}")
-
-
-def stop_process_group(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    """SIGTERM to the child's own process group, then SIGKILL to whatever is left of it."""
-    pgid = proc.pid  # start_new_session=True: the group id is the child's pid
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)  # stragglers (workers) of this group only
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
 
 
 def run_main(main: Callable[[], int]) -> None:
@@ -185,8 +147,6 @@ def portal_env(
 
     ``settings`` are PORTAL_ names without the prefix (HASH_CONCURRENCY=2, WORKERS=4, ...).
     """
-    # PORTAL_BENCH_ABLATE is the benchmark's own (bench/ablation_app.py), not a portal setting.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_") or k == "PORTAL_BENCH_ABLATE"}
     time_cost, memory_cost, parallelism = argon2
     values: dict[str, Any] = {
         "ENV": "testing",
@@ -203,10 +163,11 @@ def portal_env(
         "API_VERIFY_LIMIT_KEY": LOOSE_LIMIT,
         "API_VERIFY_LIMIT_CLIENT": LOOSE_LIMIT,
         "RATELIMIT_STORAGE_URI": "memory://",
+        # The benchmark's own switch (bench/ablation_app.py), carried through to the served app.
+        "BENCH_ABLATE": os.environ.get("PORTAL_BENCH_ABLATE"),
         **settings,
     }
-    env.update({f"PORTAL_{k}": str(v) for k, v in values.items() if v is not None})
-    return env
+    return portal_environment(values)
 
 
 def app_config(env: dict[str, str]) -> dict[str, Any]:
@@ -237,7 +198,7 @@ def portal(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
     try:
         stdout, stderr = proc.communicate()
     except BaseException:  # Ctrl+C or SIGTERM: the command (and its workers) must not outlive us
-        stop_process_group(proc, grace=5)
+        stop_group(proc, grace=5)
         raise
     done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check and done.returncode != 0:
@@ -536,55 +497,21 @@ def mib(value: float) -> str:
 # --- gunicorn ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``gunicorn -c python:portal.gunicorn_config APP`` with PORTAL_BIND on a free loopback port."""
+class Server(Gunicorn):
+    """The portal (or another ``APP``) under gunicorn, stopped with the benchmark's cleanup."""
 
     def __init__(self, bench: Bench, app: str, env: dict[str, str], log: Path, extra: Sequence[str] = ()) -> None:
-        self.port = free_port()
-        self.env = {**env, "PORTAL_BIND": f"127.0.0.1:{self.port}"}
-        self.log = log
-        self.workers = int(self.env.get("PORTAL_WORKERS", CORES))
-        self._log_stream = open(log, "wb")
-        bench.callback(self._log_stream.close)
-        args = [GUNICORN, "-c", "python:portal.gunicorn_config", *extra, app]
-        self.proc = bench.popen(args, cwd=ROOT, env=self.env, stdout=self._log_stream, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, path: str = "/", timeout: float = 60.0) -> Server:
-        """Every worker booted and ``path`` answers 200."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log_tail()}")
-            booted = self.log.read_text(errors="replace").count("Booting worker with pid")
-            if booted >= self.workers and self._get(path) == 200:
-                return self
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def _get(self, path: str) -> int:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            conn.request("GET", path)
-            status = conn.getresponse().status
-            conn.close()
-            return status
-        except OSError:
-            return 0
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        super().__init__(app, log, options=extra)
+        process = self.start(env).process
+        bench.callback(self.stop)
+        assert process is not None
+        self.pid = process.pid
 
     def pids(self) -> list[int]:
-        return process_tree(self.proc.pid)
+        return process_tree(self.pid)
 
     def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.proc.pid)
+        return tree_cpu_seconds(self.pid)
 
     def rss(self) -> int:
         return sum(rss_bytes(p) for p in self.pids())
@@ -592,7 +519,7 @@ class Server:
     def error_lines(self) -> list[str]:
         """Tracebacks and worker timeouts/crashes the server logged."""
         pattern = re.compile(r"Traceback|WORKER TIMEOUT|Worker .* was sent|\[ERROR\]|unhandled")
-        return [line for line in self.log.read_text(errors="replace").splitlines() if pattern.search(line)]
+        return [line for line in self.log_text().splitlines() if pattern.search(line)]
 
 
 def add_app_options(parser: Any) -> None:
@@ -912,7 +839,7 @@ def run_load(
         proc.start()
         procs.append(proc)
     result = LoadResult(clients, seconds, 0, [])
-    sampler = MemorySampler(server.proc.pid, interval=0.5)
+    sampler = MemorySampler(server.pid, interval=0.5)
     try:
         sampler.start()
         time.sleep(max(0.0, warm_end - time.time()))

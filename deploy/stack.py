@@ -14,13 +14,12 @@ a child process (no daemon, no system paths).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import http.client
 import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import sqlalchemy as sa
+from launch import Gunicorn, free_port, get_status, portal_environment, private_schema, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -40,54 +39,6 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HOST = "localhost"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _get_status(port: int, path: str = "/", tls: ssl.SSLContext | None = None) -> int:
-    """The status of one GET, 0 while nothing answers."""
-    try:
-        if tls:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=tls)
-        else:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", path, headers={"Host": HOST})
-        status = conn.getresponse().status
-        conn.close()
-        return status
-    except OSError:
-        return 0
-
-
-def _stop_group(process: subprocess.Popen[bytes], stop_signal: int = signal.SIGTERM, wait: float = 15) -> None:
-    """Stop a child started in its own session, and everything it forked."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, stop_signal)
-        process.wait(wait)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
-
-
-@dataclass
-class AppServer:
-    """One gunicorn server: ``PORTAL_BIND=127.0.0.1:port``, its own log."""
-
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-    booted_before: int = 0  # "Booting worker" lines already in the log: a restart appends to it
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @dataclass
@@ -108,7 +59,11 @@ class Stack:
         self.schema = f"stack_{secrets.token_hex(5)}"
         self.prefix = f"stack-{secrets.token_hex(5)}"
         self.https_port, self.http_port = free_port(), free_port()
-        self.app_servers = [AppServer(free_port(), self.dir / f"app{n}.log") for n in range(self.servers)]
+        self.app_servers = [
+            Gunicorn("portal:create_app()", self.dir / f"app{n}.log", cwd=self.dir) for n in range(self.servers)
+        ]
+        self.database_url = ""  # the private schema's, once load_data has made it
+        self.schema_kept = contextlib.ExitStack()  # until stop() drops it
         self.nginx_process: subprocess.Popen[bytes] | None = None
         self.people: list[dict[str, str]] = []
         self.references: dict[str, str] = {}
@@ -121,32 +76,22 @@ class Stack:
     def url(self) -> str:
         return f"https://{HOST}:{self.https_port}"
 
-    @property
-    def database_url(self) -> str:
-        url = sa.make_url(self.postgres_url).update_query_dict({"options": f"-csearch_path={self.schema}"})
-        return url.render_as_string(hide_password=False)
-
     def environment(self) -> dict[str, str]:
         """The app servers' and commands' PORTAL_* settings, as /etc/portal/portal.env holds them."""
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-        return {
-            **inherited,
-            "PORTAL_ENV": "production",
-            "PORTAL_DATABASE_URL": self.database_url,
-            "PORTAL_SECRET_KEY": self._keys["SECRET_KEY"],
-            "PORTAL_IDENTIFIER_KEY": self._keys["IDENTIFIER_KEY"],
-            "PORTAL_CODE_KEY": self._keys["CODE_KEY"],
-            "PORTAL_AUDIT_KEY": self._keys["AUDIT_KEY"],
-            "PORTAL_PROGRAMME_FILE": str(self.dir / "programme.toml"),
-            "PORTAL_RATELIMIT_STORAGE_URI": self.redis_url,
-            "PORTAL_RATELIMIT_KEY_PREFIX": self.prefix,
-            "PORTAL_RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": "false",
-            "PORTAL_TRUSTED_PROXIES": "1",
-            "PORTAL_TRUSTED_HOSTS": f'["{HOST}"]',
-            "PORTAL_WORKERS": str(self.workers),
-            "PORTAL_THREADS": str(self.threads),
-            **self.settings,
+        production = {
+            "ENV": "production",
+            "DATABASE_URL": self.database_url,
+            **self._keys,
+            "PROGRAMME_FILE": str(self.dir / "programme.toml"),
+            "RATELIMIT_STORAGE_URI": self.redis_url,
+            "RATELIMIT_KEY_PREFIX": self.prefix,
+            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": "false",
+            "TRUSTED_PROXIES": "1",
+            "TRUSTED_HOSTS": f'["{HOST}"]',
+            "WORKERS": self.workers,
+            "THREADS": self.threads,
         }
+        return {**portal_environment(production), **self.settings}
 
     @staticmethod
     def portal_command(*args: str) -> list[str]:
@@ -174,10 +119,7 @@ class Stack:
 
     def load_data(self) -> None:
         """Migrate, import the patients in two shards at once (as two machines would), then the codes."""
-        admin = sa.create_engine(self.postgres_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE SCHEMA {self.schema}"))
-        admin.dispose()
+        self.database_url = self.schema_kept.enter_context(private_schema(self.postgres_url, self.schema))
         shutil.copy(DEPLOY / "programme.example.toml", self.dir / "programme.toml")
         patients, codes = self.dir / "patients.csv", self.dir / "codes.csv"
         self.run_portal("db", "upgrade")
@@ -202,42 +144,14 @@ class Stack:
             with (self.dir / f"letters-{k}.csv").open(newline="", encoding="utf-8") as stream:
                 self.references.update((row["record_id"], row["reference"]) for row in csv.DictReader(stream))
 
-    def start_server(self, index: int) -> None:
-        server = self.app_servers[index]
-        env = {**self.environment(), "PORTAL_BIND": f"127.0.0.1:{server.port}"}
-        server.booted_before = server.log_text().count("Booting worker") if server.log.exists() else 0
-        with server.log.open("ab") as log:
-            server.process = subprocess.Popen(
-                [str(BIN / "gunicorn"), "-c", "python:portal.gunicorn_config", "portal:create_app()"],
-                env=env, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    def wait_for_server(self, index: int, timeout: float = 60) -> None:
-        """Every worker booted and the landing page answers."""
-        server = self.app_servers[index]
-        assert server.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"gunicorn on {server.port} exited:\n{server.log_text()[-3000:]}")
-            if (
-                server.log_text().count("Booting worker") >= server.booted_before + self.workers
-                and _get_status(server.port) == 200
-            ):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn on {server.port} not ready:\n{server.log_text()[-3000:]}")
-
     def kill_server(self, index: int) -> None:
         """The machine is gone: SIGKILL to the server and its workers, no goodbye."""
-        process = self.app_servers[index].process
-        assert process is not None
-        _stop_group(process, signal.SIGKILL)
+        self.app_servers[index].stop(signal.SIGKILL)
 
     def restart_server(self, index: int) -> None:
+        """Killed, then started again on its port: ready when every worker booted and the landing page answers."""
         self.kill_server(index)
-        self.start_server(index)
-        self.wait_for_server(index)
+        self.app_servers[index].start(self.environment()).wait_ready(host=HOST)
 
     def render_nginx_site(self) -> str:
         """deploy/nginx/portal.conf with this machine's ports and paths in place of the production ones."""
@@ -305,7 +219,7 @@ http {{
         deadline = time.monotonic() + timeout
         status = 0
         while time.monotonic() < deadline and self.nginx_process.poll() is None:
-            status = _get_status(self.https_port, tls=self.tls)
+            status = get_status(self.https_port, host=HOST, tls=self.tls)
             if status == 200:
                 return
             time.sleep(0.1)
@@ -321,10 +235,10 @@ http {{
         try:
             self.make_certificate()
             self.load_data()
-            for index in range(self.servers):
-                self.start_server(index)
-            for index in range(self.servers):
-                self.wait_for_server(index)
+            for server in self.app_servers:
+                server.start(self.environment())
+            for server in self.app_servers:
+                server.wait_ready(host=HOST)
             self.start_nginx()
         except BaseException:
             self.stop()
@@ -334,14 +248,10 @@ http {{
     def stop(self) -> None:
         """Stop nginx and the servers; drop the schema and the Redis keys; delete the directory."""
         if self.nginx_process is not None:
-            _stop_group(self.nginx_process, signal.SIGQUIT)
+            stop_group(self.nginx_process, signal.SIGQUIT, grace=15)
         for server in self.app_servers:
-            if server.process is not None:
-                _stop_group(server.process)
-        admin = sa.create_engine(self.postgres_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
-        admin.dispose()
+            server.stop(grace=15)
+        self.schema_kept.close()
         store = redis.Redis.from_url(self.redis_url)
         try:
             for key in store.scan_iter(match=f"{self.prefix}*"):

@@ -13,15 +13,14 @@ import os
 import re
 import secrets
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from launch import private_schema
 
 from portal import create_app, schema, services, synthetic
 from portal.extensions import db
@@ -105,27 +104,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
     yield from postgres_schema_url()
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on, for a server a test starts."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def postgres_schema_url() -> Iterator[str]:
     """A private schema on the test PostgreSQL, dropped afterwards, so tests never see each other."""
-    name = f"t_{secrets.token_hex(6)}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"CREATE SCHEMA {name}"))
-    options = f"-csearch_path={name} {LOCK_TIMEOUTS}"
-    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": options})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
+    with private_schema(POSTGRES_URL, f"t_{secrets.token_hex(6)}", LOCK_TIMEOUTS) as url:
+        yield url
 
 
 PROGRAMME_TOML = """

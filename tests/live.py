@@ -7,24 +7,17 @@ several threads each, simultaneous requests over real sockets.
 from __future__ import annotations
 
 import http.client
-import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from conftest import free_port
+from launch import Gunicorn, portal_environment
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 
 
@@ -35,37 +28,24 @@ class Answer:
     body: str
 
 
+def server_environment(config: dict[str, Any], workers: int, threads: int) -> dict[str, str]:
+    """A test app's configuration as a server's PORTAL_* environment, less Flask's TESTING: with it an
+    error would propagate to gunicorn instead of being answered as production answers it."""
+    settings = {name: value for name, value in config.items() if name != "TESTING"}
+    return portal_environment({**settings, "WORKERS": workers, "THREADS": threads})
+
+
 class LiveServer:
     """``gunicorn -c python:portal.gunicorn_config wsgi:app`` on a free loopback port."""
 
     def __init__(self, log_path: Path, config: dict[str, Any], workers: int = 2, threads: int = 4) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-        for name, value in config.items():
-            if value is not None and name != "TESTING":
-                env[f"PORTAL_{name}"] = value if isinstance(value, str) else json.dumps(value)
-        env.update(PORTAL_BIND=f"127.0.0.1:{self.port}", PORTAL_WORKERS=str(workers), PORTAL_THREADS=str(threads))
-        self.workers = workers
-        self._log = open(log_path, "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [GUNICORN, "-c", "python:portal.gunicorn_config", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.server = Gunicorn("wsgi:app", log_path).start(server_environment(config, workers, threads))
+        self.port = self.server.port
 
     def wait_ready(self, host: str = "127.0.0.1", timeout: float = 60) -> LiveServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited {self.process.returncode}:\n{self.log()}")
-            if self.log().count("Booting worker") >= self.workers:
-                try:
-                    if self.request("GET", "/", headers={"Host": host}).status == 200:
-                        return self
-                except OSError:
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn not ready:\n{self.log()}")
+        """Every worker booted and the landing page answers ``host``."""
+        self.server.wait_ready(host=host, timeout=timeout)
+        return self
 
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
@@ -91,17 +71,10 @@ class LiveServer:
         return received.split(b"\r\n", 1)[0]
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.server.log_text()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        self.server.stop(grace=20)
 
 
 @dataclass

@@ -8,11 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, create_api_key, free_port, import_patients, make_app, numbered, patient_row
+from conftest import REDIS_URL, create_api_key, import_patients, make_app, numbered, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from launch import free_port
 from sqlalchemy import update
 
 from portal import services

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import free_port
+from launch import free_port
 
 
 def test_the_demo_loads_synthetic_people_and_serves_the_site(tmp_path: Path) -> None:

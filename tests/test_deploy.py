@@ -3,20 +3,18 @@ and proxy, unit and environment files that agree with the portal they serve."""
 
 from __future__ import annotations
 
-import os
 import re
 import runpy
 import secrets
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, production_variables
+from conftest import production_variables
+from launch import Gunicorn, ServerExited, portal_environment
 
 from portal import identity
 from portal.config import DEFAULTS, ConfigError, check_config
@@ -85,62 +83,41 @@ def test_development_may_count_in_memory() -> None:
 @pytest.fixture
 def production_environment(tmp_path: Path) -> dict[str, str]:
     """PORTAL_* variables of a production server on SQLite with per-process limits."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    return {
-        **inherited,
-        **production_variables(
-            tmp_path,
-            RATELIMIT_STORAGE_URI="memory://",
-            TRUSTED_HOSTS='["127.0.0.1"]',
-            BIND=f"127.0.0.1:{free_port()}",
-        ),
-    }
+    variables = production_variables(tmp_path, RATELIMIT_STORAGE_URI="memory://", TRUSTED_HOSTS='["127.0.0.1"]')
+    return {**portal_environment({}), **variables}
 
 
-def serve(environment: dict[str, str], *options: str, timeout: float = 30) -> tuple[int | None, str]:
+def serve(environment: dict[str, str], log: Path, *options: str) -> tuple[int | None, str]:
     """Start ``gunicorn -c python:portal.gunicorn_config`` as production does: (exit status or None if it
     served the landing page, its log). The server is stopped either way."""
-    process = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "python:portal.gunicorn_config", *options, "portal:create_app()"],
-        env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://{environment['PORTAL_BIND']}/"
+    server = Gunicorn("portal:create_app()", log, options=options).start(environment)
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as answer:
-                    if answer.status == 200:
-                        return None, ""
-            except OSError:
-                time.sleep(0.2)
-        if process.poll() is None:
-            raise AssertionError("gunicorn neither served nor exited")
-        return process.returncode, process.communicate()[0]
+        server.wait_ready(every_worker=False, timeout=30)
+        return None, ""
+    except ServerExited as exited:
+        return exited.returncode, server.log_text()
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.communicate(timeout=30)
+        server.stop(grace=30)
 
 
 def test_gunicorn_with_several_workers_refuses_to_start_on_per_process_limits(
-    production_environment: dict[str, str],
+    production_environment: dict[str, str], tmp_path: Path
 ) -> None:
     """The issue's case: the README's production command on a 2-core server, limits left at memory://."""
-    status, log = serve({**production_environment, "PORTAL_WORKERS": "2"})
+    status, log = serve({**production_environment, "PORTAL_WORKERS": "2"}, tmp_path / "gunicorn.log")
     assert status not in (None, 0)
     assert "PORTAL_RATELIMIT_STORAGE_URI is memory://" in log
 
 
 def test_gunicorn_tells_the_app_its_worker_count_even_when_given_on_the_command_line(
-    production_environment: dict[str, str],
+    production_environment: dict[str, str], tmp_path: Path
 ) -> None:
     single = {**production_environment, "PORTAL_SINGLE_PROCESS": "true", "PORTAL_WORKERS": "1"}
-    status, log = serve(single, "--workers", "3")
+    status, log = serve(single, tmp_path / "three.log", "--workers", "3")
     assert status not in (None, 0)
     assert "gunicorn runs 3 workers" in log
     # The contrast: the same declared single process, really one worker, serves.
-    assert serve(single) == (None, "")
+    assert serve(single, tmp_path / "one.log") == (None, "")
 
 
 # --- deploy/ ---------------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import free_port, import_patients, make_app, numbered, patient_row
+from conftest import import_patients, make_app, numbered, patient_row
 from flask import Flask, request
 from flask.testing import FlaskClient
+from launch import free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 

@@ -4,12 +4,8 @@ down, and summed over every gunicorn worker."""
 from __future__ import annotations
 
 import http.cookiejar
-import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, free_port, import_patients, make_app, make_config, patient_row
+from conftest import REDIS_URL, import_patients, make_app, make_config, patient_row
 from flask import Flask
+from launch import Gunicorn
+from live import server_environment
 from prometheus_client.mmap_dict import MmapedDict
 from test_faults import PrivateCluster, PrivateRedis, private_postgres, private_redis  # noqa: F401 (fixtures)
 
@@ -31,8 +29,6 @@ from portal import services
 from portal.extensions import db
 from portal.importer import import_codes
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 
 
@@ -88,36 +84,15 @@ def test_readyz_with_redis_down(private_redis: PrivateRedis, database_url: str) 
 
 @contextmanager
 def gunicorn(config: dict[str, Any], metrics_dir: Path, log: Path) -> Iterator[str]:
-    """The portal under ``gunicorn -c python:portal.gunicorn_config`` with two workers of two threads."""
-    port = free_port()
-    env = {
-        **os.environ,
-        **{f"PORTAL_{k}": v if isinstance(v, str) else str(v) for k, v in config.items() if k != "TESTING"},
-        "PORTAL_BIND": f"127.0.0.1:{port}",
-        "PORTAL_WORKERS": "2",
-        "PORTAL_THREADS": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", "python:portal.gunicorn_config", "wsgi:app"], cwd=ROOT, env=env, stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    """The portal under ``gunicorn -c python:portal.gunicorn_config`` with two workers of two threads,
+    its metrics in ``metrics_dir``; ready as soon as one worker answers."""
+    env = {**server_environment(config, workers=2, threads=2), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    server = Gunicorn("wsgi:app", log).start(env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(log.read_text(errors="replace")[-3000:]) from None
-                time.sleep(0.1)
-        yield url
+        server.wait_ready("/healthz", every_worker=False, timeout=30)
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        server.stop(grace=30)
 
 
 class Visitor:
