@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from portal.identity import share_hashing_slots
+from portal.identity import MAX_SERVER_WORKERS, share_hashing_slots
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PORTAL_WORKERS", multiprocessing.cpu_count()))
@@ -43,10 +43,13 @@ errorlog = "-"
 control_socket_disable = True
 
 
-def nworkers_changed(_server: Any, new_value: int, _old_value: int | None) -> None:
+def nworkers_changed(_server: Any, new_value: int, old_value: int | None) -> None:
     """Keep the workers' view of the count true: gunicorn calls this with the final count before any
     worker starts (after command-line options such as ``-w``, and before ``--preload`` loads the
-    app) and again when TTIN/TTOU signals change it, so a worker added later checks the new count."""
+    app) and again when TTIN/TTOU signals change it, so a worker added later checks the new count.
+    More workers than the hashing slots' accounting tracks are refused at start."""
+    if old_value is None and new_value > MAX_SERVER_WORKERS:
+        raise SystemExit(f"{new_value} workers asked: one server runs at most {MAX_SERVER_WORKERS}")
     os.environ["PORTAL_WORKERS"] = str(new_value)
 
 

@@ -250,6 +250,9 @@ class HashingBusy(Exception):
     """Every hashing slot stayed taken for the whole wait: the portal is over capacity; retry later."""
 
 
+MAX_SERVER_WORKERS = 1024  # worker processes one server's slot accounting can track (gunicorn refuses more)
+
+
 class ServerSlots:
     """Hashing slots shared by every worker process of one server, so they follow the load.
 
@@ -260,7 +263,7 @@ class ServerSlots:
     the master can give back the slots of a worker that died holding them (``reclaim``).
     """
 
-    def __init__(self, count: int, max_workers: int = 256) -> None:
+    def __init__(self, count: int, max_workers: int = MAX_SERVER_WORKERS) -> None:
         self.count = count
         self._free = multiprocessing.BoundedSemaphore(count)
         # No lock shared between processes: a worker killed while holding one would leave the master

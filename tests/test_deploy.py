@@ -18,6 +18,7 @@ from launch import Gunicorn, ServerExited, portal_environment
 
 from portal import identity
 from portal.config import DEFAULTS, ConfigError, check_config
+from portal.identity import MAX_SERVER_WORKERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -118,6 +119,15 @@ def test_gunicorn_tells_the_app_its_worker_count_even_when_given_on_the_command_
     assert "gunicorn runs 3 workers" in log
     # The contrast: the same declared single process, really one worker, serves.
     assert serve(single, tmp_path / "one.log") == (None, "")
+
+
+def test_gunicorn_refuses_more_workers_than_its_hashing_slots_track(
+    production_environment: dict[str, str], tmp_path: Path
+) -> None:
+    """The slots' per-worker accounting has a fixed size: beyond it a worker would fail at fork."""
+    status, log = serve(production_environment, tmp_path / "many.log", "--workers", str(MAX_SERVER_WORKERS + 1))
+    assert status not in (None, 0)
+    assert f"one server runs at most {MAX_SERVER_WORKERS}" in log
 
 
 # --- deploy/ ---------------------------------------------------------------------------------------
