@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.identity import Keyring
 from portal.models import ActivationCode, Patient, utcnow
+from portal.sealing import Sealer
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]{3,63}")
 PRODUCT_MAX = 80
@@ -50,26 +50,24 @@ class ClaimedCode:
 
 
 class CodeCipher:
-    """AES-256-GCM for codes at rest, with a keyed digest to find duplicates without the plaintext."""
+    """Codes at rest: sealed, and bound to a keyed digest that finds duplicates without the plaintext."""
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
-        self._aead = {v: AESGCM(keyring.subkey("code-encryption", v)) for v in keyring.keys}
+        self._sealer = Sealer(keyring, "code-encryption")
         self._index_key = keyring.subkey("code-index")
 
     def digest(self, code: str) -> bytes:
         return hmac.new(self._index_key, code.encode("ascii"), hashlib.sha256).digest()
 
     def seal(self, code: str) -> ActivationCode:
-        """A new pool row for ``code``; the digest is the associated data, binding ciphertext to row."""
+        """A new pool row for ``code``; the digest is the sealing context, binding ciphertext to row."""
         digest = self.digest(code)
-        nonce = secrets.token_bytes(12)
-        sealed = nonce + self._aead[self.keyring.current_version].encrypt(nonce, code.encode("ascii"), digest)
-        return ActivationCode(code_digest=digest, ciphertext=sealed, key_version=self.keyring.current_version)
+        ciphertext, version = self._sealer.seal(code, digest)
+        return ActivationCode(code_digest=digest, ciphertext=ciphertext, key_version=version)
 
     def open(self, row: ActivationCode) -> str:
-        sealed = row.ciphertext
-        return self._aead[row.key_version].decrypt(sealed[:12], sealed[12:], row.code_digest).decode("ascii")
+        return self._sealer.open(row.ciphertext, row.key_version, row.code_digest)
 
 
 def normalise_code(text: str) -> str:
