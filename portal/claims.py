@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Update, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.identity import Keyring
 from portal.models import ActivationCode, Patient, utcnow
-from portal.sealing import Sealer
+from portal.sealing import RESEAL_BATCH, Sealer, reseal_stale
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]{3,63}")
 PRODUCT_MAX = 80
@@ -163,25 +163,20 @@ def pool_status(session: Session, today: date | None = None) -> PoolStatus:
     return PoolStatus(total, claimed, available)
 
 
-def rotate_code_key(session: Session, cipher: CodeCipher, batch_size: int = 500) -> int:
+def reseal_codes(session: Session, cipher: CodeCipher, batch_size: int = RESEAL_BATCH) -> int:
     """Re-seal every code still under an older key version with the current one; return how many.
 
-    Resumable: each batch commits, and a rerun picks up whatever is still on an old version.
     The digest is recomputed too, since the index key is derived from the same master key.
     """
+
+    def reseal(row: ActivationCode) -> Update:
+        fresh = cipher.seal(cipher.open(row))
+        return (
+            update(ActivationCode)
+            .where(ActivationCode.id == row.id, ActivationCode.ciphertext == row.ciphertext)
+            .values(code_digest=fresh.code_digest, ciphertext=fresh.ciphertext, key_version=fresh.key_version)
+        )
+
     current = cipher.keyring.current_version
-    resealed = 0
-    while True:
-        rows = session.scalars(
-            select(ActivationCode)
-            .where(ActivationCode.key_version != current)
-            .order_by(ActivationCode.id)
-            .limit(batch_size)
-        ).all()
-        if not rows:
-            return resealed
-        for row in rows:
-            fresh = cipher.seal(cipher.open(row))
-            row.code_digest, row.ciphertext, row.key_version = fresh.code_digest, fresh.ciphertext, fresh.key_version
-        session.commit()
-        resealed += len(rows)
+    stale = select(ActivationCode).where(ActivationCode.key_version != current).order_by(ActivationCode.id)
+    return reseal_stale(session, stale, reseal, batch_size)

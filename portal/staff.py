@@ -4,9 +4,9 @@
   parameters rise). An unknown or disabled username is checked against a dummy hash, so a
   failed login does the same work whoever it names.
 * TOTP (RFC 6238, 30-second steps, one step of clock drift either way): the secret is sealed
-  under the code key (``portal/sealing.py``), bound to the username. The last accepted step is
-  stored, so a code is accepted once only — a conditional UPDATE makes that hold between
-  concurrent logins.
+  under the code key (``portal/sealing.py``), bound to the username, and re-sealed by
+  ``portal rotate-code-key``. The last accepted step is stored, so a code is accepted once
+  only — a conditional UPDATE makes that hold between concurrent logins.
 * ``session_version`` ends every session of a person when bumped (logout, disable, MFA reset).
 """
 
@@ -22,11 +22,11 @@ from functools import cache
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.orm import Session
 
 from portal.models import Staff
-from portal.sealing import Sealer
+from portal.sealing import RESEAL_BATCH, Sealer, reseal_stale
 
 ROLES = ("agent", "supervisor")
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -187,3 +187,18 @@ def authenticate(
 
 def list_staff(session: Session) -> list[Staff]:
     return list(session.scalars(select(Staff).order_by(Staff.username)))
+
+
+def reseal_totp_secrets(session: Session, totp: Sealer, batch_size: int = RESEAL_BATCH) -> int:
+    """Re-seal every TOTP secret still under an older code-key version with the current one; return how many."""
+
+    def reseal(staff: Staff) -> Update:
+        sealed, version = totp.seal(_totp_secret(totp, staff), staff.username.encode())
+        return (
+            update(Staff)
+            .where(Staff.id == staff.id, Staff.totp_secret == staff.totp_secret)
+            .values(totp_secret=sealed, totp_key_version=version)
+        )
+
+    stale = select(Staff).where(Staff.totp_key_version != totp.keyring.current_version).order_by(Staff.id)
+    return reseal_stale(session, stale, reseal, batch_size)
