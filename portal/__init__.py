@@ -21,7 +21,8 @@ from portal.config import load_config
 from portal.extensions import babel, csrf, db
 from portal.identity import Argon2Params, IdentifierHasher, Keyring
 from portal.programme import Programme, load_programme
-from portal.staff import TotpCipher
+from portal.sealing import Sealer
+from portal.staff import TOTP_PURPOSE
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -38,7 +39,7 @@ class Services:
 
     hasher: IdentifierHasher
     cipher: CodeCipher
-    totp: TotpCipher
+    totp: Sealer
     audit: AuditChain
     programme: Programme
 
@@ -55,6 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         instance_relative_config=True,
     )
     load_config(app, test_config)
+    code_key = Keyring.from_config(app.config, "CODE_KEY")
     app.extensions["portal"] = Services(
         hasher=IdentifierHasher(
             Keyring.from_config(app.config, "IDENTIFIER_KEY"),
@@ -63,8 +65,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             wait_seconds=app.config["HASH_WAIT_SECONDS"],
             on_slot_wait=metrics.observe_hash_slot,
         ),
-        cipher=CodeCipher(Keyring.from_config(app.config, "CODE_KEY")),
-        totp=TotpCipher(Keyring.from_config(app.config, "CODE_KEY")),
+        cipher=CodeCipher(code_key),
+        totp=Sealer(code_key, TOTP_PURPOSE),
         audit=AuditChain.from_config(app.config),
         programme=load_programme(app.config["PROGRAMME_FILE"]),
     )

@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Update, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.identity import Keyring
 from portal.models import ActivationCode, Patient, utcnow
+from portal.sealing import RESEAL_BATCH, Sealer, reseal_stale
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]{3,63}")
 PRODUCT_MAX = 80
@@ -50,26 +50,24 @@ class ClaimedCode:
 
 
 class CodeCipher:
-    """AES-256-GCM for codes at rest, with a keyed digest to find duplicates without the plaintext."""
+    """Codes at rest: sealed, and bound to a keyed digest that finds duplicates without the plaintext."""
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
-        self._aead = {v: AESGCM(keyring.subkey("code-encryption", v)) for v in keyring.keys}
+        self._sealer = Sealer(keyring, "code-encryption")
         self._index_key = keyring.subkey("code-index")
 
     def digest(self, code: str) -> bytes:
         return hmac.new(self._index_key, code.encode("ascii"), hashlib.sha256).digest()
 
     def seal(self, code: str) -> ActivationCode:
-        """A new pool row for ``code``; the digest is the associated data, binding ciphertext to row."""
+        """A new pool row for ``code``; the digest is the sealing context, binding ciphertext to row."""
         digest = self.digest(code)
-        nonce = secrets.token_bytes(12)
-        sealed = nonce + self._aead[self.keyring.current_version].encrypt(nonce, code.encode("ascii"), digest)
-        return ActivationCode(code_digest=digest, ciphertext=sealed, key_version=self.keyring.current_version)
+        ciphertext, version = self._sealer.seal(code, digest)
+        return ActivationCode(code_digest=digest, ciphertext=ciphertext, key_version=version)
 
     def open(self, row: ActivationCode) -> str:
-        sealed = row.ciphertext
-        return self._aead[row.key_version].decrypt(sealed[:12], sealed[12:], row.code_digest).decode("ascii")
+        return self._sealer.open(row.ciphertext, row.key_version, row.code_digest)
 
 
 def normalise_code(text: str) -> str:
@@ -165,25 +163,20 @@ def pool_status(session: Session, today: date | None = None) -> PoolStatus:
     return PoolStatus(total, claimed, available)
 
 
-def rotate_code_key(session: Session, cipher: CodeCipher, batch_size: int = 500) -> int:
+def reseal_codes(session: Session, cipher: CodeCipher, batch_size: int = RESEAL_BATCH) -> int:
     """Re-seal every code still under an older key version with the current one; return how many.
 
-    Resumable: each batch commits, and a rerun picks up whatever is still on an old version.
     The digest is recomputed too, since the index key is derived from the same master key.
     """
+
+    def reseal(row: ActivationCode) -> Update:
+        fresh = cipher.seal(cipher.open(row))
+        return (
+            update(ActivationCode)
+            .where(ActivationCode.id == row.id, ActivationCode.ciphertext == row.ciphertext)
+            .values(code_digest=fresh.code_digest, ciphertext=fresh.ciphertext, key_version=fresh.key_version)
+        )
+
     current = cipher.keyring.current_version
-    resealed = 0
-    while True:
-        rows = session.scalars(
-            select(ActivationCode)
-            .where(ActivationCode.key_version != current)
-            .order_by(ActivationCode.id)
-            .limit(batch_size)
-        ).all()
-        if not rows:
-            return resealed
-        for row in rows:
-            fresh = cipher.seal(cipher.open(row))
-            row.code_digest, row.ciphertext, row.key_version = fresh.code_digest, fresh.ciphertext, fresh.key_version
-        session.commit()
-        resealed += len(rows)
+    stale = select(ActivationCode).where(ActivationCode.key_version != current).order_by(ActivationCode.id)
+    return reseal_stale(session, stale, reseal, batch_size)

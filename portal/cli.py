@@ -18,13 +18,14 @@ import segno
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 from werkzeug.serving import run_simple
 
 from portal import create_app, retention, schema, services, stats, synthetic
 from portal.api import keys as api_keys
 from portal.audit import head_hash
-from portal.claims import pool_status, rotate_code_key
+from portal.claims import pool_status, reseal_codes
 from portal.config import write_development_secrets
 from portal.events import Event, record
 from portal.extensions import db
@@ -41,6 +42,7 @@ from portal.importer import (
 )
 from portal.letters import LetterVault, export_requested
 from portal.models import Patient, Staff
+from portal.sealing import RESEAL_BATCH
 from portal.staff import (
     ROLES,
     StaffError,
@@ -48,6 +50,7 @@ from portal.staff import (
     disable_staff,
     find_staff,
     list_staff,
+    reseal_totp_secrets,
     reset_mfa,
 )
 from portal.throttle import limit_store
@@ -281,13 +284,24 @@ def import_codes_command(path: str, dry_run: bool) -> None:
     finish("import-codes", report, time.monotonic() - started, dry_run)
 
 
+def rotate_code_key(session: Session, batch_size: int = RESEAL_BATCH) -> tuple[int, int]:
+    """Re-seal everything still under an older code-key version: the codes, then the staff TOTP
+    secrets. Returns how many of each; a rerun after a crash finishes the job."""
+    codes = reseal_codes(session, services().cipher, batch_size)
+    return codes, reseal_totp_secrets(session, services().totp, batch_size)
+
+
 @click.command("rotate-code-key")
 @with_appcontext
 def rotate_code_key_command() -> None:
-    """Re-encrypt the code pool under PORTAL_CODE_KEY (old rows opened with PORTAL_CODE_KEY_PREVIOUS)."""
-    resealed = rotate_code_key(db.session, services().cipher)
+    """Re-encrypt the code pool and the staff TOTP secrets under PORTAL_CODE_KEY (old values opened
+    with PORTAL_CODE_KEY_PREVIOUS, which may be removed once this has run to the end)."""
+    codes, totp_secrets = rotate_code_key(db.session)
     cli_event("rotate-code-key", "success")
-    click.echo(f"{resealed:,} codes re-encrypted under key version {services().cipher.keyring.current_version}")
+    click.echo(
+        f"{codes:,} codes and {totp_secrets:,} staff TOTP secrets re-encrypted"
+        f" under key version {services().cipher.keyring.current_version}"
+    )
 
 
 # --- Running the programme -----------------------------------------------------------------------

@@ -10,46 +10,40 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from collections.abc import Iterator
 from datetime import date
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from portal.identity import IdentifierHasher, format_reference
 from portal.models import LetterRecord, Patient, utcnow
+from portal.sealing import Sealer
 
 
 class LetterVault:
     """The locate hash and the sealed record id, each under its own subkey of the identifier key."""
 
     def __init__(self, hasher: IdentifierHasher) -> None:
-        keyring = hasher.keyring
         self.hasher = hasher
-        self.version = keyring.current_version
-        self._locate_key = keyring.subkey("letter-locate")
-        self._aead = {v: AESGCM(keyring.subkey("letter-record", v)) for v in keyring.keys}
+        self._locate_key = hasher.keyring.subkey("letter-locate")
+        self._sealer = Sealer(hasher.keyring, "letter-record")
 
     def locate_digest(self, last_name: str, date_of_birth: date, zip_code: str) -> bytes:
         message = "\x1f".join((last_name, date_of_birth.isoformat(), zip_code)).encode("utf-8")
         return hmac.new(self._locate_key, message, hashlib.sha256).digest()
 
-    def seal(self, record_id: str, patient_ref: str) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._aead[self.version].encrypt(nonce, record_id.encode("utf-8"), patient_ref.encode())
-
     def open(self, row: LetterRecord, patient_ref: str) -> str:
-        sealed = row.sealed_record_id
-        return self._aead[row.key_version].decrypt(sealed[:12], sealed[12:], patient_ref.encode()).decode("utf-8")
+        """The record id, sealed bound to its patient's public id."""
+        return self._sealer.open(row.sealed_record_id, row.key_version, patient_ref.encode())
 
     def record(self, patient: Patient, record_id: str, last_name: str, born: date, zip_code: str) -> LetterRecord:
+        sealed, version = self._sealer.seal(record_id, patient.public_id.encode())
         return LetterRecord(
             patient_id=patient.id,
             locate_digest=self.locate_digest(last_name, born, zip_code),
-            sealed_record_id=self.seal(record_id, patient.public_id),
-            key_version=self.version,
+            sealed_record_id=sealed,
+            key_version=version,
         )
 
 

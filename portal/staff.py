@@ -4,8 +4,9 @@
   parameters rise). An unknown or disabled username is checked against a dummy hash, so a
   failed login does the same work whoever it names.
 * TOTP (RFC 6238, 30-second steps, one step of clock drift either way): the secret is sealed
-  with AES-256-GCM under a subkey of the code key, and the last accepted step is stored, so a
-  code is accepted once only — a conditional UPDATE makes that hold between concurrent logins.
+  under the code key (``portal/sealing.py``), bound to the username, and re-sealed by
+  ``portal rotate-code-key``. The last accepted step is stored, so a code is accepted once
+  only — a conditional UPDATE makes that hold between concurrent logins.
 * ``session_version`` ends every session of a person when bumped (logout, disable, MFA reset).
 """
 
@@ -21,12 +22,11 @@ from functools import cache
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.orm import Session
 
-from portal.identity import Keyring
 from portal.models import Staff
+from portal.sealing import RESEAL_BATCH, Sealer, reseal_stale
 
 ROLES = ("agent", "supervisor")
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -35,6 +35,7 @@ PASSWORD_MAX = 128
 TOTP_STEP = 30
 TOTP_DRIFT_STEPS = 1
 ISSUER = "Patient portal console"
+TOTP_PURPOSE = "staff-totp"  # the code key's subkey that seals TOTP secrets
 
 passwords = PasswordHasher()
 
@@ -61,23 +62,6 @@ def check_new_password(password: str) -> None:
         raise StaffError(f"a password is {PASSWORD_MIN} to {PASSWORD_MAX} characters long")
 
 
-class TotpCipher:
-    """Seals TOTP secrets at rest; the username is bound in as associated data."""
-
-    def __init__(self, keyring: Keyring) -> None:
-        self.keyring = keyring
-        self._aead = {v: AESGCM(keyring.subkey("staff-totp", v)) for v in keyring.keys}
-
-    def seal(self, username: str, secret: str) -> tuple[bytes, int]:
-        nonce = secrets.token_bytes(12)
-        version = self.keyring.current_version
-        return nonce + self._aead[version].encrypt(nonce, secret.encode("ascii"), username.encode()), version
-
-    def open(self, staff: Staff) -> str:
-        sealed = staff.totp_secret
-        return self._aead[staff.totp_key_version].decrypt(sealed[:12], sealed[12:], staff.username.encode()).decode()
-
-
 @dataclass(frozen=True)
 class Enrolment:
     """What a new account's holder is given once: the initial password and the TOTP URI."""
@@ -87,14 +71,18 @@ class Enrolment:
     otpauth_uri: str
 
 
-def _new_totp(cipher: TotpCipher, staff: Staff) -> str:
+def _new_totp(totp: Sealer, staff: Staff) -> str:
     secret = pyotp.random_base32()
-    staff.totp_secret, staff.totp_key_version = cipher.seal(staff.username, secret)
+    staff.totp_secret, staff.totp_key_version = totp.seal(secret, staff.username.encode())
     staff.last_totp_step = 0
     return pyotp.TOTP(secret).provisioning_uri(name=staff.username, issuer_name=ISSUER)
 
 
-def create_staff(session: Session, cipher: TotpCipher, username: str, role: str) -> Enrolment:
+def _totp_secret(totp: Sealer, staff: Staff) -> str:
+    return totp.open(staff.totp_secret, staff.totp_key_version, staff.username.encode())
+
+
+def create_staff(session: Session, totp: Sealer, username: str, role: str) -> Enrolment:
     name = normalise_username(username)
     if role not in ROLES:
         raise StaffError(f"role must be one of {', '.join(ROLES)}")
@@ -102,7 +90,7 @@ def create_staff(session: Session, cipher: TotpCipher, username: str, role: str)
         raise StaffError("that username is taken")
     password = secrets.token_urlsafe(12)
     staff = Staff(username=name, role=role, password_hash=passwords.hash(password), must_change_password=True)
-    uri = _new_totp(cipher, staff)
+    uri = _new_totp(totp, staff)
     session.add(staff)
     session.commit()
     return Enrolment(staff, password, uri)
@@ -127,14 +115,14 @@ def disable_staff(session: Session, staff: Staff) -> None:
     end_sessions(session, staff)
 
 
-def reset_mfa(session: Session, cipher: TotpCipher, staff: Staff) -> tuple[str, str]:
+def reset_mfa(session: Session, totp: Sealer, staff: Staff) -> tuple[str, str]:
     """A new TOTP secret (the old authenticator stops working) and a new password to change at login.
 
     Returns the password and the otpauth URI; every session of the account ends."""
     password = secrets.token_urlsafe(12)
     staff.password_hash = passwords.hash(password)
     staff.must_change_password = True
-    uri = _new_totp(cipher, staff)
+    uri = _new_totp(totp, staff)
     end_sessions(session, staff)
     return password, uri
 
@@ -167,7 +155,7 @@ def _totp_step(secret: str, code: str, now: float) -> int | None:
 
 
 def authenticate(
-    session: Session, cipher: TotpCipher, username: str, password: str, code: str, now: float | None = None
+    session: Session, totp: Sealer, username: str, password: str, code: str, now: float | None = None
 ) -> Staff | None:
     """The staff member when all three factors hold; None for every kind of failure alike."""
     try:
@@ -180,7 +168,7 @@ def authenticate(
     password_ok = _password_matches(stored, password)
     if not (usable and password_ok and staff):
         return None
-    step = _totp_step(cipher.open(staff), code, time.time() if now is None else now)
+    step = _totp_step(_totp_secret(totp, staff), code, time.time() if now is None else now)
     if step is None:
         return None
     # Conditional: of two logins with the same code, or a replay within its window, one wins.
@@ -199,3 +187,18 @@ def authenticate(
 
 def list_staff(session: Session) -> list[Staff]:
     return list(session.scalars(select(Staff).order_by(Staff.username)))
+
+
+def reseal_totp_secrets(session: Session, totp: Sealer, batch_size: int = RESEAL_BATCH) -> int:
+    """Re-seal every TOTP secret still under an older code-key version with the current one; return how many."""
+
+    def reseal(staff: Staff) -> Update:
+        sealed, version = totp.seal(_totp_secret(totp, staff), staff.username.encode())
+        return (
+            update(Staff)
+            .where(Staff.id == staff.id, Staff.totp_secret == staff.totp_secret)
+            .values(totp_secret=sealed, totp_key_version=version)
+        )
+
+    stale = select(Staff).where(Staff.totp_key_version != totp.keyring.current_version).order_by(Staff.id)
+    return reseal_stale(session, stale, reseal, batch_size)
