@@ -42,7 +42,7 @@ from portal.importer import (
 )
 from portal.letters import LetterVault, export_requested
 from portal.models import Patient, Staff
-from portal.sealing import RESEAL_BATCH
+from portal.sealing import RESEAL_BATCH, KeyVersionMissing
 from portal.staff import (
     ROLES,
     StaffError,
@@ -296,7 +296,14 @@ def rotate_code_key(session: Session, batch_size: int = RESEAL_BATCH) -> tuple[i
 def rotate_code_key_command() -> None:
     """Re-encrypt the code pool and the staff TOTP secrets under PORTAL_CODE_KEY (old values opened
     with PORTAL_CODE_KEY_PREVIOUS, which may be removed once this has run to the end)."""
-    codes, totp_secrets = rotate_code_key(db.session)
+    try:
+        codes, totp_secrets = rotate_code_key(db.session)
+    except KeyVersionMissing as missing:
+        # The old key was removed before the rotation finished: what is done so far is kept.
+        raise click.ClickException(
+            f"some values are still sealed under code-key version {missing.version}, which is not configured:"
+            f" set that key again as PORTAL_CODE_KEY_PREVIOUS and run rotate-code-key again"
+        ) from None
     cli_event("rotate-code-key", "success")
     click.echo(
         f"{codes:,} codes and {totp_secrets:,} staff TOTP secrets re-encrypted"

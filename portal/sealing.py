@@ -23,6 +23,14 @@ RESEAL_BATCH = 500  # rows re-sealed per transaction
 Model = TypeVar("Model")
 
 
+class KeyVersionMissing(LookupError):
+    """A value is sealed under a key version the configuration no longer holds."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
+
+
 class Sealer:
     """Seals text for one purpose; ``context`` names what the value belongs to.
 
@@ -42,7 +50,10 @@ class Sealer:
         return nonce + self._aead[version].encrypt(nonce, text.encode(), context), version
 
     def open(self, sealed: bytes, version: int, context: bytes) -> str:
-        """The text; ``InvalidTag`` when it was altered or sealed under another key, purpose or context."""
+        """The text; ``InvalidTag`` when it was altered or sealed under another key, purpose or context,
+        ``KeyVersionMissing`` when its key version is not configured."""
+        if version not in self._aead:
+            raise KeyVersionMissing(version)
         return self._aead[version].decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], context).decode()
 
 

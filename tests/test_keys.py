@@ -53,6 +53,19 @@ def key_versions(app: Flask) -> list[int]:
         return [*codes, *db.session.scalars(select(Staff.totp_key_version))]
 
 
+def test_a_rotation_without_the_old_key_says_which_key_to_put_back(database_url: str) -> None:
+    before, _rotating, after = code_key_apps(database_url)
+    with before.app_context():
+        import_codes(
+            db.session, services().cipher, numbered(list(synthetic.synthetic_codes(3, seed=6))), on_reject=pytest.fail
+        )
+    result = after.test_cli_runner().invoke(args=["rotate-code-key"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "code-key version 1, which is not configured" in result.output
+    assert "PORTAL_CODE_KEY_PREVIOUS" in result.output
+    assert key_versions(after) == [1, 1, 1]  # nothing changed
+
+
 def test_code_key_rotation_keeps_every_code_and_every_staff_login(database_url: str) -> None:
     before, rotating, after = code_key_apps(database_url)
     codes = list(synthetic.synthetic_codes(20, seed=5))
