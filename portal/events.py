@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal import alerts, metrics, stats
 from portal.audit import Entry
 from portal.extensions import db
-from portal.logs import Fields
+from portal.logs import Fields, write
 from portal.models import utcnow
 from portal.telemetry import request_id
 
@@ -95,7 +95,7 @@ def record(event: Event) -> None:
         client=event.client,
         request_id=request_id() if has_request_context() else None,
     )
-    log.info(Fields(asdict(entry)))
+    write(log, logging.INFO, Fields(asdict(entry)))
     metrics.observe_event(event.action, event.outcome, event.channel)
     raised = _detect(event, entry.actor)
     # The row and its counts in one short transaction of their own: committed whatever the

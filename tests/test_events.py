@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -67,6 +68,8 @@ def test_events_and_requests_are_written_without_any_logging_set_up(database_url
     done = subprocess.run(
         [sys.executable, "-c", UNCONFIGURED_PROCESS, database_url],
         cwd=Path(__file__).parent,
+        # conftest imports deploy/launch.py, which pytest finds through setup.cfg's pythonpath.
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "deploy")},
         capture_output=True,
         text=True,
         timeout=60,
