@@ -559,7 +559,12 @@ def limit_store(bench: Bench, uri: str) -> dict[str, str]:
         say(f"no Redis answers at {uri}: the limits count in each worker's memory (memory://)")
         return {"RATELIMIT_STORAGE_URI": "memory://"}
     prefix = f"bench{secrets.token_hex(4)}"
-    bench.callback(lambda: [client.delete(key) for key in client.scan_iter(match=f"*{prefix}*")])
+
+    def delete_keys() -> None:
+        for key in client.scan_iter(match=f"*{prefix}*"):
+            client.delete(key)
+
+    bench.callback(delete_keys)
     return {"RATELIMIT_STORAGE_URI": uri, "RATELIMIT_KEY_PREFIX": prefix}
 
 

@@ -169,15 +169,15 @@ def _reserve(budgets: Sequence[Budget], refused: Event) -> list[_Hold]:
     try:
         counts = _add(store, [(hold.counter, item.get_expiry()) for hold, item in counted], 1)
         spent = next((hold for (hold, item), count in zip(counted, counts, strict=True) if count > item.amount), None)
-        if spent is not None:
-            retry_after = max(1, int(store.get_expiry(spent.counter) - time.time()) + 1)
-            _give_back(holds)
-            record(replace(refused, outcome=f"throttled:{spent.budget.scope}"))
-            raise Throttled(spent.budget.scope, retry_after)
+        retry_after = max(1, int(store.get_expiry(spent.counter) - time.time()) + 1) if spent else 0
     except (store.base_exceptions, OSError) as error:  # the store's own errors, and a lost socket
-        _give_back(holds)
+        # Whether the units were taken is not known: they stay counted, erring on the side of counting.
         record(replace(refused, outcome="limit-store-down"))
         raise LimitStoreDown() from error
+    if spent is not None:
+        _give_back(holds)
+        record(replace(refused, outcome=f"throttled:{spent.budget.scope}"))
+        raise Throttled(spent.budget.scope, retry_after)
     return holds
 
 
