@@ -4,15 +4,17 @@ What a part of a verified lookup costs through the real stack (gunicorn, two cor
 Argon2id) is not what it costs in-process: measure it by taking it out. ``PORTAL_BENCH_ABLATE``
 names the parts to take out, comma-separated:
 
-* ``limits``   — the failure and attempt budgets (``throttle.attempt``) are not counted;
+* ``limits``   — the failure and attempt budgets (``throttle.attempt``) are not counted (the
+  budgets are still named);
 * ``database`` — no query and no write: the lookup hashes with the configured parameters and
   "finds" a stand-in row; the verification is not stored;
 * ``csrf``     — the CSRF check is off;
-* ``events``   — no security event is logged;
+* ``events``   — the verification's security event is not recorded;
 * ``slots``    — each worker hashes on one thread of its own, not in the server's shared slots.
 
-Everything else is the real portal. The parts are taken out of the public lookup and of the
-API's verification alike (``verify_bench.py`` and ``api_bench.py``); nothing else is meant to work.
+Everything else is the real portal. The parts are taken out of the one verification attempt
+(``portal.verification``) that the public lookup and the API's verification share
+(``verify_bench.py`` and ``api_bench.py``); nothing else is meant to work.
 
     PORTAL_BENCH_ABLATE=database .venv/bin/python bench/verify_bench.py --app ablation_app:app --pythonpath bench
 """
@@ -25,8 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
-from portal.api import views as api_views
-from portal.public import views as public_views
+from portal import verification
 from wsgi import app
 
 ABLATED = set(filter(None, os.environ.get("PORTAL_BENCH_ABLATE", "").split(",")))
@@ -49,20 +50,13 @@ class _Uncounted(contextlib.nullcontext):
         return SimpleNamespace(succeeded=lambda: None)
 
 
-for views in (public_views, api_views):
-    if "limits" in ABLATED:
-        views.throttle = SimpleNamespace(  # type: ignore[assignment]
-            public_budgets=lambda *_args: [],
-            person_budget=lambda *_args: None,
-            Budget=lambda *_args: None,
-            client_key=lambda _address: "",
-            attempt=lambda *_args, **_kwargs: _Uncounted(),
-        )
-    if "database" in ABLATED:
-        views.find_patient = _hash_only  # type: ignore[assignment]
-        views.start_verification = lambda *_args: secrets.token_urlsafe(32)  # type: ignore[assignment]
-    if "events" in ABLATED:
-        views._record = lambda *_args: None  # type: ignore[assignment]
+if "limits" in ABLATED:
+    verification.throttle = SimpleNamespace(attempt=lambda *_args, **_kwargs: _Uncounted())  # type: ignore[assignment]
+if "database" in ABLATED:
+    verification.find_patient = _hash_only  # type: ignore[assignment]
+    verification.start_verification = lambda *_args: secrets.token_urlsafe(32)  # type: ignore[assignment]
+if "events" in ABLATED:
+    verification.record = lambda _event: None  # type: ignore[assignment]
 if "slots" in ABLATED:
     hasher = app.extensions["portal"].hasher
     hasher._slots = threading.BoundedSemaphore(1)

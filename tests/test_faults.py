@@ -35,12 +35,11 @@ from launch import free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal import services
+from portal import services, verification
 from portal.claims import CodeCipher
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode
-from portal.public import views
 
 PG_BIN = Path(os.environ.get("PORTAL_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 BUSY_TEXT = "busy or briefly unavailable"
@@ -495,13 +494,13 @@ def test_redis_dying_during_a_lookup_is_not_a_500(
         PROPAGATE_EXCEPTIONS=False,
     )
     assert import_patients(app, [patient_row()]) == []
-    real_find = views.find_patient
+    real_find = verification.find_patient
 
     def redis_dies_while_hashing(*args: Any) -> Any:
         private_redis.kill()
         return real_find(*args)
 
-    monkeypatch.setattr(views, "find_patient", redis_dies_while_hashing)
+    monkeypatch.setattr(verification, "find_patient", redis_dies_while_hashing)
     assert failed_attempt(app, "192.0.2.20", 0).status_code == 200
     assert_clean_503(failed_attempt(app, "192.0.2.20", 1), "the next lookup")
     with app.app_context():

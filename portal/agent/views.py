@@ -38,7 +38,7 @@ from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, pool_status
 from portal.errors import render_error
 from portal.events import Event, act_as, record
 from portal.extensions import db
-from portal.identity import IdentityClaim, end_verification, find_patient, start_verification, verified_patient
+from portal.identity import IdentityClaim, end_verification, verified_patient
 from portal.letters import LetterVault, request_reissue
 from portal.models import Patient, Staff
 from portal.public.forms import LookupForm
@@ -52,6 +52,7 @@ from portal.staff import (
     reset_mfa,
     set_password,
 )
+from portal.verification import verify
 
 bp = Blueprint("agent", __name__)
 protect(bp)
@@ -165,15 +166,10 @@ def call() -> ResponseValue:
     if not form.validate_on_submit():
         return form_page("agent/call.html", form, outcomes=CALL_OUTCOMES)
     assert form.claim is not None
-    with throttle.attempt(verify_budgets(form.claim), CHANNEL, request.remote_addr) as attempt:
-        patient = find_patient(db.session, services().hasher, form.claim)
-        if patient is not None:
-            attempt.succeeded()
-    if patient is None:
-        audit("verification", "failure")
+    verified = verify(form.claim, verify_budgets(form.claim), CHANNEL, request.remote_addr)
+    if verified is None:
         return render_template("agent/call.html", form=form, not_matched=True, outcomes=CALL_OUTCOMES), 200
-    audit("verification", "success", patient.public_id)
-    session[CALL_KEY] = start_verification(db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"])
+    session[CALL_KEY] = verified.token
     return redirect(url_for("agent.caller"), 303)
 
 

@@ -5,21 +5,19 @@ Thin: parse and validate (``validation``), check the key (``auth``), call the do
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 
-from portal import exposure, services, throttle
+from portal import exposure, services, throttle, verification
 from portal.api import errors, openapi
 from portal.api.auth import current_key, partner_view, rate_limit_headers
 from portal.api.validation import InvalidFields, claim_token, identity_claim, json_object
 from portal.claims import ClaimedCode, PoolBusy, PoolEmpty, claim_code, code_of
 from portal.events import Event, record
 from portal.extensions import csrf, db
-from portal.identity import find_patient, start_verification, verified_patient
-from portal.models import utcnow
+from portal.identity import verified_patient
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer keys, no cookies: nothing for a cross-site request to ride on
@@ -39,10 +37,6 @@ def _record(action: str, outcome: str, patient_ref: str | None = None) -> None:
     record(Event(action, outcome, CHANNEL, patient_ref, request.remote_addr, actor=current_key().actor))
 
 
-def _timestamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @bp.post("/verifications")
 @partner_view("verify")
 def verify() -> ResponseReturnValue:
@@ -54,23 +48,15 @@ def verify() -> ResponseReturnValue:
         throttle.Budget("api-client", "API_VERIFY_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
         throttle.Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal"),
     ]
-    with throttle.attempt(budgets, channel=CHANNEL, client=request.remote_addr, actor=key.actor) as attempt:
-        patient = find_patient(db.session, services().hasher, claim)
-        if patient is not None:
-            attempt.succeeded()
-    if patient is None:
+    verified = verification.verify(claim, budgets, CHANNEL, request.remote_addr, key.actor)
+    if verified is None:
         # Unknown person or one wrong field: the same answer after the same work.
-        _record("verification", "failure")
         return {"verified": False}
-    _record("verification", "success", patient.public_id)
-    ttl = current_app.config["VERIFICATION_TTL_SECONDS"]
-    expires_at = utcnow() + timedelta(seconds=ttl)  # a moment before the stored expiry, never after
-    token = start_verification(db.session, patient, CHANNEL, ttl)
     return {
         "verified": True,
-        "exposed_fields": [field.name for field in exposure.fields_in(patient.exposed_fields)],
-        "claim_token": token,
-        "expires_at": _timestamp(expires_at),
+        "exposed_fields": [field.name for field in exposure.fields_in(verified.patient.exposed_fields)],
+        "claim_token": verified.token,
+        "expires_at": verified.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 

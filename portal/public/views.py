@@ -18,9 +18,10 @@ from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
 from portal.events import Event, record
 from portal.extensions import db
-from portal.identity import end_verification, find_patient, start_verification, verified_patient
+from portal.identity import end_verification, verified_patient
 from portal.models import Patient
 from portal.public.forms import LookupForm
+from portal.verification import verify
 
 bp = Blueprint("public", __name__)
 
@@ -69,21 +70,17 @@ def lookup() -> Response | tuple[str, int]:
     if not form.validate_on_submit():
         return render_template("public/lookup.html", form=form), 400
     assert form.claim is not None
+    # A new lookup starts over: its events are not the previous verification's (events name the
+    # session's verification as the actor), and a failure leaves nothing of it in this browser.
+    session.pop(SESSION_KEY, None)
     budgets = throttle.public_budgets(form.claim, request.remote_addr)
-    with throttle.attempt(budgets, CHANNEL, request.remote_addr) as tried:
-        patient = find_patient(db.session, services().hasher, form.claim)
-        if patient is not None:
-            tried.succeeded()
-    if patient is None:
+    verified = verify(form.claim, budgets, CHANNEL, request.remote_addr)
+    if verified is None:
         # Unknown person or one wrong field: the same page, the same status, after the same work.
-        _record("verification", "failure")
         return render_template("public/lookup.html", form=form, not_matched=True), 200
     session.clear()
     session.permanent = True
-    _record("verification", "success", patient.public_id)
-    session[SESSION_KEY] = start_verification(
-        db.session, patient, CHANNEL, current_app.config["VERIFICATION_TTL_SECONDS"]
-    )
+    session[SESSION_KEY] = verified.token
     return redirect(url_for("public.exposure_page"), 303)
 
 
