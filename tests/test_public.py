@@ -557,6 +557,20 @@ def test_signing_out_ends_the_session_on_the_server(app: Flask) -> None:
     assert response.status_code == 303 and response.headers["Location"] == "/lookup"
 
 
+def test_a_new_lookup_in_the_same_browser_starts_over(app: Flask) -> None:
+    """On a shared computer, the next person's lookup must not leave the last person's page open:
+    a failed one ends this browser's verification, and a second try still works (its form token
+    survives)."""
+    assert import_patients(app, [patient_row()]) == []
+    person = dict(last_name="García-López", date_of_birth="1980-04-23", zip_code="10001")
+    client = verify(app, **person, ssn_last4="6789")
+    assert client.get("/exposure").status_code == 200
+
+    assert lookup(client, **person, ssn_last4="0000").status_code == 200  # not matched
+    assert client.get("/exposure").headers["Location"] == "/lookup"
+    assert lookup(client, **person, ssn_last4="6789").headers["Location"] == "/exposure"
+
+
 # --- headers -------------------------------------------------------------------------------------
 
 
