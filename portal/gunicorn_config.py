@@ -43,13 +43,19 @@ errorlog = "-"
 control_socket_disable = True
 
 
-def nworkers_changed(_server: Any, new_value: int, old_value: int | None) -> None:
+def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:
     """Keep the workers' view of the count true: gunicorn calls this with the final count before any
     worker starts (after command-line options such as ``-w``, and before ``--preload`` loads the
     app) and again when TTIN/TTOU signals change it, so a worker added later checks the new count.
-    More workers than the hashing slots' accounting tracks are refused at start."""
-    if old_value is None and new_value > MAX_SERVER_WORKERS:
-        raise SystemExit(f"{new_value} workers asked: one server runs at most {MAX_SERVER_WORKERS}")
+    More workers than the hashing slots' accounting tracks are refused: at start the server does
+    not start; later (TTIN, or a reload) the count stays where it was, and the log says why."""
+    if new_value > MAX_SERVER_WORKERS:
+        refusal = f"{new_value} workers asked: one server runs at most {MAX_SERVER_WORKERS}"
+        if old_value is None:
+            raise SystemExit(refusal)
+        server.log.error("%s; staying at %d", refusal, old_value)
+        server.num_workers = old_value  # gunicorn calls this hook again, with a count in range
+        return
     os.environ["PORTAL_WORKERS"] = str(new_value)
 
 

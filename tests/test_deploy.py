@@ -3,6 +3,8 @@ and proxy, unit and environment files that agree with the portal they serve."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import runpy
 import secrets
@@ -10,10 +12,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from conftest import production_variables
+from gunicorn.arbiter import Arbiter
 from launch import Gunicorn, ServerExited, portal_environment
 
 from portal import identity
@@ -128,6 +132,27 @@ def test_gunicorn_refuses_more_workers_than_its_hashing_slots_track(
     status, log = serve(production_environment, tmp_path / "many.log", "--workers", str(MAX_SERVER_WORKERS + 1))
     assert status not in (None, 0)
     assert f"one server runs at most {MAX_SERVER_WORKERS}" in log
+
+
+def test_a_worker_added_past_the_hashing_slots_accounting_is_refused_while_serving(
+    gunicorn_settings: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """TTIN on a server already at the most its slots track: gunicorn's own handler, on an arbiter
+    whose count the hook keeps, spawns nothing beyond it and the log says why."""
+    arbiter = Arbiter.__new__(Arbiter)  # the real count property and TTIN handler, no server
+    arbiter.cfg = SimpleNamespace(nworkers_changed=gunicorn_settings["nworkers_changed"])
+    arbiter.log = logging.getLogger("test.arbiter")
+    arbiter._num_workers = MAX_SERVER_WORKERS
+    spawned: list[int] = []
+    arbiter.manage_workers = lambda: spawned.append(arbiter.num_workers)  # type: ignore[method-assign]
+
+    arbiter.handle_ttin()
+
+    assert spawned == [MAX_SERVER_WORKERS]
+    assert os.environ["PORTAL_WORKERS"] == str(MAX_SERVER_WORKERS)
+    assert f"one server runs at most {MAX_SERVER_WORKERS}; staying at {MAX_SERVER_WORKERS}" in caplog.text
+    arbiter.handle_ttou()  # and the count still moves within range
+    assert spawned[-1] == MAX_SERVER_WORKERS - 1 and os.environ["PORTAL_WORKERS"] == str(MAX_SERVER_WORKERS - 1)
 
 
 # --- deploy/ ---------------------------------------------------------------------------------------
