@@ -14,7 +14,7 @@ import pytest
 from agent_helpers import NEW_PASSWORD, Account, login, make_staff, post_form, signed_in
 from conftest import csrf_token, import_patients, lookup, make_app, patient_row
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 from test_public import _check_headers
 
 from portal import services
@@ -23,7 +23,7 @@ from portal.config import ConfigError
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
-from portal.models import AuditEvent, LetterRecord, Patient, Staff
+from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
@@ -279,6 +279,19 @@ def test_a_full_call_leaves_the_expected_audit_rows(app: Flask) -> None:
         (actor, "call-outcome", "code-given", ref),
     ]
     assert all(r.request_id and r.client == "127.0.0.1" for r in audit_rows(app))
+
+
+def test_verifying_the_next_caller_ends_the_previous_callers_verification(app: Flask) -> None:
+    """An agent who starts on the next caller without ending the call cannot reopen the last
+    caller's page, even when the new caller fails to verify."""
+    assert import_patients(app, [patient_row()]) == []
+    client = signed_in(app, make_staff(app))
+    assert verify_call(client, **PERSON, ssn_last4="6789").headers["Location"] == "/agent/call/caller"
+    assert client.get("/agent/call/caller").status_code == 200
+    assert verify_call(client, **PERSON, ssn_last4="0000").status_code == 200  # the next caller, not matched
+    assert client.get("/agent/call/caller").headers["Location"] == "/agent/call"
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Verification)) == 0  # ended, not only forgotten
 
 
 def test_an_outcome_outside_the_fixed_list_is_refused(app: Flask) -> None:

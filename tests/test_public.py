@@ -559,15 +559,19 @@ def test_signing_out_ends_the_session_on_the_server(app: Flask) -> None:
 
 def test_a_new_lookup_in_the_same_browser_starts_over(app: Flask) -> None:
     """On a shared computer, the next person's lookup must not leave the last person's page open:
-    a failed one ends this browser's verification, and a second try still works (its form token
-    survives)."""
+    a failed one ends the verification, in this browser and on the server (a copy of its cookie
+    no longer works), and a second try still passes (its form token survives)."""
     assert import_patients(app, [patient_row()]) == []
     person = dict(last_name="García-López", date_of_birth="1980-04-23", zip_code="10001")
     client = verify(app, **person, ssn_last4="6789")
+    copied = _cookie(client)
     assert client.get("/exposure").status_code == 200
 
     assert lookup(client, **person, ssn_last4="0000").status_code == 200  # not matched
     assert client.get("/exposure").headers["Location"] == "/lookup"
+    replay = app.test_client()
+    replay.set_cookie(COOKIE, copied)
+    assert replay.get("/exposure").headers["Location"] == "/lookup"
     assert lookup(client, **person, ssn_last4="6789").headers["Location"] == "/exposure"
 
 

@@ -166,6 +166,8 @@ def call() -> ResponseValue:
     if not form.validate_on_submit():
         return form_page("agent/call.html", form, outcomes=CALL_OUTCOMES)
     assert form.claim is not None
+    # A new caller's verification ends the previous caller's: their page cannot be reopened by mistake.
+    end_verification(db.session, session.pop(CALL_KEY, None))
     verified = verify(form.claim, verify_budgets(form.claim), CHANNEL, request.remote_addr)
     if verified is None:
         return render_template("agent/call.html", form=form, not_matched=True, outcomes=CALL_OUTCOMES), 200

@@ -70,9 +70,9 @@ def lookup() -> Response | tuple[str, int]:
     if not form.validate_on_submit():
         return render_template("public/lookup.html", form=form), 400
     assert form.claim is not None
-    # A new lookup starts over: its events are not the previous verification's (events name the
-    # session's verification as the actor), and a failure leaves nothing of it in this browser.
-    session.pop(SESSION_KEY, None)
+    # A new lookup starts over: the previous verification ends (in this browser and on the server,
+    # as on signing out), and the new attempt's events are not filed under it.
+    end_verification(db.session, session.pop(SESSION_KEY, None))
     budgets = throttle.public_budgets(form.claim, request.remote_addr)
     verified = verify(form.claim, budgets, CHANNEL, request.remote_addr)
     if verified is None:
