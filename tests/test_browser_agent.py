@@ -2,8 +2,9 @@
 
 Every console page a member of staff meets, signed in through the real form (password and TOTP
 code): zero axe-core violations, nothing refused by the Content-Security-Policy, no sideways
-scrolling and targets of at least 44 x 44 px, at 1280 px and at 320 px. Screenshots go to
-build/screenshots/ under ``agent-``.
+scrolling and targets of at least 44 x 44 px, at 1280 px and at 320 px. A whole call, from the
+sign-in to the sign-out, is done with the keyboard alone. Screenshots go to build/screenshots/
+under ``agent-``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from agent_helpers import NEW_PASSWORD, Account, make_staff
 from browser import LiveServer, PageAudit
 from conftest import import_patients, make_app, patient_row
+from test_browser import press, tab_to, type_into
 from test_stats import known_history
 
 from portal import services
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.browser
 WIDTHS = (1280, 320)
 CALLER = {"last_name": "García-López", "born": "1980-04-23", "ssn": "6789"}
 CALLER_ZIP = {width: f"2{width:04}" for width in WIDTHS}  # one caller per width: each claims a code
+KEYBOARD_CALLER_ZIP = "30000"  # and one for the call made with the keyboard alone
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +40,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     fields = "name;date_of_birth;address;phone;ssn;email;medical_record_number;health_insurance;clinical_data"
     callers = [
         patient_row(record_id=f"CALLER-{zip_code}", zip=zip_code, exposed_fields=fields)
-        for zip_code in CALLER_ZIP.values()
+        for zip_code in [*CALLER_ZIP.values(), KEYBOARD_CALLER_ZIP]
     ]
     assert import_patients(app, callers) == []
     with app.app_context():
-        rows = [(2, {"code": f"AGENT-{n:04}", "enroll_by": "2099-12-31"}) for n in range(3)]
-        assert import_codes(db.session, services().cipher, rows, on_reject=pytest.fail).added == 3
+        rows = [(2, {"code": f"AGENT-{n:04}", "enroll_by": "2099-12-31"}) for n in range(4)]
+        assert import_codes(db.session, services().cipher, rows, on_reject=pytest.fail).added == 4
     with LiveServer(app) as live:
         yield live
     with app.app_context():
@@ -168,3 +171,47 @@ def test_a_supervisors_pages_pass(server: LiveServer, open_page: Any, audit: Pag
     page.fill("#username", f"enrolled{width}")
     assert submit(page, "form[action='/agent/staff'] button") == 200
     audit.check(page, f"agent-{width}-staff-enrolled")
+
+
+def test_an_agent_serves_a_caller_with_the_keyboard_alone(server: LiveServer, open_page: Any) -> None:
+    """Sign in, start the call, verify the caller, read the code, record the outcome and sign out:
+    Tab to reach each control, typing into the boxes, Enter on links and Space on buttons."""
+    account = make_staff(server.app, "keyboard", "agent")
+    page = open_page(1280)
+    page.goto(server.url + "/agent/login")
+    type_into(page, "username", account.username)
+    type_into(page, "password", account.password)
+    type_into(page, "code", account.code())
+    tab_to(page, "main form button[type=submit]")
+    press(page, "Space")
+    assert page.url == server.url + "/agent/"
+
+    tab_to(page, 'main a[href="/agent/call"]')
+    press(page, "Enter")
+    assert page.url == server.url + "/agent/call"
+    type_into(page, "last_name", CALLER["last_name"])
+    type_into(page, "date_of_birth", CALLER["born"])
+    type_into(page, "zip_code", KEYBOARD_CALLER_ZIP)
+    type_into(page, "ssn_last4", CALLER["ssn"])
+    tab_to(page, "form[action='/agent/call'] button[type=submit]")
+    press(page, "Enter")
+    assert page.url == server.url + "/agent/call/caller"
+
+    tab_to(page, "form[action='/agent/call/claim'] button")
+    press(page, "Space")
+    assert "Read this code to the caller" in page.inner_text("main")
+
+    tab_to(page, "#outcome")
+    page.keyboard.press("End")  # the list's last outcome
+    assert page.input_value("#outcome") == "not-verified"
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowDown")  # the second: the code was read to the caller
+    assert page.input_value("#outcome") == "code-given"
+    tab_to(page, "form[action='/agent/call/end'] button[type=submit]")
+    press(page, "Space")
+    assert page.url == server.url + "/agent/call"
+    assert "Call recorded." in page.inner_text("body")
+
+    tab_to(page, "form[action='/agent/logout'] button")
+    press(page, "Space")
+    assert page.url == server.url + "/agent/login"
