@@ -10,6 +10,7 @@ under ``agent-``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,3 +216,34 @@ def test_an_agent_serves_a_caller_with_the_keyboard_alone(server: LiveServer, op
     tab_to(page, "form[action='/agent/logout'] button")
     press(page, "Space")
     assert page.url == server.url + "/agent/login"
+
+
+def test_the_consoles_refusals_pass(tmp_path: Path, open_page: Any, audit: PageAudit) -> None:
+    """The two refusals an agent can meet mid-call, on a console of their own: too many failed
+    verifications of one caller (429), and a claim with the code pool empty (503)."""
+    app = make_app(f"sqlite:///{tmp_path / 'portal.sqlite3'}", AGENT_VERIFY_LIMIT_PERSON="2 per hour")
+    assert import_patients(app, [patient_row(zip=KEYBOARD_CALLER_ZIP)]) == []  # no code in the pool
+    with LiveServer(app) as server:
+        for width in WIDTHS:
+            page = open_page(width)
+            assert sign_in(page, server, make_staff(app, f"refused{width}", "agent")) == 200
+            page.goto(server.url + "/agent/call")
+            statuses = []
+            for _ in range(3):  # the same caller with the wrong digits, until the budget refuses
+                page.fill("#last_name", f"Stranger{width}")
+                page.fill("#date_of_birth", CALLER["born"])
+                page.fill("#zip_code", KEYBOARD_CALLER_ZIP)
+                page.fill("#ssn_last4", "0000")
+                statuses.append(submit(page))
+                if statuses[-1] == 429:
+                    break
+                page.goto(server.url + "/agent/call")
+            assert statuses == [200, 200, 429]
+            audit.check(page, f"agent-{width}-call-throttled")
+
+            page.goto(server.url + "/agent/call")
+            assert fill_caller(page, KEYBOARD_CALLER_ZIP) == 200 and page.url == server.url + "/agent/call/caller"
+            assert submit(page, "form[action='/agent/call/claim'] button") == 503
+            audit.check(page, f"agent-{width}-pool-empty")
+    with app.app_context():
+        db.engine.dispose()
