@@ -40,9 +40,14 @@ def free_port() -> int:
 
 def portal_environment(settings: Mapping[str, Any]) -> dict[str, str]:
     """This process's environment with ``settings`` (names without the prefix) as its only PORTAL_*
-    variables: one inherited from a shell or a test run must not change the server started.
+    variables: one inherited from a shell or a test run must not change the server started. Nor is
+    a metrics directory inherited: each server makes its own unless the caller names one.
     Non-strings are written as JSON, which is how the portal reads them back; None leaves one out."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("PORTAL_")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PORTAL_") and name != "PROMETHEUS_MULTIPROC_DIR"
+    }
     for name, value in settings.items():
         if value is not None:
             env[f"PORTAL_{name}"] = value if isinstance(value, str) else json.dumps(value)

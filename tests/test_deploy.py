@@ -134,6 +134,17 @@ def test_gunicorn_refuses_more_workers_than_its_hashing_slots_track(
     assert f"one server runs at most {MAX_SERVER_WORKERS}" in log
 
 
+def test_a_server_started_from_a_test_or_a_shell_makes_its_own_metrics_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two servers sharing one would mix their metrics, and each one's start would empty it under
+    the other (a start that read gunicorn_config.py in this process leaves its directory set here)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/inherited")
+    monkeypatch.setenv("PORTAL_ENV", "production")
+    assert portal_environment({"WORKERS": 2}).keys() & {"PROMETHEUS_MULTIPROC_DIR", "PORTAL_ENV"} == set()
+    assert portal_environment({"WORKERS": 2})["PORTAL_WORKERS"] == "2"
+
+
 def test_a_worker_added_past_the_hashing_slots_accounting_is_refused_while_serving(
     gunicorn_settings: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -185,11 +196,13 @@ def test_the_environment_template_is_safe_for_production() -> None:
 
 
 @pytest.fixture
-def gunicorn_settings(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """portal/gunicorn_config.py as gunicorn reads it. What it sets for the server's processes is
-    restored afterwards: PORTAL_WORKERS and the server's hashing slots (which every hasher made later
-    in this process would otherwise share)."""
+    restored afterwards: PORTAL_WORKERS, the metrics directory (every server started later from
+    this process would otherwise share it, and each one's start empties it under the others) and
+    the server's hashing slots (which every hasher made later in this process would otherwise share)."""
     monkeypatch.setenv("PORTAL_WORKERS", "2")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(identity, "_server_slots", identity.server_hashing_slots())
     return runpy.run_path(str(ROOT / "portal" / "gunicorn_config.py"))
 
