@@ -97,6 +97,10 @@ class Patient(Base):
     # Argon2id(HMAC(normalised last name, date of birth, ZIP, SSN last four or letter reference)).
     lookup_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     exposed_fields: Mapped[int] = mapped_column(Integer)  # bit mask, see portal.exposure.FIELDS
+    # HMAC of the reference printed on this person's letter (``portal.identity.LetterCheck``), when
+    # the import wrote one: the step-up a thief holding the stolen rows cannot answer. 120 random
+    # bits, so a plain keyed hash is enough (ASVS 6.5.2); unique, so it can find a person later.
+    reference_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True, index=True)
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -120,14 +124,23 @@ class ActivationCode(Base):
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when the person reported that someone else used this code: it stays theirs (for the
+    # provider's export and the audit trail), never returns to the pool, and frees them to claim another.
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index(
             "uq_activation_codes_patient_id",
             "patient_id",
             unique=True,
-            sqlite_where=patient_id.is_not(None),
-            postgresql_where=patient_id.is_not(None),
+            sqlite_where=patient_id.is_not(None) & revoked_at.is_(None),
+            postgresql_where=patient_id.is_not(None) & revoked_at.is_(None),
+        ),
+        Index(
+            "ix_activation_codes_revoked_at",
+            "revoked_at",
+            sqlite_where=revoked_at.is_not(None),
+            postgresql_where=revoked_at.is_not(None),
         ),
         Index(
             "ix_activation_codes_available",
@@ -150,7 +163,11 @@ class Verification(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     token_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    # Where the verification was made: a token works only there (the surface, and for the API the key).
     channel: Mapped[str] = mapped_column(String(16))
+    api_key_id: Mapped[int | None] = mapped_column(Integer)  # ApiKey.id, for a verification made through the API
+    # Made with the letter's reference (as the lookup factor, or given as a step-up since).
+    with_letter: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 

@@ -109,6 +109,18 @@ def client_key(address: str | None) -> str:
     return str(ip)
 
 
+def client_network(address: str | None) -> str:
+    """The network a client's address belongs to, for counting *people*: its IPv4 /24 or IPv6 /64.
+
+    Someone who holds the stolen records rents neighbouring addresses; a household, an office or
+    a carrier's NAT shares a few. Counting people per /24 makes forty addresses of one block no
+    stronger together than one (SECURITY.md, "The thief who holds the stolen records")."""
+    client = client_key(address)
+    if client == "unknown" or "/" in client:
+        return client
+    return str(ipaddress.IPv4Network((client, 24), strict=False))
+
+
 def public_budgets(claim: IdentityClaim, address: str | None) -> list[Budget]:
     """The public site's budgets: see SECURITY.md for the numbers and why."""
     client = client_key(address)
