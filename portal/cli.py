@@ -213,6 +213,11 @@ def unusable_file(path: str, error: ImportFileError, as_json: bool) -> NoReturn:
     sys.exit(EXIT_BAD_FILE)
 
 
+def default_letters_for() -> str:
+    """Every letter carries its reference when claims may ask for it (``claim_step_up``)."""
+    return "no-ssn" if services().programme.claim_step_up == "off" else "all"
+
+
 @click.command("import-patients")
 @click.argument("path", metavar="FILE.csv")
 @click.option(
@@ -227,7 +232,14 @@ def unusable_file(path: str, error: ImportFileError, as_json: bool) -> NoReturn:
     "--letters",
     "letters_path",
     type=click.Path(dir_okay=False, writable=True),
-    help="Write record_id,reference for records without an SSN (for the mail house).",
+    help="Write record_id,reference for the mail house: every letter carries its reference.",
+)
+@click.option(
+    "--letters-for",
+    type=click.Choice(["all", "no-ssn"]),
+    default=None,
+    help="Whose references --letters writes [default: all, unless the programme's claim_step_up is off: then "
+    "only records without an SSN, who cannot verify without it].",
 )
 @click.option("--shard", callback=parse_shard, metavar="K/N", help="Import only this machine's share of the rows.")
 @click.option(
@@ -237,8 +249,8 @@ def unusable_file(path: str, error: ImportFileError, as_json: bool) -> NoReturn:
 @click.option("--json", "as_json", is_flag=True, help="End with a JSON summary on stdout instead of a sentence.")
 @with_appcontext
 def import_patients_command(
-    path: str, workers: int, dry_run: bool, letters_path: str | None, shard: tuple[int, int] | None, rehash: bool,
-    progress: bool | None, as_json: bool,
+    path: str, workers: int, dry_run: bool, letters_path: str | None, letters_for: str | None,
+    shard: tuple[int, int] | None, rehash: bool, progress: bool | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Import the breach list as keyed hashes. Exit 1 when any row was rejected, 2 when the file is unusable."""
     show = sys.stderr.isatty() if progress is None else progress
@@ -253,7 +265,8 @@ def import_patients_command(
         bar = stack.enter_context(contextlib.closing(Progress(show, count_rows(path) if show else None)))
         importer = PatientImporter(
             db.session, services().hasher, workers=workers, on_reject=bar.reject,
-            on_progress=bar, letters=letters, shard=shard, dry_run=dry_run, rehash=rehash,
+            on_progress=bar, letters=letters, all_letters=(letters_for or default_letters_for()) == "all",
+            shard=shard, dry_run=dry_run, rehash=rehash,
         )  # fmt: skip
         try:
             report = importer.run(read_csv(stream, PATIENT_COLUMNS))

@@ -56,19 +56,29 @@ DEFAULTS: dict[str, Any] = {
     "LANGUAGES": ["en", "es", "fr"],
     # Host names the portal answers to (Flask refuses others with 400); required in production.
     "TRUSTED_HOSTS": None,
-    # Failed verifications (see portal/throttle.py for why these numbers).
-    "VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
+    # Failed verifications (see portal/throttle.py and SECURITY.md for why these numbers). A
+    # person's short window is each surface's own; the day and the year are shared by the site,
+    # the API and the console: 100 a year is 1 % of the 10,000 possible last four SSN digits.
+    "VERIFY_LIMIT_PERSON": "5 per 15 minutes",
+    "VERIFY_LIMIT_PERSON_SHARED": "20 per day; 100 per year",
     "VERIFY_LIMIT_CLIENT": "30 per hour; 200 per day",
     # Every attempt, successes included, per client address: one address verifying its own
     # identity in a loop must not crowd out everyone else's hashing.
     "VERIFY_LIMIT_CLIENT_ATTEMPTS": "20 per minute; 200 per hour",
     "VERIFY_LIMIT_GLOBAL": "6000 per minute",
+    # Different people verified from one network (IPv4 /24, IPv6 /64) a day, successes only: a
+    # household verifies a handful; whoever holds the stolen records verifies everyone they can.
+    # Eight leaves room for a family, a care home's office or a few neighbours behind one carrier
+    # NAT address; the refused are sent to the call center (SECURITY.md).
+    "VERIFY_LIMIT_CLIENT_PEOPLE": "8 per day",
     # The partner API's own failure budgets (the global one above is shared). A partner's traffic
     # is many people from one address with one key, so those two budgets are wider than a
     # browser's; the per-person one is the site's, counted separately for the API surface.
-    "API_VERIFY_LIMIT_PERSON": "5 per 15 minutes; 20 per day; 100 per year",
+    "API_VERIFY_LIMIT_PERSON": "5 per 15 minutes",
     "API_VERIFY_LIMIT_KEY": "300 per hour; 2000 per day",
     "API_VERIFY_LIMIT_CLIENT": "300 per hour; 2000 per day",
+    # Different people one partner key verified a day (successes only): a partner serves many.
+    "API_VERIFY_LIMIT_KEY_PEOPLE": "2000 per day",
     # A new key's request rate unless `portal create-api-key --rate` says otherwise.
     "API_KEY_RATE": "120/minute",
     # Partner bodies are a few hundred bytes.
@@ -99,9 +109,16 @@ DEFAULTS: dict[str, Any] = {
     # Failed staff logins, per account and per client address.
     "STAFF_LOGIN_LIMIT_ACCOUNT": "5 per 15 minutes; 20 per day",
     "STAFF_LOGIN_LIMIT_CLIENT": "30 per hour; 100 per day",
-    # Console verifications: per person (apart from the public budget), and failures per agent.
-    "AGENT_VERIFY_LIMIT_PERSON": "5 per hour; 10 per day; 30 per year",
+    # Console verifications: the person's short window on the console (day and year shared with
+    # the site and the API), failures per agent, and every verification per agent: an agent
+    # serves about ten calls an hour, so forty is a busy hour and more is not one person's calls.
+    "AGENT_VERIFY_LIMIT_PERSON": "5 per hour",
     "AGENT_VERIFY_LIMIT_FAILURES": "10 per hour; 40 per day",
+    "AGENT_VERIFY_LIMIT_ATTEMPTS": "40 per hour; 200 per day",
+    # Lost-letter look-ups per agent, found or not: each one tells whether a person is on the list.
+    "AGENT_LOCATE_LIMIT": "10 per hour; 30 per day",
+    # A letter requested again within this many days is not sent again (it is in the mail).
+    "LETTER_REISSUE_DAYS": 14,
     # The supervisor dashboard shows a warning when fewer codes than this are left in the pool.
     "POOL_LOW_THRESHOLD": 10000,
     # Hourly counts and the audit trail are kept this long after the purge's cut-off date:
@@ -126,9 +143,11 @@ ARGON2_FLOORS = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
 
 SECRET_NAMES = ("SECRET_KEY", "IDENTIFIER_KEY", "CODE_KEY", "AUDIT_KEY")
 LIMIT_SETTINGS = (
-    "VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_CLIENT_ATTEMPTS", "VERIFY_LIMIT_GLOBAL",
-    "API_VERIFY_LIMIT_PERSON", "API_VERIFY_LIMIT_KEY", "API_VERIFY_LIMIT_CLIENT", "API_KEY_RATE",
-    "STAFF_LOGIN_LIMIT_ACCOUNT", "STAFF_LOGIN_LIMIT_CLIENT", "AGENT_VERIFY_LIMIT_PERSON", "AGENT_VERIFY_LIMIT_FAILURES",
+    "VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_PERSON_SHARED", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_CLIENT_ATTEMPTS",
+    "VERIFY_LIMIT_CLIENT_PEOPLE", "VERIFY_LIMIT_GLOBAL", "API_VERIFY_LIMIT_PERSON", "API_VERIFY_LIMIT_KEY",
+    "API_VERIFY_LIMIT_CLIENT", "API_VERIFY_LIMIT_KEY_PEOPLE", "API_KEY_RATE", "STAFF_LOGIN_LIMIT_ACCOUNT",
+    "STAFF_LOGIN_LIMIT_CLIENT", "AGENT_VERIFY_LIMIT_PERSON", "AGENT_VERIFY_LIMIT_FAILURES",
+    "AGENT_VERIFY_LIMIT_ATTEMPTS", "AGENT_LOCATE_LIMIT",
 )  # fmt: skip
 
 

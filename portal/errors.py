@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import traceback
 
-from flask import Flask, render_template, request
+from flask import Flask, current_app, render_template, request
 from flask.globals import request_ctx
+from flask_babel import get_locale
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -14,7 +16,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 
 from portal.api.errors import http_problem
 from portal.identity import HashingBusy
-from portal.throttle import LimitStoreDown, Throttled
+from portal.throttle import PEOPLE_SCOPE, LimitStoreDown, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,20 @@ def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
 
 
 def handle_throttled(error: Throttled):  # type: ignore[no-untyped-def]
-    """A spent budget: the same page whoever the person is, with the wait the budget imposes."""
-    return render_error(TooManyRequests.code, retry_after=error.retry_after)
+    """A spent budget: the same page whoever the person is, with the wait the budget imposes. A
+    network that verified many people today sends the next one to the call center instead."""
+    message = None
+    if error.scope == PEOPLE_SCOPE:
+        programme = current_app.extensions["portal"].programme
+        message = _(
+            "Many different people have already been checked from your internet connection today, so no one "
+            "else can be checked from it until tomorrow. This protects people whose details were stolen. If "
+            "you are checking your own notice, call %(phone)s (%(hours)s): we can check your details and give "
+            "you your activation code by phone.",
+            phone=programme.call_center_phone,
+            hours=programme.in_language(str(get_locale())).call_center_hours,
+        )
+    return render_error(TooManyRequests.code, message, retry_after=error.retry_after)
 
 
 def handle_limit_store_down(error: LimitStoreDown):  # type: ignore[no-untyped-def]

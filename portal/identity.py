@@ -334,7 +334,7 @@ class IdentifierHasher:
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
         self._subkeys = {
             (purpose, version): keyring.subkey(purpose, version)
-            for purpose in ("lookup", "record", "letter", "person")
+            for purpose in ("lookup", "record", "letter", "person", "reference")
             for version in keyring.keys
         }
 
@@ -375,6 +375,11 @@ class IdentifierHasher:
         """
         raw = self._mac("letter", record_id.encode("utf-8"))[:15]
         return base64.b32encode(raw).decode("ascii").translate(_TO_CROCKFORD)
+
+    def reference_digest(self, reference: str) -> bytes:
+        """What the database keeps of a person's letter reference (normalised): enough to check one
+        typed in, useless for printing one. A plain HMAC: the reference carries 120 random bits."""
+        return self._mac("reference", reference.encode("ascii"))
 
     def person_bucket(self, last_name: str, date_of_birth: date) -> str:
         """A keyed hash of name and birth date for failure counters: the same whether or not the person exists."""
@@ -475,8 +480,18 @@ def _token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii", "replace")).digest()
 
 
-def start_verification(session: Session, patient: Patient | Row[Any], channel: str, ttl_seconds: int) -> str:
+def start_verification(
+    session: Session,
+    patient: Patient | Row[Any],
+    channel: str,
+    ttl_seconds: int,
+    api_key_id: int | None = None,
+    with_letter: bool = False,
+) -> str:
     """Remember a success; return the opaque token the client keeps (only its SHA-256 is stored).
+
+    The token works only on ``channel`` and, for the API, with the key ``api_key_id``: a token made
+    on the website, or with another partner's key, is as unknown to a claim as a made-up one.
 
     Each new verification also deletes a few expired ones (an index range on ``expires_at``), so
     the table holds the live verifications and little else, without a job to schedule.
@@ -492,6 +507,8 @@ def start_verification(session: Session, patient: Patient | Row[Any], channel: s
             "token_digest": _token_digest(token),
             "patient_id": patient.id,
             "channel": channel,
+            "api_key_id": api_key_id,
+            "with_letter": with_letter,
             "created_at": now,
             "expires_at": now + timedelta(seconds=ttl_seconds),
         },
@@ -500,16 +517,47 @@ def start_verification(session: Session, patient: Patient | Row[Any], channel: s
     return token
 
 
-def verified_patient(session: Session, token: str | None) -> Patient | None:
-    """The patient behind a live verification token, or None when absent, unknown or expired."""
+def live_verification(
+    session: Session, token: str | None, channel: str, api_key_id: int | None = None
+) -> Verification | None:
+    """The live verification behind ``token`` made on ``channel`` (with ``api_key_id``), or None
+    when absent, unknown, expired or made elsewhere."""
     if not token or len(token) > 100:
         return None
-    verification = session.scalar(
+    return session.scalar(
         select(Verification).where(
-            Verification.token_digest == _token_digest(token), Verification.expires_at > utcnow()
+            Verification.token_digest == _token_digest(token),
+            Verification.expires_at > utcnow(),
+            Verification.channel == channel,
+            Verification.api_key_id.is_(None) if api_key_id is None else Verification.api_key_id == api_key_id,
         )
     )
+
+
+def verified_patient(
+    session: Session, token: str | None, channel: str, api_key_id: int | None = None
+) -> Patient | None:
+    """The patient behind a live verification token made on ``channel`` (see ``live_verification``)."""
+    verification = live_verification(session, token, channel, api_key_id)
     return session.get(Patient, verification.patient_id) if verification else None
+
+
+def give_letter_reference(session: Session, hasher: IdentifierHasher, verification: Verification, text: str) -> bool:
+    """Step up a verification with the reference typed from the person's letter; True when it is theirs.
+
+    The stolen records do not hold it, so it tells the person from whoever holds their details.
+    A person without a stored reference (no letter was printed with one) can never step up here.
+    """
+    try:
+        reference = normalise_reference(text)
+    except InvalidIdentifier:
+        return False
+    stored = session.scalar(select(Patient.reference_digest).where(Patient.id == verification.patient_id))
+    if stored is None or not hmac.compare_digest(stored, hasher.reference_digest(reference)):
+        return False
+    verification.with_letter = True
+    session.commit()
+    return True
 
 
 def retire_unused_schemes(session: Session, keep_id: int) -> None:

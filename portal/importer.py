@@ -152,6 +152,8 @@ class PatientRow:
     record_keys: list[bytes]  # under every held key version, current first (finds rows during a rotation)
     claim: IdentityClaim
     exposed: int
+    reference: str  # printed on this person's letter (normalised), whether or not they have an SSN
+    reference_digest: bytes  # what the database keeps of it
 
     @property
     def record_key(self) -> bytes:
@@ -182,11 +184,13 @@ def parse_patient_row(line: int, row: dict[str, Any], hasher: IdentifierHasher) 
         raise RowError(str(error)) from error
     except ValueError as error:  # exposure.parse_exposed_fields names the unknown token
         raise RowError(str(error)) from error
+    reference = hasher.letter_reference(record_id)
     if ssn:
         claim = IdentityClaim(last_name, born, zip_code, ssn_last4=ssn[-4:])
     else:
-        claim = IdentityClaim(last_name, born, zip_code, reference=hasher.letter_reference(record_id))
-    return PatientRow(line, record_id, hasher.record_keys(record_id), claim, exposed)
+        claim = IdentityClaim(last_name, born, zip_code, reference=reference)
+    keys = hasher.record_keys(record_id)
+    return PatientRow(line, record_id, keys, claim, exposed, reference, hasher.reference_digest(reference))
 
 
 def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
@@ -248,6 +252,7 @@ class PatientImporter:
         on_reject: RejectFn,
         on_progress: ProgressFn | None = None,
         letters: csv.writer | None = None,  # type: ignore[valid-type]
+        all_letters: bool = False,
         shard: tuple[int, int] | None = None,
         dry_run: bool = False,
         rehash: bool = False,
@@ -258,6 +263,8 @@ class PatientImporter:
         self.on_reject = on_reject
         self.on_progress = on_progress
         self.letters = letters
+        # References for every letter (the claim step-up), not only those of people without an SSN.
+        self.all_letters = all_letters
         self.shard = shard
         self.dry_run = dry_run
         self.rehash = rehash  # hash stored records again: applies corrected identifiers
@@ -313,8 +320,8 @@ class PatientImporter:
             if not self._seen.add(int.from_bytes(row.record_key[:8], "big")):
                 self._reject(line, "record_id repeats an earlier row of this file")
                 continue
-            if row.claim.reference and self.letters is not None:
-                self.letters.writerow([row.record_id, format_reference(row.claim.reference)])
+            if self.letters is not None and (self.all_letters or row.claim.reference):
+                self.letters.writerow([row.record_id, format_reference(row.reference)])
                 self.report.letters += 1
             parsed.append(row)
             if len(parsed) >= BATCH_SIZE:
@@ -340,8 +347,9 @@ class PatientImporter:
                 patient is not None and patient.scheme_id == self._scheme_id and patient.record_key == row.record_key
             )
             if patient is not None and current and not self.rehash:
-                if patient.exposed_fields != row.exposed:
+                if (patient.exposed_fields, patient.reference_digest) != (row.exposed, row.reference_digest):
                     patient.exposed_fields = row.exposed
+                    patient.reference_digest = row.reference_digest  # records imported before every letter had one
                     self.report.updated += 1
                 else:
                     self.report.unchanged += 1
@@ -415,7 +423,11 @@ class PatientImporter:
                 continue
             seen.add(digest)
             values = dict(
-                record_key=row.record_key, scheme_id=self._scheme_id, lookup_digest=digest, exposed_fields=row.exposed
+                record_key=row.record_key,
+                scheme_id=self._scheme_id,
+                lookup_digest=digest,
+                exposed_fields=row.exposed,
+                reference_digest=row.reference_digest,
             )
             if i in rehash:
                 self.session.execute(update(Patient).where(Patient.id == rehash[i]).values(**values))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterator
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -47,24 +48,35 @@ class LetterVault:
         )
 
 
-def request_reissue(session: Session, vault: LetterVault, last_name: str, born: date, zip_code: str) -> str | None:
-    """Mark the one matching record for a new letter; its Patient.public_id, or None when zero or
-    several records match (the caller cannot be identified this way: escalate)."""
+@dataclass(frozen=True)
+class Reissue:
+    public_id: str  # Patient.public_id of the one record found
+    already_requested: bool  # a letter was requested within the last days: it is in the mail, not sent again
+
+
+def request_reissue(
+    session: Session, vault: LetterVault, last_name: str, born: date, zip_code: str, recent: timedelta
+) -> Reissue | None:
+    """Mark the one matching record for a new letter, unless one was requested within ``recent``;
+    None when zero or several records match (the caller cannot be identified this way: escalate)."""
     digest = vault.locate_digest(last_name, born, zip_code)
     matches = session.execute(
-        select(LetterRecord.id, Patient.public_id)
+        select(LetterRecord.id, LetterRecord.reissue_requested_at, Patient.public_id)
         .join(Patient, Patient.id == LetterRecord.patient_id)
         .where(LetterRecord.locate_digest == digest)
         .limit(2)
     ).all()
     if len(matches) != 1:
         return None
-    letter_id, public_id = matches[0]
+    letter_id, requested_at, public_id = matches[0]
+    now = utcnow()
+    if requested_at is not None and requested_at > now - recent:
+        return Reissue(str(public_id), already_requested=True)
     session.execute(
-        update(LetterRecord).where(LetterRecord.id == letter_id).values(reissue_requested_at=utcnow(), exported_at=None)
+        update(LetterRecord).where(LetterRecord.id == letter_id).values(reissue_requested_at=now, exported_at=None)
     )
     session.commit()
-    return str(public_id)
+    return Reissue(str(public_id), already_requested=False)
 
 
 def export_requested(session: Session, vault: LetterVault) -> Iterator[tuple[str, str]]:

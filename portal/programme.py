@@ -32,6 +32,9 @@ class Programme:
     enrol_by: date
     coverage_months: int = 24
     mailing_address: str = ""
+    # Whether claiming a code needs the reference printed on the letter too (the stolen records
+    # hold every other answer): "off", "on-alert" (while a success-side alert is active) or "always".
+    claim_step_up: str = "on-alert"
     # language code -> {free-text field -> that text in the language}
     translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -40,6 +43,8 @@ class Programme:
         local = self.translations.get(code)
         return dataclasses.replace(self, **local) if local else self
 
+
+STEP_UP_CHOICES = ("off", "on-alert", "always")
 
 # Text a person wrote for people to read; names, numbers, dates and addresses of sites stay as they are.
 TRANSLATABLE = ("incident_summary", "call_center_hours", "mailing_address")
@@ -98,12 +103,15 @@ def load_programme(path: str | None) -> Programme:
     try:
         table = tomllib.loads(Path(path).read_text(encoding="utf-8"))["programme"]
         translations = _translations(table)
-        return Programme(**table, translations=translations)
+        programme = Programme(**table, translations=translations)
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as error:
         fields = ", ".join(f.name for f in dataclasses.fields(Programme))
         raise ConfigError(
             f"PORTAL_PROGRAMME_FILE could not be read as a [programme] table with {fields}: {error}"
         ) from error
+    if programme.claim_step_up not in STEP_UP_CHOICES:
+        raise ConfigError(f"PORTAL_PROGRAMME_FILE: claim_step_up must be one of {', '.join(STEP_UP_CHOICES)}")
+    return programme
 
 
 def _translations(table: dict[str, Any]) -> dict[str, dict[str, str]]:

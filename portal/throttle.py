@@ -10,8 +10,9 @@ anyone learns an answer.
 
 A success gives back what it took from the *failure* budgets (a person who verifies is never
 locked out by their own visits); *attempt* budgets keep it (one address cannot verify its own
-identity thousands of times a minute). An attempt that ends in an error gives everything back:
-its caller learnt nothing.
+identity thousands of times a minute); *people* budgets keep only what successes took: they count
+the different people one client verified, because whoever holds the stolen records never fails
+(SECURITY.md). An attempt that ends in an error gives everything back: its caller learnt nothing.
 
 The counters are fixed windows (an integer per budget and window, expiring with the window):
 unlike a moving window, a counter can be given back atomically. While the limit store cannot be
@@ -60,12 +61,21 @@ class LimitStoreDown(Exception):
 @dataclass(frozen=True)
 class Budget:
     """One family of counters: ``setting`` names the limits ("5 per 15 minutes; 100 per year"),
-    ``key`` whom they count. ``refund_on_success``: a failure budget (True) or an attempt budget."""
+    ``key`` whom they count. ``refund_on_success``: a failure budget (True) or an attempt budget.
+
+    With a ``member`` the budget counts *distinct* members (people) per ``key``: the same member
+    again takes nothing, so it is never refused by it. ``refund_on_failure`` makes it count only
+    the members whose attempt succeeded. ``hide_window``: a budget strangers share (a person's, keyed
+    on a name and birth date anyone may type) answers with its full window, never the seconds left,
+    which would tell when someone else last tried."""
 
     scope: str
     setting: str
     key: str
     refund_on_success: bool = True
+    refund_on_failure: bool = False
+    member: str | None = None
+    hide_window: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,27 @@ class Attempt:
 # --- Budgets -------------------------------------------------------------------------------------
 
 
-def person_budget(claim: IdentityClaim, surface: str, setting: str) -> Budget:
+def person_key(claim: IdentityClaim) -> str:
     """Keyed on exactly the normalised name and birth date the lookup hashes: no spelling, padding
     or encoding of the same person reaches another bucket, and the key is the same whether or not
     the person exists."""
-    key = services().hasher.person_bucket(claim.last_name, claim.date_of_birth)
-    return Budget(f"verify-person-{surface}", setting, key)
+    return services().hasher.person_bucket(claim.last_name, claim.date_of_birth)
+
+
+def person_budgets(claim: IdentityClaim, surface: str, setting: str) -> list[Budget]:
+    """A person's failures: the surface's own short window (``setting``), and the day and year that
+    the site, the API and the console share, so that spreading guesses over the three gains nothing."""
+    key = person_key(claim)
+    return [
+        Budget(f"verify-person-{surface}", setting, key, hide_window=True),
+        Budget("verify-person", "VERIFY_LIMIT_PERSON_SHARED", key, hide_window=True),
+    ]
+
+
+def people_budget(scope: str, setting: str, key: str, claim: IdentityClaim) -> Budget:
+    """The different people ``key`` (a client network, a partner key) verified: only successes count,
+    and the same person again never does."""
+    return Budget(scope, setting, key, refund_on_success=False, refund_on_failure=True, member=person_key(claim))
 
 
 def client_key(address: str | None) -> str:
@@ -107,6 +132,10 @@ def client_key(address: str | None) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+PEOPLE_SCOPE = "verify-client-people"  # a refusal by it sends a real person to the call center
+GLOBAL_BUDGET = Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal")
 
 
 def client_network(address: str | None) -> str:
@@ -125,10 +154,11 @@ def public_budgets(claim: IdentityClaim, address: str | None) -> list[Budget]:
     """The public site's budgets: see SECURITY.md for the numbers and why."""
     client = client_key(address)
     return [
-        person_budget(claim, "public", "VERIFY_LIMIT_PERSON"),
+        *person_budgets(claim, "public", "VERIFY_LIMIT_PERSON"),
         Budget("verify-client", "VERIFY_LIMIT_CLIENT", client),
         Budget("verify-client-attempts", "VERIFY_LIMIT_CLIENT_ATTEMPTS", client, refund_on_success=False),
-        Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal"),
+        people_budget(PEOPLE_SCOPE, "VERIFY_LIMIT_CLIENT_PEOPLE", client_network(address), claim),
+        GLOBAL_BUDGET,
     ]
 
 
@@ -153,6 +183,8 @@ def attempt(
         raise
     if outcome.success:
         _give_back([hold for hold in holds if hold.budget.refund_on_success])
+    else:
+        _give_back([hold for hold in holds if hold.budget.refund_on_failure])
 
 
 def limit_store() -> Storage:
@@ -179,54 +211,99 @@ def _reserve(budgets: Sequence[Budget], refused: Event) -> list[_Hold]:
     counted = [(_Hold(budget, counter), item) for budget in budgets for counter, item in _counters(budget)]
     holds = [hold for hold, _item in counted]
     try:
-        counts = _add(store, [(hold.counter, item.get_expiry()) for hold, item in counted], 1)
-        spent = next((hold for (hold, item), count in zip(counted, counts, strict=True) if count > item.amount), None)
-        retry_after = max(1, int(store.get_expiry(spent.counter) - time.time()) + 1) if spent else 0
+        counts = _add(store, [(hold, item.get_expiry()) for hold, item in counted], 1)
+        spent_at = next(((hold, item) for (hold, item), count in zip(counted, counts, strict=True)
+                         if count > item.amount), None)  # fmt: skip
+        retry_after = _retry_after(store, *spent_at) if spent_at else 0
     except (store.base_exceptions, OSError) as error:  # the store's own errors, and a lost socket
         # Whether the units were taken is not known: they stay counted, erring on the side of counting.
         record(replace(refused, outcome="limit-store-down"))
         raise LimitStoreDown() from error
-    if spent is not None:
+    if spent_at is not None:
         _give_back(holds)
-        record(replace(refused, outcome=f"throttled:{spent.budget.scope}"))
-        raise Throttled(spent.budget.scope, retry_after)
+        scope = spent_at[0].budget.scope
+        record(replace(refused, outcome=f"throttled:{scope}"))
+        raise Throttled(scope, retry_after)
     return holds
+
+
+def _retry_after(store: Storage, hold: _Hold, item: RateLimitItem) -> int:
+    """When the spent counter lets this client in again; the full window for a budget strangers share."""
+    if hold.budget.hide_window:
+        return item.get_expiry()
+    return max(1, int(store.get_expiry(hold.counter) - time.time()) + 1)
 
 
 def _give_back(holds: Sequence[_Hold]) -> None:
     """Best effort: a unit that cannot be given back (store lost) errs on the side of counting."""
     store = limit_store()
     try:
-        _add(store, [(hold.counter, 1) for hold in holds], -1)
+        _add(store, [(hold, 1) for hold in holds], -1)
     except (store.base_exceptions, OSError):
         return
 
 
+def _marker(hold: _Hold) -> str:
+    """A distinct budget's member counter: how many attempts of this member hold or kept a unit."""
+    return f"{hold.counter}/{hold.budget.member}" if hold.budget.member is not None else ""
+
+
 # INCRBY then EXPIRE on a new counter, as the limit store's own increment, for every key at once:
-# an attempt touches up to eight counters, and one round trip to Redis costs more than the rest of
-# the counting. A script runs atomically, so every counter moves together.
+# an attempt touches up to ten counters, and one round trip to Redis costs more than the rest of
+# the counting. A script runs atomically, so every counter moves together. A distinct budget's
+# counter moves only when its member's own counter goes from 0 to 1 (taken) or 1 to 0 (given
+# back): concurrent attempts for one member count once, whichever of them is given back first.
 _ADD_TO_ALL = """
 local amount = tonumber(ARGV[1])
+local n = #KEYS
 local counts = {}
 for i, key in ipairs(KEYS) do
-    counts[i] = redis.call("incrby", key, amount)
-    if counts[i] == amount then
-        redis.call("expire", key, ARGV[i + 1])
+    local expiry = ARGV[i + 1]
+    local marker = ARGV[n + i + 1]
+    local step = amount
+    if marker ~= "" then
+        local holders = redis.call("incrby", marker, amount)
+        if holders == amount then
+            redis.call("expire", marker, expiry)
+        end
+        if not ((amount > 0 and holders == 1) or (amount < 0 and holders == 0)) then
+            step = 0
+        end
+    end
+    if step == 0 then
+        counts[i] = 0
+    else
+        counts[i] = redis.call("incrby", key, step)
+        if counts[i] == step then
+            redis.call("expire", key, expiry)
+        end
     end
 end
 return counts
 """
 
 
-def _add(store: Storage, counters: Sequence[tuple[str, int]], amount: int) -> list[int]:
-    """Add ``amount`` to each (counter, expiry in seconds); the new counts. One round trip on Redis
-    (not on a cluster, where one script may not touch keys of different slots)."""
+def _add(store: Storage, counters: Sequence[tuple[_Hold, int]], amount: int) -> list[int]:
+    """Add ``amount`` to each (counter, expiry in seconds); the new counts (0 for a distinct budget
+    whose member was already counted). One round trip on Redis (not on a cluster, where one script
+    may not touch keys of different slots)."""
     if not counters:
         return []
     if isinstance(store, RedisStorage) and not isinstance(store, RedisClusterStorage):
-        keys = [store.prefixed_key(counter) for counter, _expiry in counters]
-        return [int(count) for count in _script(store)(keys, [amount, *(expiry for _counter, expiry in counters)])]
-    return [store.incr(counter, expiry, amount=amount) for counter, expiry in counters]
+        keys = [store.prefixed_key(hold.counter) for hold, _expiry in counters]
+        markers = [store.prefixed_key(_marker(hold)) if hold.budget.member is not None else "" for hold, _ in counters]
+        counts = _script(store)(keys, [amount, *(expiry for _hold, expiry in counters), *markers])
+        return [int(count) for count in counts]
+    return [_add_one(store, hold, expiry, amount) for hold, expiry in counters]
+
+
+def _add_one(store: Storage, hold: _Hold, expiry: int, amount: int) -> int:
+    """The script's work for one counter, on a store without scripts (memory://: one process)."""
+    if hold.budget.member is not None:
+        holders = store.incr(_marker(hold), expiry, amount=amount)
+        if holders != (1 if amount > 0 else 0):
+            return 0
+    return store.incr(hold.counter, expiry, amount=amount)
 
 
 @cache

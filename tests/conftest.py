@@ -42,12 +42,15 @@ LOOSE_LIMITS = {
     name: "10000 per minute"
     for name in (
         "VERIFY_LIMIT_PERSON",
+        "VERIFY_LIMIT_PERSON_SHARED",
         "VERIFY_LIMIT_CLIENT",
+        "VERIFY_LIMIT_CLIENT_PEOPLE",
         "VERIFY_LIMIT_CLIENT_ATTEMPTS",
         "VERIFY_LIMIT_GLOBAL",
         "API_VERIFY_LIMIT_PERSON",
         "API_VERIFY_LIMIT_KEY",
         "API_VERIFY_LIMIT_CLIENT",
+        "API_VERIFY_LIMIT_KEY_PEOPLE",
     )
 }
 

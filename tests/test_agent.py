@@ -14,7 +14,7 @@ import pytest
 from agent_helpers import NEW_PASSWORD, Account, login, make_staff, post_form, signed_in
 from conftest import csrf_token, import_patients, lookup, make_app, patient_row
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from test_public import _check_headers
 
 from portal import services
@@ -23,7 +23,7 @@ from portal.config import ConfigError
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
-from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification
+from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
@@ -393,6 +393,7 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
 # --- lost letters --------------------------------------------------------------------------------
 
 NO_SSN = {"last_name": "Ødegård", "date_of_birth": "1961-07-19", "zip_code": "20002"}
+NO_SSN_ROW = {"last_name": "Ødegård", "date_of_birth": "1961-07-19", "zip": "20002"}
 
 
 def test_a_lost_letter_is_reissued_and_exported_once(app: Flask, tmp_path: Any) -> None:
@@ -437,12 +438,40 @@ def test_a_lost_letter_is_reissued_and_exported_once(app: Flask, tmp_path: Any) 
     assert [r.outcome for r in audit_rows(app) if r.action == "letters-reissue"] == ["exported:1", "exported:0"]
 
 
-def test_lost_letter_lookups_count_against_the_console_budgets(database_url: str) -> None:
-    app = make_app(database_url, AGENT_VERIFY_LIMIT_FAILURES="2 per day")
+def test_lost_letter_lookups_count_against_the_agent_found_or_not(database_url: str) -> None:
+    """Each answer tells whether someone without an SSN is on the list: successes count too."""
+    app = make_app(database_url, AGENT_LOCATE_LIMIT="3 per day")
+    import_patients(app, [patient_row(record_id="R-LOST", ssn="", **NO_SSN_ROW)])
     client = signed_in(app, make_staff(app))
     for _ in range(2):
         assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 200
+    assert post_form(client, "/agent/letter", "/agent/", **{**NO_SSN, "zip_code": "99999"}).status_code == 200
     assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 429
+    outcomes = [r.outcome for r in audit_rows(app) if r.action == "letter-reissue"]
+    assert outcomes == ["requested", "already-requested", "not-identified"]
+    assert [r.outcome for r in audit_rows(app) if r.action == "verification"] == ["throttled:agent-locates"]
+
+
+def test_a_letter_requested_recently_is_not_flagged_again(database_url: str) -> None:
+    app = make_app(database_url, LETTER_REISSUE_DAYS=14)
+    client = signed_in(app, make_staff(app))
+    import_patients(app, [patient_row(record_id="R-LOST", ssn="", **NO_SSN_ROW)])
+    first = post_form(client, "/agent/letter", "/agent/", **NO_SSN)
+    assert "will be mailed" in first.get_data(as_text=True)
+    with app.app_context():
+        requested = db.session.scalar(select(LetterRecord.reissue_requested_at))
+    again = post_form(client, "/agent/letter", "/agent/", **NO_SSN)
+    assert "already requested" in again.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(LetterRecord.reissue_requested_at)) == requested
+        # Past the window, a new request is flagged again.
+        old = requested - timedelta(days=15)
+        db.session.execute(update(LetterRecord).values(reissue_requested_at=old, exported_at=utcnow()))
+        db.session.commit()
+    assert "will be mailed" in post_form(client, "/agent/letter", "/agent/", **NO_SSN).get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(LetterRecord.reissue_requested_at)) > requested
+        assert db.session.scalar(select(LetterRecord.exported_at)) is None
 
 
 # --- staff commands ------------------------------------------------------------------------------

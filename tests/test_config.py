@@ -124,6 +124,11 @@ def test_readme_configuration_table_states_every_shipped_default() -> None:
 def test_security_md_failure_limits_are_the_shipped_ones() -> None:
     setting = {
         "person": "VERIFY_LIMIT_PERSON",
+        "person, every surface together": "VERIFY_LIMIT_PERSON_SHARED",
+        "different people per client network": "VERIFY_LIMIT_CLIENT_PEOPLE",
+        "API: different people per partner key": "API_VERIFY_LIMIT_KEY_PEOPLE",
+        "verifications per agent": "AGENT_VERIFY_LIMIT_ATTEMPTS",
+        "lost-letter look-ups per agent": "AGENT_LOCATE_LIMIT",
         "client address": "VERIFY_LIMIT_CLIENT",
         "client attempts, successes included": "VERIFY_LIMIT_CLIENT_ATTEMPTS",
         "whole portal": "VERIFY_LIMIT_GLOBAL",
@@ -141,7 +146,7 @@ def test_security_md_failure_limits_are_the_shipped_ones() -> None:
         for heading in tables
         for budget, limit, _why in markdown_table(SECURITY, heading)
     }
-    shipped = {name: limit for name, limit in DEFAULTS.items() if "_LIMIT_" in name or name.startswith("VERIFY_LIMIT")}
+    shipped = {name: limit for name, limit in DEFAULTS.items() if "_LIMIT" in name or name.startswith("VERIFY_LIMIT")}
     assert documented == shipped
 
 
@@ -149,7 +154,9 @@ def test_the_person_limit_keeps_the_promises_made_for_it() -> None:
     """SECURITY.md: back-off after 5 failures, a yearly cap of 100 (NIST SP 800-63B), so a guesser of
     the 10,000 possible last-four values gets through with at most 1 % probability a year."""
     limits = {
-        (item.GRANULARITY.name, item.multiples): item.amount for item in parse_many(DEFAULTS["VERIFY_LIMIT_PERSON"])
+        (item.GRANULARITY.name, item.multiples): item.amount
+        for name in ("VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_PERSON_SHARED")
+        for item in parse_many(DEFAULTS[name])
     }
     assert limits[("minute", 15)] == 5
     assert limits[("year", 1)] == 100

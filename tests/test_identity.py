@@ -1019,26 +1019,26 @@ def test_verification_token_round_trip(app: Flask, people: list[dict[str, str]])
         token = start_verification(db.session, patient, "public", 900)
         assert len(token) >= 43
         db.session.close()
-        assert verified_patient(db.session, token).id == patient_id
+        assert verified_patient(db.session, token, "public").id == patient_id
         other = start_verification(db.session, db.session.get(Patient, patient_id), "public", 900)
         assert other != token
-        assert verified_patient(db.session, other).id == patient_id
+        assert verified_patient(db.session, other, "public").id == patient_id
 
         end_verification(db.session, token)
         db.session.close()
-        assert verified_patient(db.session, token) is None
-        assert verified_patient(db.session, other).id == patient_id, "signing out ends only that session"
+        assert verified_patient(db.session, token, "public") is None
+        assert verified_patient(db.session, other, "public").id == patient_id, "signing out ends only that session"
 
 
 def test_expired_unknown_and_overlong_tokens_are_refused(app: Flask, people: list[dict[str, str]]) -> None:
     with app.app_context():
         patient = find_patient(db.session, services().hasher, claim_of(people[0]))
         token = start_verification(db.session, patient, "public", 900)
-        assert verified_patient(db.session, token) is not None
+        assert verified_patient(db.session, token, "public") is not None
         db.session.execute(Verification.__table__.update().values(expires_at=identity.utcnow() - timedelta(seconds=1)))
         db.session.commit()
-        assert verified_patient(db.session, token) is None
-        assert verified_patient(db.session, start_verification(db.session, patient, "public", -1)) is None
+        assert verified_patient(db.session, token, "public") is None
+        assert verified_patient(db.session, start_verification(db.session, patient, "public", -1), "public") is None
 
         live = start_verification(db.session, patient, "public", 900)
         for bad in (
@@ -1052,10 +1052,10 @@ def test_expired_unknown_and_overlong_tokens_are_refused(app: Flask, people: lis
             "ä" * 43,
             live.upper() if live.upper() != live else live.lower(),
         ):
-            assert verified_patient(db.session, bad) is None, bad
+            assert verified_patient(db.session, bad, "public") is None, bad
         end_verification(db.session, None)
         end_verification(db.session, "x" * 500)
-        assert verified_patient(db.session, live) is not None
+        assert verified_patient(db.session, live, "public") is not None
 
 
 def test_a_verification_ends_at_its_expiry_instant(
@@ -1068,8 +1068,8 @@ def test_a_verification_ends_at_its_expiry_instant(
         patient = find_patient(db.session, services().hasher, claim_of(people[0]))
         ending_now = start_verification(db.session, patient, "public", 0)
         one_second_left = start_verification(db.session, patient, "public", 1)
-        assert verified_patient(db.session, ending_now) is None
-        assert verified_patient(db.session, one_second_left) is not None
+        assert verified_patient(db.session, ending_now, "public") is None
+        assert verified_patient(db.session, one_second_left, "public") is not None
 
 
 def test_only_the_token_digest_is_stored(app: Flask, people: list[dict[str, str]]) -> None:

@@ -460,7 +460,7 @@ def test_letters_list_references_for_people_without_ssn(app: Flask, runner: Any,
     without = [r for r in rows if not r["ssn"].strip()]
     assert 2 <= len(without) < len(rows)
     letters = tmp_path / "letters.csv"
-    result = import_file(runner, write_rows(tmp_path / "list.csv", rows), "--letters", str(letters))
+    result = import_file(runner, write_rows(tmp_path / "list.csv", rows), "--letters", str(letters), "--letters-for", "no-ssn")
     assert result.exit_code == 0, result.output
     assert f"{len(without)} letter references written" in result.stdout
     with letters.open(newline="", encoding="utf-8") as stream:

@@ -125,7 +125,7 @@ def test_a_limit_store_lost_while_counting_refuses_the_attempt(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reading when a spent budget resets needs the limit store; without it, nothing is answered."""
-    app = throttled_app(database_url, VERIFY_LIMIT_PERSON="1 per 15 minutes")
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per 15 minutes")
     assert attempt(app, KNOWN, "0000", "10.4.0.1")[0] == 200
 
     def store_gone(*_args: Any) -> float:
@@ -133,7 +133,7 @@ def test_a_limit_store_lost_while_counting_refuses_the_attempt(
 
     with app.app_context():
         monkeypatch.setattr(throttle.limit_store(), "get_expiry", store_gone)
-    status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.2")
+    status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.1")
     assert (status, retry_after) == (503, str(RETRY_AFTER_SECONDS))
     assert "García" not in body
 

@@ -35,9 +35,7 @@ def upgrade() -> None:
     op.add_column("patients", sa.Column("reference_digest", sa.LargeBinary(length=32), nullable=True))
     op.create_index(op.f("ix_patients_reference_digest"), "patients", ["reference_digest"], unique=True)
     op.add_column("verifications", sa.Column("api_key_id", sa.Integer(), nullable=True))
-    op.add_column(
-        "verifications", sa.Column("with_letter", sa.Boolean(), nullable=False, server_default=sa.false())
-    )
+    op.add_column("verifications", sa.Column("with_letter", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.add_column("activation_codes", sa.Column("revoked_at", sa.DateTime(), nullable=True))
     # A person holds at most one *live* code; a revoked one stays theirs beside it.
     op.drop_index("uq_activation_codes_patient_id", table_name="activation_codes")
@@ -54,7 +52,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     # The older schema allows one code per person, revoked or not: refuse rather than lose the
     # provider's record of a revoked code.
-    revoked = op.get_bind().execute(sa.text(f"SELECT count(*) FROM activation_codes WHERE {REVOKED}")).scalar()
+    codes = sa.table("activation_codes", sa.column("revoked_at"))
+    revoked = op.get_bind().scalar(sa.select(sa.func.count()).select_from(codes).where(codes.c.revoked_at.is_not(None)))
     if revoked:
         raise RuntimeError(f"{revoked} revoked codes would break the older schema's one-code-per-person index")
     op.drop_index("ix_activation_codes_revoked_at", table_name="activation_codes")

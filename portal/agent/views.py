@@ -151,11 +151,15 @@ CALL_OUTCOMES = {
 
 
 def verify_budgets(claim: IdentityClaim) -> list[throttle.Budget]:
-    """The console's own per-person budget (a person locked out on the website can still be
-    served), and the agent's failures, which supervisors see when they trip."""
+    """The person's short window on the console and the day and year every surface shares; the
+    agent's failures, which supervisors see when they trip; every verification the agent makes
+    (an account used to verify person after person is not serving calls); and the whole portal's."""
+    agent = f"staff:{current_user.staff.id}"
     return [
-        throttle.person_budget(claim, CHANNEL, "AGENT_VERIFY_LIMIT_PERSON"),
-        throttle.Budget("agent-failures", "AGENT_VERIFY_LIMIT_FAILURES", f"staff:{current_user.staff.id}"),
+        *throttle.person_budgets(claim, CHANNEL, "AGENT_VERIFY_LIMIT_PERSON"),
+        throttle.Budget("agent-failures", "AGENT_VERIFY_LIMIT_FAILURES", agent),
+        throttle.Budget("agent-attempts", "AGENT_VERIFY_LIMIT_ATTEMPTS", agent, refund_on_success=False),
+        throttle.GLOBAL_BUDGET,
     ]
 
 
@@ -180,7 +184,7 @@ def in_call(view: Callable[[Patient], ResponseValue]) -> Callable[[], ResponseVa
 
     @wraps(view)
     def guarded() -> ResponseValue:
-        patient = verified_patient(db.session, session.get(CALL_KEY))
+        patient = verified_patient(db.session, session.get(CALL_KEY), CHANNEL)
         if patient is None:
             session.pop(CALL_KEY, None)
             return redirect(url_for("agent.call"), 303)
@@ -226,7 +230,7 @@ def end_call() -> ResponseValue:
     outcome = request.form.get("outcome", "")
     if outcome not in CALL_OUTCOMES:
         abort(400)
-    patient = verified_patient(db.session, session.get(CALL_KEY))
+    patient = verified_patient(db.session, session.get(CALL_KEY), CHANNEL)
     audit("call-outcome", outcome, patient.public_id if patient else None)
     end_verification(db.session, session.pop(CALL_KEY, None))
     flash("Call recorded.")
@@ -243,22 +247,26 @@ def lost_letter() -> ResponseValue:
     assert form.person is not None
     last_name, born, zip_code = form.person
     vault = LetterVault(services().hasher)
+    recent = timedelta(days=current_app.config["LETTER_REISSUE_DAYS"])
     with throttle.attempt(locate_budgets(last_name, born), CHANNEL, request.remote_addr) as attempt:
-        public_id = request_reissue(db.session, vault, last_name, born, zip_code)
-        if public_id is not None:
+        found = request_reissue(db.session, vault, last_name, born, zip_code, recent)
+        if found is not None:
             attempt.succeeded()
-    audit("letter-reissue", "requested" if public_id else "not-identified", public_id)
-    return render_template(
-        "agent/letter.html", form=form, requested=public_id is not None, not_identified=public_id is None,
-        outcomes=CALL_OUTCOMES,
-    )  # fmt: skip
+    outcome = "not-identified" if found is None else "already-requested" if found.already_requested else "requested"
+    audit("letter-reissue", outcome, found.public_id if found else None)
+    return render_template("agent/letter.html", form=form, found=found, outcomes=CALL_OUTCOMES)
 
 
 def locate_budgets(last_name: str, born: date) -> list[throttle.Budget]:
-    """The same budgets as a console verification: the person (by name and birth date) and the agent."""
+    """The person's budgets, as a console verification's, and the agent's look-ups, found or not:
+    each answer tells whether someone with no SSN on file is on the list."""
     # The person budget keys on last name and birth date only; the placeholder reference completes a claim.
     claim = IdentityClaim(last_name, born, "00000", reference="0" * 24)
-    return verify_budgets(claim)
+    agent = f"staff:{current_user.staff.id}"
+    return [
+        *throttle.person_budgets(claim, CHANNEL, "AGENT_VERIFY_LIMIT_PERSON"),
+        throttle.Budget("agent-locates", "AGENT_LOCATE_LIMIT", agent, refund_on_success=False),
+    ]
 
 
 # --- Supervisors: audit trail, staff, pool -------------------------------------------------------

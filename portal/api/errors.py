@@ -26,6 +26,12 @@ POOL_BUSY_RETRY_SECONDS = 5
 POOL_EMPTY_RETRY_SECONDS = 3600
 # Each problem type is a section of the self-hosted reference page.
 TYPE_BASE = "/api/v1/docs#problem-"
+KEY_PEOPLE_SCOPE = "api-key-people"  # the different people one key verified today
+
+
+class LetterRequired(Exception):
+    """Claiming needs the reference printed on the person's letter (step-up); none was given."""
+
 
 PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("malformed", "The request body is not well-formed UTF-8 JSON."),
@@ -39,6 +45,20 @@ PROBLEMS: dict[int, tuple[str, str]] = {
     429: ("rate-limited", "A limit was reached; retry after the number of seconds in Retry-After."),
     500: ("internal", "The request could not be completed; nothing was changed."),
     503: ("unavailable", "The service is busy or briefly unavailable; retry after Retry-After seconds."),
+}
+# Problems more specific than their status's own: slug -> (status, detail).
+SPECIFIC_PROBLEMS: dict[str, tuple[int, str]] = {
+    "pool-empty": (503, "Every activation code is handed out; more are on the way."),
+    "letter-required": (
+        403,
+        "Claiming a code now needs the reference printed on the person's letter: send it as reference. A person "
+        "without their letter gets their code from the call center.",
+    ),
+    "too-many-people": (
+        429,
+        "This key verified as many different people today as it may; send further people to the call center. "
+        "The same people again are still answered.",
+    ),
 }
 
 
@@ -68,6 +88,11 @@ def problem(
     return response
 
 
+def specific_problem(slug: str, retry_after: int | None = None) -> Response:
+    status, detail = SPECIFIC_PROBLEMS[slug]
+    return problem(status, detail, slug=slug, retry_after=retry_after)
+
+
 def http_problem(error: HTTPException) -> Response:
     """A werkzeug HTTP error as a problem; our own descriptions are kept, werkzeug's HTML-ish ones are not."""
     status = error.code or 500
@@ -87,23 +112,24 @@ def init_blueprint(bp: Blueprint) -> None:
     through the application's handler, which sends every ``/api/`` path here."""
     bp.register_error_handler(HTTPException, http_problem)
     bp.register_error_handler(InvalidFields, lambda error: problem(422, errors=error.errors))
-    bp.register_error_handler(
-        throttle.Throttled, lambda error: problem(429, "Too many failed verifications.", retry_after=error.retry_after)
-    )
+    bp.register_error_handler(throttle.Throttled, _throttled)
+    bp.register_error_handler(LetterRequired, lambda _error: specific_problem("letter-required"))
     bp.register_error_handler(
         throttle.LimitStoreDown, lambda error: problem(503, retry_after=throttle.LimitStoreDown.retry_after)
     )
     bp.register_error_handler(HashingBusy, lambda _error: problem(503, retry_after=RETRY_AFTER_SECONDS))
     bp.register_error_handler(OperationalError, _database_unavailable)
     bp.register_error_handler(
-        PoolEmpty,
-        lambda _error: problem(
-            503, "Every activation code is handed out; more are on the way.", slug="pool-empty",
-            retry_after=POOL_EMPTY_RETRY_SECONDS,
-        ),
-    )  # fmt: skip
+        PoolEmpty, lambda _error: specific_problem("pool-empty", retry_after=POOL_EMPTY_RETRY_SECONDS)
+    )
     bp.register_error_handler(PoolBusy, lambda _error: problem(503, retry_after=POOL_BUSY_RETRY_SECONDS))
     bp.register_error_handler(Exception, _unexpected)
+
+
+def _throttled(error: throttle.Throttled) -> Response:
+    if error.scope == KEY_PEOPLE_SCOPE:
+        return specific_problem("too-many-people", retry_after=error.retry_after)
+    return problem(429, "Too many failed verifications.", retry_after=error.retry_after)
 
 
 def _key_rate_retry_after() -> int:

@@ -39,11 +39,12 @@ RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset
 PROBLEM_RESPONSES = {
     400: "The body is not well-formed UTF-8 JSON.",
     401: "No key, or a key that is unknown, revoked or expired.",
-    403: "The key lacks the scope this operation needs.",
+    403: "The key lacks the scope this operation needs; or (claims) the person's letter reference is needed.",
     413: "The body is larger than the API accepts.",
     415: "The body is not application/json in UTF-8.",
     422: "Fields missing, of the wrong type or invalid; `errors` names each field.",
-    429: "A limit was reached: the key's rate, or a failure budget. Retry after `Retry-After` seconds.",
+    429: "A limit was reached: the key's rate, a failure budget, or the different people this key may verify "
+    "today. Retry after `Retry-After` seconds.",
     503: "Busy, briefly unavailable, or (claims) the code pool is empty. Retry after `Retry-After` seconds.",
 }
 WITH_RETRY_AFTER = (429, 503)
@@ -108,8 +109,11 @@ DOCUMENT: dict[str, Any] = {
             "post": _operation(
                 "claimCode",
                 "Claim the person's activation code",
-                "Redeems a `claim_token` from a successful verification: 201 with the code the first time, 200 "
-                "with the same code after. Needs the `claim` scope.",
+                "Redeems a `claim_token` from a successful verification made with this same key: 201 with the "
+                "code the first time, 200 with the same code after. Needs the `claim` scope. While the programme "
+                "asks for it (always, or while the portal sees a mass claim), a first claim also needs the "
+                "`reference` printed on the person's letter: without it the answer is 403 `letter-required`, and a "
+                "person without their letter is sent to the call center.",
                 {
                     200: _json(_ref("ActivationCode"), "The code this person already holds.", RATE_HEADERS),
                     201: _json(_ref("ActivationCode"), "A code handed to this person now.", RATE_HEADERS),
@@ -200,8 +204,21 @@ DOCUMENT: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["claim_token"],
-                "properties": {"claim_token": {"type": "string", "maxLength": TOKEN_MAX, "minLength": 1}},
-                "examples": [{"claim_token": "token-from-a-successful-verification"}],
+                "properties": {
+                    "claim_token": {"type": "string", "maxLength": TOKEN_MAX, "minLength": 1},
+                    "reference": {
+                        "type": "string",
+                        "maxLength": 40,
+                        "description": "The reference printed on the person's letter, when a claim asks for it.",
+                    },
+                },
+                "examples": [
+                    {"claim_token": "token-from-a-successful-verification"},
+                    {
+                        "claim_token": "token-from-a-successful-verification",
+                        "reference": "ABCD-EFGH-JKMN-PQRS-TVWX-YZ01",
+                    },
+                ],
             },
             "ActivationCode": {
                 "type": "object",

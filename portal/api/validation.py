@@ -80,5 +80,7 @@ def identity_claim(data: dict[str, Any]) -> IdentityClaim:
         raise InvalidFields({error.field: str(error)}) from None
 
 
-def claim_token(data: dict[str, Any]) -> str:
-    return _strings(data, {"claim_token": TOKEN_MAX}, ("claim_token",))["claim_token"]
+def claim_request(data: dict[str, Any]) -> tuple[str, str]:
+    """A claim body -> (claim_token, reference); the reference is "" when not given."""
+    values = _strings(data, {"claim_token": TOKEN_MAX, "reference": CLAIM_FIELDS["reference"]}, ("claim_token",))
+    return values["claim_token"], values["reference"]

@@ -13,11 +13,12 @@ from flask.typing import ResponseReturnValue
 from portal import exposure, services, throttle, verification
 from portal.api import errors, openapi
 from portal.api.auth import current_key, partner_view, rate_limit_headers
-from portal.api.validation import InvalidFields, claim_token, identity_claim, json_object
+from portal.api.validation import InvalidFields, claim_request, identity_claim, json_object
 from portal.claims import ClaimedCode, PoolBusy, PoolEmpty, claim_code, code_of
 from portal.events import Event, record
 from portal.extensions import csrf, db
-from portal.identity import verified_patient
+from portal.identity import give_letter_reference, live_verification
+from portal.models import Patient
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer keys, no cookies: nothing for a cross-site request to ride on
@@ -43,12 +44,13 @@ def verify() -> ResponseReturnValue:
     claim = identity_claim(json_object())
     key = current_key()
     budgets = [
-        throttle.person_budget(claim, CHANNEL, "API_VERIFY_LIMIT_PERSON"),
+        *throttle.person_budgets(claim, CHANNEL, "API_VERIFY_LIMIT_PERSON"),
         throttle.Budget("api-key-failures", "API_VERIFY_LIMIT_KEY", key.prefix),
         throttle.Budget("api-client", "API_VERIFY_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
-        throttle.Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal"),
+        throttle.people_budget(errors.KEY_PEOPLE_SCOPE, "API_VERIFY_LIMIT_KEY_PEOPLE", key.prefix, claim),
+        throttle.GLOBAL_BUDGET,
     ]
-    verified = verification.verify(claim, budgets, CHANNEL, request.remote_addr, key.actor)
+    verified = verification.verify(claim, budgets, CHANNEL, request.remote_addr, key.actor, key.id)
     if verified is None:
         # Unknown person or one wrong field: the same answer after the same work.
         return {"verified": False}
@@ -63,12 +65,20 @@ def verify() -> ResponseReturnValue:
 @bp.post("/claims")
 @partner_view("claim")
 def claim() -> ResponseReturnValue:
-    token = claim_token(json_object())
-    patient = verified_patient(db.session, token)
-    if patient is None:
+    token, reference = claim_request(json_object())
+    # Only a token this key made: one made on the website or with another partner's key is unknown here.
+    verified = live_verification(db.session, token, CHANNEL, current_key().id)
+    if verified is None:
         raise InvalidFields({"claim_token": "unknown or expired: verify again"})
+    patient = db.session.get_one(Patient, verified.patient_id)
     cipher = services().cipher
     held = code_of(db.session, cipher, patient)
+    if held is None and verification.letter_required(verified):
+        if not reference:
+            raise errors.LetterRequired()
+        if not give_letter_reference(db.session, services().hasher, verified, reference):
+            _record("claim", "letter-mismatch", patient.public_id)
+            raise InvalidFields({"reference": "is not the reference printed on this person's letter"})
     if held is None:
         try:
             held = claim_code(db.session, cipher, patient)
@@ -136,4 +146,5 @@ def reference() -> str:
         doc=openapi.DOCUMENT,
         operations=openapi.reference_operations(),
         problems=errors.PROBLEMS,
+        specific_problems=errors.SPECIFIC_PROBLEMS,
     )

@@ -34,6 +34,10 @@ FIELD_MESSAGES = {
     "zip_code": _l("Enter the 5-digit ZIP code of the address on your letter."),
     "ssn_last4": _l("Enter the last 4 digits of your Social Security number, or the reference code from your letter."),
     "reference": _l("Enter the 24-character reference code printed on your letter."),
+    "letter": _l("Enter the reference code printed on your letter to get your activation code."),
+    "letter_mismatch": _l(
+        "This is not the reference code on the letter we sent you. Check it against your letter, or call us."
+    ),
 }
 TOO_LONG = {
     "last_name": _l("Your last name can be at most 100 characters long. Enter it as it appears on your letter."),
@@ -204,3 +208,22 @@ class LookupForm(PersonForm):
         first_box = f"date_of_birth_{(self.date_parts_in_error or DATE_PARTS)[0]}"
         shown = (self.last_name, self.date_of_birth, self.zip_code, self.ssn_last4, self.reference)
         return [(first_box if f is self.date_of_birth else f.id, f.errors[0]) for f in shown if f.errors]
+
+
+class LetterForm(FlaskForm):
+    """The step-up before a claim: the reference printed on the person's letter, which the stolen
+    records do not hold (``portal.verification.letter_required``)."""
+
+    class Meta:
+        csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
+
+    reference = NeverEchoed(
+        _l("Reference code from your letter"),
+        [
+            InputRequired(FIELD_MESSAGES["letter"]),
+            Length(max=40, message=FIELD_MESSAGES["reference"]),
+            Normalised(normalise_reference, FIELD_MESSAGES["reference"]),
+        ],
+        filters=[_strip],
+        render_kw={"autocomplete": "off", "spellcheck": "false"},
+    )

@@ -18,10 +18,10 @@ from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
 from portal.events import Event, record
 from portal.extensions import db
-from portal.identity import end_verification, verified_patient
-from portal.models import Patient
-from portal.public.forms import LookupForm
-from portal.verification import verify
+from portal.identity import end_verification, give_letter_reference, live_verification
+from portal.models import Patient, Verification
+from portal.public.forms import FIELD_MESSAGES, LetterForm, LookupForm
+from portal.verification import letter_required, verify
 
 bp = Blueprint("public", __name__)
 
@@ -84,14 +84,15 @@ def lookup() -> Response | tuple[str, int]:
     return redirect(url_for("public.exposure_page"), 303)
 
 
-def verified_only(view: Callable[[Patient], ResponseValue]) -> Callable[[], ResponseValue]:
-    """Run ``view`` for the patient of a live verification; otherwise back to the lookup form."""
+def verified_only(view: Callable[[Patient, Verification], ResponseValue]) -> Callable[[], ResponseValue]:
+    """Run ``view`` for the patient of a live verification made on this site; otherwise back to the
+    lookup form."""
 
     @wraps(view)
     def guarded() -> ResponseValue:
-        patient = verified_patient(db.session, session.get(SESSION_KEY))
-        if patient is not None:
-            return view(patient)
+        verification = live_verification(db.session, session.get(SESSION_KEY), CHANNEL)
+        if verification is not None:
+            return view(db.session.get_one(Patient, verification.patient_id), verification)
         if SESSION_KEY in session:
             session.clear()
             flash(_("For your safety your session ended after 15 minutes. Please enter your details again."))
@@ -102,18 +103,34 @@ def verified_only(view: Callable[[Patient], ResponseValue]) -> Callable[[], Resp
 
 @bp.get("/exposure")
 @verified_only
-def exposure_page(patient: Patient) -> str:
+def exposure_page(patient: Patient, verification: Verification) -> str:
     _record("exposure", "viewed", patient.public_id)
+    return _exposure(patient, verification)
+
+
+def _exposure(patient: Patient, verification: Verification, letter_form: LetterForm | None = None) -> str:
+    """The exposure page; with the letter's reference asked for before a claim when step-up is on."""
+    if letter_form is None and letter_required(verification):
+        letter_form = LetterForm(formdata=None)
     return render_template(
         "public/exposure.html",
         fields=exposure.fields_in(patient.exposed_fields),
         held=code_of(db.session, services().cipher, patient),
+        letter_form=letter_form,
     )
 
 
 @bp.post("/claim")
 @verified_only
-def claim(patient: Patient) -> ResponseValue:
+def claim(patient: Patient, verification: Verification) -> ResponseValue:
+    if letter_required(verification):
+        letter_form = LetterForm(formdata=request.form)
+        if not letter_form.validate():
+            return _exposure(patient, verification, letter_form), 400
+        if not give_letter_reference(db.session, services().hasher, verification, letter_form.reference.data):
+            _record("claim", "letter-mismatch", patient.public_id)
+            letter_form.reference.errors.append(str(FIELD_MESSAGES["letter_mismatch"]))
+            return _exposure(patient, verification, letter_form), 400
     try:
         claim_code(db.session, services().cipher, patient)
     except PoolEmpty:
@@ -134,7 +151,7 @@ def claim(patient: Patient) -> ResponseValue:
 
 @bp.get("/code")
 @verified_only
-def code_page(patient: Patient) -> ResponseValue:
+def code_page(patient: Patient, _verification: Verification) -> ResponseValue:
     held = code_of(db.session, services().cipher, patient)
     if held is None:
         return redirect(url_for("public.exposure_page"), 303)
