@@ -1,24 +1,43 @@
-"""Attack detection: a guessing campaign on this site raises an alert while it happens.
+"""Attack detection: a guessing campaign, or a thief who holds the answers, raises an alert while it happens.
 
-Every event goes through ``Detector.observe`` (from ``portal.events.record``). Failed and refused
-verifications are counted in fixed windows in the rate-limit store (Redis in production, so all
-workers and servers add to the same counts); the request that takes a count exactly to its
-threshold raises the alert, so each alert is raised once per window whatever the number of
-processes. Signals, each a setting (``limits`` notation, as the failure limits):
+Every event goes through ``Detector.observe`` (from ``portal.events.record``). Events are counted
+in fixed windows in the rate-limit store (Redis in production, so all workers and servers add to
+the same counts); the request that takes a count exactly to its threshold raises the alert, so
+each alert is raised once per window whatever the number of processes. Signals, each a setting
+(``limits`` notation, as the failure limits):
 
-* ``failure-rate``: failed or refused verifications on the whole site, above
-  ``ALERT_FAILURE_FACTOR`` times the usual rate (the last week's hourly counts) and at least
-  ``ALERT_FAILURE_FLOOR``;
+Failed and refused verifications (someone guessing):
+
+* ``failure-rate``: on the whole site, above ``ALERT_FAILURE_FACTOR`` times the usual rate (the
+  last week's hourly counts) and at least ``ALERT_FAILURE_FLOOR``;
 * ``person-limits``: refusals by the per-person limit (people being guessed at), ``ALERT_PERSON_LIMITS``;
 * ``client-failures``: one client address (IPv6 folded to its /64), ``ALERT_CLIENT_FAILURES``;
 * ``partner-failures``: one partner API key, ``ALERT_PARTNER_FAILURES``;
 * ``agent-failures``: one call-center agent, ``ALERT_AGENT_FAILURES``.
 
-No HTTP here; the store and the usual rate are handed in, so a test can replay a history.
+Successes (someone who holds the stolen records never fails, so only what they succeed at shows):
+
+* ``client-people``: distinct people verified on the public site from one network (IPv4 /24,
+  IPv6 /64), ``ALERT_CLIENT_PEOPLE``;
+* ``client-claims``: codes claimed on the public site from one network, ``ALERT_CLIENT_CLAIMS``;
+* ``partner-claims``: codes claimed with one partner key, ``ALERT_PARTNER_CLAIMS``;
+* ``agent-people``: distinct callers verified by one agent, ``ALERT_AGENT_PEOPLE``;
+* ``claim-rate``: codes claimed on the whole site, above ``ALERT_CLAIM_FACTOR`` times the usual
+  rate and at least ``ALERT_CLAIM_FLOOR``;
+* ``success-share``: the share of the site's verifications that succeed, above
+  ``ALERT_SUCCESS_SHARE`` once at least ``ALERT_SUCCESS_SHARE_MINIMUM`` succeeded in the window.
+
+The network signals count the public site only: a partner's server and the call center's
+address verify many people each by design, and are counted per key and per agent instead.
+A success-side alert starts the step-up (``Detector.step_up_active``): claims need the letter's
+reference for at least ``ALERT_STEP_UP_SECONDS``, on every process, as the store is shared.
+
+No HTTP here; the store, the usual rates and the client folding are handed in, so a test can replay a history.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -34,7 +53,10 @@ from portal.logs import Fields
 
 log = logging.getLogger("portal.alerts")
 
-USUAL_RATE_TTL_SECONDS = 600  # how long a process keeps the usual failure rate before reading it again
+USUAL_RATE_TTL_SECONDS = 600  # how long a process keeps a usual rate before reading it again
+# One counter holds a window's verifications: a success adds 1, a failure this much, so one round
+# trip tells both (a window would need a million successes to overflow into the failures).
+SHARE_FAILURE = 1 << 20
 
 
 # What each alert means, in the words the dashboard shows.
@@ -44,13 +66,25 @@ KINDS = {
     "client-failures": "One client address failing far more than usual",
     "partner-failures": "One partner key failing far more than usual",
     "agent-failures": "One agent failing verifications repeatedly",
+    "client-people": "Many people verified from one network",
+    "client-claims": "Many codes claimed from one network",
+    "partner-claims": "Many codes claimed with one partner key",
+    "agent-people": "One agent verifying callers faster than calls allow",
+    "claim-rate": "Codes claimed far above their usual rate",
+    "success-share": "Almost no verification failing, unlike people typing",
 }
+# The signals of a thief who holds the answers: each starts the step-up to the letter's reference.
+SUCCESS_KINDS = frozenset(
+    {"client-people", "client-claims", "partner-claims", "agent-people", "claim-rate", "success-share"}
+)
 
 
 class Counters(Protocol):
     """A shared store of expiring counters: ``limits``' storages (Redis, memory) are one."""
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int: ...
+
+    def get(self, key: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +95,15 @@ class Thresholds:
     client_failures: RateLimitItem
     partner_failures: RateLimitItem
     agent_failures: RateLimitItem
+    client_people: RateLimitItem
+    client_claims: RateLimitItem
+    partner_claims: RateLimitItem
+    agent_people: RateLimitItem
+    claim_factor: float
+    claim_floor: RateLimitItem
+    success_share: float  # alert above this share of successes...
+    success_share_minimum: RateLimitItem  # ...once this many succeeded in the window
+    step_up_seconds: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Thresholds:
@@ -71,6 +114,15 @@ class Thresholds:
             client_failures=parse(config["ALERT_CLIENT_FAILURES"]),
             partner_failures=parse(config["ALERT_PARTNER_FAILURES"]),
             agent_failures=parse(config["ALERT_AGENT_FAILURES"]),
+            client_people=parse(config["ALERT_CLIENT_PEOPLE"]),
+            client_claims=parse(config["ALERT_CLIENT_CLAIMS"]),
+            partner_claims=parse(config["ALERT_PARTNER_CLAIMS"]),
+            agent_people=parse(config["ALERT_AGENT_PEOPLE"]),
+            claim_factor=float(config["ALERT_CLAIM_FACTOR"]),
+            claim_floor=parse(config["ALERT_CLAIM_FLOOR"]),
+            success_share=float(config["ALERT_SUCCESS_SHARE"]),
+            success_share_minimum=parse(config["ALERT_SUCCESS_SHARE_MINIMUM"]),
+            step_up_seconds=int(config["ALERT_STEP_UP_SECONDS"]),
         )
 
 
@@ -81,7 +133,7 @@ class Alert:
     count: int  # events in the window when the alert was raised (the threshold)
     window_seconds: int
     window_start: datetime
-    # The client /64, partner key id or staff id that failed, for the operator; never a person.
+    # The client /64 or network, partner key id or staff id concerned, for the operator; never a person.
     subject: str | None = None
 
     def log_fields(self) -> Fields:
@@ -89,36 +141,80 @@ class Alert:
         return Fields(alert=fields.pop("kind"), **fields)
 
 
+# A count: its kind, its window and threshold, who it counts (None: the whole site), and the
+# site-wide threshold above the item's amount, worked out only once the amount is reached.
+Check = tuple[str, RateLimitItem, str | None, Callable[[], int] | None]
+
+
+def _window(seconds: int, at: datetime) -> int:
+    return int(at.timestamp()) // seconds
+
+
+def _opaque(member: str) -> str:
+    """A person's random id as a store key holds it: hashed, so a key dump lists no record ids."""
+    return hashlib.sha256(member.encode()).hexdigest()[:24]
+
+
 class Detector:
-    """Counts the failures an event belongs to and returns the alerts it raises (usually none)."""
+    """Counts what an event belongs to and returns the alerts it raises (usually none)."""
 
     def __init__(
         self,
         thresholds: Thresholds,
         counters: Counters,
         usual_failures_per_minute: Callable[[datetime], float],
+        usual_claims_per_minute: Callable[[datetime], float],
         client_key: Callable[[str | None], str],
+        client_network: Callable[[str | None], str],
         key_prefix: str = "portal",
     ) -> None:
         self.thresholds = thresholds
         self.counters = counters
         self.usual_failures_per_minute = usual_failures_per_minute
+        self.usual_claims_per_minute = usual_claims_per_minute
         self.client_key = client_key  # as the failure limits count a client: IPv6 folded to its /64
+        self.client_network = client_network  # as people are counted: its /24 or /64
         self.key_prefix = f"{key_prefix}:alert"
 
     def observe(self, action: str, outcome: str, channel: str, client: str | None, actor: str | None,
-                at: datetime) -> list[Alert]:  # fmt: skip
-        if action != "verification" or not (outcome == "failure" or outcome.startswith("throttled:")):
-            return []
+                at: datetime, patient_ref: str | None = None) -> list[Alert]:  # fmt: skip
+        """The event's alerts. Events no signal counts (exposures, sign-outs...) cost no round trip;
+        a verification or a claim two to four."""
+        raised: list[Alert] = []
+        if action == "verification":
+            if outcome == "failure" or outcome.startswith("throttled:"):
+                raised += self._failures(outcome, channel, client, actor, at)
+            if outcome in ("success", "failure"):
+                raised += self._share(outcome, channel, at)
+            if outcome == "success" and patient_ref:
+                raised += self._people(channel, client, actor, patient_ref, at)
+        elif (action, outcome) == ("claim", "success"):
+            raised += self._claims(channel, client, actor, at)
+        if any(alert.kind in SUCCESS_KINDS for alert in raised):
+            self._start_step_up(at)
+        return raised
+
+    def step_up_active(self, at: datetime) -> bool:
+        """True from a success-side alert on, for ``ALERT_STEP_UP_SECONDS`` to twice that (whole
+        windows of that length): claims must then ask for the letter's reference. One read of the
+        shared store; its errors are the caller's (which should then ask for the reference)."""
+        seconds = self.thresholds.step_up_seconds
+        return self.counters.get(f"{self.key_prefix}:step-up:{_window(seconds, at)}") > 0
+
+    def _start_step_up(self, at: datetime) -> None:
+        """Mark this step-up window and the next, so that an alert late in one still lasts a whole window."""
+        seconds = self.thresholds.step_up_seconds
+        window = _window(seconds, at)
+        for marked in (window, window + 1):
+            self.counters.incr(f"{self.key_prefix}:step-up:{marked}", 2 * seconds)
+
+    def _failures(self, outcome: str, channel: str, client: str | None, actor: str | None,
+                  at: datetime) -> list[Alert]:  # fmt: skip
         t = self.thresholds
-
-        def site_threshold() -> int:
-            usual = self.usual_failures_per_minute(at) * t.failure_floor.get_expiry() / 60
-            return max(t.failure_floor.amount, math.ceil(t.failure_factor * usual))
-
-        checks: list[tuple[str, RateLimitItem, str | None, Callable[[], int] | None]] = [
-            ("failure-rate", t.failure_floor, None, site_threshold)
-        ]
+        checks: list[Check] = [
+            ("failure-rate", t.failure_floor, None,
+             lambda: self._site_threshold(t.failure_floor, t.failure_factor, self.usual_failures_per_minute, at))
+        ]  # fmt: skip
         if outcome.startswith("throttled:verify-person"):
             checks.append(("person-limits", t.person_limits, None, None))
         if client:
@@ -129,12 +225,65 @@ class Detector:
             checks.append(("agent-failures", t.agent_failures, actor, None))
         return [alert for check in checks if (alert := self._count(*check, channel=channel, at=at))]
 
+    def _claims(self, channel: str, client: str | None, actor: str | None, at: datetime) -> list[Alert]:
+        t = self.thresholds
+        checks: list[Check] = [
+            ("claim-rate", t.claim_floor, None,
+             lambda: self._site_threshold(t.claim_floor, t.claim_factor, self.usual_claims_per_minute, at))
+        ]  # fmt: skip
+        if client and channel == "public":
+            checks.append(("client-claims", t.client_claims, self.client_network(client), None))
+        if actor and channel == "api":
+            checks.append(("partner-claims", t.partner_claims, actor, None))
+        return [alert for check in checks if (alert := self._count(*check, channel=channel, at=at))]
+
+    def _people(self, channel: str, client: str | None, actor: str | None, patient_ref: str,
+                at: datetime) -> list[Alert]:  # fmt: skip
+        """Distinct people: a person is counted when their marker for this subject and window is new,
+        so the same person verified again (a new lookup, a second tab) is still one."""
+        t = self.thresholds
+        if client and channel == "public":
+            kind, item, subject = "client-people", t.client_people, self.client_network(client)
+        elif actor and channel == "agent":
+            kind, item, subject = "agent-people", t.agent_people, actor
+        else:
+            return []
+        seconds = item.get_expiry()
+        marker = f"{self.key_prefix}:{kind}:{subject}:{_window(seconds, at)}:{_opaque(patient_ref)}"
+        if self.counters.incr(marker, 2 * seconds) != 1:
+            return []
+        alert = self._count(kind, item, subject, None, channel=channel, at=at)
+        return [alert] if alert else []
+
+    def _share(self, outcome: str, channel: str, at: datetime) -> list[Alert]:
+        """The window's successes and failures in one counter; a success that finds the share too
+        high raises the alert if no one has in this window (a second counter, read only then)."""
+        t = self.thresholds
+        item = t.success_share_minimum
+        seconds = item.get_expiry()
+        window = _window(seconds, at)
+        key = f"{self.key_prefix}:success-share:-:{window}"
+        count = self.counters.incr(key, 2 * seconds, 1 if outcome == "success" else SHARE_FAILURE)
+        successes, failures = count % SHARE_FAILURE, count // SHARE_FAILURE
+        if outcome != "success" or successes < item.amount or successes <= t.success_share * (successes + failures):
+            return []
+        if self.counters.incr(f"{key}:raised", 2 * seconds) != 1:
+            return []
+        return [Alert("success-share", channel, successes, seconds, datetime.fromtimestamp(window * seconds, UTC))]
+
+    @staticmethod
+    def _site_threshold(floor: RateLimitItem, factor: float, usual_per_minute: Callable[[datetime], float],
+                        at: datetime) -> int:  # fmt: skip
+        """``factor`` times the usual count of a window of ``floor``'s length, and at least ``floor``."""
+        usual = usual_per_minute(at) * floor.get_expiry() / 60
+        return max(floor.amount, math.ceil(factor * usual))
+
     def _count(self, kind: str, item: RateLimitItem, subject: str | None, threshold: Callable[[], int] | None, *,
                channel: str, at: datetime) -> Alert | None:  # fmt: skip
         """Count one; an alert when this count is the threshold. ``threshold`` (at least ``item.amount``)
         is only worked out once the count reaches ``item.amount``: quiet traffic never reads the usual rate."""
         seconds = item.get_expiry()
-        window = int(at.timestamp()) // seconds
+        window = _window(seconds, at)
         count = self.counters.incr(f"{self.key_prefix}:{kind}:{subject or '-'}:{window}", 2 * seconds)
         # Exactly one caller sees each count: one alert per window.
         if count < item.amount or count != (threshold() if threshold else item.amount):

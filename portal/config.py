@@ -136,6 +136,34 @@ DEFAULTS: dict[str, Any] = {
     "ALERT_CLIENT_FAILURES": "20 per minute",  # from one client address (/64)
     "ALERT_PARTNER_FAILURES": "50 per minute",  # with one partner API key
     "ALERT_AGENT_FAILURES": "5 per 10 minutes",  # by one call-center agent
+    # Successes: someone who holds the stolen records never fails (SECURITY.md). Any of these
+    # also starts the step-up (the letter's reference for claims) for ALERT_STEP_UP_SECONDS.
+    # Distinct people verified on the public site from one /24 or /64: a household is 4, an office
+    # a dozen; a carrier's NAT spreads its subscribers over more than one /24.
+    "ALERT_CLIENT_PEOPLE": "20 per hour",
+    # Codes claimed on the public site from one /24 or /64: the same people, a few asking twice.
+    "ALERT_CLIENT_CLAIMS": "20 per hour",
+    # Codes claimed with one partner key: its failure budget (API_VERIFY_LIMIT_KEY, 300 an hour)
+    # at the usual one failure for every two people serves about 600 people an hour.
+    "ALERT_PARTNER_CLAIMS": "600 per hour",
+    # Distinct callers verified by one agent: a real call takes minutes (a day is about 60 calls
+    # in 8 hours, 7 an hour); 20 in an hour is a caller every three minutes without a pause.
+    "ALERT_AGENT_PEOPLE": "20 per hour",
+    # Codes claimed on the whole site: this many times the last week's usual rate, and at least
+    # the floor. With no history (the day the letters go out) the floor alone counts: above the
+    # capacity plan's busiest hour (docs/deploy.md: about 21,000 people, 3,500 per 10 minutes).
+    "ALERT_CLAIM_FACTOR": 10,
+    "ALERT_CLAIM_FLOOR": "5000 per 10 minutes",
+    # The share of verifications that succeed on the whole site, once at least the minimum have
+    # succeeded in the window: people mistype (about one failure for every two people, a share near
+    # 0.67; a busy honest day 0.85); stolen records never do. The minimum is half of 300: 300
+    # successes in 5 minutes put at least 150 in one 10-minute window however the windows cut
+    # them. Lower, a few minutes without a typo early in a window are chance (a replayed honest
+    # day passes 0.95 after 100 successes twice a day).
+    "ALERT_SUCCESS_SHARE": 0.95,
+    "ALERT_SUCCESS_SHARE_MINIMUM": "150 per 10 minutes",
+    # How long claims need the letter's reference after a success-side alert (at most twice this).
+    "ALERT_STEP_UP_SECONDS": 3600,
 }
 
 # OWASP Argon2id minimums (time cost -> memory in KiB) with parallelism 1.

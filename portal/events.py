@@ -14,12 +14,15 @@ from __future__ import annotations
 import getpass
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 
 from flask import Flask, current_app, g, has_request_context, session
 from limits.errors import StorageError
 from redis import RedisError
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal import alerts, metrics, stats
@@ -36,21 +39,23 @@ PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for i
 
 def init_app(app: Flask) -> None:
     """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
-    from portal.throttle import client_key  # (throttle raises events: imported once both exist)
+    from portal.throttle import client_key, client_network  # (throttle raises events: imported once both exist)
 
     app.extensions["portal.detector"] = alerts.Detector(
         alerts.Thresholds.from_config(app.config),
         # The rate-limit store: Redis in production, so every worker adds to the same counts.
         app.extensions["portal.limit_store"],
-        alerts.CachedRate(_usual_failures_per_minute),
+        alerts.CachedRate(partial(_usual_per_minute, stats.usual_failures_per_minute)),
+        alerts.CachedRate(partial(_usual_per_minute, stats.usual_claims_per_minute)),
         client_key,
+        client_network,
         app.config["RATELIMIT_KEY_PREFIX"],
     )
 
 
-def _usual_failures_per_minute(now: datetime) -> float:
+def _usual_per_minute(read: Callable[[Connection, datetime], float], now: datetime) -> float:
     with db.engine.connect() as connection:
-        return stats.usual_failures_per_minute(connection, now)
+        return read(connection, now)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,9 @@ def record(event: Event) -> None:
 def _detect(event: Event, actor: str | None) -> list[alerts.Alert]:
     detector: alerts.Detector = current_app.extensions["portal.detector"]
     try:
-        return detector.observe(event.action, event.outcome, event.channel, event.client, actor, event.at)
+        return detector.observe(
+            event.action, event.outcome, event.channel, event.client, actor, event.at, event.patient_ref
+        )
     except (RedisError, StorageError, OSError, SQLAlchemyError) as error:
         # The limits themselves fall back to memory; detection waits for the store to return.
         log.warning("attack detection unavailable: %s", error.__class__.__name__)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -171,15 +171,30 @@ def pool_outlook(session: Session, today: date) -> PoolOutlook:
     return PoolOutlook(status.available, status.claimed, round(per_day, 1), run_out)
 
 
-def usual_failures_per_minute(connection: Session | Connection, now: datetime, days: int = 7) -> float:
-    """Failed and refused verifications per minute on average, over the ``days`` before this hour."""
+def usual_per_minute(
+    connection: Session | Connection, now: datetime, action: str, outcomes: tuple[str, ...], days: int = 7
+) -> float:
+    """Events of ``action`` with one of ``outcomes`` (an outcome also covers its details, as
+    ``throttled`` covers ``throttled:verify-person-public``) per minute on average, over the
+    ``days`` before this hour: the usual rate an alert compares the current one with."""
     end = hour_of(now)
+    matches = [(HourlyCount.outcome == outcome) | HourlyCount.outcome.startswith(f"{outcome}:") for outcome in outcomes]
     total = connection.scalar(
         select(func.coalesce(func.sum(HourlyCount.count), 0)).where(
-            HourlyCount.action == "verification",
-            (HourlyCount.outcome == "failure") | HourlyCount.outcome.startswith("throttled"),
+            HourlyCount.action == action,
+            or_(*matches),
             HourlyCount.hour >= end - timedelta(days=days),
             HourlyCount.hour < end,
         )
     )
     return float(total or 0) / (days * 24 * 60)
+
+
+def usual_failures_per_minute(connection: Session | Connection, now: datetime, days: int = 7) -> float:
+    """Failed and refused verifications per minute on average, over the ``days`` before this hour."""
+    return usual_per_minute(connection, now, "verification", ("failure", "throttled"), days)
+
+
+def usual_claims_per_minute(connection: Session | Connection, now: datetime, days: int = 7) -> float:
+    """Codes claimed per minute on average, over the ``days`` before this hour."""
+    return usual_per_minute(connection, now, "claim", ("success",), days)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import pytest
 import sqlalchemy as sa
@@ -18,34 +20,70 @@ from limits.storage import MemoryStorage
 from portal import alerts, stats
 from portal.extensions import db
 from portal.models import HourlyCount
-from portal.throttle import client_key
+from portal.throttle import client_key, client_network
 
 DAY = datetime(2026, 11, 24, tzinfo=UTC)
 USUAL_FAILURES_PER_HOUR = 300  # 5 a minute: the week before the replayed day
 
-History = Iterator[
-    tuple[datetime, str, str, str, str | None, str | None]
-]  # at, action, outcome, channel, client, actor
+class Seen(NamedTuple):
+    """One event as the detector sees it."""
+
+    at: datetime
+    action: str
+    outcome: str
+    channel: str
+    client: str | None
+    actor: str | None
+    patient_ref: str | None = None
+
+
+History = Iterator[Seen]
+
+
+def person(at: datetime, channel: str, client: str, actor: str | None, ref: str, claims: int = 1) -> list[Seen]:
+    """Someone verified, then claiming their code ``claims`` times (again: the same code read again)."""
+    verified = Seen(at, "verification", "success", channel, client, actor, ref)
+    return [verified] + [verified._replace(action="claim")] * claims
 
 
 def quiet_day(seed: int = 1) -> History:
-    """A busy but honest day: a few thousand people an hour, typos, a locked-out person now and then,
-    a partner and twenty agents at their usual pace."""
+    """A busy but honest day: a few thousand people an hour, most claiming their code, typos, a
+    locked-out person now and then, households, a partner and twenty agents at their usual pace
+    (about 60 calls each from 9 to 5). A minute's events come in any order, as people do."""
     rng = random.Random(seed)
-    clients = [f"198.51.{n // 250}.{n % 250}" for n in range(3000)] + [f"2001:db8:{n:x}::1" for n in range(2000)]
+    refs = (f"ref-{n}" for n in itertools.count())
+
+    def address() -> str:
+        if rng.random() < 0.6:
+            return f"{rng.randint(11, 199)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        return f"2001:db8:{rng.randint(0, 0xBAC):x}:{rng.randint(0, 0xFFFF):x}::1"
+
     for minute in range(24 * 60):
         at = DAY + timedelta(minutes=minute)
         busy = 3 if 9 * 60 <= minute < 21 * 60 else 1
+        events: list[Seen] = []
         for _ in range(rng.randint(5, 25) * busy):
-            yield at, "verification", "success", "public", rng.choice(clients), None
+            events += person(at, "public", address(), None, next(refs), claims=int(rng.random() < 0.8))
+        if rng.random() < 0.05:  # a household: four people at one address, each claiming twice
+            home = address()
+            for _ in range(4):
+                events += person(at, "public", home, None, next(refs), claims=2)
         for _ in range(rng.randint(0, 4) * busy):
-            yield at, "verification", "failure", "public", rng.choice(clients), None
+            events.append(Seen(at, "verification", "failure", "public", address(), None))
         if rng.random() < 0.02:
-            yield at, "verification", "throttled:verify-person-public", "public", rng.choice(clients), None
+            events.append(Seen(at, "verification", "throttled:verify-person-public", "public", address(), None))
         for _ in range(rng.randint(0, 5)):
-            yield at, "verification", "failure", "api", "203.0.113.10", "partner-1"
+            events.append(Seen(at, "verification", "failure", "api", "203.0.113.10", "partner-1"))
+        for _ in range(rng.randint(0, 5)):
+            events += person(at, "api", "203.0.113.10", "partner-1", next(refs))
         if minute % 10 == 0:
-            yield at, "verification", "failure", "agent", "10.0.0.5", f"agent-{rng.randint(1, 20)}"
+            events.append(Seen(at, "verification", "failure", "agent", "10.0.0.5", f"agent-{rng.randint(1, 20)}"))
+        if 9 * 60 <= minute < 17 * 60:
+            for agent in range(1, 21):
+                if rng.random() < 1 / 8:
+                    events += person(at, "agent", "10.0.0.5", f"agent-{agent}", next(refs))
+        rng.shuffle(events)
+        yield from events
 
 
 def attack(seed: int = 2) -> History:
@@ -54,16 +92,16 @@ def attack(seed: int = 2) -> History:
     rng = random.Random(seed)
     for n, event in enumerate(quiet_day()):
         yield event
-        at = event[0]
+        at = event.at
         if not DAY.replace(hour=10) <= at < DAY.replace(hour=10, minute=10):
             continue
         for _ in range(3):
-            yield at, "verification", "failure", "public", f"2001:db8:bad:1:{rng.randint(1, 9999):x}::1", None
-        yield at, "verification", "throttled:verify-person-public", "public", f"192.0.2.{rng.randint(1, 250)}", None
-        yield at, "verification", "failure", "api", "203.0.113.99", "partner-2"
-        yield at, "verification", "failure", "api", "203.0.113.99", "partner-2"
+            yield Seen(at, "verification", "failure", "public", f"2001:db8:bad:1:{rng.randint(1, 9999):x}::1", None)
+        yield Seen(at, "verification", "throttled:verify-person-public", "public", f"192.0.2.{rng.randint(1, 250)}", None)
+        yield Seen(at, "verification", "failure", "api", "203.0.113.99", "partner-2")
+        yield Seen(at, "verification", "failure", "api", "203.0.113.99", "partner-2")
         if n % 50 == 0:
-            yield at, "verification", "failure", "agent", "10.0.0.6", "agent-7"
+            yield Seen(at, "verification", "failure", "agent", "10.0.0.6", "agent-7")
 
 
 def replay(app: Flask, history: History) -> list[alerts.Alert]:
@@ -80,12 +118,18 @@ def replay(app: Flask, history: History) -> list[alerts.Alert]:
             alerts.Thresholds.from_config(app.config),
             MemoryStorage(),
             alerts.CachedRate(lambda at: stats.usual_failures_per_minute(db.session, at)),
+            alerts.CachedRate(lambda at: stats.usual_claims_per_minute(db.session, at)),
             client_key,
+            client_network,
         )
         raised = []
-        for at, action, outcome, channel, client, actor in history:
-            raised += detector.observe(action, outcome, channel, client, actor, at + timedelta(seconds=30))
+        for event in history:
+            raised += observe(detector, event._replace(at=event.at + timedelta(seconds=30)))
         return raised
+
+
+def observe(detector: alerts.Detector, event: Seen) -> list[alerts.Alert]:
+    return detector.observe(*event[1:6], event.at, event.patient_ref)
 
 
 def test_a_quiet_day_raises_no_alert(app: Flask) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from flask import abort, current_app, render_template, request
+from limits.errors import StorageError
+from redis import RedisError
 
 from portal import alerts, stats
 from portal.agent.auth import supervisor_required
 from portal.agent.views import bp
 from portal.charts import Chart, Series, bar_chart
 from portal.extensions import db
+from portal.models import utcnow
 
 SURFACE_NAMES = {"public": "Web", "agent": "Call center", "api": "Partner API"}
 MAX_DAYS = 92
@@ -55,6 +58,16 @@ def charts(summary: stats.Summary) -> list[Chart]:
 FIRST_DAY = date(2000, 1, 1)
 
 
+def step_up_now() -> bool | None:
+    """Whether claims need the letter's reference now (a success-side alert); None when the shared
+    store cannot say, which the page shows rather than failing."""
+    detector: alerts.Detector = current_app.extensions["portal.detector"]
+    try:
+        return detector.step_up_active(utcnow())
+    except (RedisError, StorageError, OSError):
+        return None
+
+
 def _day_argument(name: str, default: date) -> date:
     text = request.args.get(name)
     if text is None:
@@ -87,5 +100,6 @@ def dashboard() -> str:
         pool_low=summary.pool.available < current_app.config["POOL_LOW_THRESHOLD"],
         recent_alerts=[a for a in summary.alerts if a.hour >= since.replace(minute=0, second=0, microsecond=0)],
         alert_kinds=alerts.KINDS,
+        step_up=step_up_now(),
         surface_names=SURFACE_NAMES,
     )
