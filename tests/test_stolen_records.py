@@ -327,3 +327,26 @@ def test_every_letter_carries_a_reference_and_a_reimport_stores_the_missing_ones
     with app.app_context():
         stored = set(db.session.scalars(select(Patient.reference_digest)))
         assert stored == {services().hasher.reference_digest(reference_of(app, n).replace("-", "")) for n in range(4)}
+
+
+def test_on_alert_a_success_side_alert_makes_every_claim_ask_for_the_letter(database_url: str, tmp_path: Path) -> None:
+    app = stolen_app(database_url, tmp_path, step_up="on-alert", ALERT_CLIENT_PEOPLE="3 per hour")
+    key, api = create_api_key(app), app.test_client()
+    before = at(app, "192.0.2.1")
+    assert verified(lookup(before, **typed(person(0))))
+    assert "reference code printed on the letter" not in before.get("/exposure").get_data(as_text=True)
+    assert before.post("/claim", data={"csrf_token": csrf(before, "/exposure")}).headers["Location"] == "/code"
+
+    thief = at(app, "198.51.100.7")
+    for n in (1, 2, 3):  # the third different person from one network raises client-people
+        assert verified(lookup(thief, **typed(person(n))))
+    refused = thief.post("/claim", data={"csrf_token": csrf(thief, "/exposure")})
+    assert refused.status_code == 400, "the claim needs the letter now"
+    elsewhere = at(app, "203.0.113.50")  # every network, every process: the step-up is site-wide
+    assert verified(lookup(elsewhere, **typed(person(4))))
+    assert "reference code printed on the letter" in elsewhere.get("/exposure").get_data(as_text=True)
+    token = api_call(api, key, "/verifications", typed(person(5))).get_json()["claim_token"]
+    assert api_call(api, key, "/claims", {"claim_token": token}).status_code == 403
+    assert api_call(api, key, "/claims", {"claim_token": token, "reference": reference_of(app, 5)}).status_code == 201
+    # Whoever already holds their code still sees it.
+    assert "IDP-0000" in before.get("/code").get_data(as_text=True)
