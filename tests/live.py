@@ -115,9 +115,13 @@ class Visitor:
     def submit(self, fields: dict[str, str]) -> Answer:
         data = {"last_name": "", "date_of_birth": "", "zip_code": "", "ssn_last4": "", "reference": ""}
         data.update(fields)
-        data["csrf_token"] = self.token
+        return self.post("/lookup", data)
+
+    def post(self, path: str, fields: dict[str, str]) -> Answer:
+        """A form of this session's, with its CSRF token."""
+        data = {**fields, "csrf_token": self.token}
         headers = self._headers({"Content-Type": "application/x-www-form-urlencoded"})
-        return self._keep_cookies(self.server.request("POST", "/lookup", urlencode(data).encode(), headers))
+        return self._keep_cookies(self.server.request("POST", path, urlencode(data).encode(), headers))
 
 
 def all_at_once(actions: Sequence[Callable[[], Answer]]) -> list[Answer]:
