@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import random
+import secrets
 from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
-from conftest import import_patients, lookup, make_app, patient_row
+from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
 from flask import Flask
-from limits.storage import MemoryStorage
+from limits.storage import MemoryStorage, storage_from_string
+from test_dashboard import signed_in
+from test_public import add_codes, post_with_token
 
 from portal import alerts, stats
+from portal.config import DEFAULTS
 from portal.extensions import db
-from portal.models import HourlyCount
+from portal.models import HourlyCount, Patient, utcnow
 from portal.throttle import client_key, client_network
 
 DAY = datetime(2026, 11, 24, tzinfo=UTC)
 USUAL_FAILURES_PER_HOUR = 300  # 5 a minute: the week before the replayed day
+
 
 class Seen(NamedTuple):
     """One event as the detector sees it."""
@@ -97,7 +103,9 @@ def attack(seed: int = 2) -> History:
             continue
         for _ in range(3):
             yield Seen(at, "verification", "failure", "public", f"2001:db8:bad:1:{rng.randint(1, 9999):x}::1", None)
-        yield Seen(at, "verification", "throttled:verify-person-public", "public", f"192.0.2.{rng.randint(1, 250)}", None)
+        yield Seen(
+            at, "verification", "throttled:verify-person-public", "public", f"192.0.2.{rng.randint(1, 250)}", None
+        )
         yield Seen(at, "verification", "failure", "api", "203.0.113.99", "partner-2")
         yield Seen(at, "verification", "failure", "api", "203.0.113.99", "partner-2")
         if n % 50 == 0:
@@ -119,8 +127,8 @@ def replay(app: Flask, history: History) -> list[alerts.Alert]:
             MemoryStorage(),
             alerts.CachedRate(lambda at: stats.usual_failures_per_minute(db.session, at)),
             alerts.CachedRate(lambda at: stats.usual_claims_per_minute(db.session, at)),
-            client_key,
-            client_network,
+            functools.lru_cache(4096)(client_key),  # (the replay is long: addresses parsed once)
+            functools.lru_cache(4096)(client_network),
         )
         raised = []
         for event in history:
@@ -171,3 +179,223 @@ def test_a_live_alert_is_logged_counted_and_raised_once(database_url: str, caplo
     with app.app_context():
         counted = db.session.scalar(sa.select(HourlyCount.count).where(HourlyCount.action == "alert"))
     assert counted == 1
+
+
+# --- Successes: the thief who holds the stolen records ----------------------------------------
+
+STORES = [pytest.param("memory", id="memory"), pytest.param("redis", id="redis", marks=pytest.mark.redis)]
+MakeDetector = Callable[..., alerts.Detector]
+
+
+@pytest.fixture(params=STORES)
+def make_detector(request: pytest.FixtureRequest) -> MakeDetector:
+    """Detectors with the default settings but ``settings``, counting in one shared store, as the
+    processes of a deployment do: the same memory, or each its own connection to the test Redis."""
+    memory = MemoryStorage()
+    prefix = f"test-{secrets.token_hex(6)}"  # a test's own keys on the shared Redis
+
+    def make(usual_claims_per_minute: float = 0.0, **settings: Any) -> alerts.Detector:
+        return alerts.Detector(
+            alerts.Thresholds.from_config({**DEFAULTS, **settings}),
+            memory if request.param == "memory" else storage_from_string(REDIS_URL),
+            lambda _: 0.0,
+            lambda _: usual_claims_per_minute,
+            client_key,
+            client_network,
+            prefix,
+        )
+
+    return make
+
+
+def kinds_raised(detector: alerts.Detector, history: Iterable[Seen]) -> list[tuple[int, str]]:
+    """(the event's number, the kind) of each alert the history raises."""
+    return [(n, alert.kind) for n, event in enumerate(history) for alert in observe(detector, event)]
+
+
+# kind: its setting, the n-th event that counts towards it at a moment, and what the alert names.
+SIGNALS: dict[str, tuple[str, Callable[[int, datetime], Seen], str | None]] = {
+    "client-people": (
+        "ALERT_CLIENT_PEOPLE",
+        lambda n, at: Seen(at, "verification", "success", "public", f"192.0.2.{n % 250 + 1}", None, f"ref-{n}"),
+        "192.0.2.0/24",
+    ),
+    "client-claims": (
+        "ALERT_CLIENT_CLAIMS",
+        lambda n, at: Seen(at, "claim", "success", "public", f"192.0.2.{n % 250 + 1}", None, f"ref-{n}"),
+        "192.0.2.0/24",
+    ),
+    "partner-claims": (
+        "ALERT_PARTNER_CLAIMS",
+        lambda n, at: Seen(at, "claim", "success", "api", "203.0.113.5", "api-key:7", f"ref-{n}"),
+        "api-key:7",
+    ),
+    "agent-people": (
+        "ALERT_AGENT_PEOPLE",
+        lambda n, at: Seen(at, "verification", "success", "agent", "10.0.0.5", "staff:3", f"ref-{n}"),
+        "staff:3",
+    ),
+    "claim-rate": (
+        "ALERT_CLAIM_FLOOR",
+        lambda n, at: Seen(at, "claim", "success", "public", f"10.{n % 250}.0.1", None, f"ref-{n}"),
+        None,
+    ),
+    "success-share": (
+        "ALERT_SUCCESS_SHARE_MINIMUM",
+        lambda n, at: Seen(at, "verification", "success", "public", f"10.{n % 250}.0.1", None, f"ref-{n}"),
+        None,
+    ),
+}
+
+
+def test_every_success_signal_is_a_kind_with_plain_words() -> None:
+    assert set(SIGNALS) == alerts.SUCCESS_KINDS and alerts.SUCCESS_KINDS < set(alerts.KINDS)
+
+
+@pytest.mark.parametrize("kind", SIGNALS)
+def test_each_success_signal_fires_at_its_threshold_once_a_window(make_detector: MakeDetector, kind: str) -> None:
+    setting, event, subject = SIGNALS[kind]
+    detector = make_detector(**{setting: "5 per minute"})
+    minute = DAY.replace(hour=10)
+
+    def raised(start: datetime, count: int) -> list[alerts.Alert]:
+        events = (event(n, start + timedelta(seconds=n)) for n in range(count))
+        return [alert for e in events for alert in observe(detector, e) if alert.kind == kind]
+
+    first = [event(n, minute + timedelta(seconds=n)) for n in range(12)]
+    assert [n for n, k in kinds_raised(detector, first) if k == kind] == [4]  # the fifth, and only it
+    assert not detector.step_up_active(minute - timedelta(seconds=1))
+    assert raised(minute + timedelta(minutes=1), 5) == [
+        alerts.Alert(kind, first[0].channel, 5, 60, minute + timedelta(minutes=1), subject)
+    ]
+    assert detector.step_up_active(minute + timedelta(minutes=2))
+
+
+@pytest.mark.parametrize("kind", ["client-people", "agent-people"])
+def test_the_same_person_verified_again_is_counted_once(make_detector: MakeDetector, kind: str) -> None:
+    setting, event, _ = SIGNALS[kind]
+    detector = make_detector(**{setting: "5 per hour"})
+    again = [event(0, DAY + timedelta(seconds=s)) for s in range(30)]  # one person, thirty lookups
+    others = [event(n, DAY + timedelta(minutes=1, seconds=n)) for n in range(1, 6)]
+    assert kinds_raised(detector, again) == []
+    assert kinds_raised(detector, others) == [(3, kind)]  # four others make five people
+
+
+def test_the_claim_rate_is_measured_against_its_usual_curve(make_detector: MakeDetector) -> None:
+    """Two claims a minute usually: ten times that, not the floor of five, raises the alert."""
+    _, event, _ = SIGNALS["claim-rate"]
+    detector = make_detector(usual_claims_per_minute=2.0, ALERT_CLAIM_FLOOR="5 per minute")
+    claims = [event(n, DAY + timedelta(seconds=n)) for n in range(30)]
+    assert [n for n, kind in kinds_raised(detector, claims) if kind == "claim-rate"] == [19]
+
+
+def stolen_claims(start: datetime, typos: bool) -> History:
+    """300 people verified and claiming their code within five minutes (one a second), two from
+    each of 150 /24s; with ``typos``, one failed verification for every two people, as people mistype."""
+    for n in range(300):
+        at = start + timedelta(seconds=n)
+        client = f"198.18.{n // 2}.{10 + n % 2}"
+        if typos and n % 2 == 0:
+            yield Seen(at, "verification", "failure", "public", client, None)
+        yield from person(at, "public", client, None, f"stolen-{n}")
+
+
+BOUNDARY = DAY.replace(hour=10)  # a boundary of every window the defaults use
+
+
+# Seconds of the five minutes before a 10-minute window's boundary, and the person whose
+# verification raises the alert (150 of the later window when the earlier gets fewer).
+@pytest.mark.parametrize(("before", "alerting"), [(0, 149), (60, 209), (150, 149), (240, 149), (299, 149)])
+def test_300_claims_without_a_single_failure_alert_however_the_windows_fall(
+    make_detector: MakeDetector, before: int, alerting: int
+) -> None:
+    """The day the letters go out (no history, the defaults): the thief's 300 claims alert, and
+    step-up starts; the same 300 people typing as people do raise nothing."""
+    start = BOUNDARY - timedelta(seconds=before)
+    detector = make_detector()
+    raised = kinds_raised(detector, stolen_claims(start, typos=False))
+    assert {kind for _, kind in raised} == {"success-share"} and len(raised) <= 2  # once a window
+    assert raised[0][0] == 2 * alerting  # the event number: each person is a verification and a claim
+    assert detector.step_up_active(start + timedelta(minutes=5))
+
+    honest = make_detector(ALERT_STEP_UP_SECONDS=7200)  # (its own step-up keys)
+    assert kinds_raised(honest, stolen_claims(start + timedelta(days=1), typos=True)) == []
+    assert not honest.step_up_active(start + timedelta(days=1, minutes=5))
+
+
+def test_a_household_and_an_agents_day_raise_nothing(make_detector: MakeDetector) -> None:
+    rng = random.Random(3)
+    household = []
+    for n in range(4):  # four people at one address, each mistyping once, claiming twice, coming back
+        at = DAY.replace(hour=19) + timedelta(minutes=n)
+        household.append(Seen(at, "verification", "failure", "public", "192.0.2.7", None))
+        household += person(at, "public", "192.0.2.7", None, f"home-{n}", claims=2)
+        household += person(at + timedelta(minutes=30), "public", "192.0.2.7", None, f"home-{n}")
+    calls = sorted(DAY.replace(hour=9) + timedelta(seconds=rng.randrange(8 * 3600)) for _ in range(60))
+    agent_day = [e for n, at in enumerate(calls) for e in person(at, "agent", "10.0.0.5", "staff:3", f"caller-{n}")]
+    detector = make_detector()
+    assert kinds_raised(detector, household) == [] and kinds_raised(detector, agent_day) == []
+    assert max(sum(at.hour == hour for at in calls) for hour in range(9, 17)) >= 10  # the busiest hour
+
+
+def test_step_up_lasts_from_a_success_alert_for_its_time(make_detector: MakeDetector) -> None:
+    detector = make_detector(ALERT_CLIENT_CLAIMS="3 per hour", ALERT_CLIENT_FAILURES="3 per hour")
+    at = DAY.replace(hour=10, minute=50)  # late in a step-up window: it still lasts an hour
+    failures = [Seen(at, "verification", "failure", "public", "192.0.2.9", None)] * 3
+    assert kinds_raised(detector, failures) == [(2, "client-failures")]
+    assert not detector.step_up_active(at)  # a failure-side alert is not the thief's
+    _, event, _ = SIGNALS["client-claims"]
+    assert kinds_raised(detector, [event(n, at) for n in range(3)]) == [(2, "client-claims")]
+    assert detector.step_up_active(at)
+    assert detector.step_up_active(at + timedelta(seconds=3599))
+    assert not detector.step_up_active(at + timedelta(hours=2))
+    assert not detector.step_up_active(at - timedelta(hours=1))
+
+
+def test_processes_share_the_counts_the_alerts_and_the_step_up(make_detector: MakeDetector) -> None:
+    """Two processes (two detectors on one store): each person once whichever process saw them,
+    one alert for the two, and the step-up the other raised."""
+    one, two = make_detector(ALERT_CLIENT_PEOPLE="6 per hour"), make_detector(ALERT_CLIENT_PEOPLE="6 per hour")
+    _, event, _ = SIGNALS["client-people"]
+    raised = []
+    for n in range(12):
+        at = DAY + timedelta(seconds=n)
+        raised += observe(one if n % 2 else two, event(n, at)) + observe(two if n % 2 else one, event(n, at))
+    assert [(a.kind, a.count) for a in raised] == [("client-people", 6)]
+    assert one.step_up_active(DAY + timedelta(minutes=1)) and two.step_up_active(DAY + timedelta(minutes=1))
+
+
+def test_a_thief_through_the_site_is_logged_counted_and_shown(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the real /lookup and /claim: claims and people from one network each raise their
+    alert once, the hourly counts and the dashboard show them, and step-up is on."""
+    app = make_app(database_url, ALERT_CLIENT_PEOPLE="3 per year", ALERT_CLIENT_CLAIMS="3 per year")
+    assert import_patients(app, [patient_row(record_id=f"R-{n}", zip=f"1000{n}") for n in range(3)]) == []
+    add_codes(app, {f"STEP-UP-{n}": date.today() + timedelta(days=30) for n in range(3)})
+    supervisor = signed_in(app, "supervisor")
+    assert "Not required now" in supervisor.get("/agent/dashboard").get_data(as_text=True)
+    caplog.set_level(logging.INFO, logger="portal")
+    for n in [0, 0, 1, 2]:
+        browser = app.test_client()
+        fields = {"last_name": "García-López", "date_of_birth": "1980-04-23", "ssn_last4": "6789"}
+        assert lookup(browser, **fields, zip_code=f"1000{n}").status_code == 303
+        assert post_with_token(browser, "/claim").status_code == 303
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "portal.alerts"]
+    assert [(line["alert"], line["subject"], line["count"]) for line in lines] == [
+        ("client-claims", "127.0.0.0/24", 3),  # the first person claiming twice, then the second
+        ("client-people", "127.0.0.0/24", 3),  # the third person: the first coming back is not a fourth
+    ]
+    with app.app_context():
+        counted = dict(
+            db.session.execute(
+                sa.select(HourlyCount.outcome, HourlyCount.count).where(HourlyCount.action == "alert")
+            ).all()
+        )
+        public_ids = db.session.scalars(sa.select(Patient.public_id)).all()
+        assert app.extensions["portal.detector"].step_up_active(utcnow())
+    assert counted == {"client-people": 1, "client-claims": 1}
+    assert not any(public_id in json.dumps(line) for line in lines for public_id in public_ids)
+    page = supervisor.get("/agent/dashboard").get_data(as_text=True)
+    assert "Many people verified from one network" in page and "Many codes claimed from one network" in page
+    assert "Required now" in page

@@ -111,3 +111,24 @@ def test_portal_stats_prints_the_same_figures(app: Flask) -> None:
     assert text.exit_code == 0, text.output
     assert f"pool runs out: {(TODAY + timedelta(days=23)).isoformat()}" in text.output
     assert "claims by surface: public 4, agent 2, api 1" in text.output
+
+
+def test_usual_rates_count_their_own_events_over_the_last_week(app: Flask) -> None:
+    """Claims and failures each from their own rows, the week before this hour only."""
+    now = at(TODAY, 10, 30)
+    rows = [
+        ("claim", "success", 2, 1680),  # one every six minutes through the week
+        ("claim", "pool-empty", 2, 5000),
+        ("claim", "success", 0, 999),  # this hour: not yet usual
+        ("claim", "success", 24 * 7 + 1, 999),  # more than a week ago
+        ("verification", "failure", 3, 10080),  # 1 a minute
+        ("verification", "throttled:verify-person-public", 3, 10080),
+        ("verification", "success", 3, 7777),
+    ]
+    with app.app_context():
+        for action, outcome, hours_ago, count in rows:
+            hour = stats.hour_of(now) - timedelta(hours=hours_ago)
+            db.session.add(HourlyCount(hour=hour, action=action, outcome=outcome, channel="public", count=count))
+        db.session.commit()
+        assert stats.usual_claims_per_minute(db.session, now) == 1680 / (7 * 24 * 60)
+        assert stats.usual_failures_per_minute(db.session, now) == 2 * 10080 / (7 * 24 * 60)
