@@ -217,15 +217,23 @@ def test_expired_codes_are_never_handed_out_and_the_earliest_deadline_goes_first
     assert claim(app, patients[0], today) == due_today
 
 
-@pytest.mark.parametrize("pool", ["no rows", "all claimed", "all expired"])
+EMPTY_POOLS = ["no rows", "all claimed", "all expired"]
+
+
+def empty_pool(session: Session, pool: str, claimant: int) -> None:
+    """Leave no usable free code in one of the ``EMPTY_POOLS`` ways (``claimant`` takes the last one)."""
+    if pool == "all claimed":
+        add_codes(session, {c: SOON for c in new_codes(1)})
+        claim_code(session, services().cipher, session.get_one(Patient, claimant))
+    elif pool == "all expired":
+        add_codes(session, {c: TODAY - timedelta(days=1) for c in new_codes(3)})
+
+
+@pytest.mark.parametrize("pool", EMPTY_POOLS)
 def test_empty_pool_raises_and_changes_nothing(app: Flask, pool: str) -> None:
     with app.app_context():
         first, patient = add_patients(db.session, 2)
-        if pool == "all claimed":
-            add_codes(db.session, {c: SOON for c in new_codes(1)})
-            claim_code(db.session, services().cipher, db.session.get_one(Patient, first))
-        elif pool == "all expired":
-            add_codes(db.session, {c: TODAY - timedelta(days=1) for c in new_codes(3)})
+        empty_pool(db.session, pool, first)
         before = snapshot(db.session)
         with pytest.raises(PoolEmpty):
             claim_code(db.session, services().cipher, db.session.get_one(Patient, patient))
@@ -629,7 +637,7 @@ def test_a_reissue_revokes_the_reported_code_for_good_and_gives_a_fresh_one(app:
         assert sorted(revoked) == sorted([ids[first], ids[issued[1]]])
 
 
-@pytest.mark.parametrize("pool", ["no rows", "all claimed", "all expired"])
+@pytest.mark.parametrize("pool", EMPTY_POOLS)
 def test_a_reissue_with_an_empty_pool_changes_nothing(app: Flask, pool: str) -> None:
     with app.app_context():
         patient, other = add_patients(db.session, 2)
@@ -637,11 +645,7 @@ def test_a_reissue_with_an_empty_pool_changes_nothing(app: Flask, pool: str) -> 
         ids = add_codes(db.session, {mine: SOON})
     claim(app, patient)
     with app.app_context():
-        if pool == "all claimed":
-            add_codes(db.session, {c: SOON for c in new_codes(1)})
-            claim_code(db.session, services().cipher, db.session.get_one(Patient, other))
-        elif pool == "all expired":
-            add_codes(db.session, {c: TODAY - timedelta(days=1) for c in new_codes(2)})
+        empty_pool(db.session, pool, other)
         before = snapshot(db.session)
     with pytest.raises(PoolEmpty):
         reissue(app, patient, ids[mine])
