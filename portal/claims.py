@@ -5,7 +5,10 @@ Guarantees, and what makes them hold:
   (PostgreSQL) or under SQLite's single-writer lock, and re-checks ``patient_id IS NULL``;
 * a person never holds two codes — a partial unique index on ``patient_id``; the loser of a
   race gets the winner's code back;
-* a crash or retry changes nothing — the claim is one committed UPDATE, and a repeat finds it.
+* a crash or retry changes nothing — the claim is one committed UPDATE, and a repeat finds it;
+* a code someone else used is replaced in one transaction — the reported row is revoked (it stays
+  the person's, never returns to the pool) and a free one is taken, or neither happens; a repeat
+  names the revoked row again and so never revokes the replacement.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -41,12 +45,35 @@ class PoolBusy(Exception):
     """Free codes exist but other claims kept them locked on every attempt; retrying is safe."""
 
 
+class NotHeld(Exception):
+    """The person holds no live code to replace; nothing was changed."""
+
+
 @dataclass(frozen=True)
 class ClaimedCode:
     code: str
     product: str
     enroll_by: date
     claimed_at: datetime
+    row_id: int  # names this very code in a report that someone else used it (``reissue_code``)
+
+
+@dataclass(frozen=True)
+class Reissue:
+    """The person's live code after a report; ``replaced`` is False when the reported code had
+    already been replaced (a double submit, a stale page) and nothing was changed."""
+
+    code: ClaimedCode
+    replaced: bool
+
+
+@dataclass(frozen=True)
+class RevokedCode:
+    code: str
+    product: str
+    enroll_by: date
+    claimed_at: datetime
+    revoked_at: datetime
 
 
 class CodeCipher:
@@ -79,12 +106,14 @@ def normalise_code(text: str) -> str:
 
 def _reveal(cipher: CodeCipher, row: ActivationCode) -> ClaimedCode:
     assert row.claimed_at is not None
-    return ClaimedCode(cipher.open(row), row.product, row.enroll_by, row.claimed_at)
+    return ClaimedCode(cipher.open(row), row.product, row.enroll_by, row.claimed_at, row.id)
 
 
 def code_of(session: Session, cipher: CodeCipher, patient: Patient) -> ClaimedCode | None:
-    """The code this person already holds, if any."""
-    row = session.scalar(select(ActivationCode).where(ActivationCode.patient_id == patient.id))
+    """The code this person holds, if any; a revoked one is theirs no more to use."""
+    row = session.scalar(
+        select(ActivationCode).where(ActivationCode.patient_id == patient.id, ActivationCode.revoked_at.is_(None))
+    )
     return _reveal(cipher, row) if row else None
 
 
@@ -98,23 +127,8 @@ def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: da
         held = code_of(session, cipher, patient)
         if held:
             return held
-        free = (
-            select(ActivationCode.id)
-            .where(*_usable(today))
-            .order_by(ActivationCode.enroll_by, ActivationCode.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        take = (
-            update(ActivationCode)
-            .where(ActivationCode.id == free, ActivationCode.patient_id.is_(None))
-            .values(patient_id=patient.id, claimed_at=utcnow())
-            .returning(ActivationCode.id)
-            .execution_options(synchronize_session=False)
-        )
         try:
-            taken = session.execute(take).scalar_one_or_none()
+            taken = session.execute(_take_free(patient, today)).scalar_one_or_none()
             session.commit()
         except IntegrityError:
             # A concurrent claim for the same person won; the next turn returns its code.
@@ -130,11 +144,85 @@ def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: da
             if held:
                 return held
             raise PoolEmpty()
-        # Every free row was locked by other claims at that instant: let them finish, then try again.
-        if attempt + 1 < CLAIM_ATTEMPTS:
-            pause = min(RETRY_PAUSE * 2**attempt, RETRY_PAUSE_MAX)
-            time.sleep(pause * (0.5 + secrets.randbelow(1000) / 1000))
+        _back_off(attempt)
     raise PoolBusy()
+
+
+def reissue_code(
+    session: Session, cipher: CodeCipher, patient: Patient, reported: int, today: date | None = None
+) -> Reissue:
+    """Revoke the code ``patient`` reported someone else used (its row id, ``reported``) and give
+    them a fresh one, in one transaction: both happen or neither does.
+
+    The report names a row, not "whatever they hold now": a double submit or a stale page names
+    the already revoked row, finds nothing to revoke, and gets the replacement back unchanged. Two
+    concurrent reports queue on the reported row's lock (SQLite: on its single writer); the second
+    then finds it revoked. Raises PoolEmpty (nothing changed), PoolBusy, or NotHeld when the person
+    holds no live code at all.
+    """
+    today = today or date.today()
+    for attempt in range(CLAIM_ATTEMPTS):
+        now = utcnow()
+        revoke = (
+            update(ActivationCode)
+            .where(
+                ActivationCode.id == reported,
+                ActivationCode.patient_id == patient.id,
+                ActivationCode.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+            .returning(ActivationCode.id)
+            .execution_options(synchronize_session=False)
+        )
+        try:
+            if session.execute(revoke).scalar_one_or_none() is None:
+                # Already replaced (or never theirs): their live code, if any, is the answer.
+                session.rollback()
+                held = code_of(session, cipher, patient)
+                session.rollback()
+                if held is None:
+                    raise NotHeld()
+                return Reissue(held, replaced=False)
+            taken = session.execute(_take_free(patient, today, now)).scalar_one_or_none()
+            if taken is not None:
+                session.commit()
+        except IntegrityError:
+            # Another code reached this person meanwhile; the next turn sees how things stand.
+            session.rollback()
+            continue
+        if taken is not None:
+            return Reissue(_reveal(cipher, session.get_one(ActivationCode, taken, populate_existing=True)), True)
+        session.rollback()  # the revocation goes too: a person is never left without a code
+        if not _has_free_code(session, today):
+            raise PoolEmpty()
+        _back_off(attempt)
+    raise PoolBusy()
+
+
+def _take_free(patient: Patient, today: date, now: datetime | None = None) -> Update:
+    """Hand the next free, usable code to ``patient`` (returns its id, or no row when none is free)."""
+    free = (
+        select(ActivationCode.id)
+        .where(*_usable(today))
+        .order_by(ActivationCode.enroll_by, ActivationCode.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(ActivationCode)
+        .where(ActivationCode.id == free, ActivationCode.patient_id.is_(None))
+        .values(patient_id=patient.id, claimed_at=now or utcnow())
+        .returning(ActivationCode.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _back_off(attempt: int) -> None:
+    """Every free row was locked by other claims at that instant: let them finish, then try again."""
+    if attempt + 1 < CLAIM_ATTEMPTS:
+        pause = min(RETRY_PAUSE * 2**attempt, RETRY_PAUSE_MAX)
+        time.sleep(pause * (0.5 + secrets.randbelow(1000) / 1000))
 
 
 def _usable(today: date) -> tuple[ColumnElement[bool], ...]:
@@ -146,6 +234,14 @@ def _has_free_code(session: Session, today: date) -> bool:
     found = session.scalar(select(ActivationCode.id).where(*_usable(today)).limit(1)) is not None
     session.rollback()
     return found
+
+
+def revoked_since(session: Session, cipher: CodeCipher, since: datetime) -> Iterator[RevokedCode]:
+    """Codes revoked at or after ``since``, oldest first, for the provider to refuse at enrolment."""
+    rows = select(ActivationCode).where(ActivationCode.revoked_at >= since).order_by(ActivationCode.revoked_at)
+    for row in session.scalars(rows):
+        assert row.claimed_at is not None and row.revoked_at is not None
+        yield RevokedCode(cipher.open(row), row.product, row.enroll_by, row.claimed_at, row.revoked_at)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import IO, NoReturn
 
@@ -25,7 +25,7 @@ from werkzeug.serving import run_simple
 from portal import create_app, retention, schema, services, stats, synthetic
 from portal.api import keys as api_keys
 from portal.audit import head_hash
-from portal.claims import pool_status, reseal_codes
+from portal.claims import pool_status, reseal_codes, revoked_since
 from portal.config import write_development_secrets
 from portal.events import Event, record
 from portal.extensions import db
@@ -80,6 +80,7 @@ def init_app(app: Flask) -> None:
         purge_command,
         audit_group,
         letters_group,
+        codes_group,
         create_staff_command,
         disable_staff_command,
         reset_staff_mfa_command,
@@ -337,7 +338,9 @@ def stats_command(days: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
         return
-    columns = ("verified", "failed", "throttled", "exposures_viewed", "claimed", "pool_empty")
+    columns = (
+        "verified", "failed", "throttled", "exposures_viewed", "claimed", "pool_empty", "misuse_reported", "reissued",
+    )  # fmt: skip
     click.echo("day        " + " ".join(f"{name.replace('_', ' '):>16}" for name in columns))
     for day in summary.days:
         click.echo(f"{day.start:%Y-%m-%d} " + " ".join(f"{getattr(day, name):>16,}" for name in columns))
@@ -421,20 +424,51 @@ def letters_group() -> None:
     """Replacement letters for people with no SSN on file."""
 
 
+def write_private_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
+    """Write a header and ``rows`` to a 0600 file (``open_private``); how many rows were written."""
+    with open_private(path) as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        count = 0
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    return count
+
+
 @letters_group.command("reissue")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), required=True)
 @with_appcontext
 def letters_reissue(out_path: str) -> None:
     """Write record_id,reference of every record whose letter agents asked to replace (each once)."""
-    with open_private(out_path) as out:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["record_id", "reference"])
-        count = 0
-        for row in export_requested(db.session, LetterVault(services().hasher)):
-            writer.writerow(row)
-            count += 1
+    rows = export_requested(db.session, LetterVault(services().hasher))
+    count = write_private_csv(out_path, ["record_id", "reference"], rows)
     cli_event("letters-reissue", f"exported:{count}")
     click.echo(f"{count:,} replacement letters written to {out_path}")
+
+
+@click.group("codes")
+def codes_group() -> None:
+    """The activation-code pool, for the provider."""
+
+
+@codes_group.command("revoked")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First day (UTC) to include.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), required=True)
+@with_appcontext
+def codes_revoked(since: datetime, out_path: str) -> None:
+    """Write the codes revoked since a day (someone else used them), for the provider to refuse.
+
+    The file holds the codes in clear, so it is created 0600 like every file that unlocks something.
+    """
+    revoked = revoked_since(db.session, services().cipher, since.replace(tzinfo=UTC))
+    rows = (
+        (r.code, r.product, r.enroll_by.isoformat(), r.claimed_at.isoformat(), r.revoked_at.isoformat())
+        for r in revoked
+    )
+    count = write_private_csv(out_path, ["code", "product", "enroll_by", "claimed_at", "revoked_at"], rows)
+    cli_event("codes-export", f"exported:{count}")
+    click.echo(f"{count:,} revoked codes written to {out_path}")
 
 
 def print_enrolment(username: str, password: str, uri: str) -> None:

@@ -119,6 +119,8 @@ DEFAULTS: dict[str, Any] = {
     "AGENT_LOCATE_LIMIT": "10 per hour; 30 per day",
     # A letter requested again within this many days is not sent again (it is in the mail).
     "LETTER_REISSUE_DAYS": 14,
+    # Codes an agent revokes and reissues for callers who say someone else used theirs (every one counts).
+    "AGENT_REISSUE_LIMIT": "3 per hour; 10 per day",
     # The supervisor dashboard shows a warning when fewer codes than this are left in the pool.
     "POOL_LOW_THRESHOLD": 10000,
     # Hourly counts and the audit trail are kept this long after the purge's cut-off date:
@@ -175,7 +177,7 @@ LIMIT_SETTINGS = (
     "VERIFY_LIMIT_CLIENT_PEOPLE", "VERIFY_LIMIT_GLOBAL", "API_VERIFY_LIMIT_PERSON", "API_VERIFY_LIMIT_KEY",
     "API_VERIFY_LIMIT_CLIENT", "API_VERIFY_LIMIT_KEY_PEOPLE", "API_KEY_RATE", "STAFF_LOGIN_LIMIT_ACCOUNT",
     "STAFF_LOGIN_LIMIT_CLIENT", "AGENT_VERIFY_LIMIT_PERSON", "AGENT_VERIFY_LIMIT_FAILURES",
-    "AGENT_VERIFY_LIMIT_ATTEMPTS", "AGENT_LOCATE_LIMIT",
+    "AGENT_VERIFY_LIMIT_ATTEMPTS", "AGENT_LOCATE_LIMIT", "AGENT_REISSUE_LIMIT",
 )  # fmt: skip
 
 

@@ -59,6 +59,8 @@ class Figures:
     exposures_viewed: int = 0
     claimed: int = 0
     pool_empty: int = 0
+    misuse_reported: int = 0  # callers who said someone else used their code
+    reissued: int = 0  # codes revoked and replaced after such a report
 
     def add(self, action: str, outcome: str, count: int) -> None:
         name = _FIGURE.get((action, outcome.split(":", 1)[0]))
@@ -74,6 +76,8 @@ _FIGURE = {
     ("exposure", "viewed"): "exposures_viewed",
     ("claim", "success"): "claimed",
     ("claim", "pool-empty"): "pool_empty",
+    ("code-misuse", "reported"): "misuse_reported",
+    ("code-reissue", "success"): "reissued",
 }
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -33,7 +33,18 @@ from sqlalchemy.orm import Session
 
 import portal.claims
 from portal import services
-from portal.claims import CodeCipher, PoolBusy, PoolEmpty, PoolStatus, claim_code, code_of, pool_status
+from portal.claims import (
+    CodeCipher,
+    NotHeld,
+    PoolBusy,
+    PoolEmpty,
+    PoolStatus,
+    Reissue,
+    claim_code,
+    code_of,
+    pool_status,
+    reissue_code,
+)
 from portal.extensions import db
 from portal.identity import Keyring, current_scheme
 from portal.models import ActivationCode, Patient, utcnow
@@ -206,15 +217,23 @@ def test_expired_codes_are_never_handed_out_and_the_earliest_deadline_goes_first
     assert claim(app, patients[0], today) == due_today
 
 
-@pytest.mark.parametrize("pool", ["no rows", "all claimed", "all expired"])
+EMPTY_POOLS = ["no rows", "all claimed", "all expired"]
+
+
+def empty_pool(session: Session, pool: str, claimant: int) -> None:
+    """Leave no usable free code in one of the ``EMPTY_POOLS`` ways (``claimant`` takes the last one)."""
+    if pool == "all claimed":
+        add_codes(session, {c: SOON for c in new_codes(1)})
+        claim_code(session, services().cipher, session.get_one(Patient, claimant))
+    elif pool == "all expired":
+        add_codes(session, {c: TODAY - timedelta(days=1) for c in new_codes(3)})
+
+
+@pytest.mark.parametrize("pool", EMPTY_POOLS)
 def test_empty_pool_raises_and_changes_nothing(app: Flask, pool: str) -> None:
     with app.app_context():
         first, patient = add_patients(db.session, 2)
-        if pool == "all claimed":
-            add_codes(db.session, {c: SOON for c in new_codes(1)})
-            claim_code(db.session, services().cipher, db.session.get_one(Patient, first))
-        elif pool == "all expired":
-            add_codes(db.session, {c: TODAY - timedelta(days=1) for c in new_codes(3)})
+        empty_pool(db.session, pool, first)
         before = snapshot(db.session)
         with pytest.raises(PoolEmpty):
             claim_code(db.session, services().cipher, db.session.get_one(Patient, patient))
@@ -564,3 +583,149 @@ def test_the_database_refuses_a_second_code_for_one_person(app: Flask) -> None:
         assert (
             db.session.scalar(sa.select(sa.func.count()).select_from(CODES).where(CODES.c.patient_id == patient)) == 1
         )
+
+
+# --- someone else used the code: revoke and reissue --------------------------------------------------
+
+
+def reissue(app: Flask, patient_id: int, reported: int, today: date | None = None) -> Reissue:
+    with app.app_context():
+        return reissue_code(db.session, services().cipher, db.session.get_one(Patient, patient_id), reported, today)
+
+
+def held_row(app: Flask, patient_id: int) -> int:
+    """The row id of the live code ``patient_id`` holds (as the console's form carries it)."""
+    with app.app_context():
+        held = code_of(db.session, services().cipher, db.session.get_one(Patient, patient_id))
+        assert held is not None
+        return held.row_id
+
+
+def test_a_reissue_revokes_the_reported_code_for_good_and_gives_a_fresh_one(app: Flask) -> None:
+    with app.app_context():
+        patient, other = add_patients(db.session, 2)
+        issued = new_codes(4)
+        ids = add_codes(db.session, {code: SOON + timedelta(days=n) for n, code in enumerate(issued)})
+    first = claim(app, patient)
+    assert first == issued[0]
+
+    done = reissue(app, patient, ids[first])
+    assert done.replaced and done.code.code == issued[1] and done.code.row_id == ids[issued[1]]
+    with app.app_context():
+        old = db.session.get_one(ActivationCode, ids[first])
+        assert old.revoked_at is not None and old.patient_id == patient  # still theirs, for the provider
+        held = code_of(db.session, services().cipher, db.session.get_one(Patient, patient))
+        assert held is not None and held.code == issued[1]
+        # Revoked is not free: the pool has the two untouched codes left, and both reissued ones are handed out.
+        assert pool_status(db.session) == PoolStatus(total=4, claimed=2, available=2)
+    # Every later look, claim or repeated report gives the replacement; nothing else moves.
+    with app.app_context():
+        before = snapshot(db.session)
+    assert claim(app, patient) == issued[1]
+    again = reissue(app, patient, ids[first])
+    assert not again.replaced and again.code.code == issued[1]
+    with app.app_context():
+        assert snapshot(db.session) == before
+    # The revoked code never goes back to the pool: the next people get the untouched ones.
+    assert claim(app, other) == issued[2]
+    # A second report (the new code was taken too) revokes that one and hands out the last.
+    assert reissue(app, patient, ids[issued[1]]).code.code == issued[3]
+    with app.app_context():
+        revoked = db.session.scalars(
+            sa.select(CODES.c.id).where(CODES.c.patient_id == patient, CODES.c.revoked_at.is_not(None))
+        ).all()
+        assert sorted(revoked) == sorted([ids[first], ids[issued[1]]])
+
+
+@pytest.mark.parametrize("pool", EMPTY_POOLS)
+def test_a_reissue_with_an_empty_pool_changes_nothing(app: Flask, pool: str) -> None:
+    with app.app_context():
+        patient, other = add_patients(db.session, 2)
+        (mine,) = new_codes(1)
+        ids = add_codes(db.session, {mine: SOON})
+    claim(app, patient)
+    with app.app_context():
+        empty_pool(db.session, pool, other)
+        before = snapshot(db.session)
+    with pytest.raises(PoolEmpty):
+        reissue(app, patient, ids[mine])
+    with app.app_context():
+        assert snapshot(db.session) == before  # the reported code is not revoked: the person keeps a code
+    assert claim(app, patient) == mine
+
+
+def test_a_reissue_names_a_row_the_person_holds_or_changes_nothing(app: Flask) -> None:
+    with app.app_context():
+        patient, other, empty_handed = add_patients(db.session, 3)
+        codes = new_codes(4)
+        ids = add_codes(db.session, {code: SOON for code in codes})
+    mine, theirs = claim(app, patient), claim(app, other)
+    with app.app_context():
+        before = snapshot(db.session)
+    for stranger in (ids[theirs], ids[codes[3]], 10**9):  # someone else's code, a free one, none at all
+        answer = reissue(app, patient, stranger)
+        assert answer == Reissue(answer.code, replaced=False) and answer.code.code == mine
+        with pytest.raises(NotHeld):
+            reissue(app, empty_handed, stranger)
+    with app.app_context():
+        assert snapshot(db.session) == before
+
+
+def test_concurrent_reports_of_one_code_end_with_exactly_one_new_code(app: Flask) -> None:
+    """A double submit, six times over: six threads report the same code of one person at once.
+
+    Exactly one revokes it and takes a new code; the others find it already replaced and get that
+    new code back. Other people's claims run beside them and are not disturbed.
+    """
+    threads = 6  # with the three other claims, within the test engine's ten connections
+    with app.app_context():
+        engine = db.engine
+        cipher = services().cipher
+        patient, *others = add_patients(db.session, 4)
+        codes = new_codes(10)
+        ids = add_codes(db.session, {code: SOON for code in codes})
+    first = claim(app, patient)
+    barrier = threading.Barrier(threads + len(others))
+    lock = threading.Lock()
+    answers: list[Reissue] = []
+    claimed: list[str] = []
+    failures: list[str] = []
+
+    def run(patient_id: int, act: Callable[[Session, Patient], Any], into: list[Any]) -> None:
+        with Session(engine) as session:
+            try:
+                person = session.get_one(Patient, patient_id)
+                barrier.wait(timeout=60)
+                outcome = act(session, person)
+            except Exception as error:  # a lock error, PoolBusy, a broken barrier: a failure of the test
+                with lock:
+                    failures.append(f"{error.__class__.__name__}: {error}")
+                return
+            with lock:
+                into.append(outcome)
+
+    def report(session: Session, person: Patient) -> Reissue:
+        return reissue_code(session, cipher, person, ids[first])
+
+    def other_claim(session: Session, person: Patient) -> str:
+        return claim_code(session, cipher, person).code
+
+    workers = [threading.Thread(target=run, args=(patient, report, answers)) for _ in range(threads)]
+    workers += [threading.Thread(target=run, args=(p, other_claim, claimed)) for p in others]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a reissue hung"
+    assert failures == []
+
+    assert sum(a.replaced for a in answers) == 1 and len(answers) == threads
+    replacement = {a.code.code for a in answers}
+    assert len(replacement) == 1 and first not in replacement
+    assert len(claimed) == len(others) and len(set(claimed) | replacement | {first}) == len(others) + 2
+    with app.app_context():
+        mine = db.session.execute(
+            sa.select(CODES.c.id, CODES.c.revoked_at.is_not(None)).where(CODES.c.patient_id == patient)
+        ).all()
+        assert sorted(mine) == sorted([(ids[first], True), (ids[next(iter(replacement))], False)])
+        assert pool_status(db.session) == PoolStatus(total=10, claimed=2 + len(others), available=8 - len(others))

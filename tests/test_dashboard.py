@@ -67,10 +67,13 @@ def test_the_dashboard_shows_a_known_history(app: Flask) -> None:
     assert table_of(page, "claims-daily") == [[yesterday, "0", "4", "0"], [TODAY.isoformat(), "3", "3", "1"]]
     assert table_of(page, "claims-hourly")[:2] == [["00:00", "0", "2", "0"], ["01:00", "3", "1", "1"]]
     assert table_of(page, "claims-surface") == [["Web", "4"], ["Call center", "2"], ["Partner API", "1"]]
+    assert table_of(page, "misuse-daily") == [[yesterday, "1", "1"], [TODAY.isoformat(), "2", "1"]]
+    assert "Codes reported used by someone else (this period)</dt><dd>3</dd>" in page
+    assert "Codes revoked and reissued (this period)</dt><dd>2</dd>" in page
     # Each chart is an image with a title and a description that a screen reader reads out.
     assert (
         len(re.findall(r'<svg class="chart-svg"[^>]*role="img"\s+aria-labelledby="[a-z-]+-title [a-z-]+-desc"', page))
-        == 5
+        == 6
     )
     assert (
         f"Bar chart of verifications per day from {yesterday} to {TODAY.isoformat()}. "

@@ -60,6 +60,12 @@ def known_history(app: Flask) -> None:
         Event("claim", "pool-empty", "api", at=at(TODAY, 1)),
         *[Event("exposure", "viewed", "public", at=at(TODAY, 1, 10))] * 3,
         Event("sign-out", "success", "public", at=at(TODAY, 1)),
+        # Callers who said someone else used their code: reissued, or the pool was empty (agent).
+        Event("code-misuse", "reported", "agent", at=at(yesterday, 15)),
+        Event("code-reissue", "success", "agent", at=at(yesterday, 15)),
+        *[Event("code-misuse", "reported", "agent", at=at(TODAY, 2))] * 2,
+        Event("code-reissue", "success", "agent", at=at(TODAY, 2)),
+        Event("code-reissue", "pool-empty", "agent", at=at(TODAY, 2)),
         Event("alert", "failure-rate", "public", at=at(TODAY, 0)),
         Event("verification", "success", "public", at=at(TODAY - timedelta(days=20), 10)),  # outside the window
     ]
@@ -85,6 +91,8 @@ def test_figures_per_day_per_hour_by_surface_and_the_run_out_day(app: Flask) -> 
     assert (yesterday.verified, yesterday.failed, yesterday.throttled, yesterday.claimed) == (5, 3, 2, 4)
     assert (today.verified, today.claimed, today.pool_empty, today.exposures_viewed) == (2, 3, 1, 3)
     assert [h.claimed for h in summary.hours[:3]] == [2, 1, 0] and len(summary.hours) == 24
+    assert [(d.misuse_reported, d.reissued) for d in summary.days] == [(1, 1), (2, 1)]
+    assert [(h.misuse_reported, h.reissued) for h in summary.hours[1:4]] == [(0, 0), (2, 1), (0, 0)]
     assert summary.claims_by_surface == {"public": 4, "agent": 2, "api": 1}
     # 7 codes handed out in the last 7 days: one a day, 23 left -> empty in 23 days.
     assert (summary.pool.available, summary.pool.claimed, summary.pool.claims_per_day) == (23, 7, 1.0)
@@ -106,6 +114,7 @@ def test_portal_stats_prints_the_same_figures(app: Flask) -> None:
     assert figures["claims_by_surface"] == {"public": 4, "agent": 2, "api": 1}
     assert figures["pool"]["run_out"] == (TODAY + timedelta(days=23)).isoformat()
     assert [d["verified"] for d in figures["days"]] == [5, 2]
+    assert [(d["misuse_reported"], d["reissued"]) for d in figures["days"]] == [(1, 1), (2, 1)]
 
     text = runner.invoke(args=["stats", "--days", "2"])
     assert text.exit_code == 0, text.output

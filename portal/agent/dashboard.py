@@ -42,6 +42,12 @@ def charts(summary: stats.Summary) -> list[Chart]:
             Series("Refused, pool empty", [p.pool_empty for p in periods]),
         ]
 
+    def misuse(periods: list[stats.Figures]) -> list[Series]:
+        return [
+            Series("Reported used by someone else", [p.misuse_reported for p in periods]),
+            Series("Revoked and reissued", [p.reissued for p in periods]),
+        ]
+
     surfaces = list(summary.claims_by_surface)
     return [
         bar_chart("verifications-daily", "Verifications per day", days, verifications(summary.days), heading="Day"),
@@ -50,6 +56,8 @@ def charts(summary: stats.Summary) -> list[Chart]:
                   " (UTC)", heading="Hour (UTC)"),
         bar_chart("claims-hourly", f"Exposures viewed and claims per hour on {day}", hours, claims(summary.hours),
                   " (UTC)", heading="Hour (UTC)"),
+        bar_chart("misuse-daily", "Codes reported used by someone else, and reissued, per day", days,
+                  misuse(summary.days), heading="Day"),
         bar_chart("claims-surface", "Codes claimed by surface", [SURFACE_NAMES.get(s, s) for s in surfaces],
                   [Series("Codes claimed", [summary.claims_by_surface[s] for s in surfaces])], heading="Surface"),
     ]  # fmt: skip

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import hmac
 import io
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from functools import wraps
@@ -34,7 +35,7 @@ from portal import audit as audit_trail
 from portal import exposure, services, throttle
 from portal.agent.auth import agent_required, end_session, protect, start_session, supervisor_required
 from portal.agent.forms import AuditFilterForm, CreateStaffForm, LocateForm, LoginForm, PasswordChangeForm
-from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, pool_status
+from portal.claims import NotHeld, PoolBusy, PoolEmpty, claim_code, code_of, pool_status, reissue_code
 from portal.errors import render_error
 from portal.events import Event, act_as, record
 from portal.extensions import db
@@ -221,6 +222,53 @@ def claim_for_caller(patient: Patient) -> ResponseValue:
         audit("claim", outcome, patient.public_id)
         return render_error(503, "No activation code could be given just now. Nothing was changed.", retry_after=5)
     audit("claim", "success", patient.public_id)
+    return redirect(url_for("agent.caller"), 303)
+
+
+# --- A caller says someone else used their code: report, revoke and reissue ---------------------
+
+REPORTED_CODE = re.compile(r"[0-9]{1,9}")  # the reported code's row id, as the caller's page sent it
+REISSUED = "The old code is revoked. Read the caller the new code below."
+ALREADY_REPLACED = "That code had already been replaced. Read the caller the code below."
+
+
+def reissue_budget() -> throttle.Budget:
+    """Every reissue counts, done or not: a budget for what one agent may plausibly need in a shift."""
+    staff = f"staff:{current_user.staff.id}"
+    return throttle.Budget("agent-reissue", "AGENT_REISSUE_LIMIT", staff, refund_on_success=False)
+
+
+@bp.post("/call/code-misuse")
+@agent_required
+@in_call
+def report_code_misuse(patient: Patient) -> ResponseValue:
+    """The caller says the provider called their code already used: revoke it and read them a new one.
+
+    The agent decides, not a second person: the caller has just verified and is on the line, a
+    human judges whether the story holds, and the audit trail keeps both steps ("code-misuse"
+    reported, then "code-reissue") under the agent's name. What bounds a dishonest or fooled agent
+    is ``AGENT_REISSUE_LIMIT``, counted per agent, and the supervisors' dashboard of reissues. The
+    form names the code it reports (its row), so a double submit or a stale page never revokes the
+    replacement: it finds the code already replaced and shows the live one.
+    """
+    reported = request.form.get("code", "")
+    if not REPORTED_CODE.fullmatch(reported):
+        abort(400)
+    audit("code-misuse", "reported", patient.public_id)
+    try:
+        with throttle.attempt([reissue_budget()], CHANNEL, request.remote_addr):
+            reissued = reissue_code(db.session, services().cipher, patient, int(reported))
+    except throttle.Throttled:
+        audit("code-reissue", "throttled", patient.public_id)
+        raise
+    except NotHeld:
+        audit("code-reissue", "not-held", patient.public_id)
+        return redirect(url_for("agent.caller"), 303)
+    except (PoolEmpty, PoolBusy) as error:
+        audit("code-reissue", "pool-empty" if isinstance(error, PoolEmpty) else "busy", patient.public_id)
+        return render_error(503, "No new code could be given just now. Nothing was changed.", retry_after=5)
+    audit("code-reissue", "success" if reissued.replaced else "already-replaced", patient.public_id)
+    flash(REISSUED if reissued.replaced else ALREADY_REPLACED)
     return redirect(url_for("agent.caller"), 303)
 
 
