@@ -252,7 +252,8 @@ def _marker(hold: _Hold) -> str:
 # an attempt touches up to ten counters, and one round trip to Redis costs more than the rest of
 # the counting. A script runs atomically, so every counter moves together. A distinct budget's
 # counter moves only when its member's own counter goes from 0 to 1 (taken) or 1 to 0 (given
-# back): concurrent attempts for one member count once, whichever of them is given back first.
+# back, and then deleted): concurrent attempts for one member count once, whichever of them is
+# given back first.
 _ADD_TO_ALL = """
 local amount = tonumber(ARGV[1])
 local n = #KEYS
@@ -268,6 +269,9 @@ for i, key in ipairs(KEYS) do
         end
         if not ((amount > 0 and holders == 1) or (amount < 0 and holders == 0)) then
             step = 0
+        end
+        if holders <= 0 then
+            redis.call("del", marker)
         end
     end
     if step == 0 then
@@ -301,6 +305,8 @@ def _add_one(store: Storage, hold: _Hold, expiry: int, amount: int) -> int:
     """The script's work for one counter, on a store without scripts (memory://: one process)."""
     if hold.budget.member is not None:
         holders = store.incr(_marker(hold), expiry, amount=amount)
+        if holders <= 0:
+            store.clear(_marker(hold))  # a failure leaves no trace of the person
         if holders != (1 if amount > 0 else 0):
             return 0
     return store.incr(hold.counter, expiry, amount=amount)

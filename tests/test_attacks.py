@@ -237,7 +237,9 @@ def test_what_a_failure_leaves_in_the_limit_store_is_bounded(tmp_path: Path) -> 
         f"sqlite:///{tmp_path / 'portal.sqlite3'}",
         RATELIMIT_STORAGE_URI=REDIS_URL,
         RATELIMIT_KEY_PREFIX=prefix,
-        VERIFY_LIMIT_PERSON="5 per 15 minutes; 20 per day; 100 per year",
+        VERIFY_LIMIT_PERSON="5 per 15 minutes",
+        VERIFY_LIMIT_PERSON_SHARED="20 per day; 100 per year",
+        VERIFY_LIMIT_CLIENT_PEOPLE="8 per day",  # a failure leaves no trace in the people budget
     )
     store = redis.Redis.from_url(REDIS_URL)
     client = app.test_client()

@@ -460,7 +460,9 @@ def test_letters_list_references_for_people_without_ssn(app: Flask, runner: Any,
     without = [r for r in rows if not r["ssn"].strip()]
     assert 2 <= len(without) < len(rows)
     letters = tmp_path / "letters.csv"
-    result = import_file(runner, write_rows(tmp_path / "list.csv", rows), "--letters", str(letters), "--letters-for", "no-ssn")
+    result = import_file(
+        runner, write_rows(tmp_path / "list.csv", rows), "--letters", str(letters), "--letters-for", "no-ssn"
+    )
     assert result.exit_code == 0, result.output
     assert f"{len(without)} letter references written" in result.stdout
     with letters.open(newline="", encoding="utf-8") as stream:
@@ -485,7 +487,12 @@ def test_letters_list_references_for_people_without_ssn(app: Flask, runner: Any,
             assert find_patient(db.session, services().hasher, with_ssn) is None
     # A re-run prints the same references: letters already mailed stay valid.
     again = tmp_path / "letters2.csv"
-    assert import_file(runner, write_rows(tmp_path / "list.csv", rows), "--letters", str(again)).exit_code == 0
+    assert (
+        import_file(
+            runner, write_rows(tmp_path / "list.csv", rows), "--letters", str(again), "--letters-for", "no-ssn"
+        ).exit_code
+        == 0
+    )
     assert again.read_text(encoding="utf-8") == letters.read_text(encoding="utf-8")
 
 
