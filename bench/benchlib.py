@@ -162,6 +162,10 @@ def portal_env(
         "API_VERIFY_LIMIT_PERSON": LOOSE_LIMIT,
         "API_VERIFY_LIMIT_KEY": LOOSE_LIMIT,
         "API_VERIFY_LIMIT_CLIENT": LOOSE_LIMIT,
+        # Budgets added since the baseline: the same for them (an older checkout ignores them).
+        "VERIFY_LIMIT_PERSON_SHARED": LOOSE_LIMIT,
+        "VERIFY_LIMIT_CLIENT_PEOPLE": LOOSE_LIMIT,
+        "API_VERIFY_LIMIT_KEY_PEOPLE": LOOSE_LIMIT,
         "RATELIMIT_STORAGE_URI": "memory://",
         # The benchmark's own switch (bench/ablation_app.py), carried through to the served app.
         "BENCH_ABLATE": os.environ.get("PORTAL_BENCH_ABLATE"),
