@@ -350,3 +350,22 @@ def test_on_alert_a_success_side_alert_makes_every_claim_ask_for_the_letter(data
     assert api_call(api, key, "/claims", {"claim_token": token, "reference": reference_of(app, 5)}).status_code == 201
     # Whoever already holds their code still sees it.
     assert "IDP-0000" in before.get("/code").get_data(as_text=True)
+
+
+def test_an_agent_verifies_no_more_people_than_the_attempt_budget_successes_included(
+    database_url: str, tmp_path: Path
+) -> None:
+    app = stolen_app(database_url, tmp_path, AGENT_VERIFY_LIMIT_ATTEMPTS="3 per hour")
+    agent, other = signed_in(app, make_staff(app)), signed_in(app, make_staff(app, "bob"))
+    answers = [post_form(agent, "/agent/call", "/agent/call", **typed(person(n))).status_code for n in range(4)]
+    assert answers == [303, 303, 303, 429]
+    assert post_form(other, "/agent/call", "/agent/call", **typed(person(3))).status_code == 303
+
+
+def test_console_failures_count_in_the_portal_wide_budget(database_url: str, tmp_path: Path) -> None:
+    app = stolen_app(database_url, tmp_path, VERIFY_LIMIT_GLOBAL="2 per minute")
+    agent = signed_in(app, make_staff(app))
+    assert post_form(agent, "/agent/call", "/agent/call", **typed(person(0), last4="0000")).status_code == 200
+    assert lookup(at(app, "192.0.2.1"), **typed(person(1), last4="0000")).status_code == 200
+    assert lookup(at(app, "192.0.2.2"), **typed(person(2), last4="0000")).status_code == 429
+    assert post_form(agent, "/agent/call", "/agent/call", **typed(person(3), last4="0000")).status_code == 429

@@ -87,6 +87,20 @@ def _date_part(label: LazyString, autocomplete: str) -> StringField:
     return StringField(label, filters=[_strip], render_kw={"autocomplete": autocomplete, "inputmode": "numeric"})
 
 
+def _reference_field(label: LazyString, presence: Optional | InputRequired) -> NeverEchoed:
+    """The letter's reference: bounded, and accepted only in a shape ``normalise_reference`` takes."""
+    return NeverEchoed(
+        label,
+        [
+            presence,
+            Length(max=40, message=FIELD_MESSAGES["reference"]),
+            Normalised(normalise_reference, FIELD_MESSAGES["reference"]),
+        ],
+        filters=[_strip],
+        render_kw={"autocomplete": "off", "spellcheck": "false"},
+    )
+
+
 class PersonForm(FlaskForm):
     """Last name, birth date and ZIP, bounded and checked: the part of every lookup."""
 
@@ -176,16 +190,7 @@ class LookupForm(PersonForm):
         filters=[_strip],
         render_kw={"autocomplete": "off", "inputmode": "numeric"},
     )
-    reference = NeverEchoed(
-        _l("Or: reference code from your letter"),
-        [
-            Optional(),
-            Length(max=40, message=FIELD_MESSAGES["reference"]),
-            Normalised(normalise_reference, FIELD_MESSAGES["reference"]),
-        ],
-        filters=[_strip],
-        render_kw={"autocomplete": "off", "spellcheck": "false"},
-    )
+    reference = _reference_field(_l("Or: reference code from your letter"), Optional())
 
     claim: IdentityClaim | None = None
 
@@ -217,13 +222,4 @@ class LetterForm(FlaskForm):
     class Meta:
         csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
 
-    reference = NeverEchoed(
-        _l("Reference code from your letter"),
-        [
-            InputRequired(FIELD_MESSAGES["letter"]),
-            Length(max=40, message=FIELD_MESSAGES["reference"]),
-            Normalised(normalise_reference, FIELD_MESSAGES["reference"]),
-        ],
-        filters=[_strip],
-        render_kw={"autocomplete": "off", "spellcheck": "false"},
-    )
+    reference = _reference_field(_l("Reference code from your letter"), InputRequired(FIELD_MESSAGES["letter"]))
