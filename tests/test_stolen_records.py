@@ -350,8 +350,16 @@ def test_on_alert_a_success_side_alert_makes_every_claim_ask_for_the_letter(data
     token = api_call(api, key, "/verifications", typed(person(5))).get_json()["claim_token"]
     assert api_call(api, key, "/claims", {"claim_token": token}).status_code == 403
     assert api_call(api, key, "/claims", {"claim_token": token, "reference": reference_of(app, 5)}).status_code == 201
-    # Whoever already holds their code still sees it.
-    assert "IDP-0000" in before.get("/code").get_data(as_text=True)
+    # A code claimed before is shown again only with the letter too: shown to a thief, it would be
+    # enrolled before its owner could.
+    assert before.get("/code").headers["Location"] == "/exposure"
+    page = before.get("/exposure").get_data(as_text=True)
+    assert "Show my activation code" in page and "reference code printed on the letter" in page
+    shown = before.post("/claim", data={"csrf_token": csrf(before, "/exposure"), "reference": reference_of(app, 0)})
+    assert shown.headers["Location"] == "/code" and "IDP-0000" in before.get("/code").get_data(as_text=True)
+    repeat = api_call(api, key, "/verifications", typed(person(0))).get_json()["claim_token"]
+    assert api_call(api, key, "/claims", {"claim_token": repeat}).status_code == 403
+    assert outcomes(app, "claim").count("success") == 3
 
 
 def test_an_agent_verifies_no_more_people_than_the_attempt_budget_successes_included(

@@ -111,7 +111,7 @@ DOCUMENT: dict[str, Any] = {
                 "Claim the person's activation code",
                 "Redeems a `claim_token` from a successful verification made with this same key: 201 with the "
                 "code the first time, 200 with the same code after. Needs the `claim` scope. While the programme "
-                "asks for it (always, or while the portal sees a mass claim), a first claim also needs the "
+                "asks for it (always, or while the portal sees a mass claim), a claim also needs the "
                 "`reference` printed on the person's letter: without it the answer is 403 `letter-required`, and a "
                 "person without their letter is sent to the call center.",
                 {

@@ -72,13 +72,14 @@ def claim() -> ResponseReturnValue:
         raise InvalidFields({"claim_token": "unknown or expired: verify again"})
     patient = db.session.get_one(Patient, verified.patient_id)
     cipher = services().cipher
-    held = code_of(db.session, cipher, patient)
-    if held is None and verification.letter_required(verified):
+    # While step-up is on, a code held already is no more shown without the letter than a new one.
+    if verification.letter_required(verified):
         if not reference:
             raise errors.LetterRequired()
         if not give_letter_reference(db.session, services().hasher, verified, reference):
             _record("claim", "letter-mismatch", patient.public_id)
             raise InvalidFields({"reference": "is not the reference printed on this person's letter"})
+    held = code_of(db.session, cipher, patient)
     if held is None:
         try:
             held = claim_code(db.session, cipher, patient)

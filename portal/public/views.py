@@ -151,9 +151,11 @@ def claim(patient: Patient, verification: Verification) -> ResponseValue:
 
 @bp.get("/code")
 @verified_only
-def code_page(patient: Patient, _verification: Verification) -> ResponseValue:
+def code_page(patient: Patient, verification: Verification) -> ResponseValue:
+    """The code, once claimed; while step-up is on, only after the letter's reference (the code is
+    what a thief wants: shown to them, they would enrol with it before the person does)."""
     held = code_of(db.session, services().cipher, patient)
-    if held is None:
+    if held is None or letter_required(verification):
         return redirect(url_for("public.exposure_page"), 303)
     _record("code", "viewed", patient.public_id)
     return render_template("public/code.html", held=held)
