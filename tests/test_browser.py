@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from browser import LiveServer, PageAudit
-from conftest import import_patients, make_app, patient_row
+from conftest import PROGRAMME_TOML, import_patients, make_app, patient_row
 
 from portal import services
 from portal.extensions import db
@@ -302,3 +302,47 @@ def test_print_keeps_the_code_the_date_and_the_steps(server: LiveServer, open_pa
     page.goto(server.url + "/exposure")
     assert page.is_hidden(".claim-box .button") and page.is_visible(".exposed-field ol")
     page.pdf(path=None)  # Chromium lays the page out for paper without error
+
+
+# --- the thief who holds the stolen records: the letter asked for, a network that verified enough ---
+
+STEP_UP_PERSON = _person(40, "Halvorsen")
+NEIGHBOUR = _person(41, "Achterberg")
+
+
+@pytest.fixture(scope="module")
+def step_up_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """Claims always need the letter's reference; one network may verify one person a day."""
+    folder = tmp_path_factory.mktemp("step-up")
+    programme = folder / "programme.toml"
+    programme.write_text(PROGRAMME_TOML + 'claim_step_up = "always"\n', encoding="utf-8")
+    app = make_app(
+        f"sqlite:///{folder / 'portal.sqlite3'}", PROGRAMME_FILE=str(programme), VERIFY_LIMIT_CLIENT_PEOPLE="1 per day"
+    )
+    assert import_patients(app, [STEP_UP_PERSON.row(), NEIGHBOUR.row()]) == []
+    with LiveServer(app) as live:
+        yield live
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_letter_step_up_and_the_people_refusal_pass(
+    step_up_server: LiveServer, open_page: Any, audit: PageAudit, lang: str
+) -> None:
+    for width in WIDTHS:
+        page = open_page(width, BROWSER_LOCALE[lang])
+        page.goto(step_up_server.url + "/lookup")
+        assert fill_lookup(page, STEP_UP_PERSON) == 200 and page.url == step_up_server.url + "/exposure"
+        assert page.locator("#reference").count() == 1
+        audit.check(page, f"{lang}-{width}-letter-asked")
+        page.fill("#reference", "not a reference")
+        with page.expect_navigation() as navigation:
+            page.click(".claim-box button")
+        assert navigation.value.status == 400 and page.input_value("#reference") == ""
+        audit.check(page, f"{lang}-{width}-letter-wrong" if width == 320 else None)
+        # Another person from the same network, past its one person a day: sent to the call center.
+        page.goto(step_up_server.url + "/lookup")
+        assert fill_lookup(page, NEIGHBOUR) == 429
+        assert "1-800-555-0100" in page.inner_text("main")
+        audit.check(page, f"{lang}-{width}-too-many-people")
