@@ -131,6 +131,10 @@ def claim(patient: Patient, verification: Verification) -> ResponseValue:
             _record("claim", "letter-mismatch", patient.public_id)
             letter_form.reference.errors.append(str(FIELD_MESSAGES["letter_mismatch"]))
             return _exposure(patient, verification, letter_form), 400
+    if code_of(db.session, services().cipher, patient) is not None:
+        # Held already (a second tab, a reload): no code is handed out, so none is counted as claimed.
+        _record("claim", "repeat", patient.public_id)
+        return redirect(url_for("public.code_page"), 303)
     try:
         claim_code(db.session, services().cipher, patient)
     except PoolEmpty:
