@@ -245,7 +245,7 @@ def _give_back(holds: Sequence[_Hold]) -> None:
 
 def _marker(hold: _Hold) -> str:
     """A distinct budget's member counter: how many attempts of this member hold or kept a unit."""
-    return f"{hold.counter}/{hold.budget.member}" if hold.budget.member is not None else ""
+    return f"{hold.counter}/{hold.budget.member}"
 
 
 # INCRBY then EXPIRE on a new counter, as the limit store's own increment, for every key at once:
