@@ -13,6 +13,7 @@ import glob
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -75,7 +76,16 @@ def post_fork(_server: Any, worker: Any) -> None:
 # Prometheus multiprocess mode: each worker writes its metrics to files in this directory and a
 # scrape of /metrics, whichever worker answers it, adds every worker's up. A directory of our own
 # unless PROMETHEUS_MULTIPROC_DIR names one; emptied at start, so a restart begins from zero.
+# prometheus_client reads the variable once, when it is first imported: imported already (by
+# portal/__init__.py, or by anything this file imports), every worker would count on its own and
+# /metrics would show none of it, so the server refuses to start instead.
 _own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir and "prometheus_client" in sys.modules:
+    raise SystemExit(
+        "prometheus_client was imported before portal/gunicorn_config.py set PROMETHEUS_MULTIPROC_DIR: "
+        "/metrics would count nothing. Keep portal/__init__.py free of imports, or set the variable "
+        "to an empty directory before starting gunicorn."
+    )
 metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="portal-metrics-"))
 
 

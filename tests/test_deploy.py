@@ -145,6 +145,24 @@ def test_a_server_started_from_a_test_or_a_shell_makes_its_own_metrics_directory
     assert portal_environment({"WORKERS": 2})["PORTAL_WORKERS"] == "2"
 
 
+def test_gunicorn_config_refuses_to_start_once_prometheus_counts_per_process(tmp_path: Path) -> None:
+    """prometheus_client picks per-process or shared values when it is first imported: imported
+    before gunicorn_config.py sets PROMETHEUS_MULTIPROC_DIR (the old portal/__init__.py did it), no
+    worker's count would reach /metrics. The server says so and does not start."""
+    config = ROOT / "portal" / "gunicorn_config.py"
+    load = f"import runpy; runpy.run_path({str(config)!r})"
+    environment = {**portal_environment({}), "TMPDIR": str(tmp_path)}
+    late = subprocess.run([sys.executable, "-c", load], env=environment, capture_output=True, text=True)
+    assert late.returncode == 0, late.stderr
+    early = subprocess.run(
+        [sys.executable, "-c", "import prometheus_client; " + load], env=environment, capture_output=True, text=True
+    )
+    assert early.returncode == 1
+    assert (
+        "prometheus_client was imported before portal/gunicorn_config.py set PROMETHEUS_MULTIPROC_DIR" in early.stderr
+    )
+
+
 def test_a_worker_added_past_the_hashing_slots_accounting_is_refused_while_serving(
     gunicorn_settings: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
