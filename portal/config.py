@@ -97,6 +97,9 @@ DEFAULTS: dict[str, Any] = {
     "SINGLE_PROCESS": False,
     # Gunicorn's worker count, exported by portal/gunicorn_config.py to the app (None: not known).
     "WORKERS": None,
+    # Request threads per process (gunicorn's, which portal/gunicorn_config.py passes on): the
+    # database pool holds two connections for each (see engine_options).
+    "THREADS": 4,
     # Verification budgets are fixed-window counters (portal/throttle.py): a success's
     # reservation can be given back atomically. This applies to Flask-Limiter's own limits.
     "RATELIMIT_STRATEGY": "fixed-window",
@@ -205,12 +208,17 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None) -> None:
         # Plain HTTP on 127.0.0.1 during development: a __Host- cookie needs Secure.
         config["SESSION_COOKIE_SECURE"] = False
         config["SESSION_COOKIE_NAME"] = "portal"
-    config["SQLALCHEMY_ENGINES"] = {"default": engine_options(config["DATABASE_URL"])}
     check_config(config)
+    config["SQLALCHEMY_ENGINES"] = {"default": engine_options(config["DATABASE_URL"], int(config["THREADS"]))}
 
 
-def engine_options(url: str) -> dict[str, Any]:
-    """Engine settings per backend: pre-ping so a restarted PostgreSQL is reconnected transparently."""
+def engine_options(url: str, threads: int = DEFAULTS["THREADS"]) -> dict[str, Any]:
+    """Engine settings per backend: pre-ping so a restarted PostgreSQL is reconnected transparently.
+
+    Two pooled connections for each request thread: a request holds its session's connection (through
+    a lookup's wait for a hashing slot) while an event's audit row commits on a second one of its own
+    (``portal/events.py``). With fewer, threads holding one wait for each other's second until the
+    pool gives up: the 500s of more threads than connections."""
     # hide_parameters: error messages and logs never carry bound values.
     if url.startswith("sqlite"):
         return {"url": url, "hide_parameters": True, "connect_args": {"timeout": 15}}
@@ -218,8 +226,8 @@ def engine_options(url: str) -> dict[str, Any]:
         "url": url,
         "hide_parameters": True,
         "pool_pre_ping": True,
-        "pool_size": 5,
-        "max_overflow": 5,
+        "pool_size": threads,
+        "max_overflow": threads,
         "pool_timeout": 10,
     }
 
@@ -243,6 +251,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             "PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY, PORTAL_CODE_KEY and PORTAL_AUDIT_KEY must all differ."
         )
+    if not isinstance(config["THREADS"], int) or config["THREADS"] < 1:
+        raise ConfigError("PORTAL_THREADS must be a whole number of request threads, at least 1.")
     networks = config.get("AGENT_NETWORKS") or []
     if not isinstance(networks, list):
         raise ConfigError("PORTAL_AGENT_NETWORKS must be a JSON list, for example '[\"10.0.0.0/8\"]'.")

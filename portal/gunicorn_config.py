@@ -45,9 +45,10 @@ control_socket_disable = True
 
 
 def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:
-    """Keep the workers' view of the count true: gunicorn calls this with the final count before any
-    worker starts (after command-line options such as ``-w``, and before ``--preload`` loads the
-    app) and again when TTIN/TTOU signals change it, so a worker added later checks the new count.
+    """Keep the workers' view of the counts true: gunicorn calls this with the final count before any
+    worker starts (after command-line options such as ``-w`` or ``--threads``, and before
+    ``--preload`` loads the app) and again when TTIN/TTOU signals change it, so a worker added later
+    checks the new count. The threads size each worker's database pool (``portal.config``).
     More workers than the hashing slots' accounting tracks are refused: at start the server does
     not start; later (TTIN, or a reload) the count stays where it was, and the log says why."""
     if new_value > MAX_SERVER_WORKERS:
@@ -58,6 +59,7 @@ def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None
         server.num_workers = old_value  # gunicorn calls this hook again, with a count in range
         return
     os.environ["PORTAL_WORKERS"] = str(new_value)
+    os.environ["PORTAL_THREADS"] = str(server.cfg.threads)
 
 
 hash_slots = share_hashing_slots(int(os.environ.get("PORTAL_HASH_SLOTS") or multiprocessing.cpu_count()))

@@ -29,7 +29,6 @@ DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 GUNICORN_SETTINGS = {
     "BIND",
-    "THREADS",
     "ACCESS_LOG",
     "HASH_SLOTS",
 }  # read by portal/gunicorn_config.py, not in DEFAULTS
@@ -79,6 +78,12 @@ def test_the_in_memory_fallback_is_refused_with_a_shared_store() -> None:
                 RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True
             )
         )
+
+
+@pytest.mark.parametrize("threads", [0, -1, "many"])
+def test_a_thread_count_that_cannot_size_the_database_pool_is_refused(threads: Any) -> None:
+    with pytest.raises(ConfigError, match="PORTAL_THREADS"):
+        check_config(production_config(RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", THREADS=threads))
 
 
 def test_development_may_count_in_memory() -> None:
@@ -169,7 +174,7 @@ def test_a_worker_added_past_the_hashing_slots_accounting_is_refused_while_servi
     """TTIN on a server already at the most its slots track: gunicorn's own handler, on an arbiter
     whose count the hook keeps, spawns nothing beyond it and the log says why."""
     arbiter = Arbiter.__new__(Arbiter)  # the real count property and TTIN handler, no server
-    arbiter.cfg = SimpleNamespace(nworkers_changed=gunicorn_settings["nworkers_changed"])
+    arbiter.cfg = SimpleNamespace(nworkers_changed=gunicorn_settings["nworkers_changed"], threads=7)
     arbiter.log = logging.getLogger("test.arbiter")
     arbiter._num_workers = MAX_SERVER_WORKERS
     spawned: list[int] = []
@@ -179,6 +184,7 @@ def test_a_worker_added_past_the_hashing_slots_accounting_is_refused_while_servi
 
     assert spawned == [MAX_SERVER_WORKERS]
     assert os.environ["PORTAL_WORKERS"] == str(MAX_SERVER_WORKERS)
+    assert os.environ["PORTAL_THREADS"] == "7"  # gunicorn's own count (--threads too) sizes the database pool
     assert f"one server runs at most {MAX_SERVER_WORKERS}; staying at {MAX_SERVER_WORKERS}" in caplog.text
     arbiter.handle_ttou()  # and the count still moves within range
     assert spawned[-1] == MAX_SERVER_WORKERS - 1 and os.environ["PORTAL_WORKERS"] == str(MAX_SERVER_WORKERS - 1)
@@ -216,10 +222,11 @@ def test_the_environment_template_is_safe_for_production() -> None:
 @pytest.fixture
 def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """portal/gunicorn_config.py as gunicorn reads it. What it sets for the server's processes is
-    restored afterwards: PORTAL_WORKERS, the metrics directory (every server started later from
+    restored afterwards: PORTAL_WORKERS and PORTAL_THREADS, the metrics directory (every server started later from
     this process would otherwise share it, and each one's start empties it under the others) and
     the server's hashing slots (which every hasher made later in this process would otherwise share)."""
     monkeypatch.setenv("PORTAL_WORKERS", "2")
+    monkeypatch.delenv("PORTAL_THREADS", raising=False)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(hashing_slots, "_server_slots", hashing_slots.server_hashing_slots())
     return runpy.run_path(str(ROOT / "portal" / "gunicorn_config.py"))
