@@ -51,7 +51,10 @@ DEFAULTS: dict[str, Any] = {
     "HASH_WAIT_SECONDS": 10,
     "VERIFICATION_TTL_SECONDS": 15 * 60,
     "PROGRAMME_FILE": None,
+    # Reverse proxies in front (hops), and the networks their own addresses are in: forwarded
+    # headers are believed only from those (nginx's set_real_ip_from), never from a client.
     "TRUSTED_PROXIES": 0,
+    "TRUSTED_PROXY_NETWORKS": [],
     "MAX_CONTENT_LENGTH": 16 * 1024,
     "SESSION_COOKIE_NAME": "__Host-portal",
     "SESSION_COOKIE_HTTPONLY": True,
@@ -253,14 +256,16 @@ def check_config(config: Mapping[str, Any]) -> None:
         )
     if not isinstance(config["THREADS"], int) or config["THREADS"] < 1:
         raise ConfigError("PORTAL_THREADS must be a whole number of request threads, at least 1.")
-    networks = config.get("AGENT_NETWORKS") or []
-    if not isinstance(networks, list):
-        raise ConfigError("PORTAL_AGENT_NETWORKS must be a JSON list, for example '[\"10.0.0.0/8\"]'.")
-    for network in networks:
-        try:
-            ip_network(network, strict=False)
-        except ValueError as error:
-            raise ConfigError(f"PORTAL_AGENT_NETWORKS: {network!r} is not a network (write 10.0.0.0/8).") from error
+    for name in ("AGENT_NETWORKS", "TRUSTED_PROXY_NETWORKS"):
+        check_networks(config, name)
+    proxies = config["TRUSTED_PROXIES"]
+    if not isinstance(proxies, int) or proxies < 0:
+        raise ConfigError("PORTAL_TRUSTED_PROXIES is the number of proxies in front: 0, 1, 2, ...")
+    if proxies and not config["TRUSTED_PROXY_NETWORKS"]:
+        raise ConfigError(
+            "PORTAL_TRUSTED_PROXIES is set but PORTAL_TRUSTED_PROXY_NETWORKS names no proxy: forwarded headers "
+            "are believed only from the proxies' own addresses, for example '[\"10.0.1.10/32\"]'."
+        )
     if not relaxed:
         if len(str(config["SECRET_KEY"])) < 32:
             raise ConfigError("PORTAL_SECRET_KEY must be at least 32 characters.")
@@ -276,6 +281,17 @@ def check_config(config: Mapping[str, Any]) -> None:
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
         check_limit_store(config)
+
+
+def check_networks(config: Mapping[str, Any], name: str) -> None:
+    networks = config.get(name) or []
+    if not isinstance(networks, list):
+        raise ConfigError(f"PORTAL_{name} must be a JSON list, for example '[\"10.0.0.0/8\"]'.")
+    for network in networks:
+        try:
+            ip_network(network, strict=False)
+        except ValueError as error:
+            raise ConfigError(f"PORTAL_{name}: {network!r} is not a network (write 10.0.0.0/8).") from error
 
 
 def check_limit_store(config: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@ and proxy, unit and environment files that agree with the portal they serve."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -215,8 +216,25 @@ def test_the_environment_template_is_safe_for_production() -> None:
         production_config(
             RATELIMIT_STORAGE_URI=values["RATELIMIT_STORAGE_URI"],
             RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=values["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] == "true",
+            TRUSTED_PROXIES=int(values["TRUSTED_PROXIES"]),
+            TRUSTED_PROXY_NETWORKS=json.loads(values["TRUSTED_PROXY_NETWORKS"].strip("'")),
         )
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"TRUSTED_PROXIES": 1}, "PORTAL_TRUSTED_PROXY_NETWORKS names no proxy"),
+        ({"TRUSTED_PROXIES": -1}, "PORTAL_TRUSTED_PROXIES is the number of proxies"),
+        ({"TRUSTED_PROXIES": 1, "TRUSTED_PROXY_NETWORKS": ["nginx.internal"]}, "is not a network"),
+        ({"TRUSTED_PROXY_NETWORKS": "10.0.1.10/32"}, "PORTAL_TRUSTED_PROXY_NETWORKS must be a JSON list"),
+    ],
+)
+def test_forwarded_headers_believed_from_no_named_proxy_are_refused(settings: dict[str, Any], refusal: str) -> None:
+    """A proxy count without the proxies' addresses would believe any client's X-Forwarded-For."""
+    with pytest.raises(ConfigError, match=refusal):
+        check_config(production_config(RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", **settings))
 
 
 @pytest.fixture
@@ -265,6 +283,7 @@ def test_nginx_sets_the_forwarding_headers_and_never_appends() -> None:
     assert headers["X-Forwarded-Proto"] == "$scheme"
     assert headers["X-Forwarded-Host"] == headers["Host"] == "$host:$server_port"
     assert headers["Forwarded"] == '""'
+    assert headers["X-Request-ID"] == "$request_id"  # the only id the app keeps (portal/telemetry.py)
     assert not any("add_x_forwarded" in value for value in headers.values())
 
 
