@@ -12,7 +12,7 @@ Shares are what a sampling profiler gives robustly, even on a shared machine; th
 /proc figure. Scenarios: ``web`` (GET + POST /lookup on a kept-alive connection, as
 ``verify_bench.py``), ``visit`` (a person's whole visit: a new connection, the form, the POST and
 the exposure page read back), ``api`` (``api_bench.py``'s call), ``page`` (the landing page).
-Needs py-spy (``pip install py-spy``) and the right to attach to the workers (root, or
+Needs py-spy (``.venv/bin/pip install -e ".[bench]"``) and the right to attach to the workers (root, or
 ptrace_scope 0).
 
     .venv/bin/python bench/profile_bench.py --scenario web --argon2 1,8,1
