@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import random
 import secrets
@@ -350,6 +351,57 @@ def pool_status_seconds(env: dict) -> float:
     return min(times)
 
 
+# The budgets a public lookup counts, at their production values (portal_env loosens them).
+PRODUCTION_BUDGETS = (
+    "VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_PERSON_SHARED", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_CLIENT_ATTEMPTS",
+    "VERIFY_LIMIT_CLIENT_PEOPLE", "VERIFY_LIMIT_GLOBAL",
+)  # fmt: skip
+
+
+def limit_store_bytes(
+    bench: b.Bench, url: str, store: str, identities: list[dict[str, str]]
+) -> tuple[float, float, int]:
+    """What one visitor leaves in the limit store: each identity looked up once through the public
+    site (GET and POST /lookup, Flask's test client) from an address of its own, half of them with
+    a wrong last four, under the production budgets; then every key of the run's prefix is weighed
+    with MEMORY USAGE. Returns (bytes a visitor, of which in keys that live over two days, keys a
+    visitor, the longest time to live in seconds)."""
+    import re
+
+    import redis
+
+    from portal import create_app
+
+    prefix = f"scale-{secrets.token_hex(4)}"
+    env = b.portal_env(bench, url, RATELIMIT_STORAGE_URI=store, RATELIMIT_KEY_PREFIX=prefix)
+    config = {**b.app_config(env), **{name: b.PORTAL_DEFAULTS[name] for name in PRODUCTION_BUDGETS}}
+    app = create_app(config)
+    client_store = redis.Redis.from_url(store)
+
+    def drop_keys() -> None:
+        for key in client_store.scan_iter(f"*{prefix}*", count=1000):
+            client_store.delete(key)
+
+    bench.callback(drop_keys)
+    logging.disable(logging.INFO)  # a JSON line per request and event
+    for n, identity in enumerate(identities):
+        wrong = n % 2 == 1 and identity["ssn_last4"]
+        fields = {**identity, "ssn_last4": f"{(int(identity['ssn_last4']) + 1) % 10000:04d}"} if wrong else identity
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+        page = client.get("/lookup").get_data(as_text=True)
+        token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        client.post("/lookup", data={"reference": "", **fields, "csrf_token": token})
+    logging.disable(logging.NOTSET)
+    keys = list(client_store.scan_iter(f"*{prefix}*", count=1000))
+    weights = [(client_store.memory_usage(key) or 0, client_store.ttl(key)) for key in keys]
+    client_store.close()
+    visitors = len(identities)
+    lasting = sum(weight for weight, ttl in weights if ttl > 2 * 86400)
+    longest = max((ttl for _, ttl in weights), default=0)
+    return sum(w for w, _ in weights) / visitors, lasting / visitors, len(keys) / visitors, longest
+
+
 def timed_portal(bench: b.Bench, env: dict, *args: str) -> tuple[float, int, str]:
     """A ``portal`` command as a subprocess: (seconds, peak RSS, its last output line)."""
     began = time.perf_counter()
@@ -379,6 +431,7 @@ def main() -> int:
     parser.add_argument("--lookups", type=int, default=500, help="find_patient calls per round")
     parser.add_argument("--clients", type=int, default=32, help="concurrent claimers")
     parser.add_argument("--claims", type=int, default=384, help="claims measured per level and size")
+    parser.add_argument("--limit-store", default=b.BENCH_REDIS, help="Redis for the limit-store weighing ('' skips)")
     parser.add_argument("--audit-rows", type=int, help="audit rows for the purge (default: the largest size; 0 skips)")
     args = parser.parse_args()
     if args.sizes:
@@ -487,6 +540,13 @@ def main() -> int:
             )
         )
         gauge = {size: pool_status_seconds(envs[size]) for size in sizes}
+        if args.limit_store:
+            weight, lasting, keys, ttl = limit_store_bytes(bench, urls[sizes[0]], args.limit_store, identities)
+            b.say(
+                f"limit store: {len(identities):,} visitors (half with a wrong last four, each from its own"
+                f" address) left {weight:,.0f} bytes in {keys:.1f} keys each (MEMORY USAGE), {lasting:,.0f}"
+                f" of them in keys that live over two days (the longest: {ttl / 86400:,.0f} days)"
+            )
         after = {size: storage(urls[size], ["activation_codes"]) for size in sizes}
 
         largest = sizes[-1]
