@@ -201,10 +201,10 @@ def claims_to_look_up(identities: list[dict[str, str]]) -> tuple[list, list]:
 def real_digests(env: dict, claims: list) -> dict:
     """Every claim's lookup digest under the imported scheme: the real Argon2id, on every core."""
     from portal.app import create_app
-    from portal.services import services
     from portal.extensions import db
     from portal.identity import lookup_schemes, scheme_params
     from portal.importer import stretch_all
+    from portal.services import services
 
     app = create_app(b.app_config(env))
     with app.app_context():
@@ -226,9 +226,9 @@ def real_digests(env: dict, claims: list) -> dict:
 def lookups(env: dict, hits: list, misses: list, digests: dict, count: int, rng: random.Random):
     """A callable running ``count`` find_patient calls: (latencies, wall seconds, wrong answers)."""
     from portal.app import create_app
-    from portal.services import services
     from portal.extensions import db
     from portal.identity import find_patient
+    from portal.services import services
 
     app = create_app(b.app_config(env))
     with app.app_context():
