@@ -35,7 +35,7 @@ def agent_rules(app: Flask) -> list[Any]:
 
 def audit_rows(app: Flask) -> list[AuditEvent]:
     with app.app_context():
-        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.lane, AuditEvent.position)))
 
 
 def concrete(rule: Any) -> str:
