@@ -460,7 +460,7 @@ def audit_verify(expected: tuple[Head, ...], checkpoint: str | None) -> None:
     else:
         click.echo(
             "not anchored: rows deleted from a lane's end with its head rewound would not show;"
-            " pass --expect-head or --checkpoint (docs/deploy.md, step 8)"
+            " pass --expect-head or --checkpoint (docs/deploy.md, step 10)"
         )
 
 

@@ -186,7 +186,8 @@ def test_a_checkpoint_file_anchors_each_run_on_the_last(app: Flask, tmp_path: Pa
 def test_a_malformed_expected_head_is_a_usage_error(app: Flask, value: str) -> None:
     append_events(app, 1)
     result = verify(app, "--expect-head", value)
-    assert result.exit_code == 2 and "is not [LANE/]POSITION:MAC" in result.output or "lanes are 1 to" in result.output
+    assert result.exit_code == 2
+    assert "is not [LANE/]POSITION:MAC" in result.output or "lanes are 1 to" in result.output
 
 
 def test_each_event_publishes_the_new_head_in_its_log_line_and_metrics(
@@ -199,7 +200,11 @@ def test_each_event_publishes_the_new_head_in_its_log_line_and_metrics(
     assert [line["audit_head"] for line in lines][-1] == str(head)
     assert [line["audit_head"].split(":")[0] for line in lines] == ["1/1", "1/2", "1/3"]
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    gauges = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("portal_audit_head")}
+    gauges = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("portal_audit_head")
+    }
     assert gauges['portal_audit_head_position{lane="1"}'] == head.position
     # The MAC as an operator turns the gauge back into --expect-head's hex.
     mac48 = int(gauges['portal_audit_head_mac48{lane="1"}'])
