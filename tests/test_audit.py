@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from agent_helpers import make_staff, post_form, signed_in
-from conftest import import_patients, lookup, make_app, patient_row, postgres_schema_url
+from conftest import REDIS_URL, import_patients, lookup, make_app, make_config, patient_row, postgres_schema_url
 from flask import Flask
+from live import LiveServer, Visitor, all_at_once
 
-from portal.audit import FIELDS, Head, genesis, heads
+from portal.audit import FIELDS, LANES, MAC_MIN_HEX, Head, genesis, heads
 from portal.config import write_development_secrets
 from portal.events import Event, record
 from portal.extensions import db
@@ -199,17 +201,23 @@ def test_each_event_publishes_the_new_head_in_its_log_line_and_metrics(
     head = published(app)[0]
     assert [line["audit_head"] for line in lines][-1] == str(head)
     assert [line["audit_head"].split(":")[0] for line in lines] == ["1/1", "1/2", "1/3"]
-    text = app.test_client().get("/metrics").get_data(as_text=True)
-    gauges = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("portal_audit_head")
-    }
-    assert gauges['portal_audit_head_position{lane="1"}'] == head.position
-    # The MAC as an operator turns the gauge back into --expect-head's hex.
-    mac48 = int(gauges['portal_audit_head_mac48{lane="1"}'])
-    assert f"{mac48:012x}" == head.mac[:12]
-    assert gauges['portal_audit_head_position{lane="16"}'] == 0
+    scraped = scraped_heads(app.test_client().get("/metrics").get_data(as_text=True))
+    assert scraped == [Head(1, 3, head.mac[:MAC_MIN_HEX])]  # lanes 2-16 shown at position 0, left out
+
+
+def scraped_heads(text: str) -> list[Head]:
+    """The heads a scrape of /metrics shows, as an operator turns them into --expect-head values."""
+    values = {}
+    for line in text.splitlines():
+        found = re.fullmatch(r'portal_audit_head_(position|mac48)\{lane="(\d+)"\} (\S+)', line)
+        if found:
+            values[(found[1], int(found[2]))] = int(float(found[3]))
+    assert len(values) == 2 * LANES, text
+    return [
+        Head(lane, values[("position", lane)], f"{values[('mac48', lane)]:012x}")
+        for lane in range(1, LANES + 1)
+        if values[("position", lane)]
+    ]
 
 
 @pytest.fixture
@@ -250,6 +258,50 @@ def test_verify_catches_a_row_inserted_behind_the_apps_back(app: Flask) -> None:
         connection.execute(sa.insert(AuditEvent.__table__).values(**forged))
         connection.execute(sa.text("UPDATE audit_chain_head SET position = position + 1 WHERE id = 1"))
     assert_broken(verify(app), "1/3", "contents changed since written")
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_the_heads_a_live_server_publishes_catch_a_truncation(tmp_path: Path) -> None:
+    """Two gunicorn workers on PostgreSQL: the heads /metrics shows, and the log lines carry, are what
+    verify needs to catch the newest rows deleted with the head rewound."""
+    urls = postgres_schema_url()
+    config = make_config(next(urls), RATELIMIT_STORAGE_URI=REDIS_URL, RATELIMIT_KEY_PREFIX=secrets.token_hex(4))
+    app = make_app(config["DATABASE_URL"], **config)
+    server = LiveServer(tmp_path / "gunicorn.log", config, workers=2, threads=4).wait_ready()
+    try:
+        visitors = [Visitor(server).prepare() for _ in range(24)]
+        made_up = {"last_name": "Nobody", "date_of_birth": "1970-01-01", "zip_code": "99999", "ssn_last4": "0000"}
+        answers = all_at_once([lambda v=v: v.submit(made_up) for v in visitors])
+        assert {answer.status for answer in answers} == {200}
+        text = server.request("GET", "/metrics").body
+    finally:
+        server.stop()
+    scraped = scraped_heads(text)
+    assert sum(head.position for head in scraped) == 24
+    logged = re.findall(r'"audit_head":"(\d+/\d+:[0-9a-f]{64})"', server.log())
+    assert len(set(logged)) == 24  # one line per event, each naming the head it made
+    assert all(any(full.startswith(str(head)) for full in logged) for head in scraped)
+    assert verify(app, *anchored(scraped)).exit_code == 0
+    busiest = max(scraped, key=lambda head: head.position)
+    execute(
+        app,
+        "DELETE FROM audit_events WHERE lane = :lane AND position > :keep",
+        lane=busiest.lane,
+        keep=busiest.position - 3,
+    )
+    execute(
+        app,
+        "UPDATE audit_chain_head SET position = :keep, last_hash = (SELECT chain_hash FROM audit_events"
+        " WHERE lane = :lane AND position = :keep) WHERE id = :lane",
+        lane=busiest.lane,
+        keep=busiest.position - 3,
+    )
+    where = f"{busiest.lane}/{busiest.position - 2}"
+    assert_broken(verify(app, *anchored(scraped)), where, f"the published head {busiest} is gone")
+    with app.app_context():
+        db.engine.dispose()
+    urls.close()
 
 
 def test_a_trail_rewritten_with_another_key_does_not_verify(database_url: str) -> None:
