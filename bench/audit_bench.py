@@ -7,7 +7,7 @@ counts, detection and the log line are other costs). Three designs, measured one
 each writer count in the same run:
 
 * ``one head``: the design before lanes, every append waits for the single head row (lane 1);
-* ``lanes``: ``AuditChain.append`` as it is, the first free of 16 lanes (SKIP LOCKED);
+* ``lanes``: ``AuditChain.append`` as it is, the first free of 64 lanes (SKIP LOCKED);
 * ``floor``: the same row inserted and committed with no chain head at all, into a table of its
   own: what this database commits per second, which no design with one commit per event can pass.
 
@@ -15,7 +15,7 @@ After the rounds ``AuditChain.verify`` must find the trail intact with every app
 (PASS/FAIL; exit 1 on FAIL). The last line is the ceiling: the best lanes events/s and its writers.
 
 ``--verify-rows N`` instead times ``portal audit verify`` (the real command, a subprocess, its
-peak RSS sampled) on a trail of N/10 rows and then of N rows: a valid chain over the 16 lanes,
+peak RSS sampled) on a trail of N/10 rows and then of N rows: a valid chain over the 64 lanes,
 computed here with the run's audit key and loaded with COPY (the four secondary indexes are
 dropped first: verify reads along the primary key only). Verify must say intact with every row;
 its memory at N against N/10 shows whether it streams.

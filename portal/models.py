@@ -199,7 +199,7 @@ class Staff(Base):
 class AuditEvent(Base):
     """One security event, chained: ``chain_hash`` = HMAC(audit key, ``prev_hash`` || this row's fields).
 
-    ``(lane, position)`` is where the row stands in the trail: lane 1 to 16, each a chain of its own
+    ``(lane, position)`` is where the row stands in the trail: lane 1 to 64, each a chain of its own
     (``portal.audit``), and the position in it (1, 2, 3 ...), given by the lane's ``audit_chain_head``
     row and never by the database, so a deleted row leaves a gap and an inserted one breaks the next link.
     """
@@ -227,7 +227,7 @@ class AuditChainHead(Base):
 
     __tablename__ = "audit_chain_head"
 
-    id: Mapped[int] = mapped_column(primary_key=True)  # the lane, 1 to 16
+    id: Mapped[int] = mapped_column(primary_key=True)  # the lane, 1 to 64
     position: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 

@@ -1,8 +1,8 @@
-"""Audit lanes: the trail becomes sixteen chains written side by side, and hourly counts one row per lane.
+"""Audit lanes: the trail becomes 64 chains written side by side, and hourly counts one row per lane.
 
 ``audit_events.id`` becomes ``position`` (its values, and so every chain hash written so far, are
 unchanged) beside a new ``lane``: every existing row is lane 1, the single chain it was. Lanes 2 to
-16 get their head rows, each at position 0 with its own genesis value (``portal.audit.genesis``).
+64 get their head rows, each at position 0 with its own genesis value (``portal.audit.genesis``).
 ``hourly_counts`` gains ``lane`` in its key, so no counter row is shared by concurrent events.
 
 Revision ID: audit_lanes
@@ -20,7 +20,7 @@ down_revision: str | Sequence[str] | None = "stolen_records"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-LANES = 16
+LANES = 64
 POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 HEAD = sa.table(
     "audit_chain_head",
@@ -55,11 +55,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Back to one chain: only while lanes 2 to 16 are still empty (their rows cannot become lane 1's)."""
+    """Back to one chain: only while lanes 2 to 64 are still empty (their rows cannot become lane 1's)."""
     connection = op.get_bind()
     used = connection.scalar(sa.text("SELECT count(*) FROM audit_events WHERE lane <> 1"))
     if used:
-        raise RuntimeError(f"{used} audit rows are in lanes 2-16: the single-chain schema cannot hold them")
+        raise RuntimeError(f"{used} audit rows are in lanes 2-64: the single-chain schema cannot hold them")
     # Hourly counts of the other lanes are added into lane 1's before the column goes.
     connection.execute(
         sa.text(
