@@ -17,13 +17,13 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from test_public import _check_headers
 
-from portal import services
 from portal.agent.auth import LOGIN_AT, OPEN_ENDPOINTS, SEEN_AT
 from portal.config import ConfigError
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
+from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
