@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -131,8 +131,10 @@ class AuditChain:
         return cls(Keyring(1, {1: master}).subkey("audit-chain"))
 
     def link(self, prev_hash: bytes, row: Mapping[str, Any]) -> bytes:
-        values = [_text(row[name]) for name in FIELDS]
-        message = prev_hash + "\x1f".join(values).encode("utf-8")
+        return self._mac(prev_hash, [row[name] for name in FIELDS])
+
+    def _mac(self, prev_hash: bytes, values: Sequence[object]) -> bytes:
+        message = prev_hash + "\x1f".join(map(_text, values)).encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
     def append(self, connection: Connection, entry: Entry) -> Head:
@@ -188,18 +190,19 @@ class AuditChain:
         """One lane, first row to last: rows that hold and the first break."""
         position, prev_hash = 0, genesis(lane)
         published = {anchor.position: anchor for anchor in anchors}
-        for row in _rows(connection, lane, batch):
-            if row["position"] != position + 1:
+        for *values, row_prev, chain_hash in _rows(connection, lane, batch):
+            here = values[0]  # FIELDS[0]: the position
+            if here != position + 1:
                 return position, BrokenLink(lane, position + 1, "row missing (deleted?)")
-            if row["prev_hash"] != prev_hash:
-                return position, BrokenLink(lane, row["position"], "does not follow the row before (inserted?)")
-            if not hmac.compare_digest(row["chain_hash"], self.link(prev_hash, row)):
-                return position, BrokenLink(lane, row["position"], "contents changed since written (edited?)")
-            anchor = published.get(row["position"])
-            if anchor is not None and not anchor.names(row["chain_hash"]):
+            if row_prev != prev_hash:
+                return position, BrokenLink(lane, here, "does not follow the row before (inserted?)")
+            if not hmac.compare_digest(chain_hash, self._mac(prev_hash, values)):
+                return position, BrokenLink(lane, here, "contents changed since written (edited?)")
+            anchor = published.get(here)
+            if anchor is not None and not anchor.names(chain_hash):
                 reason = f"not the row published as head {anchor} (rows deleted, head rewound, new rows since?)"
-                return position, BrokenLink(lane, row["position"], reason)
-            position, prev_hash = row["position"], row["chain_hash"]
+                return position, BrokenLink(lane, here, reason)
+            position, prev_hash = here, chain_hash
         beyond = [anchor for anchor in anchors if anchor.position > position]
         if beyond:
             gone = max(beyond, key=lambda anchor: anchor.position)
@@ -212,21 +215,21 @@ class AuditChain:
         return position, None
 
 
-def _rows(connection: Connection, lane: int, batch: int) -> Iterator[Mapping[str, Any]]:
-    """A lane's rows in order, a batch at a time along the primary key: memory stays flat."""
+_LANE_ROWS = (
+    select(*(EVENTS.c[name] for name in FIELDS), EVENTS.c.prev_hash, EVENTS.c.chain_hash)
+    .where(and_(EVENTS.c.lane == bindparam("lane"), EVENTS.c.position > bindparam("after")))
+    .order_by(EVENTS.c.position)
+    .limit(bindparam("batch"))
+)
+
+
+def _rows(connection: Connection, lane: int, batch: int) -> Iterator[Sequence[Any]]:
+    """A lane's rows in order as (*FIELDS, prev_hash, chain_hash), a batch at a time along the
+    primary key: memory stays flat whatever the trail's length."""
     after = 0
-    while True:
-        query = (
-            select(EVENTS)
-            .where(and_(EVENTS.c.lane == lane, EVENTS.c.position > after))
-            .order_by(EVENTS.c.position)
-            .limit(batch)
-        )
-        rows = connection.execute(query).mappings().all()
-        if not rows:
-            return
+    while rows := connection.execute(_LANE_ROWS, {"lane": lane, "after": after, "batch": batch}).all():
         yield from rows
-        after = rows[-1]["position"]
+        after = rows[-1][0]
 
 
 def _text(value: object) -> str:
