@@ -17,8 +17,8 @@ After the rounds ``AuditChain.verify`` must find the trail intact with every app
 ``--verify-rows N`` instead times ``portal audit verify`` (the real command, a subprocess, its
 peak RSS sampled) on a trail of N/10 rows and then of N rows: a valid chain over the 64 lanes,
 computed here with the run's audit key and loaded with COPY into the table made UNLOGGED, its
-four secondary indexes dropped (a faster load; verify reads the same rows along the primary key). Verify must say intact with every row;
-its memory at N against N/10 shows whether it streams.
+four secondary indexes dropped (a faster load; verify reads the same rows along the primary key).
+Verify must say intact with every row; its memory at N against N/10 shows whether it streams.
 
 Setup: a private schema on ``--database-url`` (``portal db upgrade``), dropped afterwards.
 
