@@ -200,10 +200,11 @@ def claims_to_look_up(identities: list[dict[str, str]]) -> tuple[list, list]:
 
 def real_digests(env: dict, claims: list) -> dict:
     """Every claim's lookup digest under the imported scheme: the real Argon2id, on every core."""
-    from portal import create_app, services
+    from portal.app import create_app
     from portal.extensions import db
     from portal.identity import lookup_schemes, scheme_params
     from portal.importer import stretch_all
+    from portal.services import services
 
     app = create_app(b.app_config(env))
     with app.app_context():
@@ -224,9 +225,10 @@ def real_digests(env: dict, claims: list) -> dict:
 
 def lookups(env: dict, hits: list, misses: list, digests: dict, count: int, rng: random.Random):
     """A callable running ``count`` find_patient calls: (latencies, wall seconds, wrong answers)."""
-    from portal import create_app, services
+    from portal.app import create_app
     from portal.extensions import db
     from portal.identity import find_patient
+    from portal.services import services
 
     app = create_app(b.app_config(env))
     with app.app_context():
@@ -335,7 +337,7 @@ def storage(url: str, tables: list[str]) -> dict[str, tuple[int, int, int]]:
 
 def pool_status_seconds(env: dict) -> float:
     """The pool gauge every metrics scrape reads (``portal.claims.pool_status``): best of 3."""
-    from portal import create_app
+    from portal.app import create_app
     from portal.claims import pool_status
     from portal.extensions import db
 
@@ -370,7 +372,7 @@ def limit_store_bytes(
 
     import redis
 
-    from portal import create_app
+    from portal.app import create_app
 
     prefix = f"scale-{secrets.token_hex(4)}"
     env = b.portal_env(bench, url, RATELIMIT_STORAGE_URI=store, RATELIMIT_KEY_PREFIX=prefix)

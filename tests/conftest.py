@@ -22,9 +22,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from launch import private_schema
 
-from portal import create_app, schema, services, synthetic
+from portal import schema, synthetic
+from portal.app import create_app
 from portal.extensions import db
 from portal.importer import PatientImporter
+from portal.services import services
 
 pytest_plugins = ("browser",)  # the live server, Chromium and page-audit fixtures (tests/browser.py)
 
@@ -113,6 +115,12 @@ def postgres_schema_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema, for a test about PostgreSQL alone (mark it ``postgres``)."""
+    yield from postgres_schema_url()
+
+
 PROGRAMME_TOML = """
 [programme]
 organisation = "Example Health Records, Inc."
@@ -179,6 +187,17 @@ def app(database_url: str) -> Iterator[Flask]:
     yield app
     with app.app_context():
         db.engine.dispose()
+
+
+@pytest.fixture
+def pg_app() -> Iterator[Flask]:
+    """An app on a fresh PostgreSQL schema, for what only PostgreSQL has: row locks that writers skip."""
+    urls = postgres_schema_url()
+    app = make_app(next(urls))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+    urls.close()  # drops the schema
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from test_public import _check_headers
 
-from portal import services
 from portal.agent.auth import LOGIN_AT, OPEN_ENDPOINTS, SEEN_AT
 from portal.config import ConfigError
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
+from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
@@ -35,7 +35,7 @@ def agent_rules(app: Flask) -> list[Any]:
 
 def audit_rows(app: Flask) -> list[AuditEvent]:
     with app.app_context():
-        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.lane, AuditEvent.position)))
 
 
 def concrete(rule: Any) -> str:
@@ -278,7 +278,7 @@ def test_a_full_call_leaves_the_expected_audit_rows(app: Flask) -> None:
         (actor, "code", "re-read", ref),
         (actor, "call-outcome", "code-given", ref),
     ]
-    assert all(r.request_id and r.client == "127.0.0.1" for r in audit_rows(app))
+    assert all(r.request_id and r.client == "127.0.0.0/24" for r in audit_rows(app))
 
 
 def test_verifying_the_next_caller_ends_the_previous_callers_verification(app: Flask) -> None:
@@ -383,8 +383,8 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert "staff-login" not in page
     export = supervisor.get(f"/agent/audit/export.csv?actor=staff:{agent.id}&since={date.today().isoformat()}")
     lines = export.get_data(as_text=True).splitlines()
-    assert export.mimetype == "text/csv" and lines[0].startswith("id,at,actor,action")
-    assert [line.split(",")[3] for line in lines[1:]] == ["verification", "staff-login"]
+    assert export.mimetype == "text/csv" and lines[0].startswith("lane,position,at,actor,action")
+    assert [line.split(",")[4] for line in lines[1:]] == ["verification", "staff-login"]
     assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
     assert supervisor.get("/agent/audit?until=9999-12-31").status_code == 400  # its day's end is no date
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]

@@ -22,12 +22,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from portal import services
 from portal.agent.views import ALREADY_REPLACED, REISSUED
 from portal.claims import claim_code
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode, AuditEvent, Patient
+from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
 ENROLL_BY = date.today() + timedelta(days=60)
@@ -86,7 +86,9 @@ def flashed(client: FlaskClient) -> tuple[str, set[str]]:
 
 def trail(app: Flask, *actions: str) -> list[tuple[str, str, str, str | None]]:
     with app.app_context():
-        rows = db.session.scalars(select(AuditEvent).where(AuditEvent.action.in_(actions)).order_by(AuditEvent.id))
+        rows = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action.in_(actions)).order_by(AuditEvent.lane, AuditEvent.position)
+        )
         return [(r.actor.split(":")[0], r.action, r.outcome, r.record_ref) for r in rows]
 
 

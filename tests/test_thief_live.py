@@ -19,11 +19,13 @@ from conftest import REDIS_URL, import_patients, make_config, numbered, write_pr
 from flask import Flask
 from live import CSRF_FIELD, LiveServer, Visitor
 
-from portal import alerts, create_app, schema, services, synthetic
+from portal import alerts, schema, synthetic
+from portal.app import create_app
 from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
+from portal.services import services
 
 pytestmark = pytest.mark.redis
 
@@ -44,7 +46,8 @@ def portal_with(tmp_path: Path, rows: list[dict[str, str]]) -> Iterator[tuple[Li
     database = f"sqlite:///{tmp_path / 'portal.sqlite3'}"
     config = make_config(
         database, ARGON2_MEMORY_COST=8192, RATELIMIT_STORAGE_URI=REDIS_URL, RATELIMIT_KEY_PREFIX=secrets.token_hex(4),
-        TRUSTED_PROXIES=1, PROGRAMME_FILE=str(write_programme(tmp_path)), **SHIPPED,
+        TRUSTED_PROXIES=1, TRUSTED_PROXY_NETWORKS=["127.0.0.1/32"], PROGRAMME_FILE=str(write_programme(tmp_path)),
+        **SHIPPED,
     )  # fmt: skip
     app = create_app(config)
     with app.app_context():
