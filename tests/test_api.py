@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, create_api_key, import_patients, make_app, numbered, patient_row
+from conftest import REDIS_URL, create_api_key, import_patients, lookup, make_app, numbered, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +17,7 @@ from launch import free_port
 from sqlalchemy import update
 
 from portal import services
+from portal.api.keys import key_state
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
@@ -280,6 +281,19 @@ def test_an_expired_key_is_refused(app: Flask, client: FlaskClient, key: str) ->
     assert "expired" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
 
 
+def test_a_key_works_on_its_last_day_and_not_after(app: Flask, client: FlaskClient) -> None:
+    """``--expires`` names the last day the key works (UTC), not the first on which it does not."""
+    today = utcnow().date()
+    key = create_api_key(app, expires=today.isoformat())
+    assert call(client, key, "GET", "/program").status_code == 200
+    assert app.test_cli_runner().invoke(args=["list-api-keys"]).output.split("\t")[5:7] == [today.isoformat(), "active"]
+    midnight = datetime.combine(today + timedelta(days=1), time(), UTC)
+    with app.app_context():
+        row = db.session.query(ApiKey).one()
+    assert key_state(row, midnight - timedelta(microseconds=1)) == "active"
+    assert key_state(row, midnight) == "expired"
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -365,6 +379,42 @@ def test_the_client_budget_counts_failures_from_one_address(database_url: str) -
     people = [{**UNKNOWN, "last_name": f"Nobody{chr(97 + n)}"} for n in range(3)]
     statuses = [call(client, k, "POST", "/verifications", p).status_code for k, p in zip(keys, people, strict=True)]
     assert statuses == [200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"],
+        ["::ffff:192.0.2.7", "192.0.2.7", "::ffff:192.0.2.7"],
+    ],
+    ids=["ipv6-64", "ipv4-mapped"],
+)
+def test_the_client_budget_counts_an_ipv6_64_as_one_client(database_url: str, addresses: list[str]) -> None:
+    """A subscriber is given a whole /64: counting single addresses would count nothing (SECURITY.md)."""
+    app = limited_app(database_url, "memory://", API_VERIFY_LIMIT_CLIENT="2 per hour")
+    keys, client = [create_api_key(app) for _ in range(3)], app.test_client()
+    people = [{**UNKNOWN, "last_name": f"Nobody{chr(97 + n)}"} for n in range(3)]
+    statuses = [
+        call(client, k, "POST", "/verifications", p, environ_base={"REMOTE_ADDR": a}).status_code
+        for k, p, a in zip(keys, people, addresses, strict=True)
+    ]
+    assert statuses == [200, 200, 429]
+
+
+def test_the_apis_person_budget_is_its_own_beside_the_sites(database_url: str) -> None:
+    """A person's short-window budget is per surface; only the day and year are shared (SECURITY.md)."""
+    app = limited_app(
+        database_url, "memory://", API_VERIFY_LIMIT_PERSON="2 per 15 minutes", VERIFY_LIMIT_PERSON="2 per 15 minutes"
+    )
+    key, client = create_api_key(app), app.test_client()
+    site = {"last_name": PERSON["last_name"], "date_of_birth": PERSON["date_of_birth"], "zip_code": PERSON["zip_code"]}
+    api_guesses = [call(client, key, "POST", "/verifications", WRONG_FIELD).status_code for _ in range(3)]
+    assert api_guesses == [200, 200, 429]
+    assert [lookup(app.test_client(), **site, ssn_last4="0000").status_code for _ in range(3)] == [200, 200, 429]
+    # The API's failures spent nothing of the site's budget; nor, for another person, the site's of the API's.
+    other = {"last_name": "Elsewhere", "date_of_birth": UNKNOWN["date_of_birth"], "zip_code": "10001"}
+    assert [lookup(app.test_client(), **other, ssn_last4="0000").status_code for _ in range(3)] == [200, 200, 429]
+    assert call(client, key, "POST", "/verifications", {**other, "ssn_last4": "0000"}).status_code == 200
 
 
 def test_every_api_verification_and_claim_is_an_event_with_the_key(

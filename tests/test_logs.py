@@ -70,6 +70,26 @@ def test_one_line_per_request_and_per_event_with_the_request_id_of_the_response_
     assert len({x["request_id"] for x in logged}) == 3  # a new id for each request
 
 
+def test_an_exceptions_message_never_reaches_a_log_line(app: Flask, json_log: io.StringIO) -> None:
+    """Its message may quote a value (a form field, a CSV cell): a line carries the type and the stack."""
+    value = "123-45-6789 García"
+
+    def boom() -> str:
+        raise ValueError(f"cannot read {value!r}")
+
+    try:
+        boom()
+    except ValueError:
+        logging.getLogger("portal.importer").exception("row rejected")
+    app.add_url_rule("/boom", view_func=boom)
+    assert app.test_client().get("/boom").status_code == 500
+    logged = lines(json_log)
+    assert logged[0]["error"] == "ValueError" and "in boom" in str(logged[0]["stack"])
+    assert "unhandled ValueError" in str(logged[1]["message"])
+    text = json.dumps(logged, ensure_ascii=False)
+    assert "6789" not in text and "García" not in text
+
+
 @pytest.mark.parametrize(
     ("proxies", "incoming", "kept"),
     [

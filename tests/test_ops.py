@@ -53,6 +53,26 @@ def test_readyz_and_metrics_only_for_the_operators_host_or_network(database_url:
     assert make_app(database_url).test_client().get("/readyz").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "proxies, forged, genuine",
+    [
+        # No proxy of ours: the header is the client's say-so; only the connection's address counts.
+        (0, ("203.0.113.5", "127.0.0.1"), ("127.0.0.1", "203.0.113.5")),
+        # One proxy: it appended the address it saw; what comes before is the client's say-so.
+        (1, ("10.0.0.1", "127.0.0.1, 203.0.113.5"), ("10.0.0.1", "203.0.113.5, 127.0.0.1")),
+    ],
+    ids=["no-proxy", "one-proxy"],
+)
+def test_a_forged_forwarded_for_does_not_open_readyz_or_metrics(
+    database_url: str, proxies: int, forged: tuple[str, str], genuine: tuple[str, str]
+) -> None:
+    """Only the address as PORTAL_TRUSTED_PROXIES resolves it is an operator's, never the header's first hop."""
+    client = make_app(database_url, TRUSTED_PROXIES=proxies).test_client()
+    for (remote, forwarded), status in ((forged, 404), (genuine, 200)):
+        client.environ_base.update(REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+        assert [client.get(path).status_code for path in ("/readyz", "/metrics")] == [status] * 2, forwarded
+
+
 @pytest.mark.postgres
 def test_readyz_with_the_database_down(private_postgres: PrivateCluster) -> None:  # noqa: F811
     app = make_app(private_postgres.new_database())
