@@ -106,6 +106,8 @@ def test_a_claim_gives_the_code_once_then_the_same_code(client: FlaskClient, key
     body = first.get_json()
     assert body["activation_code"].startswith("IDP-TEST-")
     assert body["coverage_months"] == 24 and body["enroll_by"] == "2030-01-01" and body["product"] == "Protect 24"
+    assert body["enrollment_url"] == call(client, key, "GET", "/program").get_json()["enrollment_url"]
+    assert len(body) == 5
     # A second verification of the same person gets the same code, never a second one.
     token2 = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
     assert call(client, key, "POST", "/claims", {"claim_token": token2}).get_json() == body
@@ -151,11 +153,17 @@ def test_the_contract_and_its_page_are_served_without_a_key(client: FlaskClient)
 
 
 def test_401_without_a_key_or_with_a_wrong_one(client: FlaskClient, key: str) -> None:
-    for header in (None, "Basic abc", "Bearer ", "Bearer nonsense", f"Bearer {key[:-1]}x", f"Bearer {key}x"):
+    malformed = (None, "Basic abc", "Bearer ", "Bearer " + "x" * 194)  # the last one character too long
+    wrong = ("Bearer nonsense", f"Bearer {key[:-1]}x", f"Bearer {key}x", "Bearer " + "x" * 193)
+    for header in (*malformed, *wrong):
         response = call(client, None, "GET", "/program", headers={"Authorization": header} if header else {})
-        assert_problem(response, 401)
+        detail = assert_problem(response, 401)["detail"]
+        assert detail.startswith("Send the key as" if header in malformed else "This key is unknown"), header
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "X-RateLimit-Limit" not in response.headers
+    # The scheme in any case, and any number of spaces after it (RFC 9110).
+    for header in (f"bearer {key}", f"Bearer   {key}"):
+        assert call(client, None, "GET", "/program", headers={"Authorization": header}).status_code == 200, header
 
 
 def test_403_when_the_key_lacks_the_scope(app: Flask, client: FlaskClient) -> None:
@@ -324,7 +332,7 @@ STORAGES = [pytest.param("memory://", id="memory"), pytest.param(REDIS_URL, id="
 @pytest.mark.parametrize("storage", STORAGES)
 def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str) -> None:
     app = limited_app(database_url, storage)
-    slow, other = create_api_key(app, rate="3/minute"), create_api_key(app, rate="100/minute")
+    slow, other = create_api_key(app, rate="3/minute"), create_api_key(app, rate="3/minute")
     client = app.test_client()
     answers = [call(client, slow, "GET", "/program") for _ in range(4)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]
@@ -332,7 +340,8 @@ def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str)
     assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"3"}
     assert int(answers[0].headers["X-RateLimit-Reset"]) > 0
     assert_problem(answers[-1], 429)
-    # The rate is the key's, shared by all its endpoints; another key is not affected.
+    # The rate is the key's, shared by all its endpoints; another key of the same rate, from the
+    # same address, is not affected: it is counted on its own.
     assert_problem(call(client, slow, "POST", "/verifications", PERSON), 429)
     assert call(client, other, "GET", "/program").status_code == 200
 
@@ -428,6 +437,8 @@ def test_every_api_verification_and_claim_is_an_event_with_the_key(
     events = [json.loads(line) for line in lines]
     assert [event["outcome"] for event in events] == ["success", "failure", "success"]
     assert all(event["channel"] == "api" and event["actor"] == "api-key:1" for event in events)
+    assert all(event["client"] == "127.0.0.1" for event in events)
+    assert events[0]["record_ref"] and events[2]["record_ref"] == events[0]["record_ref"]  # whose code was claimed
     assert not any(secret in " ".join(lines) for secret in ("6789", "García", "1980", "IDP-TEST", token))
 
 

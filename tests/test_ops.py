@@ -49,8 +49,21 @@ def test_readyz_and_metrics_only_for_the_operators_host_or_network(database_url:
     monitor.environ_base["REMOTE_ADDR"] = "10.8.3.4"
     assert monitor.get("/readyz").json == {"database": "ok", "limit_store": "ok"}
     assert b"portal_pool_codes" in monitor.get("/metrics").data
-    # The default: loopback only.
+    # The default: loopback only; and an address that is none (a server on a unix socket) is no operator's.
     assert make_app(database_url).test_client().get("/readyz").status_code == 200
+    assert make_app(database_url).test_client().get("/readyz", environ_base={"REMOTE_ADDR": ""}).status_code == 404
+
+
+def test_readyz_names_a_database_that_cannot_be_opened(tmp_path: Path) -> None:
+    """SQLite's counterpart of the PostgreSQL test below: the database file is gone, a directory in its place."""
+    path = tmp_path / "portal.sqlite3"
+    app = make_app(f"sqlite:///{path}")
+    with app.app_context():
+        db.engine.dispose()
+    path.unlink()
+    path.mkdir()
+    response = app.test_client().get("/readyz")
+    assert (response.status_code, response.json) == (503, {"database": "unavailable", "limit_store": "ok"})
 
 
 @pytest.mark.parametrize(
