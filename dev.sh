@@ -2,6 +2,7 @@
 # One command each, on a fresh machine with Python 3.11+:
 #   ./dev.sh demo   set up, load synthetic data into SQLite and serve http://127.0.0.1:5000
 #   ./dev.sh test   set up and run the tests (PostgreSQL/Redis tests too when PORTAL_TEST_* are set)
+#   ./dev.sh lint-imports  check that imports follow docs/architecture.md's layers
 #   ./dev.sh stack  rehearse production on this machine: nginx (TLS) in front of two gunicorn
 #                   servers on one PostgreSQL and Redis (deploy/stack.py; needs Debian's nginx)
 # Extra arguments go to the command: ./dev.sh demo --patients 5000, ./dev.sh test -k claims
@@ -27,5 +28,6 @@ case $command in
   demo) setup; exec "$venv/bin/portal" demo "$@" ;;
   test) setup; exec "$venv/bin/python" -m pytest "$@" ;;
   stack) setup; exec "$venv/bin/python" deploy/stack.py "$@" ;;
-  *) echo "usage: ./dev.sh demo|test|stack [arguments]" >&2; exit 2 ;;
+  lint-imports) setup; exec "$venv/bin/lint-imports" "$@" ;;
+  *) echo "usage: ./dev.sh demo|test|stack|lint-imports [arguments]" >&2; exit 2 ;;
 esac

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from portal import verification
+from portal.services import EXTENSION
 from wsgi import app
 
 ABLATED = set(filter(None, os.environ.get("PORTAL_BENCH_ABLATE", "").split(",")))
@@ -58,7 +59,7 @@ if "database" in ABLATED:
 if "events" in ABLATED:
     verification.record = lambda _event: None  # type: ignore[assignment]
 if "slots" in ABLATED:
-    hasher = app.extensions["portal"].hasher
+    hasher = app.extensions[EXTENSION].hasher
     hasher._slots = threading.BoundedSemaphore(1)
     hasher._threads = ThreadPoolExecutor(1, thread_name_prefix="argon2")
 if "csrf" in ABLATED:

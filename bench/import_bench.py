@@ -43,7 +43,7 @@ def count_rows(url: str) -> Callable[[], str]:
 # For --batch-size: the same CLI with portal.importer.BATCH_SIZE changed in the process (a proposal to measure).
 PATCHED_CLI = (
     "import sys, portal.importer as m; m.BATCH_SIZE = int(sys.argv.pop(1)); sys.argv[0] = 'portal';"
-    " from portal.cli import main; main()"
+    " from portal.app import main; main()"
 )
 
 

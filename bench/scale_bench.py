@@ -52,9 +52,10 @@ def build(bench: b.Bench, base_url: str | None, size: int, csv_path, letters, fi
 
 def measure(env: dict, identities: list[dict[str, str]], lookups: int, rng: random.Random):
     """Yields a callable that runs ``lookups`` find_patient calls and returns their latencies."""
-    from portal import create_app, services
+    from portal.app import create_app
     from portal.extensions import db
     from portal.identity import IdentityClaim, find_patient
+    from portal.services import services
 
     app = create_app(b.app_config(env))
     hits = [IdentityClaim.from_input(**i) for i in identities]

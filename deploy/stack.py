@@ -3,7 +3,7 @@
 nginx (Debian's package) with a throw-away self-signed certificate terminates TLS in front of
 two gunicorn app servers on different ports, both on one PostgreSQL schema and one Redis, run
 exactly as in production (``PORTAL_ENV=production``, ``deploy/nginx/portal.conf`` rendered with
-local ports and paths, ``portal:create_app()`` under ``portal/gunicorn_config.py``). The data is
+local ports and paths, ``portal.app:create_app()`` under ``portal/gunicorn_config.py``). The data is
 synthetic, imported in two shards at once as two machines would. Everything lives in a temporary
 directory, a private PostgreSQL schema and a Redis key prefix, all removed on exit; nginx runs as
 a child process (no daemon, no system paths).
@@ -60,7 +60,7 @@ class Stack:
         self.prefix = f"stack-{secrets.token_hex(5)}"
         self.https_port, self.http_port = free_port(), free_port()
         self.app_servers = [
-            Gunicorn("portal:create_app()", self.dir / f"app{n}.log", cwd=self.dir) for n in range(self.servers)
+            Gunicorn("portal.app:create_app()", self.dir / f"app{n}.log", cwd=self.dir) for n in range(self.servers)
         ]
         self.database_url = ""  # the private schema's, once load_data has made it
         self.schema_kept = contextlib.ExitStack()  # until stop() drops it

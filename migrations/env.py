@@ -6,7 +6,7 @@ from portal.models import Base
 
 engine = context.config.attributes.get("engine")
 if engine is None:
-    from portal import create_app
+    from portal.app import create_app
     from portal.extensions import db
 
     with create_app().app_context():

@@ -16,14 +16,13 @@ from typing import IO, NoReturn
 import click
 import segno
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 from werkzeug.serving import run_simple
 
-from portal import create_app, retention, schema, services, stats, synthetic
-from portal.api import keys as api_keys
+from portal import partner_keys, retention, schema, stats, synthetic
 from portal.audit import head_hash
 from portal.claims import pool_status, reseal_codes, revoked_since
 from portal.config import write_development_secrets
@@ -43,6 +42,7 @@ from portal.importer import (
 from portal.letters import LetterVault, export_requested
 from portal.models import Patient, Staff
 from portal.sealing import RESEAL_BATCH, KeyVersionMissing
+from portal.services import services
 from portal.staff import (
     ROLES,
     StaffError,
@@ -57,14 +57,6 @@ from portal.throttle import limit_store
 
 EXIT_REJECTED = 1
 EXIT_BAD_FILE = 2
-
-
-main = FlaskGroup(
-    create_app=create_app,
-    add_version_option=False,
-    load_dotenv=False,
-    help="Affected-patient portal: set PORTAL_* variables, then run a command below.",
-)
 
 
 def init_app(app: Flask) -> None:
@@ -541,18 +533,18 @@ def list_staff_command() -> None:
 
 @click.command("create-api-key")
 @click.option("--partner", required=True, help="Who the key is for (shown in listings).")
-@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(api_keys.SCOPES))
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(partner_keys.SCOPES))
 @click.option("--rate", default=None, help='Requests allowed, e.g. "120/minute" (default: PORTAL_API_KEY_RATE).')
 @click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last day the key works (UTC).")
 @with_appcontext
 def create_api_key_command(partner: str, scopes: tuple[str, ...], rate: str | None, expires: datetime | None) -> None:
     """Create a partner key and print it once: only its digest is kept."""
     try:
-        new = api_keys.create_key(
+        new = partner_keys.create_key(
             db.session, partner, list(scopes), rate or current_app.config["API_KEY_RATE"],
             expires.date() if expires else None,
         )  # fmt: skip
-    except api_keys.InvalidKeySetting as error:
+    except partner_keys.InvalidKeySetting as error:
         raise click.BadParameter(str(error)) from None
     click.echo(f"key {new.row.id} for {new.row.partner} ({new.row.scopes}, {new.row.rate}):")
     click.echo(new.secret)
@@ -563,11 +555,12 @@ def create_api_key_command(partner: str, scopes: tuple[str, ...], rate: str | No
 @with_appcontext
 def list_api_keys_command() -> None:
     """One line per key: id, prefix, partner, scopes, rate, expiry, state, last used."""
-    for key in api_keys.all_keys(db.session):
+    for key in partner_keys.all_keys(db.session):
         fields = (
             key.id, key.prefix, key.partner, key.scopes.replace(" ", ","), key.rate,
             _day(key.expires_at - timedelta(days=1)) if key.expires_at else "never",
-            api_keys.key_state(key), key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never",
+            partner_keys.key_state(key),
+            key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never",
         )  # fmt: skip
         click.echo("\t".join(map(str, fields)))
 
@@ -581,7 +574,7 @@ def _day(moment: datetime) -> str:
 @with_appcontext
 def revoke_api_key_command(key_id: int) -> None:
     """Revoke a key: refused from its next request on, on every server."""
-    key = api_keys.revoke_key(db.session, key_id)
+    key = partner_keys.revoke_key(db.session, key_id)
     if key is None:
         click.echo(f"no key {key_id}", err=True)
         sys.exit(1)
@@ -656,7 +649,7 @@ def sample_identities(patients: int) -> list[str]:
         lambda r: bool(r["ssn"]) and not plain(r),
         lambda r: not r["ssn"],
     ]
-    hasher = current_app.extensions["portal"].hasher
+    hasher = services().hasher
     lines = []
     for row in filter(None, (next(filter(kind, rows), None) for kind in kinds)):
         factor = (
@@ -674,7 +667,8 @@ def sample_identities(patients: int) -> list[str]:
 def demo_command(patients: int, port: int, serve: bool) -> None:
     """Create instance/ with fresh secrets and synthetic data, then serve the site on 127.0.0.1."""
     secrets_file = write_development_secrets(Flask("portal").instance_path)
-    app = create_app()
+    # The ``portal`` command's own factory (portal/app.py), called only now that the secrets exist.
+    app = click.get_current_context().ensure_object(ScriptInfo).load_app()
     load_demo_data(app, patients)
     with app.app_context():
         samples = sample_identities(patients)
@@ -685,6 +679,3 @@ def demo_command(patients: int, port: int, serve: bool) -> None:
         click.echo(f"Serving http://127.0.0.1:{port}/  (Ctrl+C stops)")
         # Not app.run(): Flask ignores it inside a ``flask``-style command such as this one.
         run_simple("127.0.0.1", port, app, threaded=True)
-
-
-main.add_command(demo_command)

@@ -18,6 +18,14 @@ from flask import Flask
 from limits import parse_many
 
 RELAXED_ENVS = frozenset({"development", "testing"})
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def asset_dir(name: str) -> str:
+    """``templates``/``static``/``migrations``: top level in a checkout, inside the package once installed."""
+    in_checkout = PACKAGE_DIR.parent / name
+    return str(in_checkout if in_checkout.is_dir() else PACKAGE_DIR / name)
+
 
 DEFAULTS: dict[str, Any] = {
     "ENV": "production",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable, Mapping
+from functools import partial
 
-from flask import Flask, current_app, render_template, request
+from flask import Flask, Response, render_template, request
 from flask.globals import request_ctx
 from flask_babel import get_locale
 from flask_babel import gettext as _
@@ -14,14 +16,13 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, TooManyRequests
 
-from portal.api.errors import http_problem
-from portal.identity import HashingBusy
+from portal.hashing_slots import HashingBusy
+from portal.services import services
 from portal.throttle import PEOPLE_SCOPE, LimitStoreDown, Throttled
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 30
-API_PREFIX = "/api/"
 
 MESSAGES = {
     400: _l("We could not read that request. Please go back and try again."),
@@ -39,8 +40,11 @@ MESSAGES = {
 CSRF_MESSAGE = _l("This form expired or was sent from another page. Please reload the page and try again.")
 
 
-def init_app(app: Flask) -> None:
-    app.register_error_handler(HTTPException, handle_http_error)
+def init_app(app: Flask, routing_errors: Mapping[str, Callable[[HTTPException], Response]]) -> None:
+    """``routing_errors``: per path prefix, who answers an HTTP error raised before any blueprint was
+    chosen (a 404, a 405) under it, such as the partner API's problem+json: given by the factory,
+    so these pages need not know the surfaces above them."""
+    app.register_error_handler(HTTPException, partial(handle_http_error, routing_errors))
     app.register_error_handler(OperationalError, handle_database_unavailable)
     app.register_error_handler(HashingBusy, handle_over_capacity)
     app.register_error_handler(Throttled, handle_throttled)
@@ -58,9 +62,12 @@ def render_error(status: int, message: object = None, retry_after: int | None = 
     return body, status, headers
 
 
-def handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
-    if request.path.startswith(API_PREFIX):  # routing errors (404, 405) come here before any blueprint
-        return http_problem(error)
+def handle_http_error(  # type: ignore[no-untyped-def]
+    routing_errors: Mapping[str, Callable[[HTTPException], Response]], error: HTTPException
+):
+    for prefix, answer in routing_errors.items():
+        if request.path.startswith(prefix):
+            return answer(error)
     status = error.code or 500
     if isinstance(error, CSRFError):
         return render_error(400, CSRF_MESSAGE)
@@ -72,7 +79,7 @@ def handle_throttled(error: Throttled):  # type: ignore[no-untyped-def]
     network that verified many people today sends the next one to the call center instead."""
     message = None
     if error.scope == PEOPLE_SCOPE:
-        programme = current_app.extensions["portal"].programme
+        programme = services().programme
         message = _(
             "Many different people have already been checked from your internet connection today, so no one "
             "else can be checked from it until tomorrow. This protects people whose details were stolen. If "

@@ -30,6 +30,8 @@ from portal.audit import Entry
 from portal.extensions import db
 from portal.logs import Fields, write
 from portal.models import utcnow
+from portal.network import client_key, client_network
+from portal.services import services
 from portal.telemetry import request_id
 
 log = logging.getLogger("portal.events")
@@ -39,8 +41,6 @@ PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for i
 
 def init_app(app: Flask) -> None:
     """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
-    from portal.throttle import client_key, client_network  # (throttle raises events: imported once both exist)
-
     app.extensions["portal.detector"] = alerts.Detector(
         alerts.Thresholds.from_config(app.config),
         # The rate-limit store: Redis in production, so every worker adds to the same counts.
@@ -106,7 +106,7 @@ def record(event: Event) -> None:
     # The row and its counts in one short transaction of their own: committed whatever the
     # request does with its own, one commit for all of them.
     with db.engine.begin() as connection:
-        current_app.extensions["portal"].audit.append(connection, entry)
+        services().audit.append(connection, entry)
         stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
         for alert in raised:
             stats.add_count(connection, event.at, "alert", alert.kind, alert.channel)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from portal.identity import MAX_SERVER_WORKERS, share_hashing_slots
+from portal.hashing_slots import MAX_SERVER_WORKERS, share_hashing_slots
 
 bind = os.environ.get("PORTAL_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PORTAL_WORKERS", multiprocessing.cpu_count()))

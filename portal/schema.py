@@ -6,7 +6,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
-from portal import asset_dir
+from portal.config import asset_dir
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -22,7 +22,6 @@ instead would multiply every budget by the number of processes.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,10 +33,11 @@ from flask import Flask, current_app, g
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisClusterStorage, RedisStorage, Storage
 
-from portal import services
 from portal.events import Event, record
 from portal.extensions import limiter
 from portal.identity import IdentityClaim
+from portal.network import client_key, client_network
+from portal.services import services
 
 LIMIT_STORE_RETRY_AFTER = 30  # seconds a client is asked to wait while the limit store is unreachable
 LIMITER_HOOKS = "limiter_hooks"  # set in g by views that carry a Flask-Limiter limit of their own
@@ -120,34 +120,8 @@ def people_budget(scope: str, setting: str, key: str, claim: IdentityClaim) -> B
     return Budget(scope, setting, key, refund_on_success=False, refund_on_failure=True, member=person_key(claim))
 
 
-def client_key(address: str | None) -> str:
-    """The client as a limit sees it: an IPv4 address, or the /64 an IPv6 address belongs to (one
-    subscriber is routinely given a whole /64, so counting single addresses counts nothing)."""
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return "unknown"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
 PEOPLE_SCOPE = "verify-client-people"  # a refusal by it sends a real person to the call center
 GLOBAL_BUDGET = Budget("verify-global", "VERIFY_LIMIT_GLOBAL", "portal")
-
-
-def client_network(address: str | None) -> str:
-    """The network a client's address belongs to, for counting *people*: its IPv4 /24 or IPv6 /64.
-
-    Someone who holds the stolen records rents neighbouring addresses; a household, an office or
-    a carrier's NAT shares a few. Counting people per /24 makes forty addresses of one block no
-    stronger together than one (SECURITY.md, "The thief who holds the stolen records")."""
-    client = client_key(address)
-    if client == "unknown" or "/" in client:
-        return client
-    return str(ipaddress.IPv4Network((client, 24), strict=False))
 
 
 def public_budgets(claim: IdentityClaim, address: str | None) -> list[Budget]:

@@ -22,11 +22,12 @@ from limits.errors import StorageError
 from redis import RedisError
 from sqlalchemy import Row
 
-from portal import services, throttle
+from portal import throttle
 from portal.events import Event, record
 from portal.extensions import db
 from portal.identity import IdentityClaim, find_patient, start_verification
 from portal.models import Verification, utcnow
+from portal.services import services
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from conftest import csrf_token
 from flask import Flask
 from flask.testing import FlaskClient
 
-from portal import services
 from portal.extensions import db
 from portal.models import Staff
+from portal.services import services
 from portal.staff import create_staff, set_password
 
 NEW_PASSWORD = "correct horse battery staple"

@@ -22,9 +22,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from launch import private_schema
 
-from portal import create_app, schema, services, synthetic
+from portal import schema, synthetic
+from portal.app import create_app
 from portal.extensions import db
 from portal.importer import PatientImporter
+from portal.services import services
 
 pytest_plugins = ("browser",)  # the live server, Chromium and page-audit fixtures (tests/browser.py)
 

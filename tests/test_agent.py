@@ -23,7 +23,7 @@ from limits.storage import MemoryStorage
 from sqlalchemy import func, select, update
 from test_public import _check_headers
 
-from portal import services, throttle
+from portal import throttle
 from portal.agent import auth as console_auth
 from portal.agent.auth import LOGIN_AT, OPEN_ENDPOINTS, SEEN_AT
 from portal.config import ConfigError
@@ -31,6 +31,7 @@ from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
+from portal.services import services
 from portal.staff import authenticate, passwords
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}

@@ -25,7 +25,7 @@ from portal import alerts, stats
 from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.models import HourlyCount, Patient, utcnow
-from portal.throttle import client_key, client_network
+from portal.network import client_key, client_network
 
 DAY = datetime(2026, 11, 24, tzinfo=UTC)
 USUAL_FAILURES_PER_HOUR = 300  # 5 a minute: the week before the replayed day

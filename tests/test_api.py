@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from launch import free_port
 from sqlalchemy import update
 
-from portal import services
-from portal.api.keys import key_state
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
+from portal.partner_keys import key_state
+from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
 WRONG_FIELD = {**PERSON, "ssn_last4": "0000"}

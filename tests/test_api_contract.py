@@ -12,10 +12,10 @@ from typing import Any
 from conftest import create_api_key, import_patients, make_app, make_config, numbered, patient_row
 from live import LiveServer
 
-from portal import services
 from portal.api import openapi
 from portal.extensions import db
 from portal.importer import import_codes
+from portal.services import services
 
 # Every check but positive_data_acceptance: a document cannot say which dates are real or which
 # ZIP codes exist, so schema-valid bodies are rightly refused with 422 (the document lists it).

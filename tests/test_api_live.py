@@ -19,7 +19,7 @@ from conftest import REDIS_URL, create_api_key, import_patients, make_app, make_
 from flask import Flask
 from live import Answer, LiveServer, all_at_once
 
-from portal.identity import ServerSlots
+from portal.hashing_slots import ServerSlots
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
 

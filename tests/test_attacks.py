@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from conftest import REDIS_URL, import_patients, lookup, make_app, make_config, patient_row, write_programme
 from live import Answer, LiveServer, Visitor, all_at_once
 
-from portal import create_app, schema
+from portal import schema
+from portal.app import create_app
 from portal.extensions import db
 from portal.identity import start_verification
 from portal.models import Patient, Verification, utcnow

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from browser import LiveServer, PageAudit
 from conftest import PROGRAMME_TOML, import_patients, make_app, patient_row
 
-from portal import services
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import Verification, utcnow
+from portal.services import services
 
 pytestmark = pytest.mark.browser
 

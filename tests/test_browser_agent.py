@@ -20,9 +20,9 @@ from conftest import import_patients, make_app, patient_row
 from test_browser import press, tab_to, type_into
 from test_stats import known_history
 
-from portal import services
 from portal.extensions import db
 from portal.importer import import_codes
+from portal.services import services
 
 pytestmark = pytest.mark.browser
 

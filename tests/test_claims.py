@@ -32,7 +32,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import portal.claims
-from portal import services
 from portal.claims import (
     CodeCipher,
     NotHeld,
@@ -48,6 +47,7 @@ from portal.claims import (
 from portal.extensions import db
 from portal.identity import Keyring, current_scheme
 from portal.models import ActivationCode, Patient, utcnow
+from portal.services import services
 
 CODES = ActivationCode.__table__
 TODAY = date.today()

@@ -17,10 +17,10 @@ from flask.testing import FlaskClient
 from test_public import _check_headers
 from test_stats import TODAY, known_history
 
-from portal import services
 from portal.charts import Series, bar_chart, nice_ceiling
 from portal.extensions import db
 from portal.models import Staff
+from portal.services import services
 from portal.staff import create_staff
 
 

@@ -16,7 +16,7 @@ def test_the_demo_loads_synthetic_people_and_serves_the_site(tmp_path: Path) -> 
     port = free_port()
     # Its own database, so a developer's demo data is left alone (instance/config.py is reused).
     env = {**os.environ, "PORTAL_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}"}
-    command = [sys.executable, "-c", "from portal.cli import main; main()", "demo", "--patients", "20"]
+    command = [sys.executable, "-c", "from portal.app import main; main()", "demo", "--patients", "20"]
     server = subprocess.Popen(
         [*command, "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -20,9 +20,9 @@ from conftest import production_variables
 from gunicorn.arbiter import Arbiter
 from launch import Gunicorn, ServerExited, portal_environment
 
-from portal import identity
+from portal import hashing_slots
 from portal.config import DEFAULTS, ConfigError, check_config
-from portal.identity import MAX_SERVER_WORKERS
+from portal.hashing_slots import MAX_SERVER_WORKERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -95,7 +95,7 @@ def production_environment(tmp_path: Path) -> dict[str, str]:
 def serve(environment: dict[str, str], log: Path, *options: str) -> tuple[int | None, str]:
     """Start ``gunicorn -c python:portal.gunicorn_config`` as production does: (exit status or None if it
     served the landing page, its log). The server is stopped either way."""
-    server = Gunicorn("portal:create_app()", log, options=options).start(environment)
+    server = Gunicorn("portal.app:create_app()", log, options=options).start(environment)
     try:
         server.wait_ready(every_worker=False, timeout=30)
         return None, ""
@@ -203,7 +203,7 @@ def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[s
     the server's hashing slots (which every hasher made later in this process would otherwise share)."""
     monkeypatch.setenv("PORTAL_WORKERS", "2")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    monkeypatch.setattr(identity, "_server_slots", identity.server_hashing_slots())
+    monkeypatch.setattr(hashing_slots, "_server_slots", hashing_slots.server_hashing_slots())
     return runpy.run_path(str(ROOT / "portal" / "gunicorn_config.py"))
 
 

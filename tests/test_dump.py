@@ -41,11 +41,12 @@ import sqlalchemy as sa
 from conftest import POSTGRES_URL, csrf_token, lookup
 from flask import Flask
 
-from portal import services, synthetic
+from portal import synthetic
 from portal.extensions import db
 from portal.identity import InvalidIdentifier, format_reference, normalise_last_name
 from portal.importer import PATIENT_COLUMNS
 from portal.models import ActivationCode, Patient
+from portal.services import services
 
 RAW_MIN_LENGTH = 7
 PEOPLE = 200

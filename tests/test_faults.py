@@ -35,11 +35,12 @@ from launch import free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal import services, verification
+from portal import verification
 from portal.claims import CodeCipher
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode
+from portal.services import services
 
 PG_BIN = Path(os.environ.get("PORTAL_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 BUSY_TEXT = "busy or briefly unavailable"

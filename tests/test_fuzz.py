@@ -35,9 +35,9 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from portal import services
 from portal.extensions import db
 from portal.importer import import_codes
+from portal.services import services
 
 SCALE = max(1, int(os.environ.get("PORTAL_HYPOTHESIS_SCALE", "1")))
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import production_variables
 from flask import Flask, request
 
-from portal import create_app, schema
+from portal import schema
+from portal.app import create_app
 from portal.extensions import db
 
 

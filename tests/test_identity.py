@@ -25,9 +25,10 @@ from flask import Flask
 from sqlalchemy import event, func, select, text
 
 import portal.identity as identity
-from portal import create_app, services
+from portal.app import create_app
 from portal.config import ARGON2_FLOORS, DEFAULTS, ConfigError, decode_key
 from portal.extensions import db
+from portal.hashing_slots import HashingBusy
 from portal.identity import (
     CROCKFORD,
     REFERENCE_LENGTH,
@@ -49,6 +50,7 @@ from portal.identity import (
     verified_patient,
 )
 from portal.models import HashScheme, Patient, Verification
+from portal.services import services
 
 CHEAP = Argon2Params(
     FAST_ARGON2["ARGON2_TIME_COST"], FAST_ARGON2["ARGON2_MEMORY_COST"], FAST_ARGON2["ARGON2_PARALLELISM"]
@@ -364,7 +366,7 @@ def test_a_lookup_waits_for_a_hashing_slot_only_so_long(monkeypatch: pytest.Monk
     # A safety net for a lookup that waits for ever: the slot frees after 10 s and the test fails.
     threading.Timer(10, finish.set).start()
     try:
-        with pytest.raises(identity.HashingBusy):
+        with pytest.raises(HashingBusy):
             hasher.lookup_digests(claim, [unsaved_scheme()])
     finally:
         finish.set()

@@ -25,11 +25,13 @@ from conftest import FAST_ARGON2, make_app, make_config, numbered, patient_row
 from flask import Flask
 from sqlalchemy import event, func, select
 
-from portal import create_app, exposure, services, synthetic
+from portal import exposure, synthetic
+from portal.app import create_app
 from portal.extensions import db
 from portal.identity import IdentityClaim, find_patient, format_reference, stretch
 from portal.importer import CODE_COLUMNS, DEFAULT_PRODUCT, PATIENT_COLUMNS, PatientImporter
 from portal.models import ActivationCode, HashScheme, LetterRecord, Patient
+from portal.services import services
 
 PORTAL_BIN = Path(sys.executable).with_name("portal")
 

@@ -15,13 +15,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from test_agent import FAILED
 
-from portal import services, synthetic
+from portal import synthetic
 from portal.claims import claim_code, code_of, reseal_codes
 from portal.cli import rotate_code_key
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode, Patient, Staff
 from portal.sealing import Sealer
+from portal.services import services
 from portal.staff import reset_mfa
 
 

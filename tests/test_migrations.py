@@ -13,14 +13,16 @@ from alembic.script import ScriptDirectory
 from conftest import import_patients, make_config, patient_row
 from flask import Flask
 
-from portal import create_app, schema, services
-from portal.api.keys import create_key
+from portal import schema
+from portal.app import create_app
 from portal.claims import claim_code
 from portal.events import Event, record
 from portal.extensions import db
 from portal.identity import start_verification
 from portal.importer import import_codes
 from portal.models import Base, Patient
+from portal.partner_keys import create_key
+from portal.services import services
 from portal.staff import create_staff
 
 APP_TABLES = set(Base.metadata.tables)

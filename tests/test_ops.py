@@ -25,9 +25,9 @@ from live import server_environment
 from prometheus_client.mmap_dict import MmapedDict
 from test_faults import PrivateCluster, PrivateRedis, private_postgres, private_redis  # noqa: F401 (fixtures)
 
-from portal import services
 from portal.extensions import db
 from portal.importer import import_codes
+from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 

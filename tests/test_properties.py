@@ -33,7 +33,6 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 from sqlalchemy import delete, event, func, select, text
 from sqlalchemy.orm import Session
 
-from portal import services
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, pool_status
 from portal.extensions import db
 from portal.identity import (
@@ -50,6 +49,7 @@ from portal.identity import (
 )
 from portal.importer import SeenKeys
 from portal.models import ActivationCode, HashScheme, Patient, Verification
+from portal.services import services
 
 SCALE = max(1, int(os.environ.get("PORTAL_HYPOTHESIS_SCALE", "1")))
 

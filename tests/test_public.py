@@ -20,12 +20,12 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import portal.identity
-from portal import services
 from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
 from portal.models import ActivationCode, Base, Patient, Verification, utcnow
+from portal.services import services
 
 COOKIE = "portal"  # the session cookie's name outside production (see portal.config)
 POOL_EMPTY_TEXT = "All activation codes are handed out at the moment"

@@ -9,12 +9,12 @@ import sqlalchemy as sa
 from conftest import import_patients, patient_row
 from flask import Flask
 
-from portal import services
 from portal.claims import claim_code
 from portal.extensions import db
 from portal.identity import start_verification
 from portal.importer import import_codes
 from portal.models import ActivationCode, HashScheme, HourlyCount, Patient, Verification
+from portal.services import services
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()

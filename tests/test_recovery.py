@@ -22,12 +22,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from portal import services
 from portal.agent.views import ALREADY_REPLACED, REISSUED
 from portal.claims import claim_code
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode, AuditEvent, Patient
+from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
 ENROLL_BY = date.today() + timedelta(days=60)

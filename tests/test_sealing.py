@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Flask
 from sqlalchemy import select
 
-from portal import services
 from portal.extensions import db
 from portal.identity import Keyring
 from portal.letters import LetterVault
 from portal.models import LetterRecord, Patient, Staff
 from portal.sealing import Sealer
+from portal.services import services
 
 
 def stored_format(master: bytes, purpose: str) -> AESGCM:

@@ -10,11 +10,12 @@ import sqlalchemy as sa
 from conftest import import_patients, patient_row
 from flask import Flask
 
-from portal import services, stats
+from portal import stats
 from portal.events import Event, record
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ActivationCode, HourlyCount, Patient
+from portal.services import services
 
 TODAY = datetime.now(UTC).date()
 

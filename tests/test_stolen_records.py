@@ -22,12 +22,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from portal import services
 from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, Patient
+from portal.services import services
 
 PHONE = "1-800-555-0100"  # conftest's programme file
 

@@ -19,11 +19,13 @@ from conftest import REDIS_URL, import_patients, make_config, numbered, write_pr
 from flask import Flask
 from live import CSRF_FIELD, LiveServer, Visitor
 
-from portal import alerts, create_app, schema, services, synthetic
+from portal import alerts, schema, synthetic
+from portal.app import create_app
 from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
+from portal.services import services
 
 pytestmark = pytest.mark.redis
 

@@ -17,6 +17,7 @@ import portal.identity
 from portal import throttle, verification
 from portal.errors import RETRY_AFTER_SECONDS
 from portal.extensions import limiter
+from portal.network import client_key
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001"}
@@ -305,4 +306,4 @@ def test_an_attempt_that_ends_in_an_error_gives_back_every_unit(
     ],
 )
 def test_a_client_is_an_ipv4_address_or_an_ipv6_64(address: str | None, counted_as: str) -> None:
-    assert throttle.client_key(address) == counted_as
+    assert client_key(address) == counted_as

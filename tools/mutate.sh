@@ -35,6 +35,8 @@ declare -A own_tests=(
   [security]="tests/test_hardening.py tests/test_public.py"
   [config]="tests/test_config.py"
   [throttle]="tests/test_throttle.py"
+  [network]="tests/test_throttle.py"
+  [hashing_slots]="tests/test_identity.py"
   [staff]="tests/test_agent.py tests/test_keys.py"
   [agent/auth]="tests/test_agent.py"
   [audit]="tests/test_audit.py --deselect tests/test_audit.py::test_concurrent_writers_in_several_processes_keep_one_unbroken_chain"
@@ -50,11 +52,12 @@ declare -A own_tests=(
 )
 # Without the fuzzing of every body (three quarters of the file's time, run again by every surviving
 # mutant); it finds answers of 500, which the other tests of the file look for status by status.
-for api in auth errors keys openapi validation views; do
-  own_tests[api/$api]="tests/test_api.py --deselect tests/test_api.py::test_no_input_gets_a_500[sqlite]"
+for api in api/auth api/errors api/openapi api/validation api/views partner_keys; do
+  own_tests[$api]="tests/test_api.py --deselect tests/test_api.py::test_no_input_gets_a_500[sqlite]"
 done
-all_modules=(identity claims security config throttle api/auth api/errors api/keys api/openapi api/validation
-  api/views staff agent/auth agent/views audit verification alerts retention letters sealing ops logs events)
+all_modules=(identity hashing_slots claims security config throttle network api/auth api/errors api/openapi
+  api/validation api/views partner_keys staff agent/auth agent/views audit verification alerts retention letters
+  sealing ops logs events)
 
 survivors=false
 if [[ ${1:-} == --survivors ]]; then survivors=true; shift; fi

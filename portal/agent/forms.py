@@ -9,8 +9,8 @@ from flask_wtf import FlaskForm
 from wtforms import DateField, PasswordField, SelectField, StringField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
 
+from portal.forms import PersonForm
 from portal.identity import normalise_last_name, normalise_zip, parse_birth_date
-from portal.public.forms import PersonForm
 from portal.staff import PASSWORD_MAX, PASSWORD_MIN, ROLES
 
 

@@ -32,17 +32,19 @@ from flask_wtf import FlaskForm
 from markupsafe import Markup
 
 from portal import audit as audit_trail
-from portal import exposure, services, throttle
+from portal import exposure, throttle
 from portal.agent.auth import agent_required, end_session, protect, start_session, supervisor_required
 from portal.agent.forms import AuditFilterForm, CreateStaffForm, LocateForm, LoginForm, PasswordChangeForm
 from portal.claims import NotHeld, PoolBusy, PoolEmpty, claim_code, code_of, pool_status, reissue_code
 from portal.errors import render_error
 from portal.events import Event, act_as, record
 from portal.extensions import db
+from portal.forms import LookupForm
 from portal.identity import IdentityClaim, end_verification, verified_patient
 from portal.letters import LetterVault, request_reissue
 from portal.models import Patient, Staff
-from portal.public.forms import LookupForm
+from portal.network import client_key
+from portal.services import services
 from portal.staff import (
     StaffError,
     authenticate,
@@ -92,7 +94,7 @@ def login_key(username: str) -> str:
 def login_budgets(username: str) -> list[throttle.Budget]:
     return [
         throttle.Budget("staff-login-account", "STAFF_LOGIN_LIMIT_ACCOUNT", login_key(username)),
-        throttle.Budget("staff-login-client", "STAFF_LOGIN_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
+        throttle.Budget("staff-login-client", "STAFF_LOGIN_LIMIT_CLIENT", client_key(request.remote_addr)),
     ]
 
 

@@ -10,8 +10,8 @@ from flask import g, request
 from flask.wrappers import Response
 from werkzeug.exceptions import Forbidden, Unauthorized
 
-from portal.api.keys import PartnerKey, authenticate
 from portal.extensions import db, limiter
+from portal.partner_keys import PartnerKey, authenticate
 from portal.throttle import with_limiter_hooks
 
 View = TypeVar("View", bound=Callable[..., Any])

@@ -16,7 +16,7 @@ from portal import throttle
 from portal.api.validation import InvalidFields
 from portal.claims import PoolBusy, PoolEmpty
 from portal.extensions import limiter
-from portal.identity import HashingBusy
+from portal.hashing_slots import HashingBusy
 
 log = logging.getLogger(__name__)
 

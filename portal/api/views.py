@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 
-from portal import exposure, services, throttle, verification
+from portal import exposure, throttle, verification
 from portal.api import errors, openapi
 from portal.api.auth import current_key, partner_view, rate_limit_headers
 from portal.api.validation import InvalidFields, claim_request, identity_claim, json_object
@@ -19,6 +19,8 @@ from portal.events import Event, record
 from portal.extensions import csrf, db
 from portal.identity import give_letter_reference, live_verification
 from portal.models import Patient
+from portal.network import client_key
+from portal.services import services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer keys, no cookies: nothing for a cross-site request to ride on
@@ -46,7 +48,7 @@ def verify() -> ResponseReturnValue:
     budgets = [
         *throttle.person_budgets(claim, CHANNEL, "API_VERIFY_LIMIT_PERSON"),
         throttle.Budget("api-key-failures", "API_VERIFY_LIMIT_KEY", key.prefix),
-        throttle.Budget("api-client", "API_VERIFY_LIMIT_CLIENT", throttle.client_key(request.remote_addr)),
+        throttle.Budget("api-client", "API_VERIFY_LIMIT_CLIENT", client_key(request.remote_addr)),
         throttle.people_budget(errors.KEY_PEOPLE_SCOPE, "API_VERIFY_LIMIT_KEY_PEOPLE", key.prefix, claim),
         throttle.GLOBAL_BUDGET,
     ]

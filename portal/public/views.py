@@ -13,14 +13,15 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response
 
-from portal import exposure, services, throttle
+from portal import exposure, throttle
 from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
 from portal.errors import render_error
 from portal.events import Event, record
 from portal.extensions import db
+from portal.forms import FIELD_MESSAGES, LetterForm, LookupForm
 from portal.identity import end_verification, give_letter_reference, live_verification
 from portal.models import Patient, Verification
-from portal.public.forms import FIELD_MESSAGES, LetterForm, LookupForm
+from portal.services import services
 from portal.verification import letter_required, verify
 
 bp = Blueprint("public", __name__)

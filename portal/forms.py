@@ -1,4 +1,5 @@
-"""The patient's lookup form: bounds and checks every field before anything is hashed.
+"""The person's lookup form, shared by the patients' site and the console: bounds and checks every
+field before anything is hashed.
 
 Every problem is found at once and pinned to its field, as the GOV.UK Design System asks, so
 that the page can list them all in its error summary. The date of birth arrives as three boxes
