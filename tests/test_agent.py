@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import stat
 import threading
@@ -367,7 +369,11 @@ def test_supervisors_create_disable_reenable_and_reset_staff(app: Flask) -> None
     with app.app_context():
         newbie = db.session.scalars(select(Staff).where(Staff.username == "newbie")).one()
 
-    for action, then in (("reset-mfa", "/agent/staff/enrolment"), ("disable", "/agent/staff"), ("enable", "/agent/staff")):
+    for action, then in (
+        ("reset-mfa", "/agent/staff/enrolment"),
+        ("disable", "/agent/staff"),
+        ("enable", "/agent/staff"),
+    ):
         path = f"/agent/staff/{newbie.id}/{action}"
         confirm = supervisor.get(path)
         assert confirm.status_code == 200 and f'action="{path}"' in confirm.get_data(as_text=True)
@@ -376,7 +382,9 @@ def test_supervisors_create_disable_reenable_and_reset_staff(app: Flask) -> None
         if action == "reset-mfa":
             assert "otpauth://totp/" in supervisor.get(then).get_data(as_text=True)
     assert "Disable<span" in supervisor.get("/agent/staff").get_data(as_text=True)  # active again
-    actions = [(r.action, r.outcome) for r in audit_rows(app) if r.action.endswith("-staff") or r.action.endswith("mfa")]
+    actions = [
+        (r.action, r.outcome) for r in audit_rows(app) if r.action.endswith("-staff") or r.action.endswith("mfa")
+    ]
     target = f"staff:{newbie.id}"
     assert actions == [
         ("create-staff", target),
@@ -398,9 +406,16 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert page.count(ref) == 3  # the row, the filter field and the export link
     assert "staff-login" not in page
     export = supervisor.get(f"/agent/audit/export.csv?actor=staff:{agent.id}&since={date.today().isoformat()}")
-    lines = export.get_data(as_text=True).splitlines()
-    assert export.mimetype == "text/csv" and lines[0].startswith("id,at,actor,actor_username,actor_role,action")
-    assert [line.split(",")[5] for line in lines[1:]] == ["verification", "staff-login"]
+    lines = list(csv.reader(io.StringIO(export.get_data(as_text=True))))
+    assert export.mimetype == "text/csv" and lines[0][:6] == [
+        "id",
+        "at",
+        "actor",
+        "actor_username",
+        "actor_role",
+        "action",
+    ]
+    assert [line[5] for line in lines[1:]] == ["verification", "staff-login"]
     assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
     assert supervisor.get("/agent/audit?until=9999-12-31").status_code == 400  # its day's end is no date
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]

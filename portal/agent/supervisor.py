@@ -130,7 +130,8 @@ def audit_export() -> ResponseValue:
 
     def lines() -> Iterator[str]:
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # Every field quoted (OWASP): a carriage return inside a value cannot start a row of its own.
+        writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(export_header())
         with db.engine.connect() as connection:
             for row in audit_trail.events(connection, where) if where is not None else ():
