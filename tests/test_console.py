@@ -317,6 +317,8 @@ def test_a_supervisors_account_changes_only_with_a_second_supervisors_approval(a
     assert post_form(target, review, "/agent/").status_code == 403  # nor the one it is about
     assert not staff_row(app, "boss2").disabled
 
+    assert "1 change to a supervisor's account waits for your approval" in text(approving.get("/agent/"))
+    assert "waits for your approval" not in text(asking.get("/agent/"))
     assert "boss1 asked on" in text(approving.get(review))
     done = post_form(approving, review, "/agent/")
     assert done.status_code == 303 and done.headers["Location"] == "/agent/staff"

@@ -17,7 +17,14 @@ from portal.events import act_as
 from portal.extensions import db
 from portal.network import client_key
 from portal.services import services
-from portal.staff import WeakPassword, WrongPassword, authenticate, change_password, end_sessions
+from portal.staff import (
+    WeakPassword,
+    WrongPassword,
+    authenticate,
+    change_password,
+    end_sessions,
+    pending_approvals,
+)
 
 # The same words for every failure, whatever failed (no oracle); the hint about a code used
 # already is part of them, so it tells nothing about the password.
@@ -102,4 +109,9 @@ def change_own_password() -> ResponseValue:
 @bp.get("/")
 @agent_required
 def home() -> str:
-    return render_template("agent/home.html")
+    """Where a session starts; a supervisor also sees the changes waiting for their approval."""
+    me = current_user.staff
+    waiting = []
+    if me.role == "supervisor":
+        waiting = [a for a in pending_approvals(db.session) if me.id not in (a.requested_by, a.target_id)]
+    return render_template("agent/home.html", waiting=len(waiting))
