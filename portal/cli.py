@@ -381,7 +381,7 @@ def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, a
         return
     verb = "would be destroyed" if dry_run else "destroyed"
     click.echo(f"purge before {before.isoformat()}{' (dry run)' if dry_run else ''}:")
-    for name in ("verifications", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
+    for name in ("verifications", "letter_records", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
         click.echo(f"  {name.replace('_', ' ')}: {getattr(report, name):,} {verb}")
     click.echo(f"  audit rows past their retention period: {report.audit_rows_past_retention:,} (kept)")
     limits = "cleared" if report.rate_limit_state_cleared else "expires by itself, cleared at programme end"

@@ -1,7 +1,7 @@
 """Staff approvals: a supervisor's disable, re-enable or reset of another supervisor waits for a second one.
 
 Revision ID: staff_approvals
-Revises: stolen_records
+Revises: code_pool_vacuum
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "staff_approvals"
-down_revision: str | Sequence[str] | None = "stolen_records"
+down_revision: str | Sequence[str] | None = "code_pool_vacuum"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

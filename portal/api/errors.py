@@ -8,7 +8,8 @@ import traceback
 from typing import Any
 
 from flask import Blueprint, Response, json
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, ServiceUnavailable, TooManyRequests, Unauthorized
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -119,6 +120,7 @@ def init_blueprint(bp: Blueprint) -> None:
     )
     bp.register_error_handler(HashingBusy, lambda _error: problem(503, retry_after=RETRY_AFTER_SECONDS))
     bp.register_error_handler(OperationalError, _database_unavailable)
+    bp.register_error_handler(PoolTimeout, _database_unavailable)
     bp.register_error_handler(
         PoolEmpty, lambda _error: specific_problem("pool-empty", retry_after=POOL_EMPTY_RETRY_SECONDS)
     )
@@ -141,7 +143,7 @@ def _key_rate_retry_after() -> int:
         return RETRY_AFTER_SECONDS
 
 
-def _database_unavailable(error: DBAPIError) -> Response:
+def _database_unavailable(error: SQLAlchemyError) -> Response:
     log.warning("database unavailable: %s", error.__class__.__name__)
     return problem(503, retry_after=RETRY_AFTER_SECONDS)
 
