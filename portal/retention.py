@@ -1,6 +1,7 @@
 """Retention: destroy what the programme no longer needs, keep what the law asks to keep (no HTTP here).
 
-* Always: verification sessions that expired before the cut-off date. (Rate-limit state expires
+* Always: verification sessions that expired before the cut-off date, and the answers kept for
+  partners' retries (``Idempotency-Key``) whose 24 hours ended before it. (Rate-limit state expires
   in its store by itself: each counter lives as long as its window.)
 * At programme end: every record, code, verification and hash scheme, and all rate-limit state.
 * Kept: the hourly counts and the audit trail, for ``PORTAL_AUDIT_RETENTION_DAYS`` (six years,
@@ -19,7 +20,8 @@ from limits.storage import Storage
 from sqlalchemy import ColumnElement, Delete, delete, false, func, select, true
 from sqlalchemy.orm import Session
 
-from portal.models import ActivationCode, AuditEvent, HashScheme, HourlyCount, Patient, Verification
+from portal.idempotency import expired_before
+from portal.models import ActivationCode, AuditEvent, HashScheme, HourlyCount, IdempotentRequest, Patient, Verification
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ def purge(
         (Patient, everything if programme_end else nothing),
         (HashScheme, everything if programme_end else nothing),
         (HourlyCount, HourlyCount.hour < kept_since),
+        # Answers kept for partners' retries: no use once their 24 hours have passed.
+        (IdempotentRequest, everything if programme_end else expired_before(cut)),
     ]
     counts = {}
     for model, condition in targets:
