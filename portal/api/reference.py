@@ -158,14 +158,20 @@ def _rows(resolve: _Resolver, schema: dict[str, Any], prefix: str = "") -> list[
 def _curl(method: str, url: str, headers: list[tuple[str, str]], body: Any) -> str:
     parts = ["curl -sS", *([f"-X {method}"] if method not in ("GET", "POST") else []), f'"{url}"']
     parts.append('-H "Authorization: Bearer $KEY"')
-    parts += [shlex.quote(f"{name}: {value}") for name, value in headers]
+    parts += [f"-H {shlex.quote(f'{name}: {value}')}" for name, value in headers]
     if body is not None:
-        text = json.dumps(body, ensure_ascii=False)
-        if EXAMPLE_TOKEN in text:  # the token of the verification made just before: a shell variable
-            parts.append('-d "' + text.replace('"', '\\"').replace(EXAMPLE_TOKEN, "$TOKEN") + '"')
-        else:
-            parts.append("-d " + shlex.quote(text))
+        parts.append("-d " + _shell_json(json.dumps(body, ensure_ascii=False)))
     return " ".join(parts)
+
+
+def _shell_json(text: str) -> str:
+    """JSON as one shell word: in single quotes, unless it holds an apostrophe (O'Brien) or the
+    token of the verification made just before, which the shell reads from $TOKEN."""
+    if "'" not in text and EXAMPLE_TOKEN not in text:
+        return f"'{text}'"
+    for special in ("\\", '"', "`", "$"):
+        text = text.replace(special, "\\" + special)
+    return '"' + text.replace(EXAMPLE_TOKEN, "$TOKEN") + '"'
 
 
 def _operation(resolve: _Resolver, path: str, method: str, spec: dict[str, Any], api_root: str) -> Operation:
