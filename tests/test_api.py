@@ -509,9 +509,10 @@ def test_program_is_all_in_english_when_the_programme_file_lacks_a_text_in_the_l
     assert answer.headers["Content-Language"] == "en"
     assert body["incident_summary"] == "A copy of a registration database was taken."
     assert next(f for f in body["exposed_fields"] if f["name"] == "name")["label"] == "Name"
-    assert call(client, key, "GET", "/program", headers={"Accept-Language": "fr, es;q=0.9"}).headers[
-        "Content-Language"
-    ] == "en"
+    assert (
+        call(client, key, "GET", "/program", headers={"Accept-Language": "fr, es;q=0.9"}).headers["Content-Language"]
+        == "en"
+    )
 
 
 def test_the_programme_file_is_read_with_the_apis_spelling_and_the_old_one(database_url: str, tmp_path: Any) -> None:

@@ -29,6 +29,7 @@ include-name = "POST /claims"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """
 
+
 def test_the_live_api_conforms_to_its_openapi_document(tmp_path: Path) -> None:
     config = make_config(f"sqlite:///{tmp_path / 'portal.sqlite3'}")
     app = make_app(config["DATABASE_URL"], **config)

@@ -20,8 +20,8 @@ from test_api import PERSON, api_app, assert_problem, call
 from test_api_live import gunicorn
 
 from portal.extensions import db
-from portal.identity import IdentifierHasher
 from portal.idempotency import LEASE, WINDOW
+from portal.identity import IdentifierHasher
 from portal.importer import import_codes
 from portal.models import AuditEvent, IdempotentRequest, utcnow
 from portal.services import services
@@ -106,7 +106,9 @@ def test_the_same_key_with_another_request_is_refused(client: FlaskClient, key: 
     # Another endpoint is another request too; the same JSON spelt otherwise is the same request.
     assert_problem(call(client, key, "POST", "/claims", {"claim_token": "x"}, headers=keyed("k-1")), 422)
     respelt = json.dumps(dict(reversed(PERSON.items())), indent=2)
-    same = call(client, key, "POST", "/verifications", data=respelt, content_type="application/json", headers=keyed("k-1"))
+    same = call(
+        client, key, "POST", "/verifications", data=respelt, content_type="application/json", headers=keyed("k-1")
+    )
     assert same.headers["Idempotent-Replayed"] == "true" and len(hashes) == 1
 
 
@@ -157,7 +159,9 @@ def test_an_expired_record_and_one_whose_request_died_are_made_again(
     with app.app_context():
         db.session.execute(update(IdempotentRequest).values(created_at=utcnow() - WINDOW - timedelta(seconds=1)))
         db.session.commit()
-    assert "Idempotent-Replayed" not in call(client, key, "POST", "/verifications", PERSON, headers=keyed("old")).headers
+    assert (
+        "Idempotent-Replayed" not in call(client, key, "POST", "/verifications", PERSON, headers=keyed("old")).headers
+    )
     # A request still being answered holds the key: a retry is asked to come back in a second ...
     with app.app_context():
         db.session.execute(update(IdempotentRequest).values(status=None, answer=None, created_at=utcnow()))

@@ -35,9 +35,10 @@ def test_the_reference_is_a_page_of_its_own_within_the_csp(page: tuple[str, dict
     assert "site-header" not in text and "Español" not in text and "?lang=" not in text
     assert '<link rel="stylesheet" href="/static/api.css">' in text
     assert "<script" not in text and "style=" not in text and "<style" not in text and "//cdn" not in text
-    assert "unsafe-inline" not in headers["Content-Security-Policy"] and "default-src 'self'" in headers[
-        "Content-Security-Policy"
-    ]
+    assert (
+        "unsafe-inline" not in headers["Content-Security-Policy"]
+        and "default-src 'self'" in headers["Content-Security-Policy"]
+    )
     # Markdown code spans are rendered, never shown as backticks.
     assert "`" not in re.sub(r"<pre.*?</pre>", "", text, flags=re.S)
     assert "<code>claim_token</code>" in text

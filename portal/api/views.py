@@ -9,9 +9,9 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+from babel import negotiate_locale
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
-from babel import negotiate_locale
 from flask_babel import force_locale
 
 from portal import exposure, throttle, verification
