@@ -338,18 +338,16 @@ def document(today: date) -> dict[str, Any]:
                     "the answer is 403 `letter-required`, and a person without their letter is sent to the call "
                     "center. An unknown or expired `claim_token` is a 422 naming `claim_token`: verify again.",
                     {
-                        200: _json(
+                        status: _json(
                             "ActivationCode",
-                            "The code this person already holds.",
-                            {"again": ("Claimed before", EXAMPLE_CODE)},
+                            description,
+                            {name: (summary, EXAMPLE_CODE)},
                             (*RATE_HEADERS, "Idempotent-Replayed"),
-                        ),
-                        201: _json(
-                            "ActivationCode",
-                            "A code handed to this person now.",
-                            {"new": ("Claimed now", EXAMPLE_CODE)},
-                            (*RATE_HEADERS, "Idempotent-Replayed"),
-                        ),
+                        )
+                        for status, description, name, summary in (
+                            (200, "The code this person already holds.", "again", "Claimed before"),
+                            (201, "A code handed to this person now.", "new", "Claimed now"),
+                        )
                     },
                     body=(
                         "ClaimRequest",
