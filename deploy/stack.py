@@ -87,6 +87,7 @@ class Stack:
             "RATELIMIT_KEY_PREFIX": self.prefix,
             "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": "false",
             "TRUSTED_PROXIES": "1",
+            "TRUSTED_PROXY_NETWORKS": '["127.0.0.1/32"]',  # nginx's own address, as the app servers see it
             "TRUSTED_HOSTS": f'["{HOST}"]',
             "WORKERS": self.workers,
             "THREADS": self.threads,

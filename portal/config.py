@@ -51,7 +51,10 @@ DEFAULTS: dict[str, Any] = {
     "HASH_WAIT_SECONDS": 10,
     "VERIFICATION_TTL_SECONDS": 15 * 60,
     "PROGRAMME_FILE": None,
+    # Reverse proxies in front (hops), and the networks their own addresses are in: forwarded
+    # headers are believed only from those (nginx's set_real_ip_from), never from a client.
     "TRUSTED_PROXIES": 0,
+    "TRUSTED_PROXY_NETWORKS": [],
     "MAX_CONTENT_LENGTH": 16 * 1024,
     "SESSION_COOKIE_NAME": "__Host-portal",
     "SESSION_COOKIE_HTTPONLY": True,
@@ -97,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
     "SINGLE_PROCESS": False,
     # Gunicorn's worker count, exported by portal/gunicorn_config.py to the app (None: not known).
     "WORKERS": None,
+    # Request threads per process (gunicorn's, which portal/gunicorn_config.py passes on): the
+    # database pool holds two connections for each (see engine_options).
+    "THREADS": 4,
     # Verification budgets are fixed-window counters (portal/throttle.py): a success's
     # reservation can be given back atomically. This applies to Flask-Limiter's own limits.
     "RATELIMIT_STRATEGY": "fixed-window",
@@ -206,12 +212,17 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None) -> None:
         # Plain HTTP on 127.0.0.1 during development: a __Host- cookie needs Secure.
         config["SESSION_COOKIE_SECURE"] = False
         config["SESSION_COOKIE_NAME"] = "portal"
-    config["SQLALCHEMY_ENGINES"] = {"default": engine_options(config["DATABASE_URL"])}
     check_config(config)
+    config["SQLALCHEMY_ENGINES"] = {"default": engine_options(config["DATABASE_URL"], int(config["THREADS"]))}
 
 
-def engine_options(url: str) -> dict[str, Any]:
-    """Engine settings per backend: pre-ping so a restarted PostgreSQL is reconnected transparently."""
+def engine_options(url: str, threads: int = DEFAULTS["THREADS"]) -> dict[str, Any]:
+    """Engine settings per backend: pre-ping so a restarted PostgreSQL is reconnected transparently.
+
+    Two pooled connections for each request thread: a request holds its session's connection (through
+    a lookup's wait for a hashing slot) while an event's audit row commits on a second one of its own
+    (``portal/events.py``). With fewer, threads holding one wait for each other's second until the
+    pool gives up: the 500s of more threads than connections."""
     # hide_parameters: error messages and logs never carry bound values.
     if url.startswith("sqlite"):
         return {"url": url, "hide_parameters": True, "connect_args": {"timeout": 15}}
@@ -219,8 +230,8 @@ def engine_options(url: str) -> dict[str, Any]:
         "url": url,
         "hide_parameters": True,
         "pool_pre_ping": True,
-        "pool_size": 5,
-        "max_overflow": 5,
+        "pool_size": threads,
+        "max_overflow": threads,
         "pool_timeout": 10,
     }
 
@@ -244,14 +255,18 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             "PORTAL_SECRET_KEY, PORTAL_IDENTIFIER_KEY, PORTAL_CODE_KEY and PORTAL_AUDIT_KEY must all differ."
         )
-    networks = config.get("AGENT_NETWORKS") or []
-    if not isinstance(networks, list):
-        raise ConfigError("PORTAL_AGENT_NETWORKS must be a JSON list, for example '[\"10.0.0.0/8\"]'.")
-    for network in networks:
-        try:
-            ip_network(network, strict=False)
-        except ValueError as error:
-            raise ConfigError(f"PORTAL_AGENT_NETWORKS: {network!r} is not a network (write 10.0.0.0/8).") from error
+    if not isinstance(config["THREADS"], int) or config["THREADS"] < 1:
+        raise ConfigError("PORTAL_THREADS must be a whole number of request threads, at least 1.")
+    for name in ("AGENT_NETWORKS", "TRUSTED_PROXY_NETWORKS"):
+        check_networks(config, name)
+    proxies = config["TRUSTED_PROXIES"]
+    if not isinstance(proxies, int) or proxies < 0:
+        raise ConfigError("PORTAL_TRUSTED_PROXIES is the number of proxies in front: 0, 1, 2, ...")
+    if proxies and not config["TRUSTED_PROXY_NETWORKS"]:
+        raise ConfigError(
+            "PORTAL_TRUSTED_PROXIES is set but PORTAL_TRUSTED_PROXY_NETWORKS names no proxy: forwarded headers "
+            "are believed only from the proxies' own addresses, for example '[\"10.0.1.10/32\"]'."
+        )
     if not relaxed:
         if len(str(config["SECRET_KEY"])) < 32:
             raise ConfigError("PORTAL_SECRET_KEY must be at least 32 characters.")
@@ -267,6 +282,17 @@ def check_config(config: Mapping[str, Any]) -> None:
         if not config.get("PROGRAMME_FILE"):
             raise ConfigError("PORTAL_PROGRAMME_FILE is not set: production must state its own programme facts.")
         check_limit_store(config)
+
+
+def check_networks(config: Mapping[str, Any], name: str) -> None:
+    networks = config.get(name) or []
+    if not isinstance(networks, list):
+        raise ConfigError(f"PORTAL_{name} must be a JSON list, for example '[\"10.0.0.0/8\"]'.")
+    for network in networks:
+        try:
+            ip_network(network, strict=False)
+        except ValueError as error:
+            raise ConfigError(f"PORTAL_{name}: {network!r} is not a network (write 10.0.0.0/8).") from error
 
 
 def check_limit_store(config: Mapping[str, Any]) -> None:

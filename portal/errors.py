@@ -13,7 +13,8 @@ from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, TooManyRequests
 
 from portal.hashing_slots import HashingBusy
@@ -46,6 +47,7 @@ def init_app(app: Flask, routing_errors: Mapping[str, Callable[[HTTPException], 
     so these pages need not know the surfaces above them."""
     app.register_error_handler(HTTPException, partial(handle_http_error, routing_errors))
     app.register_error_handler(OperationalError, handle_database_unavailable)
+    app.register_error_handler(PoolTimeout, handle_database_unavailable)
     app.register_error_handler(HashingBusy, handle_over_capacity)
     app.register_error_handler(Throttled, handle_throttled)
     app.register_error_handler(LimitStoreDown, handle_limit_store_down)
@@ -96,8 +98,9 @@ def handle_limit_store_down(error: LimitStoreDown):  # type: ignore[no-untyped-d
     return render_error(ServiceUnavailable.code, retry_after=error.retry_after)
 
 
-def handle_database_unavailable(error: DBAPIError):  # type: ignore[no-untyped-def]
-    """A lost or locked database: the request is refused cleanly and the pool reconnects on its own."""
+def handle_database_unavailable(error: SQLAlchemyError):  # type: ignore[no-untyped-def]
+    """A lost or locked database, or no pooled connection free in time: the request is refused
+    cleanly (the pool reconnects on its own, connections come free as requests end)."""
     log.warning("database unavailable: %s", error.__class__.__name__)
     return render_error(ServiceUnavailable.code, retry_after=RETRY_AFTER_SECONDS)
 

@@ -30,7 +30,7 @@ from portal.audit import Entry
 from portal.extensions import db
 from portal.logs import Fields, write
 from portal.models import utcnow
-from portal.network import client_key, client_network
+from portal.network import client_key, client_network, recorded_client
 from portal.services import services
 from portal.telemetry import request_id
 
@@ -64,7 +64,7 @@ class Event:
     outcome: str  # success, failure, throttled:<limit>, viewed, pool-empty, ...
     channel: str  # the surface: public, agent, api (cli for commands)
     patient_ref: str | None = None  # Patient.public_id: random, meaningless outside the database
-    client: str | None = None  # client address as the trusted proxies report it
+    client: str | None = None  # client address as the trusted proxies report it (recorded as its network)
     actor: str | None = None  # who acted for the person: "api-key:7" for a partner key; None for the person
     at: datetime = field(default_factory=utcnow)
 
@@ -97,7 +97,7 @@ def record(event: Event) -> None:
         outcome=event.outcome,
         channel=event.channel,
         record_ref=event.patient_ref,
-        client=event.client,
+        client=recorded_client(event.client),
         request_id=request_id() if has_request_context() else None,
     )
     write(log, logging.INFO, Fields(asdict(entry)))

@@ -13,6 +13,7 @@ import glob
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -44,9 +45,10 @@ control_socket_disable = True
 
 
 def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:
-    """Keep the workers' view of the count true: gunicorn calls this with the final count before any
-    worker starts (after command-line options such as ``-w``, and before ``--preload`` loads the
-    app) and again when TTIN/TTOU signals change it, so a worker added later checks the new count.
+    """Keep the workers' view of the counts true: gunicorn calls this with the final count before any
+    worker starts (after command-line options such as ``-w`` or ``--threads``, and before
+    ``--preload`` loads the app) and again when TTIN/TTOU signals change it, so a worker added later
+    checks the new count. The threads size each worker's database pool (``portal.config``).
     More workers than the hashing slots' accounting tracks are refused: at start the server does
     not start; later (TTIN, or a reload) the count stays where it was, and the log says why."""
     if new_value > MAX_SERVER_WORKERS:
@@ -57,6 +59,7 @@ def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None
         server.num_workers = old_value  # gunicorn calls this hook again, with a count in range
         return
     os.environ["PORTAL_WORKERS"] = str(new_value)
+    os.environ["PORTAL_THREADS"] = str(server.cfg.threads)
 
 
 hash_slots = share_hashing_slots(int(os.environ.get("PORTAL_HASH_SLOTS") or multiprocessing.cpu_count()))
@@ -75,7 +78,16 @@ def post_fork(_server: Any, worker: Any) -> None:
 # Prometheus multiprocess mode: each worker writes its metrics to files in this directory and a
 # scrape of /metrics, whichever worker answers it, adds every worker's up. A directory of our own
 # unless PROMETHEUS_MULTIPROC_DIR names one; emptied at start, so a restart begins from zero.
+# prometheus_client reads the variable once, when it is first imported: imported already (by
+# portal/__init__.py, or by anything this file imports), every worker would count on its own and
+# /metrics would show none of it, so the server refuses to start instead.
 _own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir and "prometheus_client" in sys.modules:
+    raise SystemExit(
+        "prometheus_client was imported before portal/gunicorn_config.py set PROMETHEUS_MULTIPROC_DIR: "
+        "/metrics would count nothing. Keep portal/__init__.py free of imports, or set the variable "
+        "to an empty directory before starting gunicorn."
+    )
 metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="portal-metrics-"))
 
 

@@ -7,6 +7,29 @@ A fact about addresses, shared by the throttle (whose budgets are keyed on it) a
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The WSGI environ key set on a request that came through our proxies (portal/security.py): only
+# then are its forwarded headers, and the request id it brings, believed.
+VIA_PROXY = "portal.via_proxy"
+
+
+def parse_address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address, None when it is not one: a forwarded header's value is whatever a
+    proxy (or a client) wrote. An IPv6 zone (``fe80::1%eth0``) names an interface of the sender's
+    machine, nothing about a client: refused too."""
+    try:
+        address = ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
+    return None if getattr(address, "scope_id", None) else address
+
+
+def within(address: str | None, networks: Iterable[Network]) -> bool:
+    """Whether ``address`` is an IP address inside one of ``networks`` (anything else is in none)."""
+    parsed = parse_address(address)
+    return parsed is not None and any(parsed in network for network in networks)
 
 
 def client_key(address: str | None) -> str:
@@ -21,6 +44,20 @@ def client_key(address: str | None) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+def recorded_client(address: str | None) -> str | None:
+    """The client as the audit trail and the event lines keep it: its IPv4 /24 or IPv6 /48, never the
+    address. Beside a person's record a full address identifies (it is one of HIPAA's eighteen
+    identifiers); the network still says where a campaign came from. None when there is no address."""
+    ip = parse_address(address)
+    if ip is None:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return str(ipaddress.IPv6Network((ip, 48), strict=False))
+        ip = ip.ipv4_mapped
+    return str(ipaddress.IPv4Network((ip, 24), strict=False))
 
 
 def client_network(address: str | None) -> str:

@@ -21,6 +21,7 @@ from werkzeug.exceptions import NotFound
 
 from portal import metrics
 from portal.extensions import db
+from portal.network import within
 from portal.throttle import limit_store
 
 bp = Blueprint("ops", __name__)
@@ -46,11 +47,7 @@ def operators_only(view: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _from_ops_network() -> bool:
-    try:
-        address = ipaddress.ip_address(request.remote_addr or "")
-    except ValueError:
-        return False
-    return any(address in network for network in current_app.extensions["portal.ops_networks"])
+    return within(request.remote_addr, current_app.extensions["portal.ops_networks"])
 
 
 @bp.get("/healthz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from typing import Any
 
 from flask import Flask, Response, request
@@ -9,6 +10,8 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from portal.network import VIA_PROXY, Network, parse_address, within
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -32,12 +35,48 @@ SECURITY_HEADERS = [
 
 def init_app(app: Flask) -> None:
     app.wsgi_app = UnreadableBodiesAreBadRequests(app.wsgi_app)  # type: ignore[method-assign]
-    proxies = int(app.config.get("TRUSTED_PROXIES", 0))
-    if proxies:
-        # Only as many X-Forwarded-* hops as there are proxies of ours: a client cannot forge its address.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
+    hops = int(app.config["TRUSTED_PROXIES"])
+    if hops:
+        networks = [ip_network(network, strict=False) for network in app.config["TRUSTED_PROXY_NETWORKS"]]
+        app.wsgi_app = TrustedProxies(app.wsgi_app, hops, networks)  # type: ignore[method-assign]
     app.session_interface = SignedCookieSessions()
     app.after_request(add_security_headers)
+
+
+class TrustedProxies:
+    """``X-Forwarded-For``, ``-Proto`` and ``-Host`` believed only from our proxies, as nginx's
+    ``set_real_ip_from`` does: the connection comes from one of ``PORTAL_TRUSTED_PROXY_NETWORKS``,
+    and so does every hop between it and the client (``PORTAL_TRUSTED_PROXIES`` of them in all).
+    Anyone else's forwarded headers are ignored, so a forged one on a direct connection buys no
+    other address: no fresh budget, no console or operators' network. The address believed must
+    be an IP address; anything else (a forgery relayed, 80 characters, a formula) leaves the
+    connection's own."""
+
+    def __init__(self, wsgi_app: Any, hops: int, networks: list[Network]) -> None:
+        self.direct = wsgi_app
+        self.proxied = ProxyFix(_forwarded_address_checked(wsgi_app), x_for=hops, x_proto=hops, x_host=hops)
+        self.hops = hops
+        self.networks = networks
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        forwarded = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        proxies = [environ.get("REMOTE_ADDR"), *reversed(forwarded)][: self.hops]
+        if all(within(proxy, self.networks) for proxy in proxies):
+            environ[VIA_PROXY] = True
+            return self.proxied(environ, start_response)
+        return self.direct(environ, start_response)
+
+
+def _forwarded_address_checked(wsgi_app: Any) -> Any:
+    def checked(environ: dict[str, Any], start_response: Any) -> Any:
+        address = parse_address(environ.get("REMOTE_ADDR"))
+        if address is None:
+            environ["REMOTE_ADDR"] = environ["werkzeug.proxy_fix.orig"]["REMOTE_ADDR"]
+        else:
+            environ["REMOTE_ADDR"] = str(address)
+        return wsgi_app(environ, start_response)
+
+    return checked
 
 
 class UnreadableBodiesAreBadRequests:

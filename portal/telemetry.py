@@ -13,16 +13,17 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from portal import metrics
 from portal.logs import Fields, write
+from portal.network import VIA_PROXY
 
 log = logging.getLogger("portal.requests")
 
-# What a proxy's id may look like to be kept (nginx's $request_id, a UUID, ...): bounded to the
-# audit trail's column, no spaces or quotes.
-REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,63}")
+# What our proxy's id must look like to be kept: nginx's $request_id (16 random bytes in hex), the
+# same shape as the ids the portal makes itself.
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 STARTED = "portal.started"  # WSGI environ key: when the request reached the app
 
 
@@ -41,11 +42,12 @@ def _timed(wsgi_app: Any) -> Any:
 
 
 def request_id() -> str:
-    """This request's id, in ``g.request_id`` (the audit trail reads it): the proxy's X-Request-ID
-    when a trusted proxy is in front and the id is well-formed, else a new one."""
+    """This request's id, in ``g.request_id`` (the audit trail reads it): the X-Request-ID our proxy
+    set (nginx's ``$request_id``) when the request came through it, else a new one. A client's own
+    is never kept: it could tie its requests to a chosen id, or pass for another's in the trail."""
     if "request_id" not in g:
         incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
-        trusted = current_app.config["TRUSTED_PROXIES"] and REQUEST_ID.fullmatch(incoming)
+        trusted = request.environ.get(VIA_PROXY) and REQUEST_ID.fullmatch(incoming)
         g.request_id = incoming if trusted else secrets.token_hex(16)
     return str(g.request_id)
 

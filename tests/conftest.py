@@ -115,6 +115,12 @@ def postgres_schema_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema, for a test about PostgreSQL alone (mark it ``postgres``)."""
+    yield from postgres_schema_url()
+
+
 PROGRAMME_TOML = """
 [programme]
 organisation = "Example Health Records, Inc."

@@ -48,9 +48,15 @@ class LiveServer:
         return self
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        source: str = "127.0.0.1",
     ) -> Answer:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        """One request on a new connection from ``source`` (any 127.0.0.0/8 address is this machine's)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60, source_address=(source, 0))
         try:
             connection.request(method, path, body=body, headers=headers or {})
             response = connection.getresponse()
@@ -79,15 +85,18 @@ class LiveServer:
 
 @dataclass
 class Visitor:
-    """One browser: its own session cookie and CSRF token, and optionally an address a proxy reports."""
+    """One browser: its own session cookie and CSRF token, optionally an address a proxy reports, the
+    address it connects from (the proxy's, 127.0.0.1, unless given) and headers of its own."""
 
     server: LiveServer
     forwarded_for: str | None = None
     cookies: dict[str, str] = field(default_factory=dict)
     token: str = ""
+    source: str = "127.0.0.1"
+    headers: dict[str, str] = field(default_factory=dict)
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        headers = dict(extra or {})
+        headers = {**self.headers, **(extra or {})}
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         if self.forwarded_for:
@@ -103,7 +112,7 @@ class Visitor:
         return answer
 
     def get(self, path: str) -> Answer:
-        return self._keep_cookies(self.server.request("GET", path, headers=self._headers()))
+        return self._keep_cookies(self.server.request("GET", path, headers=self._headers(), source=self.source))
 
     def prepare(self) -> Visitor:
         """Open the lookup form: a session and a CSRF token, as a browser has before submitting."""
@@ -121,7 +130,7 @@ class Visitor:
         """A form of this session's, with its CSRF token."""
         data = {**fields, "csrf_token": self.token}
         headers = self._headers({"Content-Type": "application/x-www-form-urlencoded"})
-        return self._keep_cookies(self.server.request("POST", path, urlencode(data).encode(), headers))
+        return self._keep_cookies(self.server.request("POST", path, urlencode(data).encode(), headers, self.source))
 
 
 def all_at_once(actions: Sequence[Callable[[], Answer]]) -> list[Answer]:

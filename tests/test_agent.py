@@ -278,7 +278,7 @@ def test_a_full_call_leaves_the_expected_audit_rows(app: Flask) -> None:
         (actor, "code", "re-read", ref),
         (actor, "call-outcome", "code-given", ref),
     ]
-    assert all(r.request_id and r.client == "127.0.0.1" for r in audit_rows(app))
+    assert all(r.request_id and r.client == "127.0.0.0/24" for r in audit_rows(app))
 
 
 def test_verifying_the_next_caller_ends_the_previous_callers_verification(app: Flask) -> None:

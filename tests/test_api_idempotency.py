@@ -5,19 +5,18 @@ workers, servers and simultaneous retries."""
 from __future__ import annotations
 
 import json
-import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import create_api_key, import_patients, make_app, make_config, numbered, patient_row
+from conftest import create_api_key, numbered
 from flask import Flask
 from flask.testing import FlaskClient
 from live import Answer, LiveServer, all_at_once
 from sqlalchemy import func, select, text, update
 from test_api import PERSON, api_app, assert_problem, call
-from test_api_live import gunicorn
+from test_api_live import gunicorn, served_database
 
 from portal.extensions import db
 from portal.idempotency import LEASE, WINDOW
@@ -192,9 +191,7 @@ def test_the_purge_removes_records_past_their_24_hours(app: Flask, client: Flask
 def test_simultaneous_retries_on_two_servers_make_one_verification(tmp_path: Path, database_url: str) -> None:
     """Eight copies of one request at once, half to each of two servers (two workers each) on one
     database: one is made, every other gets its answer or is told to retry, and a retry then gets it."""
-    config = make_config(database_url, RATELIMIT_KEY_PREFIX=secrets.token_hex(4))
-    served = make_app(database_url, **config)
-    assert import_patients(served, [patient_row()]) == []
+    served, config = served_database(tmp_path, database_url)
     partner = create_api_key(served)
 
     def send(server: LiveServer) -> Answer:

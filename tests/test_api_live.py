@@ -19,6 +19,7 @@ from conftest import REDIS_URL, create_api_key, import_patients, make_app, make_
 from flask import Flask
 from live import Answer, LiveServer, all_at_once
 
+from portal.extensions import db
 from portal.hashing_slots import ServerSlots
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
@@ -39,10 +40,11 @@ def call(server: LiveServer, key: str, method: str, path: str, body: Any = None)
     return server.request(method, f"/api/v1{path}", json.dumps(body).encode() if body is not None else None, headers)
 
 
-def served_database(folder: Any, **overrides: Any) -> tuple[Flask, dict[str, Any]]:
-    """A SQLite database with one patient, and the configuration servers of it should run with."""
+def served_database(folder: Any, database_url: str = "", **overrides: Any) -> tuple[Flask, dict[str, Any]]:
+    """A database (SQLite unless ``database_url`` names one) with one patient, and the configuration
+    servers of it should run with."""
     config = make_config(
-        f"sqlite:///{folder / 'portal.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **overrides
+        database_url or f"sqlite:///{folder / 'portal.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **overrides
     )
     app = make_app(config["DATABASE_URL"], **config)
     assert import_patients(app, [patient_row()]) == []
@@ -134,6 +136,23 @@ def test_a_worker_killed_holding_a_slot_gives_it_back() -> None:
     finally:
         if worker.is_alive():
             worker.kill()
+
+
+@pytest.mark.postgres
+def test_more_threads_than_the_old_pool_held_are_all_answered(tmp_path: Path, postgres_url: str) -> None:
+    """Sixteen threads a worker, 32 verifications at once on PostgreSQL: each request holds its
+    session's connection (through the hashing wait) and takes a second for its event's audit row.
+    A pool of 5 + 5 a process left most of them waiting for each other until the pool's timeout
+    (500); one sized from the threads serves every one."""
+    app, config = served_database(tmp_path, postgres_url)
+    key = create_api_key(app)
+    with app.app_context():
+        db.engine.dispose()
+    with gunicorn(tmp_path, config, workers=2, threads=16) as server:
+        answers = all_at_once([lambda: call(server, key, "POST", "/verifications", PERSON)] * 32)
+        log = server.log()
+    assert [answer.status for answer in answers] == [200] * 32, log[-3000:]
+    assert "Traceback" not in log and "unhandled" not in log
 
 
 def test_an_oversized_body_is_a_413_under_gunicorn_whether_chunked_or_not(

@@ -105,7 +105,8 @@ def test_one_address_cannot_verify_in_a_loop(tmp_path: Path) -> None:
     """Successes are not failures, but every attempt counts against the address's own budget."""
     with live_portal(
         tmp_path, f"sqlite:///{tmp_path / 'portal.sqlite3'}",
-        RATELIMIT_STORAGE_URI=REDIS_URL, TRUSTED_PROXIES=1, VERIFY_LIMIT_CLIENT_ATTEMPTS="5 per minute",
+        RATELIMIT_STORAGE_URI=REDIS_URL, TRUSTED_PROXIES=1, TRUSTED_PROXY_NETWORKS=["127.0.0.1/32"],
+        VERIFY_LIMIT_CLIENT_ATTEMPTS="5 per minute",
     ) as server:  # fmt: skip
         loop = [guess(server, RIGHT, "198.51.100.7").status for _ in range(6)]
         assert loop == [303] * 5 + [429]
@@ -117,7 +118,8 @@ def test_an_ipv6_subscriber_is_one_client_however_many_addresses(tmp_path: Path)
     """A subscriber routinely holds a whole /64: counting single addresses would count nothing."""
     with live_portal(
         tmp_path, f"sqlite:///{tmp_path / 'portal.sqlite3'}",
-        RATELIMIT_STORAGE_URI=REDIS_URL, TRUSTED_PROXIES=1, VERIFY_LIMIT_CLIENT="3 per hour",
+        RATELIMIT_STORAGE_URI=REDIS_URL, TRUSTED_PROXIES=1, TRUSTED_PROXY_NETWORKS=["127.0.0.1/32"],
+        VERIFY_LIMIT_CLIENT="3 per hour",
     ) as server:  # fmt: skip
         hops = [guess(server, WRONG, f"2001:db8:7:9::{n:x}", last_name=f"Person{chr(65 + n)}") for n in range(1, 5)]
         assert [answer.status for answer in hops] == [200, 200, 200, 429]

@@ -88,7 +88,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 def test_the_demo_shows_its_progress_and_the_three_audiences(demo: Demo) -> None:
     site = f"http://127.0.0.1:{demo.port}/"
-    assert "Hashing 14 synthetic people with Argon2id" in demo.output and "100%|" in demo.output and "14.0/14.0" in demo.output
+    assert (
+        "Hashing 14 synthetic people with Argon2id" in demo.output
+        and "100%|" in demo.output
+        and "14.0/14.0" in demo.output
+    )
     for address in (site, f"{site}lookup", f"{site}agent/", f"{site}agent/dashboard", f"{site}api/v1/docs"):
         assert address in demo.output
     assert "Try these synthetic people" in demo.output and "SSN last 4" in demo.output

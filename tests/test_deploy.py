@@ -3,6 +3,7 @@ and proxy, unit and environment files that agree with the portal they serve."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -29,7 +30,6 @@ DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 GUNICORN_SETTINGS = {
     "BIND",
-    "THREADS",
     "ACCESS_LOG",
     "HASH_SLOTS",
 }  # read by portal/gunicorn_config.py, not in DEFAULTS
@@ -79,6 +79,12 @@ def test_the_in_memory_fallback_is_refused_with_a_shared_store() -> None:
                 RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True
             )
         )
+
+
+@pytest.mark.parametrize("threads", [0, -1, "many"])
+def test_a_thread_count_that_cannot_size_the_database_pool_is_refused(threads: Any) -> None:
+    with pytest.raises(ConfigError, match="PORTAL_THREADS"):
+        check_config(production_config(RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", THREADS=threads))
 
 
 def test_development_may_count_in_memory() -> None:
@@ -145,13 +151,31 @@ def test_a_server_started_from_a_test_or_a_shell_makes_its_own_metrics_directory
     assert portal_environment({"WORKERS": 2})["PORTAL_WORKERS"] == "2"
 
 
+def test_gunicorn_config_refuses_to_start_once_prometheus_counts_per_process(tmp_path: Path) -> None:
+    """prometheus_client picks per-process or shared values when it is first imported: imported
+    before gunicorn_config.py sets PROMETHEUS_MULTIPROC_DIR (the old portal/__init__.py did it), no
+    worker's count would reach /metrics. The server says so and does not start."""
+    config = ROOT / "portal" / "gunicorn_config.py"
+    load = f"import runpy; runpy.run_path({str(config)!r})"
+    environment = {**portal_environment({}), "TMPDIR": str(tmp_path)}
+    late = subprocess.run([sys.executable, "-c", load], env=environment, capture_output=True, text=True)
+    assert late.returncode == 0, late.stderr
+    early = subprocess.run(
+        [sys.executable, "-c", "import prometheus_client; " + load], env=environment, capture_output=True, text=True
+    )
+    assert early.returncode == 1
+    assert (
+        "prometheus_client was imported before portal/gunicorn_config.py set PROMETHEUS_MULTIPROC_DIR" in early.stderr
+    )
+
+
 def test_a_worker_added_past_the_hashing_slots_accounting_is_refused_while_serving(
     gunicorn_settings: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """TTIN on a server already at the most its slots track: gunicorn's own handler, on an arbiter
     whose count the hook keeps, spawns nothing beyond it and the log says why."""
     arbiter = Arbiter.__new__(Arbiter)  # the real count property and TTIN handler, no server
-    arbiter.cfg = SimpleNamespace(nworkers_changed=gunicorn_settings["nworkers_changed"])
+    arbiter.cfg = SimpleNamespace(nworkers_changed=gunicorn_settings["nworkers_changed"], threads=7)
     arbiter.log = logging.getLogger("test.arbiter")
     arbiter._num_workers = MAX_SERVER_WORKERS
     spawned: list[int] = []
@@ -161,6 +185,7 @@ def test_a_worker_added_past_the_hashing_slots_accounting_is_refused_while_servi
 
     assert spawned == [MAX_SERVER_WORKERS]
     assert os.environ["PORTAL_WORKERS"] == str(MAX_SERVER_WORKERS)
+    assert os.environ["PORTAL_THREADS"] == "7"  # gunicorn's own count (--threads too) sizes the database pool
     assert f"one server runs at most {MAX_SERVER_WORKERS}; staying at {MAX_SERVER_WORKERS}" in caplog.text
     arbiter.handle_ttou()  # and the count still moves within range
     assert spawned[-1] == MAX_SERVER_WORKERS - 1 and os.environ["PORTAL_WORKERS"] == str(MAX_SERVER_WORKERS - 1)
@@ -191,17 +216,35 @@ def test_the_environment_template_is_safe_for_production() -> None:
         production_config(
             RATELIMIT_STORAGE_URI=values["RATELIMIT_STORAGE_URI"],
             RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=values["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] == "true",
+            TRUSTED_PROXIES=int(values["TRUSTED_PROXIES"]),
+            TRUSTED_PROXY_NETWORKS=json.loads(values["TRUSTED_PROXY_NETWORKS"].strip("'")),
         )
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"TRUSTED_PROXIES": 1}, "PORTAL_TRUSTED_PROXY_NETWORKS names no proxy"),
+        ({"TRUSTED_PROXIES": -1}, "PORTAL_TRUSTED_PROXIES is the number of proxies"),
+        ({"TRUSTED_PROXIES": 1, "TRUSTED_PROXY_NETWORKS": ["nginx.internal"]}, "is not a network"),
+        ({"TRUSTED_PROXY_NETWORKS": "10.0.1.10/32"}, "PORTAL_TRUSTED_PROXY_NETWORKS must be a JSON list"),
+    ],
+)
+def test_forwarded_headers_believed_from_no_named_proxy_are_refused(settings: dict[str, Any], refusal: str) -> None:
+    """A proxy count without the proxies' addresses would believe any client's X-Forwarded-For."""
+    with pytest.raises(ConfigError, match=refusal):
+        check_config(production_config(RATELIMIT_STORAGE_URI="redis://redis.internal:6379/0", **settings))
 
 
 @pytest.fixture
 def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """portal/gunicorn_config.py as gunicorn reads it. What it sets for the server's processes is
-    restored afterwards: PORTAL_WORKERS, the metrics directory (every server started later from
+    restored afterwards: PORTAL_WORKERS and PORTAL_THREADS, the metrics directory (every server started later from
     this process would otherwise share it, and each one's start empties it under the others) and
     the server's hashing slots (which every hasher made later in this process would otherwise share)."""
     monkeypatch.setenv("PORTAL_WORKERS", "2")
+    monkeypatch.delenv("PORTAL_THREADS", raising=False)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(hashing_slots, "_server_slots", hashing_slots.server_hashing_slots())
     return runpy.run_path(str(ROOT / "portal" / "gunicorn_config.py"))
@@ -240,6 +283,7 @@ def test_nginx_sets_the_forwarding_headers_and_never_appends() -> None:
     assert headers["X-Forwarded-Proto"] == "$scheme"
     assert headers["X-Forwarded-Host"] == headers["Host"] == "$host:$server_port"
     assert headers["Forwarded"] == '""'
+    assert headers["X-Request-ID"] == "$request_id"  # the only id the app keeps (portal/telemetry.py)
     assert not any("add_x_forwarded" in value for value in headers.values())
 
 

@@ -43,7 +43,7 @@ def test_verification_claim_and_throttling_are_recorded_without_identifiers(
         "viewed",  # the exposure page, where the claim form is
         "pool-empty",
     ]
-    assert all(line["channel"] == "public" and line["client"] == "127.0.0.1" for line in lines)
+    assert all(line["channel"] == "public" and line["client"] == "127.0.0.0/24" for line in lines)
     assert lines[0]["record_ref"] is None and re.fullmatch(r"[0-9a-f]{32}", lines[3]["record_ref"])
     # The random public and request ids are hex and may contain any digit run by chance: check the rest.
     rest = [
@@ -78,7 +78,7 @@ def test_events_and_requests_are_written_without_any_logging_set_up(database_url
     written = [json.loads(line) for line in done.stderr.splitlines() if '"action":"verification"' in line]
     assert len(written) == 1
     assert {k: written[0][k] for k in ("logger", "outcome", "channel", "record_ref", "client")} == {
-        "logger": "portal.events", "outcome": "failure", "channel": "public", "record_ref": None, "client": "127.0.0.1"
+        "logger": "portal.events", "outcome": "failure", "channel": "public", "record_ref": None, "client": "127.0.0.0/24"
     }  # fmt: skip
     requests = [json.loads(line) for line in done.stderr.splitlines() if '"logger":"portal.requests"' in line]
     assert [(r["method"], r["endpoint"], r["status"], r["level"]) for r in requests] == [

@@ -28,14 +28,14 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import import_patients, make_app, numbered, patient_row
+from conftest import create_api_key, csrf_token, import_patients, make_app, numbered, patient_row
 from flask import Flask, request
 from flask.testing import FlaskClient
 from launch import free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal import verification
+from portal import config, verification
 from portal.claims import CodeCipher
 from portal.extensions import db
 from portal.importer import import_codes
@@ -577,3 +577,39 @@ def test_a_burst_beyond_the_hashing_slots_gets_a_clean_503(tmp_path: Path) -> No
     assert client.post("/lookup", data=data).status_code == 303
     with app.app_context():
         db.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_no_pooled_connection_free_in_time_is_a_clean_503_on_every_surface(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection of a process's pool taken (here by the test): the site, the console and the
+    API answer 503 with Retry-After once the pool's wait runs out, never a 500."""
+    sized = config.engine_options
+    monkeypatch.setattr(config, "engine_options", lambda url, threads: {**sized(url, threads), "pool_timeout": 0.2})
+    app = make_app(postgres_url, THREADS=1, PROPAGATE_EXCEPTIONS=False)  # a pool of 1 + 1
+    key = create_api_key(app)
+    site, console = app.test_client(), app.test_client()
+    person = {"last_name": "Nobody", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
+    login = {"username": "agent", "password": "a password", "code": "123456"}
+    forms = {
+        "site": {**person, "csrf_token": csrf_token(site)},
+        "console": {**login, "csrf_token": csrf_token(console, "/agent/login")},
+    }
+    with app.app_context():
+        held = [db.engine.connect() for _ in range(2)]
+        try:
+            answers = {
+                "site": site.post("/lookup", data=forms["site"]),
+                "console": console.post("/agent/login", data=forms["console"]),
+                "api": app.test_client().get("/api/v1/program", headers={"Authorization": f"Bearer {key}"}),
+            }
+        finally:
+            for connection in held:
+                connection.close()
+        db.engine.dispose()
+    assert_clean_503(answers["site"], "site")
+    assert_clean_503(answers["console"], "console")
+    api = answers["api"]
+    assert (api.status_code, api.mimetype, api.json["status"]) == (503, "application/problem+json", 503)
+    assert int(api.headers["Retry-After"]) > 0

@@ -52,10 +52,13 @@ def test_unknown_host_names_are_refused(production_app: Flask) -> None:
 def test_two_trusted_proxies_give_the_client_address_scheme_and_host(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Behind a load balancer and a TLS proxy (PORTAL_TRUSTED_PROXIES=2) the portal believes exactly
-    two X-Forwarded-* hops: the client's address (its rate-limit bucket), https (so HSTS is sent and
-    the __Host- cookie set) and the public host name (checked against PORTAL_TRUSTED_HOSTS)."""
-    app = production_from_environment(tmp_path, monkeypatch, PORTAL_TRUSTED_PROXIES="2")
+    """Behind a load balancer and a TLS proxy (PORTAL_TRUSTED_PROXIES=2, both in
+    PORTAL_TRUSTED_PROXY_NETWORKS) the portal believes exactly two X-Forwarded-* hops: the client's
+    address (its rate-limit bucket), https (so HSTS is sent and the __Host- cookie set) and the public
+    host name (checked against PORTAL_TRUSTED_HOSTS)."""
+    app = production_from_environment(
+        tmp_path, monkeypatch, PORTAL_TRUSTED_PROXIES="2", PORTAL_TRUSTED_PROXY_NETWORKS='["10.0.0.2/31"]'
+    )
     app.add_url_rule("/seen", "seen", lambda: f"{request.remote_addr} {request.scheme} {request.host}")
     forwarded = {
         "REMOTE_ADDR": "10.0.0.3",  # the TLS proxy, as the app server sees it
@@ -68,3 +71,9 @@ def test_two_trusted_proxies_give_the_client_address_scheme_and_host(
     response = app.test_client().get("/seen", base_url="http://10.0.0.3:8000", environ_base=forwarded)
     assert response.get_data(as_text=True) == "203.0.113.9 https notice.example.org"
     assert response.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+    # The same headers from an address that is not a proxy of ours, or relayed through one that is
+    # not: none of them is believed.
+    for peer, last_hop in (("10.0.0.9", "10.0.0.2"), ("10.0.0.3", "10.0.0.9")):
+        environ = {**forwarded, "REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": f"198.51.100.66, 203.0.113.9, {last_hop}"}
+        seen = app.test_client().get("/seen", base_url="http://notice.example.org", environ_base=environ)
+        assert seen.get_data(as_text=True) == f"{peer} http notice.example.org"

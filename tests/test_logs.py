@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import csrf_token, lookup, make_app
-from flask import Flask, g
+from flask import g
 
 from portal import synthetic
 from portal.extensions import db
@@ -70,23 +70,29 @@ def test_one_line_per_request_and_per_event_with_the_request_id_of_the_response_
     assert len({x["request_id"] for x in logged}) == 3  # a new id for each request
 
 
+NGINX_ID = "0f4c1e8a9d1b4c7e8f0a2b3c4d5e6f70"  # nginx's $request_id: 16 random bytes in hex
+
+
 @pytest.mark.parametrize(
-    ("proxies", "incoming", "kept"),
+    ("peer", "incoming", "kept"),
     [
-        (1, "0f4c1e8a-9d1b-4c7e-8f0a-2b3c4d5e6f70", True),  # a UUID from our proxy
-        (1, "abc", False),  # too short
-        (1, "a" * 64, True),  # as long as the audit trail keeps
-        (1, "a" * 65, False),  # too long
-        (1, "req 1 {forged}=x", False),  # spaces, braces
-        (0, "0f4c1e8a-9d1b-4c7e-8f0a-2b3c4d5e6f70", False),  # no trusted proxy: the client's say-so
+        ("127.0.0.1", NGINX_ID, True),  # from our proxy, its shape
+        ("127.0.0.1", NGINX_ID.upper(), False),  # another shape than nginx's
+        ("127.0.0.1", "0f4c1e8a-9d1b-4c7e-8f0a-2b3c4d5e6f70", False),  # a UUID: not what nginx sets
+        ("127.0.0.1", NGINX_ID + "0", False),  # too long
+        ("127.0.0.1", "req 1 {forged}=x", False),  # spaces, braces
+        ("192.0.2.7", NGINX_ID, False),  # a client's say-so on a direct connection
     ],
 )
 def test_an_incoming_request_id_is_kept_only_from_a_trusted_proxy_and_well_formed(
-    app: Flask, proxies: int, incoming: str, kept: bool
+    tmp_path: Path, peer: str, incoming: str, kept: bool
 ) -> None:
-    app.config["TRUSTED_PROXIES"] = proxies
-    returned = app.test_client().get("/", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
-    assert returned == incoming if kept else HEX_ID.fullmatch(returned)
+    url = f"sqlite:///{tmp_path / 'portal.sqlite3'}"
+    app = make_app(url, TRUSTED_PROXIES=1, TRUSTED_PROXY_NETWORKS=["127.0.0.1/32"])
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = peer
+    returned = client.get("/", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
+    assert returned == incoming if kept else HEX_ID.fullmatch(returned) and returned != incoming
 
 
 def secrets_of(rows: list[dict[str, str]], codes: list[str]) -> set[str]:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, import_patients, make_app, make_config, patient_row
+from conftest import REDIS_URL, import_patients, make_app, make_config, patient_row, production_variables
 from flask import Flask
-from launch import Gunicorn
+from launch import Gunicorn, portal_environment
 from live import server_environment
 from prometheus_client.mmap_dict import MmapedDict
 from test_faults import PrivateCluster, PrivateRedis, private_postgres, private_redis  # noqa: F401 (fixtures)
@@ -29,6 +29,7 @@ from portal.extensions import db
 from portal.importer import import_codes
 from portal.services import services
 
+ROOT = Path(__file__).resolve().parent.parent
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 
 
@@ -200,3 +201,49 @@ def test_metrics_after_known_traffic_across_two_workers(tmp_path: Path) -> None:
     for value in ("Garc", "garc", "Okafor", "1980", "1961", "10001", "10002", "6789", "1001", "OPS-", "127.0.0.1"):
         assert value not in text
     assert "Traceback" not in log
+
+
+LANDING_PAGES = 'portal_request_seconds_count{endpoint="public.index",status="200"}'
+
+
+@pytest.mark.redis
+def test_metrics_count_requests_under_the_systemd_unit_as_shipped(tmp_path: Path) -> None:
+    """deploy/systemd/portal.service's command with its environment file's settings and nothing
+    else: no PROMETHEUS_MULTIPROC_DIR beforehand (neither the unit nor portal.env.example sets one),
+    two workers, a private /tmp. Both workers' requests are summed in /metrics."""
+    unit = (ROOT / "deploy" / "systemd" / "portal.service").read_text(encoding="utf-8")
+    command = re.search(r"^ExecStart=(.*)$", unit, re.MULTILINE)
+    assert command and "PROMETHEUS" not in unit
+    assert "PROMETHEUS" not in (ROOT / "deploy" / "portal.env.example").read_text(encoding="utf-8")
+    program, *options, app_factory = command.group(1).split()
+    assert program.endswith("/bin/gunicorn") and options == ["-c", "python:portal.gunicorn_config"]
+    variables = production_variables(
+        tmp_path, RATELIMIT_STORAGE_URI=REDIS_URL, RATELIMIT_KEY_PREFIX=f"t{secrets.token_hex(4)}",
+        TRUSTED_HOSTS='["127.0.0.1"]', WORKERS="2",
+    )  # fmt: skip
+    with make_app(variables["PORTAL_DATABASE_URL"]).app_context():  # the schema, as `portal db upgrade` makes it
+        db.engine.dispose()
+    private_tmp = tmp_path / "tmp"  # PrivateTmp=yes: the directory gunicorn_config makes is found here
+    private_tmp.mkdir()
+    server = Gunicorn(app_factory, tmp_path / "gunicorn.log").start(
+        {**portal_environment({}), **variables, "TMPDIR": str(private_tmp)}
+    )
+    try:
+        server.wait_ready(timeout=60)
+        url, pages, deadline = f"http://127.0.0.1:{server.port}", 0, time.monotonic() + 30
+        before = scrape(url).get(LANDING_PAGES, 0)  # the readiness checks' pages
+        with ThreadPoolExecutor(8) as pool:
+            while len(served_by(private_tmp)) < 2 and time.monotonic() < deadline:
+                assert set(pool.map(lambda _: Visitor(url).send("/")[0], range(40))) == {200}
+                pages += 40
+        figures, workers = scrape(url), served_by(private_tmp)
+    finally:
+        server.stop(grace=30)
+    assert figures.get(LANDING_PAGES, 0) - before >= pages, figures  # a readiness check may land late
+    assert len(workers) == 2, "one worker answered every page"
+
+
+def served_by(folder: Path) -> set[str]:
+    """The workers that counted a landing page in the metrics directories made under ``folder``."""
+    directories = folder.glob("portal-metrics-*")
+    return {worker for directory in directories for worker in workers_that_served_the_landing_page(directory)}

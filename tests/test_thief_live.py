@@ -46,7 +46,8 @@ def portal_with(tmp_path: Path, rows: list[dict[str, str]]) -> Iterator[tuple[Li
     database = f"sqlite:///{tmp_path / 'portal.sqlite3'}"
     config = make_config(
         database, ARGON2_MEMORY_COST=8192, RATELIMIT_STORAGE_URI=REDIS_URL, RATELIMIT_KEY_PREFIX=secrets.token_hex(4),
-        TRUSTED_PROXIES=1, PROGRAMME_FILE=str(write_programme(tmp_path)), **SHIPPED,
+        TRUSTED_PROXIES=1, TRUSTED_PROXY_NETWORKS=["127.0.0.1/32"], PROGRAMME_FILE=str(write_programme(tmp_path)),
+        **SHIPPED,
     )  # fmt: skip
     app = create_app(config)
     with app.app_context():

@@ -157,7 +157,9 @@ def test_forged_forwarded_for_does_not_buy_a_new_bucket(database_url: str) -> No
 
 
 def test_one_trusted_proxy_hop_is_honoured(database_url: str) -> None:
-    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="2 per hour", TRUSTED_PROXIES=1)
+    app = throttled_app(
+        database_url, VERIFY_LIMIT_CLIENT="2 per hour", TRUSTED_PROXIES=1, TRUSTED_PROXY_NETWORKS=["127.0.0.1/32"]
+    )
     statuses = []
     for i in range(3):
         client = client_at(app, "127.0.0.1")  # the proxy

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, g, json, request
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, ServiceUnavailable, TooManyRequests, Unauthorized
 
 from portal import throttle
@@ -222,6 +223,7 @@ def init_blueprint(bp: Blueprint) -> None:
     )
     bp.register_error_handler(HashingBusy, lambda _error: problem("unavailable", retry_after=RETRY_AFTER_SECONDS))
     bp.register_error_handler(OperationalError, _database_unavailable)
+    bp.register_error_handler(PoolTimeout, _database_unavailable)
     bp.register_error_handler(PoolEmpty, lambda _error: problem("pool-empty", retry_after=POOL_EMPTY_RETRY_SECONDS))
     bp.register_error_handler(PoolBusy, lambda _error: problem("unavailable", retry_after=POOL_BUSY_RETRY_SECONDS))
     bp.register_error_handler(Exception, _unexpected)
@@ -243,7 +245,7 @@ def _key_rate_retry_after() -> int:
         return RETRY_AFTER_SECONDS
 
 
-def _database_unavailable(error: DBAPIError) -> Response:
+def _database_unavailable(error: SQLAlchemyError) -> Response:
     log.warning("database unavailable: %s", error.__class__.__name__)
     return problem("unavailable", retry_after=RETRY_AFTER_SECONDS)
 
