@@ -31,7 +31,7 @@ NO_SSN_PERSON = "SANDBOX-3"  # verifies with the reference printed on their lett
 PRACTICE = {
     "SANDBOX-1": "a verification and a claim",
     "SANDBOX-2": "other spellings of the same person",
-    "SANDBOX-3": "no SSN on file: the letter's reference instead (the demo prints it)",
+    "SANDBOX-3": "no SSN on file: the letter's reference instead",
     "SANDBOX-4": "retries and the failure limit (then 15 minutes' wait)",
 }
 
