@@ -11,6 +11,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from browser import LiveServer, PageAudit
 from conftest import make_app
 from flask import Flask
 from hypothesis import given, settings
@@ -66,7 +67,7 @@ def test_every_problem_type_has_its_section(page: tuple[str, dict[str, str]]) ->
 
 
 def test_the_page_s_curl_lines_are_valid_shell(page: tuple[str, dict[str, str]]) -> None:
-    lines = [html.unescape(line) for line in re.findall(r'<pre class="curl"><code>(.*?)</code></pre>', page[0])]
+    lines = [html.unescape(line) for line in re.findall(r'<pre class="curl"[^>]*><code>(.*?)</code></pre>', page[0])]
     assert len(lines) == 6
     for line in lines:
         assert subprocess.run(["bash", "-n"], input=line, text=True, check=False).returncode == 0, line
@@ -131,3 +132,23 @@ def test_the_document_is_served_and_matches_the_page(app: Flask) -> None:
     assert document["info"]["version"] == openapi.VERSION
     assert set(document["paths"]) == {"/verifications", "/claims", "/program"}
     assert document["components"]["schemas"]["Program"]["properties"]["organisation"]["deprecated"] is True
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [1280, 320])
+def test_the_reference_page_passes_axe_and_the_csp_at_both_widths(
+    app: Flask, browser: Any, audit: PageAudit, width: int
+) -> None:
+    """In Chromium: zero axe violations, nothing refused by the CSP (its stylesheet loads), and at
+    320 px no sideways scroll of the page (wide code and tables scroll in their own boxes)."""
+    context = browser.new_context(viewport={"width": width, "height": 900}, is_mobile=width < 600)
+    try:
+        page = audit.watch(context.new_page())
+        with LiveServer(app) as live:
+            page.goto(f"{live.url}/api/v1/docs")
+            assert page.evaluate("getComputedStyle(document.querySelector('.api-header')).backgroundColor") != (
+                "rgba(0, 0, 0, 0)"
+            )
+            audit.check(page, f"api-reference-{width}")
+    finally:
+        context.close()

@@ -217,7 +217,7 @@ def test_the_readme_examples_give_their_documented_answers(demo: Demo) -> None:
 
 def test_the_reference_page_s_curl_lines_work_against_the_demo(demo: Demo) -> None:
     page = demo.request("GET", "/api/v1/docs").body
-    lines = [html.unescape(line) for line in re.findall(r'<pre class="curl"><code>(.*?)</code></pre>', page)]
+    lines = [html.unescape(line) for line in re.findall(r'<pre class="curl"[^>]*><code>(.*?)</code></pre>', page)]
     env = {**os.environ, **demo.exports(), "TOKEN": ""}
     answers = []
     for line in lines:
