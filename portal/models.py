@@ -292,6 +292,25 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class IdempotentRequest(Base):
+    """A partner request sent with an ``Idempotency-Key``, kept 24 hours so that a retry gets its answer.
+
+    Nothing here names a person or opens without the request itself: ``slot`` is a keyed hash of
+    the key's id and the Idempotency-Key, ``fingerprint`` a keyed hash of those and the body, and
+    ``answer`` the answer sealed under a key derived from them (``portal.idempotency``). Neither
+    the Idempotency-Key nor the body is stored.
+    """
+
+    __tablename__ = "idempotent_requests"
+
+    slot: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32))
+    owner: Mapped[bytes] = mapped_column(LargeBinary(16))  # the request answering it, while none has
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    status: Mapped[int | None] = mapped_column(Integer)  # None while the first request is being answered
+    answer: Mapped[bytes | None] = mapped_column(LargeBinary)  # nonce || AES-256-GCM of the JSON answer
+
+
 class HourlyCount(Base):
     """How many events of one kind happened in one hour, on one surface.
 

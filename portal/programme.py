@@ -45,11 +45,20 @@ class Programme:
         local = self.translations.get(code)
         return dataclasses.replace(self, **local) if local else self
 
+    def complete_in(self, code: str) -> bool:
+        """Whether the file gives every free text again in ``code``: an answer that must not mix
+        languages (the partner API's) is given in another language than the file's own only then."""
+        local = self.translations.get(code, {})
+        return all(name in local for name in TRANSLATABLE if getattr(self, name))
+
 
 STEP_UP_CHOICES = ("off", "on-alert", "always")
 
 # Text a person wrote for people to read; names, numbers, dates and addresses of sites stay as they are.
 TRANSLATABLE = ("incident_summary", "call_center_hours", "mailing_address")
+# The file's keys are spelt as the partner API spells its fields (US English); files written with the
+# British spellings of earlier versions still load.
+FILE_KEYS = {"organization": "organisation", "enrollment_url": "enrolment_url", "enroll_by": "enrol_by"}
 
 
 DEMO_PROGRAMME = Programme(
@@ -80,6 +89,9 @@ DEMO_PROGRAMME = Programme(
             "call_center_hours": (
                 "de lunes a viernes de 8 a.m. a 8 p.m. y los sábados de 9 a.m. a 1 p.m. (hora del Este)"
             ),
+            "mailing_address": (
+                "Northwind Health Records, Oficina de Privacidad, P.O. Box 0000, Springfield, ST 00000"
+            ),
         },
         "fr": {
             "incident_summary": (
@@ -93,6 +105,9 @@ DEMO_PROGRAMME = Programme(
             "call_center_hours": (
                 "du lundi au vendredi de 8 h à 20 h et le samedi de 9 h à 13 h (heure de l'Est des États-Unis)"
             ),
+            "mailing_address": (
+                "Northwind Health Records, Bureau de la confidentialité, P.O. Box 0000, Springfield, ST 00000"
+            ),
         },
     },
 )
@@ -105,9 +120,11 @@ def load_programme(path: str | None) -> Programme:
     try:
         table = tomllib.loads(Path(path).read_text(encoding="utf-8"))["programme"]
         translations = _translations(table)
-        programme = Programme(**table, translations=translations)
+        programme = Programme(**{FILE_KEYS.get(name, name): value for name, value in table.items()},
+                              translations=translations)  # fmt: skip
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as error:
-        fields = ", ".join(f.name for f in dataclasses.fields(Programme))
+        spelt = {attribute: key for key, attribute in FILE_KEYS.items()}
+        fields = ", ".join(spelt.get(f.name, f.name) for f in dataclasses.fields(Programme) if f.name != "translations")
         raise ConfigError(
             f"PORTAL_PROGRAMME_FILE could not be read as a [programme] table with {fields}: {error}"
         ) from error

@@ -1,6 +1,7 @@
 """Retention: destroy what the programme no longer needs, keep what the law asks to keep (no HTTP here).
 
-* Always: verification sessions that expired before the cut-off date. (Rate-limit state expires
+* Always: verification sessions that expired before the cut-off date, and the answers kept for
+  partners' retries (``Idempotency-Key``) whose 24 hours ended before it. (Rate-limit state expires
   in its store by itself: each counter lives as long as its window.)
 * At programme end: every record (and what a replacement letter needs), code, verification and
   hash scheme, and all rate-limit state.
@@ -20,7 +21,17 @@ from limits.storage import Storage
 from sqlalchemy import ColumnElement, Delete, delete, false, func, select, text, true
 from sqlalchemy.orm import Session
 
-from portal.models import ActivationCode, AuditEvent, HashScheme, HourlyCount, LetterRecord, Patient, Verification
+from portal.idempotency import expired_before
+from portal.models import (
+    ActivationCode,
+    AuditEvent,
+    HashScheme,
+    HourlyCount,
+    IdempotentRequest,
+    LetterRecord,
+    Patient,
+    Verification,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ def purge(
         (ActivationCode, everything if programme_end else nothing),
         (Patient, everything if programme_end else nothing),
         (HashScheme, everything if programme_end else nothing),
+        # Answers kept for partners' retries: no use once their 24 hours have passed.
+        (IdempotentRequest, everything if programme_end else expired_before(cut)),
     ]
     targets = [*records, (HourlyCount, HourlyCount.hour < kept_since)]
     counts = {

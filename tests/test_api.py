@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import secrets
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, create_api_key, import_patients, lookup, make_app, numbered, patient_row
+from conftest import PROGRAMME_TOML, REDIS_URL, create_api_key, import_patients, lookup, make_app, numbered, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from launch import free_port
 from sqlalchemy import update
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR
+from portal.cli import spreadsheet_cell
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
@@ -188,6 +193,58 @@ def test_413_for_a_large_body(client: FlaskClient, key: str) -> None:
     assert_problem(call(client, key, "POST", "/verifications", huge), 413)
 
 
+def chunked(app: Flask, key: str, body: bytes) -> tuple[int, bytes]:
+    """A body sent in chunks: no Content-Length, a server that ends the stream itself (gunicorn's way)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    environ = EnvironBuilder("/api/v1/verifications", method="POST", headers=headers).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
+    answer, status, _headers = run_wsgi_app(app, environ)
+    return int(status.split()[0]), b"".join(answer)
+
+
+def test_413_for_a_large_chunked_body_and_not_for_one_at_the_limit(app: Flask, key: str) -> None:
+    """A chunked body is cut at the limit by the server's stream: it must read as too large, not as
+    malformed JSON; a body of exactly the limit is read whole."""
+    limit = app.config["API_MAX_CONTENT_LENGTH"]
+    body = json.dumps(PERSON).encode()
+    status, answer = chunked(app, key, body + b" " * (limit + 1 - len(body)))
+    assert status == 413 and json.loads(answer)["type"].endswith("#problem-too-large")
+    status, answer = chunked(app, key, body + b" " * (limit - len(body)))
+    assert status == 200 and json.loads(answer)["verified"] is True
+
+
+@pytest.mark.parametrize(
+    ("factors", "errors"),
+    [
+        ({}, {"ssn_last4": NEITHER_FACTOR}),
+        ({"ssn_last4": "", "reference": "  "}, {"ssn_last4": NEITHER_FACTOR}),
+        ({"ssn_last4": "6789", "reference": "ABCD-EFGH-JKMN-PQRS-TVWX-YZ01"}, {"reference": BOTH_FACTORS}),
+        ({"ssn_last4": "12", "reference": "ABCD"}, {"reference": BOTH_FACTORS}),
+        ({"ssn_last4": "12"}, {"ssn_last4": "last four SSN digits must be 4 digits"}),
+        ({"ssn_last4": "12", "reference": ""}, {"ssn_last4": "last four SSN digits must be 4 digits"}),
+        ({"reference": "ABCD"}, {"reference": "reference code must be 24 letters and digits from your letter"}),
+        ({"ssn_last4": 6789}, {"ssn_last4": "must be a string"}),
+        ({"ssn_last4": 6789, "reference": "ABCD-EFGH-JKMN-PQRS-TVWX-YZ01"}, {"ssn_last4": "must be a string"}),
+        ({"reference": "A" * 41}, {"reference": "must be at most 40 characters"}),
+        ({"ssn_last4": "6789", "reference": None}, {"reference": "must be a string"}),
+    ],
+)  # fmt: skip
+def test_each_combination_of_the_two_factors_gets_its_own_message(
+    client: FlaskClient, key: str, factors: dict[str, Any], errors: dict[str, str]
+) -> None:
+    """Exactly one of ssn_last4 and reference: none, both, each invalid, wrong types, blanks."""
+    body = {name: value for name, value in PERSON.items() if name != "ssn_last4"} | factors
+    problem = assert_problem(call(client, key, "POST", "/verifications", body), 422)
+    assert {error["field"]: error["detail"] for error in problem["errors"]} == errors
+
+
+def test_every_field_in_error_is_named_at_once(client: FlaskClient, key: str) -> None:
+    body = {"last_name": "!!", "date_of_birth": "1980-13-01", "zip_code": "1", "ssn_last4": "x"}
+    problem = assert_problem(call(client, key, "POST", "/verifications", body), 422)
+    assert [error["field"] for error in problem["errors"]] == ["last_name", "date_of_birth", "zip_code", "ssn_last4"]
+
+
 @pytest.mark.parametrize(
     "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/json; charset=latin-1", None]
 )
@@ -209,13 +266,13 @@ def test_400_for_a_body_that_is_not_utf8_json(client: FlaskClient, key: str, raw
 @pytest.mark.parametrize(
     ("body", "fields"),
     [
-        ({}, {"last_name", "date_of_birth", "zip_code"}),
+        ({}, {"last_name", "date_of_birth", "zip_code", "ssn_last4"}),
         ({**PERSON, "zip_code": 10001}, {"zip_code"}),
         ({**PERSON, "extra": "x"}, {"extra"}),
         ({**PERSON, "zip_code": "1"}, {"zip_code"}),
         ({**PERSON, "date_of_birth": "1980-02-30"}, {"date_of_birth"}),
         ({**PERSON, "ssn_last4": "123-45-6789"}, {"ssn_last4"}),
-        ({**PERSON, "reference": "ABCD"}, {"ssn_last4"}),
+        ({**PERSON, "reference": "ABCD"}, {"reference"}),
         ({**PERSON, "last_name": "\x00\x00"}, {"last_name"}),
         ({**PERSON, "last_name": None, "zip_code": [1]}, {"last_name", "zip_code"}),
         ([PERSON], {""}),
@@ -339,7 +396,9 @@ def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str)
     assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["2", "1", "0", "0"]
     assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"3"}
     assert int(answers[0].headers["X-RateLimit-Reset"]) > 0
-    assert_problem(answers[-1], 429)
+    refused = assert_problem(answers[-1], 429)
+    assert refused["type"] == "http://localhost/api/v1/docs#problem-rate-limited"
+    assert refused["title"] == "Key rate limit reached"
     # The rate is the key's, shared by all its endpoints; another key of the same rate, from the
     # same address, is not affected: it is counted on its own.
     assert_problem(call(client, slow, "POST", "/verifications", PERSON), 429)
@@ -352,12 +411,16 @@ def test_the_person_budget_stops_guessing_and_is_not_in_the_headers(database_url
     key, client = create_api_key(app, rate="100/minute"), app.test_client()
     answers = [call(client, key, "POST", "/verifications", {**PERSON, "ssn_last4": f"{n:04d}"}) for n in range(4)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]
-    assert_problem(answers[-1], 429)
-    # Even the right digits are refused now; the headers only ever speak of the key's own rate.
+    # Even the right digits are refused now, as a failure limit, not as the key's rate.
     right = call(client, key, "POST", "/verifications", PERSON)
-    assert right.status_code == 429
-    assert [r.headers["X-RateLimit-Limit"] for r in [*answers, right]] == ["100"] * 5
-    assert [r.headers["X-RateLimit-Remaining"] for r in [*answers, right]] == ["99", "98", "97", "96", "95"]
+    for refused in (answers[-1], right):
+        body = assert_problem(refused, 429)
+        assert body["type"].endswith("/api/v1/docs#problem-failure-limit")
+        assert body["title"] == "Too many failed verifications"
+        assert not [name for name in refused.headers.keys() if name.startswith("X-RateLimit")]
+    # The headers only ever speak of the key's own rate, on the answers it counted.
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers[:3]] == ["99", "98", "97"]
+    assert {r.headers["X-RateLimit-Limit"] for r in answers[:3]} == {"100"}
     # The same for a person who is not on the list.
     for n in range(3):
         call(client, key, "POST", "/verifications", {**UNKNOWN, "ssn_last4": f"{n:04d}"})
@@ -448,3 +511,97 @@ def test_a_lost_limit_store_refuses_verification_with_a_503(database_url: str) -
     key = create_api_key(app)
     body = assert_problem(call(app.test_client(), key, "POST", "/verifications", PERSON), 503)
     assert body["type"].endswith("#problem-unavailable")
+
+
+# --- Problem types, languages, the command line ---------------------------------------------------
+
+
+def test_every_problem_type_is_an_absolute_link_to_its_section_with_a_title_naming_it(
+    client: FlaskClient, key: str
+) -> None:
+    answers = {
+        "malformed": call(client, key, "POST", "/verifications", data=b"{", content_type="application/json"),
+        "unauthorized": call(client, None, "GET", "/program"),
+        "not-found": call(client, key, "GET", "/nowhere"),
+        "method-not-allowed": call(client, key, "DELETE", "/claims"),
+        "unsupported-media-type": call(client, key, "POST", "/claims", data="claim_token=x"),
+        "invalid-fields": call(client, key, "POST", "/claims", {}),
+    }
+    page = client.get("/api/v1/docs").get_data(as_text=True)
+    titles = set()
+    for slug, response in answers.items():
+        body = assert_problem(response, response.status_code)
+        assert body["type"] == f"http://localhost/api/v1/docs#problem-{slug}"
+        assert f'id="problem-{slug}"' in page and body["title"] in page
+        assert response.headers["Content-Language"] == "en"
+        titles.add(body["title"])
+    # A title names the problem, not merely the HTTP status.
+    assert not titles & {"Bad Request", "Unauthorized", "Not Found", "Method Not Allowed", "Unprocessable Entity"}
+
+
+def test_program_is_in_the_language_asked_for_with_every_text_in_it(client: FlaskClient, key: str) -> None:
+    english = call(client, key, "GET", "/program").get_json()
+    answer = call(client, key, "GET", "/program", headers={"Accept-Language": "es-MX, en;q=0.5"})
+    spanish = answer.get_json()
+    assert answer.headers["Content-Language"] == "es" and "Accept-Language" in answer.headers["Vary"]
+    # Every text differs from the English (the demo programme gives all of its texts in Spanish)...
+    for name in ("incident_summary", "call_center_hours", "mailing_address"):
+        assert spanish[name] != english[name]
+    ssn = next(field for field in spanish["exposed_fields"] if field["name"] == "ssn")
+    english_ssn = next(field for field in english["exposed_fields"] if field["name"] == "ssn")
+    assert (ssn["label"], ssn["risk"]) != (english_ssn["label"], english_ssn["risk"])
+    # ...and what is not text (names, dates, addresses of sites) is the same.
+    assert (spanish["enroll_by"], spanish["call_center_phone"]) == (english["enroll_by"], english["call_center_phone"])
+    # The website's language cookie is a visitor's pick: it does not change a partner's answer.
+    client.set_cookie("lang", "fr")
+    assert call(client, key, "GET", "/program").headers["Content-Language"] == "en"
+
+
+def test_program_is_all_in_english_when_the_programme_file_lacks_a_text_in_the_language(
+    database_url: str, tmp_path: Any
+) -> None:
+    programme = tmp_path / "programme.toml"
+    programme.write_text(PROGRAMME_TOML + '\n[programme.es]\nincident_summary = "Se copió una base de datos."\n')
+    app = api_app(database_url, PROGRAMME_FILE=str(programme))
+    key, client = create_api_key(app), app.test_client()
+    answer = call(client, key, "GET", "/program", headers={"Accept-Language": "es"})
+    body = answer.get_json()
+    # call_center_hours has no Spanish: the labels and the summary are not Spanish either, never a mix.
+    assert answer.headers["Content-Language"] == "en"
+    assert body["incident_summary"] == "A copy of a registration database was taken."
+    assert next(f for f in body["exposed_fields"] if f["name"] == "name")["label"] == "Name"
+    assert (
+        call(client, key, "GET", "/program", headers={"Accept-Language": "fr, es;q=0.9"}).headers["Content-Language"]
+        == "en"
+    )
+
+
+def test_the_programme_file_is_read_with_the_apis_spelling_and_the_old_one(database_url: str, tmp_path: Any) -> None:
+    us = PROGRAMME_TOML.replace("enrolment_url", "enrollment_url").replace("enrol_by", "enroll_by")
+    us = us.replace("organisation", "organization")
+    for text in (us, PROGRAMME_TOML):
+        programme = tmp_path / "programme.toml"
+        programme.write_text(text)
+        app = api_app(database_url, PROGRAMME_FILE=str(programme))
+        body = call(app.test_client(), create_api_key(app), "GET", "/program").get_json()
+        assert body["organization"] == body["organisation"] == "Example Health Records, Inc."
+        assert (body["enroll_by"], body["enrollment_url"]) == ("2027-06-30", "https://enroll.example.com/")
+
+
+@pytest.mark.parametrize(
+    ("name", "cell"),
+    [("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1+1", "'+1+1"), ("-2+3", "'-2+3"),
+     ("@SUM(A1)", "'@SUM(A1)"), ("A\tB=1", "A\tB=1"), ("Plain Partner", "Plain Partner")],
+)  # fmt: skip
+def test_list_api_keys_is_safe_to_open_in_a_spreadsheet(app: Flask, name: str, cell: str) -> None:
+    """OWASP's rule: a cell that starts like a formula gets a leading quote; a tab inside stays in its cell."""
+    result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", name, "--scope", "verify"])
+    assert result.exit_code == 0, result.output
+    listing = app.test_cli_runner().invoke(args=["list-api-keys"]).output
+    row = next(csv.reader(io.StringIO(listing), delimiter="\t"))
+    assert len(row) == 8 and row[2] == cell
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@x", "\tx", "\rx"])
+def test_a_cell_that_starts_like_a_formula_is_quoted(text: str) -> None:
+    assert spreadsheet_cell(text) == "'" + text and spreadsheet_cell("x" + text) == "x" + text
