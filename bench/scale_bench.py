@@ -130,8 +130,8 @@ def fill_codes(url: str, cipher, size: int, real: list[range]) -> None:  # type:
 
 
 def fill_audit(url: str, count: int) -> None:
-    """``count`` audit rows spread over seven years (some past the six-year retention), chained in
-    position but with random links: ``portal purge`` counts and deletes, it does not verify."""
+    """``count`` audit rows in lane 1, spread over seven years (some past the six-year retention),
+    in position but with random links: ``portal purge`` counts and deletes, it does not verify."""
     import sqlalchemy as sa
 
     now = datetime.now(UTC).replace(tzinfo=None)
@@ -149,13 +149,14 @@ def fill_audit(url: str, count: int) -> None:
             person = hashlib.md5(position.to_bytes(8, "big")).hexdigest()
             last = os.urandom(32)
             yield (
-                position, at, f"public:{person[:16]}", action, outcome, "public", person,
+                1, position, at, f"public:{person[:16]}", action, outcome, "public", person,
                 f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}", person, prev, last,
             )  # fmt: skip
             prev = last
 
     columns = {
-        "id": "int8",
+        "lane": "int2",
+        "position": "int8",
         "at": "timestamp",
         "actor": "varchar",
         "action": "varchar",
@@ -171,7 +172,7 @@ def fill_audit(url: str, count: int) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as connection:
         connection.execute(
-            sa.text("UPDATE audit_chain_head SET position = :n, last_hash = :h"), {"n": count, "h": last}
+            sa.text("UPDATE audit_chain_head SET position = :n, last_hash = :h WHERE id = 1"), {"n": count, "h": last}
         )
     engine.dispose()
 
@@ -276,9 +277,10 @@ def dead_allowed(connection, rows: int) -> int:  # type: ignore[no-untyped-def]
     return int(threshold + scale * rows)
 
 
-def claim_up_to(url: str, size: int, target: int) -> tuple[int, float]:
+def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, float]:
     """Claim codes (ids in claim order) up to ``target`` as claims do, with the last ones not yet
-    vacuumed away; returns (how many are dead in the free-code index, seconds)."""
+    vacuumed away; returns (how many are dead in the free-code index, pages a claim's scan then
+    reads, seconds)."""
     import sqlalchemy as sa
 
     began = time.perf_counter()
@@ -296,15 +298,18 @@ def claim_up_to(url: str, size: int, target: int) -> tuple[int, float]:
         connection.execute(sa.text("VACUUM (INDEX_CLEANUP ON) activation_codes"))
         connection.execute(claim, {"low": target - dead, "high": target})
         # The claims since that VACUUM went one by one, each marking the entries it passed dead:
-        # one scan of the free codes does the same here.
-        connection.execute(
-            sa.text(
-                "SELECT id FROM activation_codes WHERE patient_id IS NULL AND enroll_by >= CURRENT_DATE"
-                " ORDER BY enroll_by, id LIMIT 1"
-            )
+        # one scan does the same here. It cannot while an older snapshot may still see those rows
+        # (any long transaction on the server): then every claim reads the row behind each dead
+        # entry, and the pages the next scan reads (printed) say so.
+        free = (
+            "SELECT id FROM activation_codes WHERE patient_id IS NULL AND enroll_by >= CURRENT_DATE"
+            " ORDER BY enroll_by, id LIMIT 1"
         )
+        connection.execute(sa.text(free))
+        plan = connection.scalar(sa.text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {free}"))[0]["Plan"]
+        pages = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
     engine.dispose()
-    return dead, time.perf_counter() - began
+    return dead, pages, time.perf_counter() - began
 
 
 def measure_claims(url: str, cipher, patient_ids: list[int], clients: int) -> tuple[list[float], float, dict]:  # type: ignore[no-untyped-def]
@@ -519,7 +524,7 @@ def main() -> int:
         taken = {size: size + extra for size in sizes}  # people claim from the top of the id range down
         for level in LEVELS:
             for size in sizes:
-                dead, setup = claim_up_to(urls[size], size, size * level // 100)
+                dead, pages, setup = claim_up_to(urls[size], size, size * level // 100)
                 people = list(range(taken[size], taken[size] - args.claims, -1))
                 taken[size] -= args.claims
                 latencies, elapsed, outcomes = measure_claims(urls[size], cipher, people, args.clients)
@@ -527,7 +532,7 @@ def main() -> int:
                 claim_p50[(level, size)] = b.percentile(ordered, 50)
                 claim_rows.append(
                     (
-                        f"{level} %", f"{size:,}", f"{dead:,}", b.ms(claim_p50[(level, size)]),
+                        f"{level} %", f"{size:,}", f"{dead:,}", f"{pages:,}", b.ms(claim_p50[(level, size)]),
                         b.ms(b.percentile(ordered, 99)), f"{len(ordered) / elapsed:,.0f}",
                         outcomes.get("pool busy (retried)", 0), f"{setup:.0f} s",
                     )
@@ -538,7 +543,17 @@ def main() -> int:
         b.say(
             b.table(
                 claim_rows,
-                ["claimed", "codes", "dead in free index", "claim p50", "p99", "claims/s", "busy retries", "setup"],
+                [
+                    "claimed",
+                    "codes",
+                    "dead in free index",
+                    "pages a scan reads",
+                    "claim p50",
+                    "p99",
+                    "claims/s",
+                    "busy retries",
+                    "setup",
+                ],
             )
         )
         gauge = {size: pool_status_seconds(envs[size]) for size in sizes}
@@ -593,7 +608,7 @@ def main() -> int:
         ratio_rows = [(name, rows[0][col], rows[-1][col]) for name, rows, col in figures]
         for level in LEVELS:
             mine = [r for r in claim_rows if r[0] == f"{level} %"]
-            for name, col in (("claim p50", 3), ("claim p99", 4), ("claims/s", 5)):
+            for name, col in (("claim p50", 4), ("claim p99", 5), ("claims/s", 6)):
                 ratio_rows.append((f"{name} at {level} % claimed", mine[0][col], mine[-1][col]))
         for label, table in (("patients", "patients"), ("codes", "activation_codes")):
             per_row = [(h + i) / r for r, h, i in (stored[small][table], stored[largest][table])]

@@ -59,8 +59,8 @@ def purge(
 
     At programme end PostgreSQL empties the record tables with one TRUNCATE: a DELETE of the
     patients would check each one's references against the tables just emptied, whose deleted
-    rows are still there to be read until a VACUUM (hours at millions of people), and would leave
-    the data on disk until then.
+    rows are still there to be read until a VACUUM (and no index serves that check on the codes),
+    and would leave the data on disk until then.
     """
     cut = datetime.combine(before, time(), UTC)
     kept_since = cut - timedelta(days=retention_days)
