@@ -1,7 +1,7 @@
 """Partner requests sent with an Idempotency-Key: keyed hashes and the sealed answer, kept 24 hours.
 
 Revision ID: idempotent_requests
-Revises: code_pool_vacuum
+Revises: staff_approvals
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "idempotent_requests"
-down_revision: str | Sequence[str] | None = "code_pool_vacuum"
+down_revision: str | Sequence[str] | None = "staff_approvals"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
