@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, create_api_key, import_patients, make_app, numbered, patient_row
+from conftest import REDIS_URL, create_api_key, import_patients, lookup, make_app, numbered, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +19,7 @@ from sqlalchemy import update
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
+from portal.partner_keys import key_state
 from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
@@ -105,6 +106,8 @@ def test_a_claim_gives_the_code_once_then_the_same_code(client: FlaskClient, key
     body = first.get_json()
     assert body["activation_code"].startswith("IDP-TEST-")
     assert body["coverage_months"] == 24 and body["enroll_by"] == "2030-01-01" and body["product"] == "Protect 24"
+    assert body["enrollment_url"] == call(client, key, "GET", "/program").get_json()["enrollment_url"]
+    assert len(body) == 5
     # A second verification of the same person gets the same code, never a second one.
     token2 = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
     assert call(client, key, "POST", "/claims", {"claim_token": token2}).get_json() == body
@@ -150,11 +153,17 @@ def test_the_contract_and_its_page_are_served_without_a_key(client: FlaskClient)
 
 
 def test_401_without_a_key_or_with_a_wrong_one(client: FlaskClient, key: str) -> None:
-    for header in (None, "Basic abc", "Bearer ", "Bearer nonsense", f"Bearer {key[:-1]}x", f"Bearer {key}x"):
+    malformed = (None, "Basic abc", "Bearer ", "Bearer " + "x" * 194)  # the last one character too long
+    wrong = ("Bearer nonsense", f"Bearer {key[:-1]}x", f"Bearer {key}x", "Bearer " + "x" * 193)
+    for header in (*malformed, *wrong):
         response = call(client, None, "GET", "/program", headers={"Authorization": header} if header else {})
-        assert_problem(response, 401)
+        detail = assert_problem(response, 401)["detail"]
+        assert detail.startswith("Send the key as" if header in malformed else "This key is unknown"), header
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "X-RateLimit-Limit" not in response.headers
+    # The scheme in any case, and any number of spaces after it (RFC 9110).
+    for header in (f"bearer {key}", f"Bearer   {key}"):
+        assert call(client, None, "GET", "/program", headers={"Authorization": header}).status_code == 200, header
 
 
 def test_403_when_the_key_lacks_the_scope(app: Flask, client: FlaskClient) -> None:
@@ -280,6 +289,19 @@ def test_an_expired_key_is_refused(app: Flask, client: FlaskClient, key: str) ->
     assert "expired" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
 
 
+def test_a_key_works_on_its_last_day_and_not_after(app: Flask, client: FlaskClient) -> None:
+    """``--expires`` names the last day the key works (UTC), not the first on which it does not."""
+    today = utcnow().date()
+    key = create_api_key(app, expires=today.isoformat())
+    assert call(client, key, "GET", "/program").status_code == 200
+    assert app.test_cli_runner().invoke(args=["list-api-keys"]).output.split("\t")[5:7] == [today.isoformat(), "active"]
+    midnight = datetime.combine(today + timedelta(days=1), time(), UTC)
+    with app.app_context():
+        row = db.session.query(ApiKey).one()
+    assert key_state(row, midnight - timedelta(microseconds=1)) == "active"
+    assert key_state(row, midnight) == "expired"
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -310,7 +332,7 @@ STORAGES = [pytest.param("memory://", id="memory"), pytest.param(REDIS_URL, id="
 @pytest.mark.parametrize("storage", STORAGES)
 def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str) -> None:
     app = limited_app(database_url, storage)
-    slow, other = create_api_key(app, rate="3/minute"), create_api_key(app, rate="100/minute")
+    slow, other = create_api_key(app, rate="3/minute"), create_api_key(app, rate="3/minute")
     client = app.test_client()
     answers = [call(client, slow, "GET", "/program") for _ in range(4)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]
@@ -318,7 +340,8 @@ def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str)
     assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"3"}
     assert int(answers[0].headers["X-RateLimit-Reset"]) > 0
     assert_problem(answers[-1], 429)
-    # The rate is the key's, shared by all its endpoints; another key is not affected.
+    # The rate is the key's, shared by all its endpoints; another key of the same rate, from the
+    # same address, is not affected: it is counted on its own.
     assert_problem(call(client, slow, "POST", "/verifications", PERSON), 429)
     assert call(client, other, "GET", "/program").status_code == 200
 
@@ -367,6 +390,42 @@ def test_the_client_budget_counts_failures_from_one_address(database_url: str) -
     assert statuses == [200, 200, 429]
 
 
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"],
+        ["::ffff:192.0.2.7", "192.0.2.7", "::ffff:192.0.2.7"],
+    ],
+    ids=["ipv6-64", "ipv4-mapped"],
+)
+def test_the_client_budget_counts_an_ipv6_64_as_one_client(database_url: str, addresses: list[str]) -> None:
+    """A subscriber is given a whole /64: counting single addresses would count nothing (SECURITY.md)."""
+    app = limited_app(database_url, "memory://", API_VERIFY_LIMIT_CLIENT="2 per hour")
+    keys, client = [create_api_key(app) for _ in range(3)], app.test_client()
+    people = [{**UNKNOWN, "last_name": f"Nobody{chr(97 + n)}"} for n in range(3)]
+    statuses = [
+        call(client, k, "POST", "/verifications", p, environ_base={"REMOTE_ADDR": a}).status_code
+        for k, p, a in zip(keys, people, addresses, strict=True)
+    ]
+    assert statuses == [200, 200, 429]
+
+
+def test_the_apis_person_budget_is_its_own_beside_the_sites(database_url: str) -> None:
+    """A person's short-window budget is per surface; only the day and year are shared (SECURITY.md)."""
+    app = limited_app(
+        database_url, "memory://", API_VERIFY_LIMIT_PERSON="2 per 15 minutes", VERIFY_LIMIT_PERSON="2 per 15 minutes"
+    )
+    key, client = create_api_key(app), app.test_client()
+    site = {"last_name": PERSON["last_name"], "date_of_birth": PERSON["date_of_birth"], "zip_code": PERSON["zip_code"]}
+    api_guesses = [call(client, key, "POST", "/verifications", WRONG_FIELD).status_code for _ in range(3)]
+    assert api_guesses == [200, 200, 429]
+    assert [lookup(app.test_client(), **site, ssn_last4="0000").status_code for _ in range(3)] == [200, 200, 429]
+    # The API's failures spent nothing of the site's budget; nor, for another person, the site's of the API's.
+    other = {"last_name": "Elsewhere", "date_of_birth": UNKNOWN["date_of_birth"], "zip_code": "10001"}
+    assert [lookup(app.test_client(), **other, ssn_last4="0000").status_code for _ in range(3)] == [200, 200, 429]
+    assert call(client, key, "POST", "/verifications", {**other, "ssn_last4": "0000"}).status_code == 200
+
+
 def test_every_api_verification_and_claim_is_an_event_with_the_key(
     client: FlaskClient, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -378,6 +437,8 @@ def test_every_api_verification_and_claim_is_an_event_with_the_key(
     events = [json.loads(line) for line in lines]
     assert [event["outcome"] for event in events] == ["success", "failure", "success"]
     assert all(event["channel"] == "api" and event["actor"] == "api-key:1" for event in events)
+    assert all(event["client"] == "127.0.0.0/24" for event in events)  # the network, never the address
+    assert events[0]["record_ref"] and events[2]["record_ref"] == events[0]["record_ref"]  # whose code was claimed
     assert not any(secret in " ".join(lines) for secret in ("6789", "García", "1980", "IDP-TEST", token))
 
 

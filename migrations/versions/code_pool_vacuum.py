@@ -10,7 +10,7 @@ to millions of dead entries. Here the table is vacuumed, indexes included, after
 SQLite rewrites its index in place: nothing to do there.
 
 Revision ID: code_pool_vacuum
-Revises: stolen_records
+Revises: audit_lanes
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "code_pool_vacuum"
-down_revision: str | Sequence[str] | None = "stolen_records"
+down_revision: str | Sequence[str] | None = "audit_lanes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -26,9 +26,7 @@ def upgrade() -> None:
         sa.Column("approved_by", sa.Integer(), nullable=True),
         sa.Column("approved_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(["target_id"], ["staff.id"], name=op.f("fk_staff_approvals_target_id_staff")),
-        sa.ForeignKeyConstraint(
-            ["requested_by"], ["staff.id"], name=op.f("fk_staff_approvals_requested_by_staff")
-        ),
+        sa.ForeignKeyConstraint(["requested_by"], ["staff.id"], name=op.f("fk_staff_approvals_requested_by_staff")),
         sa.ForeignKeyConstraint(["approved_by"], ["staff.id"], name=op.f("fk_staff_approvals_approved_by_staff")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_staff_approvals")),
     )

@@ -107,8 +107,8 @@ def audit_page() -> ResponseValue:
 
 
 def export_header() -> list[str]:
-    after = audit_trail.FIELDS.index("actor") + 1
-    return [*audit_trail.FIELDS[:after], *EXPORT_FIELDS, *audit_trail.FIELDS[after:]]
+    after = audit_trail.COLUMNS.index("actor") + 1
+    return [*audit_trail.COLUMNS[:after], *EXPORT_FIELDS, *audit_trail.COLUMNS[after:]]
 
 
 def export_row(row: Mapping[str, Any], names: StaffNames) -> list[str]:
