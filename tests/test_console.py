@@ -429,18 +429,17 @@ FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(1+1)*cmd|' /C calc'!
 def test_every_exported_cell_is_safe_for_spreadsheets(app: Flask) -> None:
     """OWASP's rule: a cell starting with = + - @, a tab or a carriage return is made text."""
     with app.app_context():
-        for value in FORMULAS:
-            record(Event("staff-login", value, "agent", client=value[:64], actor=value))
+        for value in FORMULAS:  # an actor and an outcome as they come (the client is kept as a network now)
+            record(Event("staff-login", value, "agent", actor=value))
     supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
     exported_csv = supervisor.get("/agent/audit/export.csv").get_data(as_text=True)
     rows = list(csv.reader(io.StringIO(exported_csv, newline="")))
     cells = [cell for row in rows[1:] for cell in row]
     assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
     header = rows[0]
-    exported = {row[header.index("outcome")] for row in rows[1:]}
-    assert {"'" + value for value in FORMULAS} <= exported
-    clients = {row[header.index("client")] for row in rows[1:]}
-    assert {"'" + value for value in FORMULAS} <= clients
+    for column in ("actor", "outcome"):
+        exported = {row[header.index(column)] for row in rows[1:]}
+        assert {"'" + value for value in FORMULAS} <= exported, column
 
 
 # --- lost letters ---------------------------------------------------------------------------------
