@@ -1,50 +1,69 @@
-"""The audit trail: an append-only, hash-chained table of security events (no HTTP here).
+"""The audit trail: append-only, hash-chained security events, anchored outside the database (no HTTP here).
 
-Each row's ``chain_hash`` is HMAC-SHA256, under a subkey of ``PORTAL_AUDIT_KEY``, of the
-previous row's hash and this row's fields, position included. Without the key nobody can edit,
-delete or insert a row and recompute the links after it: ``verify`` walks the chain and names
-the first row that does not fit. Truncating the newest rows *and* rewinding the head row is the
-one change the chain alone cannot show; compare the head an operator noted earlier
-(``portal audit verify`` prints it).
+The trail is ``LANES`` chains ("lanes") written side by side. Each row's ``chain_hash`` is
+HMAC-SHA256, under a subkey of ``PORTAL_AUDIT_KEY``, of the previous row's hash in its lane and this
+row's fields, position included; a lane's first row follows the lane's own genesis value. Without
+the key nobody can edit, delete or insert a row and recompute the links after it: ``verify`` walks
+every lane and names the first row that does not fit.
 
-Writers take the single ``audit_chain_head`` row first (an UPDATE, which locks the row on
-PostgreSQL and takes SQLite's write lock), so any number of processes append one at a time and
-every position is used exactly once. The caller gives each append a short transaction of its
-own (``portal.events.record``), apart from the request's, so a rolled-back request still leaves
-its trace and no request holds the lock long.
+Why lanes: an append holds its lane's head row from its first statement to its commit. With one
+head, every event of every server queued on that one row lock (bench/audit_bench.py: fewer events
+per second with 64 writers than with one). An append takes the first lane no other transaction
+holds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer at a time anyway, so it
+always gets lane 1), and waits only when all are taken: 64 lanes against the ~20 appends in flight
+at a 190-million-person notice's peak (bench/README.md). Within a lane every position is used
+exactly once. The event's hourly counts are kept per lane too (``portal.stats``), so the lane's
+lock covers them and no counter row is a queue either.
+
+The tail: deleting a lane's newest rows *and* rewinding its head row is the one change the chain
+alone cannot show. So each append's new head (``lane/position:MAC``) goes into its event's log
+line (``portal.events``) and every lane's head to ``/metrics`` (``portal.metrics``), both kept
+outside the database; ``verify`` checks heads noted from there or kept by the operator (``portal
+audit verify --expect-head`` / ``--checkpoint``), and a published row that is gone or different is
+a break. An empty trail is never intact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from portal.config import decode_key
 from portal.identity import Keyring
 from portal.models import AuditChainHead, AuditEvent, utcnow
 
-GENESIS = bytes(32)  # the "previous hash" of the first row
-HEAD_ID = 1
+LANES = 64  # head rows created by the migration; ``verify`` expects every one of them
 EVENTS = AuditEvent.__table__
 HEAD = AuditChainHead.__table__
-FIELDS = ("id", "at", "actor", "action", "outcome", "channel", "record_ref", "client", "request_id")
+# Chained, in this order (the values only: the column was called ``id`` before there were lanes).
+FIELDS = ("position", "at", "actor", "action", "outcome", "channel", "record_ref", "client", "request_id")
+COLUMNS = ("lane", *FIELDS)  # what the console shows and exports
+MAC_MIN_HEX = 12  # a published MAC may be shortened to this many hex digits (48 bits, as /metrics carries it)
+
+
+def genesis(lane: int) -> bytes:
+    """The "previous hash" of a lane's first row: lane 1's is all zeros, as the single chain's was."""
+    return (lane - 1).to_bytes(32, "big")
+
 
 # Built once: every event runs them, and building a statement costs more than running it.
-# Taking the next position returns the previous link in the same statement, under the lock.
-_TAKE_POSITION = (
-    update(HEAD)
-    .where(HEAD.c.id == HEAD_ID)
-    .values(position=HEAD.c.position + 1)
-    .returning(HEAD.c.position, HEAD.c.last_hash)
+# Taking a lane returns its next position and its previous link in the same statement, under its lock.
+_taken = update(HEAD).values(position=HEAD.c.position + 1).returning(HEAD.c.id, HEAD.c.position, HEAD.c.last_hash)
+_TAKE_FREE_LANE = _taken.where(
+    HEAD.c.id == select(HEAD.c.id).order_by(HEAD.c.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+)
+_WAIT_FOR_A_LANE = _taken.where(
+    HEAD.c.id == select(HEAD.c.id).order_by(func.random()).limit(1).with_for_update().scalar_subquery()
 )
 _ADD_ROW = insert(EVENTS)
-_MOVE_HEAD = update(HEAD).where(HEAD.c.id == HEAD_ID).values(last_hash=bindparam("new_hash"))
+_MOVE_HEAD = update(HEAD).where(HEAD.c.id == bindparam("lane")).values(last_hash=bindparam("new_hash"))
 
 
 @dataclass(frozen=True)
@@ -61,9 +80,43 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Head:
+    """A lane's newest row as published: ``lane/position:MAC`` (the MAC in hex, perhaps shortened)."""
+
+    lane: int
+    position: int
+    mac: str
+
+    def __str__(self) -> str:
+        return f"{self.lane}/{self.position}:{self.mac}"
+
+    @classmethod
+    def parse(cls, text: str) -> Head:
+        """``[LANE/]POSITION:MAC`` (lane 1 when left out); ValueError with the reason otherwise."""
+        found = re.fullmatch(rf"(?:(\d{{1,3}})/)?(\d{{1,19}}):([0-9a-fA-F]{{{MAC_MIN_HEX},64}})", text.strip())
+        if not found:
+            raise ValueError(f"{text[:80]!r} is not [LANE/]POSITION:MAC (a MAC of {MAC_MIN_HEX} to 64 hex digits)")
+        lane, position, mac = found.groups()
+        if not 1 <= int(lane or 1) <= LANES or int(position) < 1:
+            raise ValueError(f"{text[:80]!r}: lanes are 1 to {LANES}, positions start at 1")
+        return cls(int(lane or 1), int(position), mac.lower())
+
+    def names(self, chain_hash: bytes) -> bool:
+        return chain_hash.hex().startswith(self.mac)
+
+
+@dataclass(frozen=True)
 class BrokenLink:
+    lane: int
     position: int  # the first row that does not fit (or where one is missing)
     reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rows: int  # rows that hold (before the break, if any)
+    heads: list[Head]  # every lane's newest row, when nothing is broken
+    broken: BrokenLink | None
 
 
 class AuditChain:
@@ -78,54 +131,105 @@ class AuditChain:
         return cls(Keyring(1, {1: master}).subkey("audit-chain"))
 
     def link(self, prev_hash: bytes, row: Mapping[str, Any]) -> bytes:
-        values = [_text(row[name]) for name in FIELDS]
-        message = prev_hash + "\x1f".join(values).encode("utf-8")
+        return self._mac(prev_hash, [row[name] for name in FIELDS])
+
+    def _mac(self, prev_hash: bytes, values: Sequence[object]) -> bytes:
+        message = prev_hash + "\x1f".join(map(_text, values)).encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def append(self, connection: Connection, entry: Entry) -> int:
-        """Add ``entry`` at the end of the chain in the caller's transaction; returns its position.
+    def append(self, connection: Connection, entry: Entry) -> Head:
+        """Add ``entry`` at the end of a free lane in the caller's transaction; returns the lane's new head.
 
-        The UPDATE comes first: it takes the head's row lock (PostgreSQL) or the write lock
+        The UPDATE comes first: it takes the lane's row lock (PostgreSQL) or the write lock
         (SQLite) before anything is read, so no two writers can read the same head."""
-        position, prev_hash = connection.execute(_TAKE_POSITION).one()
-        row = {"id": position, "at": utcnow(), **entry.__dict__}
+        taken = connection.execute(_TAKE_FREE_LANE).one_or_none() or connection.execute(_WAIT_FOR_A_LANE).one_or_none()
+        if taken is None:
+            raise LookupError("the audit trail has no chain head left (deleted): run portal audit verify")
+        lane, position, prev_hash = taken
+        row = {"lane": lane, "position": position, "at": utcnow(), **entry.__dict__}
         chain_hash = self.link(prev_hash, row)
         connection.execute(_ADD_ROW, {**row, "prev_hash": prev_hash, "chain_hash": chain_hash})
-        connection.execute(_MOVE_HEAD, {"new_hash": chain_hash})
-        return int(position)
+        connection.execute(_MOVE_HEAD, {"lane": lane, "new_hash": chain_hash})
+        return Head(lane, position, chain_hash.hex())
 
-    def verify(self, connection: Connection, batch: int = 1000) -> tuple[int, BrokenLink | None]:
-        """Walk the whole chain: how many rows hold, and the first broken link if any.
+    def verify(self, connection: Connection, expected: Iterable[Head] = (), batch: int = 5000) -> Verdict:
+        """Walk every lane, in flat memory: how many rows hold, each lane's head, the first break if any.
 
-        With no break, the last row's hash is the head: note it to detect a later truncation."""
-        expected_position, prev_hash = 1, GENESIS
-        for row in _rows(connection, batch):
-            if row["id"] != expected_position:
-                return expected_position - 1, BrokenLink(expected_position, "row missing (deleted?)")
-            if row["prev_hash"] != prev_hash:
-                return expected_position - 1, BrokenLink(row["id"], "does not follow the row before (inserted?)")
-            if not hmac.compare_digest(row["chain_hash"], self.link(prev_hash, row)):
-                return expected_position - 1, BrokenLink(row["id"], "contents changed since written (edited?)")
-            expected_position, prev_hash = expected_position + 1, row["chain_hash"]
-        head = connection.execute(select(HEAD).where(HEAD.c.id == HEAD_ID)).mappings().one()
-        checked = expected_position - 1
-        if head["position"] != checked or head["last_hash"] != prev_hash:
-            return checked, BrokenLink(checked + 1, "the newest rows are missing (head does not match)")
-        return checked, None
+        ``expected`` are heads published earlier (the log, ``/metrics``, a checkpoint): each must
+        still be there, the same row. Without them, rows deleted from a lane's end with its head
+        rewound cannot show; with none and no rows at all, the trail is broken, never intact."""
+        heads = {lane: (position, bytes(last)) for lane, position, last in connection.execute(select(HEAD))}
+        anchors: dict[int, list[Head]] = {}
+        for head in expected:
+            anchors.setdefault(head.lane, []).append(head)
+        checked, found = 0, []
+        for lane in range(1, LANES + 1):
+            if lane not in heads:
+                return Verdict(checked, [], BrokenLink(lane, 1, "the lane's chain head row is missing (deleted?)"))
+            count, broken = self._walk(connection, lane, heads[lane], anchors.get(lane, []), batch)
+            checked += count
+            if broken is not None:
+                return Verdict(checked, [], broken)
+            if heads[lane][0]:
+                found.append(Head(lane, heads[lane][0], heads[lane][1].hex()))
+        stray = connection.execute(
+            select(EVENTS.c.lane, EVENTS.c.position)
+            .where(or_(EVENTS.c.lane < 1, EVENTS.c.lane > LANES))
+            .order_by(EVENTS.c.lane, EVENTS.c.position)
+            .limit(1)
+        ).first()
+        if stray is not None:
+            return Verdict(checked, [], BrokenLink(stray.lane, stray.position, "a row outside every lane (inserted?)"))
+        if checked == 0:
+            return Verdict(0, [], BrokenLink(1, 1, "no rows at all: an empty trail proves nothing (all deleted?)"))
+        return Verdict(checked, found, None)
+
+    def _walk(
+        self, connection: Connection, lane: int, head: tuple[int, bytes], anchors: list[Head], batch: int
+    ) -> tuple[int, BrokenLink | None]:
+        """One lane, first row to last: rows that hold and the first break."""
+        position, prev_hash = 0, genesis(lane)
+        published = {anchor.position: anchor for anchor in anchors}
+        for *values, row_prev, chain_hash in _rows(connection, lane, batch):
+            here = values[0]  # FIELDS[0]: the position
+            if here != position + 1:
+                return position, BrokenLink(lane, position + 1, "row missing (deleted?)")
+            if row_prev != prev_hash:
+                return position, BrokenLink(lane, here, "does not follow the row before (inserted?)")
+            if not hmac.compare_digest(chain_hash, self._mac(prev_hash, values)):
+                return position, BrokenLink(lane, here, "contents changed since written (edited?)")
+            anchor = published.get(here)
+            if anchor is not None and not anchor.names(chain_hash):
+                reason = f"not the row published as head {anchor} (rows deleted, head rewound, new rows since?)"
+                return position, BrokenLink(lane, here, reason)
+            position, prev_hash = here, chain_hash
+        beyond = [anchor for anchor in anchors if anchor.position > position]
+        if beyond:
+            gone = max(beyond, key=lambda anchor: anchor.position)
+            return position, BrokenLink(lane, position + 1, f"the published head {gone} is gone (newest rows deleted?)")
+        if head[0] != position:
+            reason = f"the lane's rows end at {position} but its head says {head[0]} (newest rows deleted?)"
+            return position, BrokenLink(lane, position + 1, reason)
+        if head[1] != prev_hash:
+            return position, BrokenLink(lane, position, "the lane's head does not name its last row (head edited?)")
+        return position, None
 
 
-def _rows(connection: Connection, batch: int) -> Iterator[Mapping[str, Any]]:
+_LANE_ROWS = (
+    select(*(EVENTS.c[name] for name in FIELDS), EVENTS.c.prev_hash, EVENTS.c.chain_hash)
+    .where(and_(EVENTS.c.lane == bindparam("lane"), EVENTS.c.position > bindparam("after")))
+    .order_by(EVENTS.c.position)
+    .limit(bindparam("batch"))
+)
+
+
+def _rows(connection: Connection, lane: int, batch: int) -> Iterator[Sequence[Any]]:
+    """A lane's rows in order as (*FIELDS, prev_hash, chain_hash), a batch at a time along the
+    primary key: memory stays flat whatever the trail's length."""
     after = 0
-    while True:
-        rows = (
-            connection.execute(select(EVENTS).where(EVENTS.c.id > after).order_by(EVENTS.c.id).limit(batch))
-            .mappings()
-            .all()
-        )
-        if not rows:
-            return
+    while rows := connection.execute(_LANE_ROWS, {"lane": lane, "after": after, "batch": batch}).all():
         yield from rows
-        after = rows[-1]["id"]
+        after = rows[-1][0]
 
 
 def _text(value: object) -> str:
@@ -135,6 +239,12 @@ def _text(value: object) -> str:
         # As the database hands it back: naive UTC to the microsecond.
         return value.replace(tzinfo=None).isoformat(timespec="microseconds")
     return str(value)
+
+
+def heads(connection: Connection) -> list[Head]:
+    """Every lane's head as the database holds it now (what ``/metrics`` publishes)."""
+    rows = connection.execute(select(HEAD).order_by(HEAD.c.id))
+    return [Head(lane, position, bytes(last).hex()) for lane, position, last in rows]
 
 
 @dataclass(frozen=True)
@@ -149,8 +259,10 @@ class Filter:
 
 
 def events(connection: Connection, where: Filter, limit: int | None = None) -> Iterator[Mapping[str, Any]]:
-    """Matching rows, newest first."""
-    query = select(*(EVENTS.c[name] for name in FIELDS)).order_by(EVENTS.c.id.desc())
+    """Matching rows, newest first (by time: lanes fill side by side)."""
+    query = select(*(EVENTS.c[name] for name in COLUMNS)).order_by(
+        EVENTS.c.at.desc(), EVENTS.c.lane.desc(), EVENTS.c.position.desc()
+    )
     if where.since:
         query = query.where(EVENTS.c.at >= where.since)
     if where.until:
@@ -161,11 +273,6 @@ def events(connection: Connection, where: Filter, limit: int | None = None) -> I
     if limit:
         query = query.limit(limit)
     yield from connection.execute(query).mappings()
-
-
-def head_hash(connection: Connection) -> str:
-    """The newest row's chain hash, for an operator to note (see the module docstring)."""
-    return bytes(connection.execute(select(HEAD.c.last_hash).where(HEAD.c.id == HEAD_ID)).scalar_one()).hex()
 
 
 def throttled_staff(connection: Connection, since: datetime) -> list[tuple[str, int]]:

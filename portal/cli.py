@@ -18,12 +18,13 @@ import segno
 from flask import Flask, current_app
 from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 from werkzeug.serving import run_simple
 
 from portal import partner_keys, retention, schema, stats, synthetic
-from portal.audit import head_hash
+from portal.audit import Head
 from portal.claims import pool_status, reseal_codes, revoked_since
 from portal.config import write_development_secrets
 from portal.events import Event, record
@@ -379,7 +380,7 @@ def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, a
         return
     verb = "would be destroyed" if dry_run else "destroyed"
     click.echo(f"purge before {before.isoformat()}{' (dry run)' if dry_run else ''}:")
-    for name in ("verifications", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
+    for name in ("verifications", "letter_records", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
         click.echo(f"  {name.replace('_', ' ')}: {getattr(report, name):,} {verb}")
     click.echo(f"  audit rows past their retention period: {report.audit_rows_past_retention:,} (kept)")
     limits = "cleared" if report.rate_limit_state_cleared else "expires by itself, cleared at programme end"
@@ -398,17 +399,86 @@ def audit_group() -> None:
     """The tamper-evident audit trail."""
 
 
+class HeadParam(click.ParamType):
+    """``[LANE/]POSITION:MAC``, as the log's ``audit_head`` and ``/metrics`` publish a lane's head."""
+
+    name = "[LANE/]POSITION:MAC"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Head:
+        if isinstance(value, Head):
+            return value
+        try:
+            return Head.parse(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
 @audit_group.command("verify")
+@click.option(
+    "--expect-head",
+    "expected",
+    type=HeadParam(),
+    multiple=True,
+    help="A head published earlier (a log line's audit_head, or /metrics): that row must still be there,"
+    " unchanged. Repeat for several lanes.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    help="A file of heads kept away from the database: checked like --expect-head, then replaced by the"
+    " current heads when the trail holds (created by the first run).",
+)
 @with_appcontext
-def audit_verify() -> None:
-    """Check every link of the chain; exit 1 naming the first broken one."""
-    with db.engine.connect() as connection:
-        checked, broken = services().audit.verify(connection)
-        head = head_hash(connection)
-    if broken is not None:
-        click.echo(f"audit trail BROKEN at row {broken.position}: {broken.reason} ({checked:,} rows before it hold)")
+def audit_verify(expected: tuple[Head, ...], checkpoint: str | None) -> None:
+    """Check every link of every lane and that published heads are still there; exit 1 naming the first break."""
+    kept = read_checkpoint(checkpoint) if checkpoint else []
+    try:
+        with db.engine.connect() as connection:
+            verdict = services().audit.verify(connection, [*expected, *kept])
+    except SQLAlchemyError as error:  # a dropped table or column is tampering too: one line, no traceback
+        detail = str(getattr(error, "orig", None) or "").strip().splitlines()[:1]
+        click.echo(f"audit trail BROKEN: it cannot be read ({error.__class__.__name__}: {''.join(detail)[:160]})")
         sys.exit(1)
-    click.echo(f"audit trail intact: {checked:,} rows; head {head} (note it: a later run must reach it)")
+    broken = verdict.broken
+    if broken is not None:
+        where = f"row {broken.lane}/{broken.position}"
+        click.echo(f"audit trail BROKEN at {where}: {broken.reason} ({verdict.rows:,} rows before it hold)")
+        sys.exit(1)
+    click.echo(f"audit trail intact: {verdict.rows:,} rows; heads {' '.join(map(str, verdict.heads))}")
+    if checkpoint:
+        write_checkpoint(checkpoint, verdict.heads)
+    if expected or kept:
+        click.echo(f"anchored: {len(expected) + len(kept)} published heads still there")
+    else:
+        click.echo(
+            "not anchored: rows deleted from a lane's end with its head rewound would not show;"
+            " pass --expect-head or --checkpoint (docs/deploy.md, step 10)"
+        )
+
+
+def read_checkpoint(path: str) -> list[Head]:
+    """The heads a checkpoint file holds (none before its first run): one per line, # for comments."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            lines = [line.strip() for line in stream if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        click.echo(f"checkpoint {path}: none yet, written after this run")
+        return []
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.ClickException(f"checkpoint {path} cannot be read ({error.__class__.__name__})") from None
+    try:
+        return [Head.parse(line) for line in lines]
+    except ValueError as error:
+        raise click.ClickException(f"checkpoint {path}: {error}") from None
+
+
+def write_checkpoint(path: str, heads: Sequence[Head]) -> None:
+    """Replace the file in one step: a crash leaves the old checkpoint or the new one, never half."""
+    with open_private(f"{path}.new") as out:
+        out.write(f"# portal audit verify, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: lane/position:MAC\n")
+        out.writelines(f"{head}\n" for head in heads)
+    os.replace(f"{path}.new", path)
+    click.echo(f"checkpoint {path}: {len(heads)} heads written")
 
 
 @click.group("letters")

@@ -1,12 +1,13 @@
 """Security-relevant events, raised in one place and never carrying an identifier.
 
 Each event goes through ``record``, the one place for all of them: one JSON line on the
-``portal.events`` logger, one row of the audit trail (``portal/audit.py``), its count in the
-metrics, attack detection, and one more in its hourly count (``portal.stats``), which the
-dashboard and ``portal stats`` read and which survives the retention purge, whatever the surface:
-public site, console, API or command line. The row names who acted (the event's ``actor``, such
-as ``api-key:7``; else ``act_as``'s, such as ``staff:3``; else the public visitor's session or the
-command-line user) and the request it belongs to (``portal.telemetry.request_id``).
+``portal.events`` logger (with the audit trail's new head), one row of the audit trail
+(``portal/audit.py``), its count in the metrics, attack detection, and one more in its hourly
+count (``portal.stats``), which the dashboard and ``portal stats`` read and which survives the
+retention purge, whatever the surface: public site, console, API or command line. The row names
+who acted (the event's ``actor``, such as ``api-key:7``; else ``act_as``'s, such as ``staff:3``;
+else the public visitor's session or the command-line user) and the request it belongs to
+(``portal.telemetry.request_id``).
 """
 
 from __future__ import annotations
@@ -100,16 +101,22 @@ def record(event: Event) -> None:
         client=recorded_client(event.client),
         request_id=request_id() if has_request_context() else None,
     )
-    write(log, logging.INFO, Fields(asdict(entry)))
     metrics.observe_event(event.action, event.outcome, event.channel)
     raised = _detect(event, entry.actor)
-    # The row and its counts in one short transaction of their own: committed whatever the
-    # request does with its own, one commit for all of them.
-    with db.engine.begin() as connection:
-        services().audit.append(connection, entry)
-        stats.add_count(connection, event.at, event.action, event.outcome, event.channel)
-        for alert in raised:
-            stats.add_count(connection, event.at, "alert", alert.kind, alert.channel)
+    head = None
+    try:
+        # The row and its counts in one short transaction of their own: committed whatever the
+        # request does with its own, one commit for all of them.
+        with db.engine.begin() as connection:
+            appended = services().audit.append(connection, entry)
+            stats.add_count(connection, event.at, event.action, event.outcome, event.channel, appended.lane)
+            for alert in raised:
+                stats.add_count(connection, event.at, "alert", alert.kind, alert.channel, appended.lane)
+        head = str(appended)  # committed: only now is it the trail's head
+    finally:
+        # The new head goes out with the line: the log, kept apart from the database, is what
+        # shows a later truncation of the trail (``portal audit verify --expect-head``).
+        write(log, logging.INFO, Fields({**asdict(entry), "audit_head": head}))
     for alert in raised:
         alerts.announce(alert)
         metrics.observe_event("alert", alert.kind, alert.channel)

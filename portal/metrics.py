@@ -17,6 +17,7 @@ from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
+from portal.audit import MAC_MIN_HEX, heads
 from portal.claims import pool_status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -86,8 +87,32 @@ class PoolCollector(Collector):
         yield gauge
 
 
+class AuditHeadCollector(Collector):
+    """Each audit lane's head, read from the database at scrape time: what the scraper stores is
+    kept outside the database, so a later truncation of the trail shows (``portal audit verify
+    --expect-head LANE/POSITION:MAC``, the MAC as ``printf '%012x'`` of the second gauge)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def collect(self) -> Iterator[Metric]:
+        position = GaugeMetricFamily(
+            "portal_audit_head_position", "Position of each audit lane's newest row.", labels=["lane"]
+        )
+        mac = GaugeMetricFamily(
+            "portal_audit_head_mac48",
+            f"The first {MAC_MIN_HEX} hex digits of that row's chain MAC, as an integer.",
+            labels=["lane"],
+        )
+        for head in heads(self.session.connection()):
+            position.add_metric([str(head.lane)], head.position)
+            mac.add_metric([str(head.lane)], int(head.mac[:MAC_MIN_HEX], 16))
+        yield position
+        yield mac
+
+
 def exposition(session: Session) -> bytes:
-    """The text a scrape gets: every worker's counters (multiprocess mode) and the pool's gauge."""
+    """The text a scrape gets: every worker's counters (multiprocess mode), the pool's and the audit heads' gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         workers = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(workers)
@@ -95,4 +120,5 @@ def exposition(session: Session) -> bytes:
         workers = REGISTRY
     pool = CollectorRegistry()
     pool.register(PoolCollector(session))
+    pool.register(AuditHeadCollector(session))
     return generate_latest(workers) + generate_latest(pool)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     TypeDecorator,
     UniqueConstraint,
@@ -198,13 +199,17 @@ class Staff(Base):
 class AuditEvent(Base):
     """One security event, chained: ``chain_hash`` = HMAC(audit key, ``prev_hash`` || this row's fields).
 
-    ``id`` is the position in the chain (1, 2, 3 ...), given by ``audit_chain_head`` and never by
-    the database, so a deleted row leaves a gap and an inserted one breaks the next link.
+    ``(lane, position)`` is where the row stands in the trail: lane 1 to 64, each a chain of its own
+    (``portal.audit``), and the position in it (1, 2, 3 ...), given by the lane's ``audit_chain_head``
+    row and never by the database, so a deleted row leaves a gap and an inserted one breaks the next link.
     """
 
     __tablename__ = "audit_events"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    lane: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    position: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     actor: Mapped[str] = mapped_column(String(64), index=True)  # staff:7, api-key:3, public:<session>, cli:<user>
     action: Mapped[str] = mapped_column(String(40), index=True)
@@ -218,11 +223,11 @@ class AuditEvent(Base):
 
 
 class AuditChainHead(Base):
-    """The single row writers lock to append: position and hash of the newest event."""
+    """A lane's head, the row its writers lock to append: position and hash of the lane's newest event."""
 
     __tablename__ = "audit_chain_head"
 
-    id: Mapped[int] = mapped_column(primary_key=True)  # always 1
+    id: Mapped[int] = mapped_column(primary_key=True)  # the lane, 1 to 64
     position: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
@@ -273,8 +278,8 @@ class HourlyCount(Base):
     """How many events of one kind happened in one hour, on one surface.
 
     No person, address, key or staff member: only counts, so they outlive the retention purge
-    and still show how the programme went. One row per (hour, action, outcome, channel),
-    raised by an UPSERT from ``portal.events.record``.
+    and still show how the programme went. One row per (hour, action, outcome, channel) and audit
+    lane, raised by an UPSERT from ``portal.events.record``; readers add the lanes up.
     """
 
     __tablename__ = "hourly_counts"
@@ -283,4 +288,6 @@ class HourlyCount(Base):
     action: Mapped[str] = mapped_column(String(32), primary_key=True)  # verification, exposure, claim, alert...
     outcome: Mapped[str] = mapped_column(String(48), primary_key=True)  # success, failure, throttled:..., ...
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)  # public, agent, api, cli
+    # The audit lane the event was appended to: its lock covers this row, so no counter is a queue.
+    lane: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False, default=1)
     count: Mapped[int] = mapped_column(Integer)

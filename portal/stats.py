@@ -1,7 +1,8 @@
 """Programme figures: hourly event counts, and what they say per day, per hour and about the pool.
 
-The counts are kept in ``hourly_counts`` (one UPSERT per event, from ``portal.events.record``)
-without any identifier, so they survive the retention purge. Nothing here knows about HTTP:
+The counts are kept in ``hourly_counts`` (one UPSERT per event, from ``portal.events.record``, in
+a row per audit lane that readers add up) without any identifier, so they survive the retention
+purge. Nothing here knows about HTTP:
 the console's dashboard and ``portal stats`` read the same functions.
 """
 
@@ -27,7 +28,7 @@ RUN_OUT_WINDOW_DAYS = 7  # the "current rate" of claims: the average of this man
 def _upsert(dialect_insert: Any) -> Any:
     statement = dialect_insert(HourlyCount.__table__)
     return statement.on_conflict_do_update(
-        index_elements=["hour", "action", "outcome", "channel"],
+        index_elements=["hour", "action", "outcome", "channel", "lane"],
         set_={"count": HourlyCount.__table__.c.count + statement.excluded.count},
     )
 
@@ -40,12 +41,11 @@ def hour_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def add_count(connection: Connection, moment: datetime, action: str, outcome: str, channel: str) -> None:
-    """Add one to the hour's count: an atomic UPSERT, exact with any number of processes."""
-    connection.execute(
-        _UPSERTS[connection.dialect.name],
-        {"hour": hour_of(moment), "action": action[:32], "outcome": outcome[:48], "channel": channel[:16], "count": 1},
-    )
+def add_count(connection: Connection, moment: datetime, action: str, outcome: str, channel: str, lane: int) -> None:
+    """Add one to the hour's count in the event's audit lane: an atomic UPSERT, exact with any number
+    of processes, on a row only that lane's holder writes (``portal.audit``), so it never waits."""
+    values = {"hour": hour_of(moment), "action": action[:32], "outcome": outcome[:48], "channel": channel[:16]}
+    connection.execute(_UPSERTS[connection.dialect.name], {**values, "lane": lane, "count": 1})
 
 
 @dataclass

@@ -190,6 +190,17 @@ def app(database_url: str) -> Iterator[Flask]:
 
 
 @pytest.fixture
+def pg_app() -> Iterator[Flask]:
+    """An app on a fresh PostgreSQL schema, for what only PostgreSQL has: row locks that writers skip."""
+    urls = postgres_schema_url()
+    app = make_app(next(urls))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+    urls.close()  # drops the schema
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
 

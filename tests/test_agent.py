@@ -51,7 +51,7 @@ def agent_rules(app: Flask) -> list[Any]:
 
 def audit_rows(app: Flask) -> list[AuditEvent]:
     with app.app_context():
-        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.lane, AuditEvent.position)))
 
 
 def concrete(rule: Any) -> str:
@@ -490,8 +490,8 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert "staff-login" not in page
     export = supervisor.get(f"/agent/audit/export.csv?actor=staff:{agent.id}&since={date.today().isoformat()}")
     lines = export.get_data(as_text=True).splitlines()
-    assert export.mimetype == "text/csv" and lines[0].startswith("id,at,actor,action")
-    assert [line.split(",")[3] for line in lines[1:]] == ["verification", "staff-login"]
+    assert export.mimetype == "text/csv" and lines[0].startswith("lane,position,at,actor,action")
+    assert [line.split(",")[4] for line in lines[1:]] == ["verification", "staff-login"]
     assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
     assert supervisor.get("/agent/audit?until=9999-12-31").status_code == 400  # its day's end is no date
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import re
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from agent_helpers import make_staff, post_form, signed_in
-from conftest import import_patients, lookup, make_app, patient_row
+from conftest import REDIS_URL, import_patients, lookup, make_app, make_config, patient_row, postgres_schema_url
 from flask import Flask
+from live import LiveServer, Visitor, all_at_once
 
-from portal import audit
+from portal.audit import FIELDS, LANES, MAC_MIN_HEX, Head, genesis, heads
 from portal.config import write_development_secrets
 from portal.events import Event, record
 from portal.extensions import db
@@ -31,8 +34,8 @@ def append_events(app: Flask, count: int) -> None:
             record(Event("verification", "failure", "cli", client=f"10.0.0.{i % 250}"))
 
 
-def verify(app: Flask) -> Any:
-    return app.test_cli_runner().invoke(args=["audit", "verify"])
+def verify(app: Flask, *options: str) -> Any:
+    return app.test_cli_runner().invoke(args=["audit", "verify", *options])
 
 
 def execute(app: Flask, statement: str, **params: Any) -> None:
@@ -40,38 +43,59 @@ def execute(app: Flask, statement: str, **params: Any) -> None:
         connection.execute(sa.text(statement), params)
 
 
+def published(app: Flask) -> list[Head]:
+    """The heads as the log and /metrics publish them now (the tests below check that they do)."""
+    with app.app_context(), db.engine.connect() as connection:
+        return [head for head in heads(connection) if head.position]
+
+
+def anchored(heads_: list[Head]) -> list[str]:
+    return [option for head in heads_ for option in ("--expect-head", str(head))]
+
+
+def assert_broken(result: Any, where: str, reason: str) -> None:
+    """Exit 1 and one line naming the row and why: never a traceback."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"audit trail BROKEN at row {where}: "), result.output
+    assert reason in lines[0], lines[0]
+
+
 def test_an_untouched_trail_verifies(app: Flask) -> None:
     append_events(app, 5)
     result = verify(app)
-    assert result.exit_code == 0 and "intact: 5 rows" in result.output
+    assert result.exit_code == 0 and "intact: 5 rows; heads 1/5:" in result.output
+    assert "not anchored" in result.output
 
 
 @pytest.mark.parametrize(
     "tamper, broken_at",
     [
-        ("UPDATE audit_events SET actor = 'staff:99' WHERE id = 6", 6),
-        ("DELETE FROM audit_events WHERE id = 3", 3),
-        ("DELETE FROM audit_events WHERE id = 6", 6),
+        ("UPDATE audit_events SET outcome = 'success' WHERE position = 3", "1/3"),
+        ("UPDATE audit_events SET actor = 'staff:99' WHERE position = 5", "1/5"),
+        ("DELETE FROM audit_events WHERE position = 3", "1/3"),
+        ("UPDATE audit_events SET lane = 2 WHERE position = 3", "1/3"),
+        ("UPDATE audit_chain_head SET last_hash = (SELECT prev_hash FROM audit_events WHERE position = 6)", "1/6"),
     ],
-    ids=["edit-newest", "delete-middle", "delete-newest"],
+    ids=["edit-outcome", "edit-actor", "delete-middle", "move-to-another-lane", "head-hash-edited"],
 )
-def test_verify_names_the_first_edited_or_deleted_row(app: Flask, tamper: str, broken_at: int) -> None:
+def test_verify_names_the_first_edited_or_deleted_row(app: Flask, tamper: str, broken_at: str) -> None:
     append_events(app, 6)
     execute(app, tamper)
     result = verify(app)
-    assert result.exit_code == 1
-    assert f"BROKEN at row {broken_at}" in result.output
+    assert result.exit_code == 1 and f"BROKEN at row {broken_at}:" in result.output
 
 
-# The columns that hold the chain's links rather than what happened. Every other column of the
-# table must be a field the chain's MAC covers (audit.FIELDS): a column added later without
-# joining that list fails the test below, which names it.
-LINK_COLUMNS = ("prev_hash", "chain_hash")
-COLUMNS = tuple(column.name for column in AuditEvent.__table__.c)
+# The columns that place a row in the chain rather than say what happened: its lane (whose genesis
+# its first link follows) and the links themselves. Every other column of the table must be a
+# field the chain's MAC covers (FIELDS): a column added later without joining them fails below,
+# named, and a field added to FIELDS is edited below like every other.
+LINK_COLUMNS = ("lane", "prev_hash", "chain_hash")
+TABLE_COLUMNS = tuple(column.name for column in AuditEvent.__table__.c)
 
 
 def tampered(value: object) -> object:
-    """The smallest edit of a stored value: one character, one bit, one microsecond, another position."""
+    """The smallest edit of a stored value: one character, one bit, one microsecond, another place."""
     if isinstance(value, bool) or value is None:
         raise AssertionError(f"no edit known for {value!r}: give every field a value in full_rows")
     if isinstance(value, int):
@@ -92,31 +116,203 @@ def full_rows(app: Flask, count: int) -> None:
             record(Event("verification", "success", "agent", f"{n:032x}", f"192.0.2.{n}", f"staff:{n}"))
 
 
-@pytest.mark.parametrize("column", sorted(set(COLUMNS) | set(audit.FIELDS)))
+@pytest.mark.parametrize("column", sorted(set(TABLE_COLUMNS) | set(FIELDS)))
 def test_an_edit_of_any_column_is_found_at_its_row(app: Flask, column: str) -> None:
-    assert column in COLUMNS, f"{column} is in the trail's field list but not a column of audit_events"
-    assert column in audit.FIELDS or column in LINK_COLUMNS, f"audit_events.{column} is not covered by the chain"
-    full_rows(app, 5)
+    assert column in TABLE_COLUMNS, f"{column} is in the trail's field list but not a column of audit_events"
+    assert column in FIELDS or column in LINK_COLUMNS, f"audit_events.{column} is not covered by the chain"
+    full_rows(app, 4)
     events = AuditEvent.__table__
+    row_2 = sa.and_(events.c.lane == 1, events.c.position == 2)
     with app.app_context(), db.engine.begin() as connection:
-        row = connection.execute(sa.select(events).where(events.c.id == 3)).mappings().one()
-        connection.execute(sa.update(events).where(events.c.id == 3).values({column: tampered(row[column])}))
+        row = connection.execute(sa.select(events).where(row_2)).mappings().one()
+        connection.execute(sa.update(events).where(row_2).values({column: tampered(row[column])}))
     result = verify(app)
-    assert result.exit_code == 1 and "BROKEN at row 3" in result.output, result.output
+    assert result.exit_code == 1 and "BROKEN at row 1/2:" in result.output, result.output
+
+
+def test_the_newest_row_deleted_is_broken_even_unanchored(app: Flask) -> None:
+    append_events(app, 6)
+    execute(app, "DELETE FROM audit_events WHERE position = 6")
+    assert_broken(verify(app), "1/6", "its head says 6")
+
+
+def rewind(app: Flask, keep: int) -> None:
+    """What someone with database access but without the key can do: drop lane 1's newest rows and
+    set its head back to the last row kept, so that the chain alone holds."""
+    execute(app, "DELETE FROM audit_events WHERE lane = 1 AND position > :keep", keep=keep)
+    execute(
+        app,
+        "UPDATE audit_chain_head SET position = :keep,"
+        " last_hash = (SELECT chain_hash FROM audit_events WHERE lane = 1 AND position = :keep) WHERE id = 1",
+        keep=keep,
+    )
+
+
+def test_the_last_rows_deleted_with_the_head_rewound_break_the_published_head(app: Flask) -> None:
+    append_events(app, 8)
+    head = published(app)
+    rewind(app, 5)
+    unanchored = verify(app)
+    assert unanchored.exit_code == 0 and "intact: 5 rows" in unanchored.output  # the limit, said out loud
+    assert "not anchored" in unanchored.output
+    assert_broken(verify(app, *anchored(head)), "1/6", f"the published head {head[0]} is gone")
+
+
+def test_rows_appended_after_a_rewind_are_not_the_published_ones(app: Flask) -> None:
+    """Deleted and rewound, then the portal appends again up to the same position: the MAC differs."""
+    append_events(app, 8)
+    head = published(app)
+    rewind(app, 5)
+    append_events(app, 3)
+    assert_broken(verify(app, *anchored(head)), "1/8", f"not the row published as head {head[0]}")
+
+
+def test_every_row_deleted_and_the_head_zeroed_is_never_intact(app: Flask) -> None:
+    append_events(app, 4)
+    head = published(app)
+    execute(app, "DELETE FROM audit_events")
+    execute(app, "UPDATE audit_chain_head SET position = 0, last_hash = :zero WHERE id = 1", zero=genesis(1))
+    assert_broken(verify(app), "1/1", "no rows at all")
+    assert_broken(verify(app, *anchored(head)), "1/1", f"the published head {head[0]} is gone")
+
+
+def test_the_head_row_deleted_is_broken_not_a_traceback(app: Flask) -> None:
+    append_events(app, 4)
+    execute(app, "DELETE FROM audit_chain_head WHERE id = 1")
+    assert_broken(verify(app), "1/1", "chain head row is missing")
+
+
+def test_a_dropped_table_is_broken_not_a_traceback(app: Flask) -> None:
+    append_events(app, 2)
+    execute(app, "DROP TABLE audit_events")
+    result = verify(app)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.startswith("audit trail BROKEN: it cannot be read (") and len(result.output.splitlines()) == 1
+
+
+def test_a_checkpoint_file_anchors_each_run_on_the_last(app: Flask, tmp_path: Path) -> None:
+    kept = tmp_path / "audit-head"
+    append_events(app, 3)
+    first = verify(app, "--checkpoint", str(kept))
+    assert first.exit_code == 0 and "none yet" in first.output and "1 heads written" in first.output
+    assert kept.read_text().splitlines()[1:] == [str(head) for head in published(app)]
+    append_events(app, 3)
+    second = verify(app, "--checkpoint", str(kept))
+    assert second.exit_code == 0 and "anchored: 1 published heads still there" in second.output
+    noted = kept.read_text()
+    rewind(app, 4)
+    assert_broken(verify(app, "--checkpoint", str(kept)), "1/5", "the published head 1/6:")
+    assert kept.read_text() == noted  # a broken trail never moves the checkpoint
+
+
+@pytest.mark.parametrize("value", ["6", "1/6:abc", "65/6:" + "a" * 64, "1/0:" + "a" * 64, "x" * 500])
+def test_a_malformed_expected_head_is_a_usage_error(app: Flask, value: str) -> None:
+    append_events(app, 1)
+    result = verify(app, "--expect-head", value)
+    assert result.exit_code == 2
+    assert "is not [LANE/]POSITION:MAC" in result.output or "lanes are 1 to" in result.output
+
+
+def test_each_event_publishes_the_new_head_in_its_log_line_and_metrics(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="portal.events")
+    append_events(app, 3)
+    lines = [json.loads(str(r.msg)) for r in caplog.records if r.name == "portal.events"]
+    head = published(app)[0]
+    assert [line["audit_head"] for line in lines][-1] == str(head)
+    assert [line["audit_head"].split(":")[0] for line in lines] == ["1/1", "1/2", "1/3"]
+    scraped = scraped_heads(app.test_client().get("/metrics").get_data(as_text=True))
+    assert scraped == [Head(1, 3, head.mac[:MAC_MIN_HEX])]  # lanes 2-64 shown at position 0, left out
+
+
+def scraped_heads(text: str) -> list[Head]:
+    """The heads a scrape of /metrics shows, as an operator turns them into --expect-head values."""
+    values = {}
+    for line in text.splitlines():
+        found = re.fullmatch(r'portal_audit_head_(position|mac48)\{lane="(\d+)"\} (\S+)', line)
+        if found:
+            values[(found[1], int(found[2]))] = int(float(found[3]))
+    assert len(values) == 2 * LANES, text
+    return [
+        Head(lane, values[("position", lane)], f"{values[('mac48', lane)]:012x}")
+        for lane in range(1, LANES + 1)
+        if values[("position", lane)]
+    ]
+
+
+@pytest.mark.postgres
+def test_a_writer_takes_a_free_lane_instead_of_waiting(pg_app: Flask) -> None:
+    """Lane 1 held by a transaction that has not committed: the next append goes to lane 2 at once
+    (the test database gives up on a row lock after 5 s, so waiting would fail)."""
+    app = pg_app
+    append_events(app, 2)
+    with app.app_context(), db.engine.connect() as holder:
+        holder.execute(sa.text("SELECT * FROM audit_chain_head WHERE id = 1 FOR UPDATE"))
+        append_events(app, 2)
+        holder.rollback()
+    with app.app_context(), db.engine.connect() as connection:
+        lanes = connection.execute(sa.text("SELECT lane, count(*) FROM audit_events GROUP BY lane ORDER BY lane"))
+        assert [tuple(row) for row in lanes] == [(1, 2), (2, 2)]
+    result = verify(app)
+    assert result.exit_code == 0 and "intact: 4 rows; heads 1/2:" in result.output and " 2/2:" in result.output
 
 
 def test_verify_catches_a_row_inserted_behind_the_apps_back(app: Flask) -> None:
     append_events(app, 4)
     with app.app_context(), db.engine.begin() as connection:
-        rows = connection.execute(sa.select(AuditEvent.__table__).order_by(AuditEvent.id)).mappings().all()
+        rows = connection.execute(sa.select(AuditEvent.__table__).order_by(AuditEvent.position)).mappings().all()
         # Shift rows 3.. one up and forge a row 3 copying row 2's hash as its predecessor.
-        connection.execute(sa.text("UPDATE audit_events SET id = id + 100 WHERE id >= 3"))
-        connection.execute(sa.text("UPDATE audit_events SET id = id - 99 WHERE id >= 103"))
-        forged = {**rows[2], "id": 3, "outcome": "success", "prev_hash": rows[1]["chain_hash"]}
+        connection.execute(sa.text("UPDATE audit_events SET position = position + 100 WHERE position >= 3"))
+        connection.execute(sa.text("UPDATE audit_events SET position = position - 99 WHERE position >= 103"))
+        forged = {**rows[2], "position": 3, "outcome": "success", "prev_hash": rows[1]["chain_hash"]}
         connection.execute(sa.insert(AuditEvent.__table__).values(**forged))
-        connection.execute(sa.text("UPDATE audit_chain_head SET position = position + 1"))
-    result = verify(app)
-    assert result.exit_code == 1 and "BROKEN at row 3" in result.output
+        connection.execute(sa.text("UPDATE audit_chain_head SET position = position + 1 WHERE id = 1"))
+    assert_broken(verify(app), "1/3", "contents changed since written")
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_the_heads_a_live_server_publishes_catch_a_truncation(tmp_path: Path) -> None:
+    """Two gunicorn workers on PostgreSQL: the heads /metrics shows, and the log lines carry, are what
+    verify needs to catch the newest rows deleted with the head rewound."""
+    urls = postgres_schema_url()
+    config = make_config(next(urls), RATELIMIT_STORAGE_URI=REDIS_URL, RATELIMIT_KEY_PREFIX=secrets.token_hex(4))
+    app = make_app(config["DATABASE_URL"], **config)
+    server = LiveServer(tmp_path / "gunicorn.log", config, workers=2, threads=4).wait_ready()
+    try:
+        visitors = [Visitor(server).prepare() for _ in range(24)]
+        made_up = {"last_name": "Nobody", "date_of_birth": "1970-01-01", "zip_code": "99999", "ssn_last4": "0000"}
+        answers = all_at_once([lambda v=v: v.submit(made_up) for v in visitors])
+        assert {answer.status for answer in answers} == {200}
+        text = server.request("GET", "/metrics").body
+    finally:
+        server.stop()
+    scraped = scraped_heads(text)
+    assert sum(head.position for head in scraped) == 24
+    logged = re.findall(r'"audit_head":"(\d+/\d+:[0-9a-f]{64})"', server.log())
+    assert len(set(logged)) == 24  # one line per event, each naming the head it made
+    assert all(any(full.startswith(str(head)) for full in logged) for head in scraped)
+    assert verify(app, *anchored(scraped)).exit_code == 0
+    busiest = max(scraped, key=lambda head: head.position)
+    execute(
+        app,
+        "DELETE FROM audit_events WHERE lane = :lane AND position > :keep",
+        lane=busiest.lane,
+        keep=busiest.position - 3,
+    )
+    execute(
+        app,
+        "UPDATE audit_chain_head SET position = :keep, last_hash = (SELECT chain_hash FROM audit_events"
+        " WHERE lane = :lane AND position = :keep) WHERE id = :lane",
+        lane=busiest.lane,
+        keep=busiest.position - 3,
+    )
+    where = f"{busiest.lane}/{busiest.position - 2}"
+    assert_broken(verify(app, *anchored(scraped)), where, f"the published head {busiest} is gone")
+    with app.app_context():
+        db.engine.dispose()
+    urls.close()
 
 
 def test_a_trail_rewritten_with_another_key_does_not_verify(database_url: str) -> None:
@@ -124,7 +320,7 @@ def test_a_trail_rewritten_with_another_key_does_not_verify(database_url: str) -
     append_events(first, 3)
     other_key = make_app(database_url)  # a fresh PORTAL_AUDIT_KEY: what a forger without ours has
     result = verify(other_key)
-    assert result.exit_code == 1 and "BROKEN at row 1" in result.output
+    assert result.exit_code == 1 and "BROKEN at row 1/1" in result.output
 
 
 def _writer(database_url: str, config: dict[str, Any], count: int) -> None:
@@ -145,6 +341,9 @@ def test_concurrent_writers_in_several_processes_keep_one_unbroken_chain(app: Fl
     result = verify(app)
     assert result.exit_code == 0, result.output
     assert f"intact: {WRITERS * EVENTS_EACH} rows" in result.output
+    with app.app_context(), db.engine.connect() as connection:
+        counted = connection.scalar(sa.text("SELECT sum(count) FROM hourly_counts WHERE action = 'verification'"))
+    assert counted == WRITERS * EVENTS_EACH  # the lanes' counts add up to every event
 
 
 def test_no_imported_identifier_reaches_the_audit_table_its_export_or_the_logs(

@@ -17,14 +17,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import hkdf_sha256, make_app, postgres_schema_url
+from conftest import hkdf_sha256
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Flask
@@ -382,17 +382,6 @@ def test_a_malformed_code_is_refused_with_its_rule(typed: str) -> None:
         portal.claims.normalise_code(typed)
     assert str(caught.value) == "code must be 4 to 64 letters, digits or dashes"
     assert portal.claims.normalise_code("  IDP-7K3M-Q9TX-2B4H ") == "IDP-7K3M-Q9TX-2B4H"
-
-
-@pytest.fixture
-def pg_app() -> Iterator[Flask]:
-    """An app on a fresh PostgreSQL schema, for what only PostgreSQL has: row locks that claims skip."""
-    urls = postgres_schema_url()
-    app = make_app(next(urls))
-    yield app
-    with app.app_context():
-        db.engine.dispose()
-    urls.close()  # drops the schema
 
 
 @pytest.mark.postgres

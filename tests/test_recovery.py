@@ -86,7 +86,9 @@ def flashed(client: FlaskClient) -> tuple[str, set[str]]:
 
 def trail(app: Flask, *actions: str) -> list[tuple[str, str, str, str | None]]:
     with app.app_context():
-        rows = db.session.scalars(select(AuditEvent).where(AuditEvent.action.in_(actions)).order_by(AuditEvent.id))
+        rows = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action.in_(actions)).order_by(AuditEvent.lane, AuditEvent.position)
+        )
         return [(r.actor.split(":")[0], r.action, r.outcome, r.record_ref) for r in rows]
 
 

@@ -369,10 +369,10 @@ def audit_export() -> ResponseValue:
     def lines() -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(audit_trail.FIELDS)
+        writer.writerow(audit_trail.COLUMNS)
         with db.engine.connect() as connection:
             for row in audit_trail.events(connection, where):
-                writer.writerow([row[name] if row[name] is not None else "" for name in audit_trail.FIELDS])
+                writer.writerow([row[name] if row[name] is not None else "" for name in audit_trail.COLUMNS])
                 yield buffer.getvalue()
                 buffer.seek(0)
                 buffer.truncate()
