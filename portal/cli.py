@@ -49,6 +49,7 @@ from portal.staff import (
     StaffError,
     create_staff,
     disable_staff,
+    enable_staff,
     find_staff,
     list_staff,
     reseal_totp_secrets,
@@ -76,6 +77,7 @@ def init_app(app: Flask) -> None:
         codes_group,
         create_staff_command,
         disable_staff_command,
+        enable_staff_command,
         reset_staff_mfa_command,
         list_staff_command,
         create_api_key_command,
@@ -580,6 +582,13 @@ def disable_staff_command(staff: Staff) -> None:
     """Disable an account and end its sessions at once."""
     disable_staff(db.session, staff)
     click.echo(f"{staff.username} disabled")
+
+
+@staff_command("enable-staff")
+def enable_staff_command(staff: Staff) -> None:
+    """Let a disabled account sign in again, with its password and authenticator as they were."""
+    enable_staff(db.session, staff)
+    click.echo(f"{staff.username} enabled")
 
 
 @staff_command("reset-staff-mfa")

@@ -196,6 +196,24 @@ class Staff(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class StaffApproval(Base):
+    """A console action on a supervisor's account, waiting for a second supervisor to approve it.
+
+    One supervisor alone cannot disable, re-enable or reset another: the request is kept here
+    until a different supervisor (neither the requester nor the target) approves it, or it lapses.
+    """
+
+    __tablename__ = "staff_approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))  # disable | enable | reset-mfa
+    target_id: Mapped[int] = mapped_column(ForeignKey("staff.id"), index=True)
+    requested_by: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    approved_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class AuditEvent(Base):
     """One security event, chained: ``chain_hash`` = HMAC(audit key, ``prev_hash`` || this row's fields).
 

@@ -35,6 +35,8 @@ class Programme:
     # Whether claiming a code needs the reference printed on the letter too (the stolen records
     # hold every other answer): "off", "on-alert" (while a success-side alert is active) or "always".
     claim_step_up: str = "on-alert"
+    # Days a replacement letter takes to reach the caller once requested: what the agent tells them.
+    letter_delivery_days: int = 10
     # language code -> {free-text field -> that text in the language}
     translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -111,6 +113,9 @@ def load_programme(path: str | None) -> Programme:
         ) from error
     if programme.claim_step_up not in STEP_UP_CHOICES:
         raise ConfigError(f"PORTAL_PROGRAMME_FILE: claim_step_up must be one of {', '.join(STEP_UP_CHOICES)}")
+    days = programme.letter_delivery_days
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 90:
+        raise ConfigError("PORTAL_PROGRAMME_FILE: letter_delivery_days must be a whole number of days from 1 to 90")
     return programme
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import secrets
 import stat
@@ -190,9 +192,12 @@ def test_first_login_must_choose_a_new_password(app: Flask) -> None:
     account = make_staff(app, ready=False)
     client = signed_in(app, account)
     assert client.get("/agent/call").headers["Location"] == "/agent/password"
-    short = post_form(client, "/agent/password", "/agent/password", password="short", confirm="short")
+    given = account.password
+    short = post_form(client, "/agent/password", "/agent/password", current=given, password="short", confirm="short")
     assert short.status_code == 400
-    done = post_form(client, "/agent/password", "/agent/password", password=NEW_PASSWORD, confirm=NEW_PASSWORD)
+    done = post_form(
+        client, "/agent/password", "/agent/password", current=given, password=NEW_PASSWORD, confirm=NEW_PASSWORD
+    )
     assert done.status_code == 303
     assert client.get("/agent/call").status_code == 200
     assert signed_in(app, Account(account.username, NEW_PASSWORD, account.secret, account.id), steps_ahead=1)
@@ -429,7 +434,7 @@ def test_console_verifications_have_their_own_budgets(database_url: str) -> None
     assert lookup(app.test_client(), **PERSON, ssn_last4="6789").status_code == 303  # the website is unaffected
     assert any(r.action == "verification" and r.outcome.startswith("throttled") for r in audit_rows(app))
     supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
-    assert "staff:1</a>: 2 refused" in supervisor.get("/agent/supervisor").get_data(as_text=True)
+    assert "alice (agent)</a>: 2 refused" in supervisor.get("/agent/dashboard").get_data(as_text=True)
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -458,23 +463,42 @@ def test_console_pages_pass_the_public_pages_header_checks(app: Flask) -> None:
 # --- supervisors ---------------------------------------------------------------------------------
 
 
-def test_supervisors_create_disable_and_reset_staff(app: Flask) -> None:
+def test_supervisors_create_disable_reenable_and_reset_staff(app: Flask) -> None:
+    """Each change is confirmed on a page of its own, then posted and answered with a redirect; the
+    new password and QR code are shown on a page of their own, once."""
     supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
     created = post_form(supervisor, "/agent/staff", "/agent/", username="Newbie", role="agent")
-    page = created.get_data(as_text=True)
-    assert created.status_code == 200 and "password:" in page and "otpauth://totp/" in page and "<svg" in page
+    assert created.status_code == 303 and created.headers["Location"] == "/agent/staff/enrolment"
+    page = supervisor.get("/agent/staff/enrolment").get_data(as_text=True)
+    assert "Password:" in page and "otpauth://totp/" in page and "<svg" in page
+    assert "otpauth://" not in supervisor.get("/agent/staff/enrolment").get_data(as_text=True)  # shown once
     assert post_form(supervisor, "/agent/staff", "/agent/", username="newbie", role="agent").status_code == 400
     with app.app_context():
         newbie = db.session.scalars(select(Staff).where(Staff.username == "newbie")).one()
-    reset = post_form(supervisor, f"/agent/staff/{newbie.id}/reset-mfa", "/agent/")
-    assert reset.status_code == 200 and "otpauth://totp/" in reset.get_data(as_text=True)
-    assert post_form(supervisor, f"/agent/staff/{newbie.id}/disable", "/agent/").status_code == 303
-    assert "disabled" in supervisor.get("/agent/staff").get_data(as_text=True)
+
+    for action, then in (
+        ("reset-mfa", "/agent/staff/enrolment"),
+        ("disable", "/agent/staff"),
+        ("enable", "/agent/staff"),
+    ):
+        path = f"/agent/staff/{newbie.id}/{action}"
+        confirm = supervisor.get(path)
+        assert confirm.status_code == 200 and f'action="{path}"' in confirm.get_data(as_text=True)
+        done = post_form(supervisor, path, "/agent/")
+        assert done.status_code == 303 and done.headers["Location"] == then, action
+        if action == "reset-mfa":
+            assert "otpauth://totp/" in supervisor.get(then).get_data(as_text=True)
+    assert "Disable<span" in supervisor.get("/agent/staff").get_data(as_text=True)  # active again
     actions = [
         (r.action, r.outcome) for r in audit_rows(app) if r.action.endswith("-staff") or r.action.endswith("mfa")
     ]
     target = f"staff:{newbie.id}"
-    assert actions == [("create-staff", target), ("reset-staff-mfa", target), ("disable-staff", target)]
+    assert actions == [
+        ("create-staff", target),
+        ("reset-staff-mfa", target),
+        ("disable-staff", target),
+        ("enable-staff", target),
+    ]
 
 
 def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Flask) -> None:
@@ -489,9 +513,17 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert page.count(ref) == 3  # the row, the filter field and the export link
     assert "staff-login" not in page
     export = supervisor.get(f"/agent/audit/export.csv?actor=staff:{agent.id}&since={date.today().isoformat()}")
-    lines = export.get_data(as_text=True).splitlines()
-    assert export.mimetype == "text/csv" and lines[0].startswith("lane,position,at,actor,action")
-    assert [line.split(",")[4] for line in lines[1:]] == ["verification", "staff-login"]
+    lines = list(csv.reader(io.StringIO(export.get_data(as_text=True))))
+    assert export.mimetype == "text/csv" and lines[0][:7] == [
+        "lane",
+        "position",
+        "at",
+        "actor",
+        "actor_username",
+        "actor_role",
+        "action",
+    ]
+    assert [line[6] for line in lines[1:]] == ["verification", "staff-login"]
     assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
     assert supervisor.get("/agent/audit?until=9999-12-31").status_code == 400  # its day's end is no date
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]
@@ -515,7 +547,7 @@ def test_a_lost_letter_is_reissued_and_exported_once(app: Flask, tmp_path: Any) 
     found = post_form(
         client, "/agent/letter", "/agent/", last_name="odegard", date_of_birth="1961-07-19", zip_code="20002"
     )
-    assert "A replacement letter will be mailed" in found.get_data(as_text=True)
+    assert "A new letter will be mailed" in found.get_data(as_text=True)
     for person in (
         {"last_name": "Twin", "date_of_birth": "1970-01-01", "zip_code": "30003"},  # two records: nobody
         {"last_name": "Hasssn", "date_of_birth": "1970-01-01", "zip_code": "30003"},  # has an SSN: not kept
@@ -568,7 +600,7 @@ def test_a_letter_requested_recently_is_not_flagged_again(database_url: str) -> 
     with app.app_context():
         requested = db.session.scalar(select(LetterRecord.reissue_requested_at))
     again = post_form(client, "/agent/letter", "/agent/", **NO_SSN)
-    assert "already requested" in again.get_data(as_text=True)
+    assert "Already requested on" in again.get_data(as_text=True)
     with app.app_context():
         assert db.session.scalar(select(LetterRecord.reissue_requested_at)) == requested
         # Past the window, a new request is flagged again.

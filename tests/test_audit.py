@@ -86,16 +86,16 @@ def test_verify_names_the_first_edited_or_deleted_row(app: Flask, tamper: str, b
     assert result.exit_code == 1 and f"BROKEN at row {broken_at}:" in result.output
 
 
-# The columns that place a row in the chain rather than say what happened: its lane (whose genesis
-# its first link follows) and the links themselves. Every other column of the table must be a
-# field the chain's MAC covers (FIELDS): a column added later without joining them fails below,
-# named, and a field added to FIELDS is edited below like every other.
+# The columns that hold the chain's links rather than what happened (``lane`` places a row in its
+# chain: a row moved to another lane breaks it, see move-to-another-lane above). Every other column
+# of the table must be a field the chain's MAC covers (FIELDS): a column added later without joining
+# that list fails the test below, which names it.
 LINK_COLUMNS = ("lane", "prev_hash", "chain_hash")
-TABLE_COLUMNS = tuple(column.name for column in AuditEvent.__table__.c)
+COLUMNS = tuple(column.name for column in AuditEvent.__table__.c)
 
 
 def tampered(value: object) -> object:
-    """The smallest edit of a stored value: one character, one bit, one microsecond, another place."""
+    """The smallest edit of a stored value: one character, one bit, one microsecond, another position."""
     if isinstance(value, bool) or value is None:
         raise AssertionError(f"no edit known for {value!r}: give every field a value in full_rows")
     if isinstance(value, int):
@@ -116,18 +116,18 @@ def full_rows(app: Flask, count: int) -> None:
             record(Event("verification", "success", "agent", f"{n:032x}", f"192.0.2.{n}", f"staff:{n}"))
 
 
-@pytest.mark.parametrize("column", sorted(set(TABLE_COLUMNS) | set(FIELDS)))
+@pytest.mark.parametrize("column", sorted(set(COLUMNS) | set(FIELDS)))
 def test_an_edit_of_any_column_is_found_at_its_row(app: Flask, column: str) -> None:
-    assert column in TABLE_COLUMNS, f"{column} is in the trail's field list but not a column of audit_events"
+    assert column in COLUMNS, f"{column} is in the trail's field list but not a column of audit_events"
     assert column in FIELDS or column in LINK_COLUMNS, f"audit_events.{column} is not covered by the chain"
-    full_rows(app, 4)
+    full_rows(app, 5)
     events = AuditEvent.__table__
-    row_2 = sa.and_(events.c.lane == 1, events.c.position == 2)
+    third = sa.and_(events.c.lane == 1, events.c.position == 3)
     with app.app_context(), db.engine.begin() as connection:
-        row = connection.execute(sa.select(events).where(row_2)).mappings().one()
-        connection.execute(sa.update(events).where(row_2).values({column: tampered(row[column])}))
+        row = connection.execute(sa.select(events).where(third)).mappings().one()
+        connection.execute(sa.update(events).where(third).values({column: tampered(row[column])}))
     result = verify(app)
-    assert result.exit_code == 1 and "BROKEN at row 1/2:" in result.output, result.output
+    assert result.exit_code == 1 and "BROKEN at row 1/3" in result.output, result.output
 
 
 def test_the_newest_row_deleted_is_broken_even_unanchored(app: Flask) -> None:

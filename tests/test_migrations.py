@@ -24,7 +24,7 @@ from portal.importer import import_codes
 from portal.models import Base, Patient, UTCDateTime, utcnow
 from portal.partner_keys import create_key
 from portal.services import services
-from portal.staff import create_staff
+from portal.staff import create_staff, request_approval
 
 APP_TABLES = set(Base.metadata.tables)
 
@@ -150,6 +150,8 @@ def test_head_to_base_and_back_with_data_present(database_url: str) -> None:
         claim_code(db.session, services().cipher, patient)
         start_verification(db.session, patient, "public", 900)
         create_staff(db.session, services().totp, "mig", "agent")
+        bosses = [create_staff(db.session, services().totp, f"boss{n}", "supervisor").staff for n in (1, 2)]
+        request_approval(db.session, "disable", bosses[0], bosses[1])
         record(Event("verification", "success", "public", patient.public_id))
         create_key(db.session, "Partner", ["verify"], "10/minute")
         counts = {t: db.session.scalar(sa.select(sa.func.count()).select_from(sa.table(t))) for t in APP_TABLES}
