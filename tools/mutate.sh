@@ -38,12 +38,10 @@ declare -A own_tests=(
   [network]="tests/test_throttle.py"
   [hashing_slots]="tests/test_identity.py"
   [staff]="tests/test_agent.py tests/test_keys.py"
-  [agent/auth]="tests/test_agent.py"
   [audit]="tests/test_audit.py --deselect tests/test_audit.py::test_concurrent_writers_in_several_processes_keep_one_unbroken_chain"
   [ops]="tests/test_ops.py -k 'not two_workers'"
   [logs]="tests/test_logs.py"
   [sealing]="tests/test_sealing.py tests/test_keys.py"
-  [agent/views]="tests/test_agent.py"
   [verification]="tests/test_public.py tests/test_throttle.py"
   [alerts]="tests/test_alerts.py"
   [retention]="tests/test_purge.py"
@@ -55,8 +53,14 @@ declare -A own_tests=(
 for api in api/auth api/errors api/openapi api/validation api/views partner_keys; do
   own_tests[$api]="tests/test_api.py --deselect tests/test_api.py::test_no_input_gets_a_500[sqlite]"
 done
+# The console's pages, by who uses them, without the one test that needs a live server.
+console=(agent/auth agent/blueprint agent/account agent/calls agent/lost_letters agent/supervisor
+  agent/staff_accounts agent/dashboard agent/forms)
+for page in "${console[@]}"; do
+  own_tests[$page]="tests/test_agent.py tests/test_console.py -k 'not live_server'"
+done
 all_modules=(identity hashing_slots claims security config throttle network api/auth api/errors api/openapi
-  api/validation api/views partner_keys staff agent/auth agent/views audit verification alerts retention letters
+  api/validation api/views partner_keys staff "${console[@]}" audit verification alerts retention letters
   sealing ops logs events)
 
 survivors=false
