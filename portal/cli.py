@@ -25,7 +25,7 @@ from tqdm import tqdm
 from werkzeug.serving import make_server
 
 from portal import partner_keys, retention, schema, stats, synthetic
-from portal.audit import Head
+from portal.audit import Head, spreadsheet_safe
 from portal.claims import pool_status, reseal_codes, revoked_since
 from portal.config import write_development_secrets
 from portal.events import Event, record
@@ -490,24 +490,14 @@ def letters_group() -> None:
     """Replacement letters for people with no SSN on file."""
 
 
-# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_cell(value: object) -> str:
-    """``value`` as a cell no spreadsheet runs: one starting like a formula gets a leading quote, as
-    OWASP advises. A partner's name, a product or a record id came from someone else's file."""
-    text = str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
 def write_rows(out: IO[str], rows: Iterable[Sequence[object]], delimiter: str = ",") -> int:
     """CSV (or tab-separated) rows of spreadsheet-safe cells, quoted where a cell holds the delimiter,
     a quote or a line break; how many rows were written."""
     writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
     count = 0
     for row in rows:
-        writer.writerow([spreadsheet_cell(cell) for cell in row])
+        # A partner's name, a product or a record id came from someone else's file.
+        writer.writerow([spreadsheet_safe(str(cell)) for cell in row])
         count += 1
     return count
 

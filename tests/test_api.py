@@ -20,7 +20,7 @@ from sqlalchemy import update
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR
-from portal.cli import spreadsheet_cell
+from portal.audit import spreadsheet_safe
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
@@ -604,4 +604,4 @@ def test_list_api_keys_is_safe_to_open_in_a_spreadsheet(app: Flask, name: str, c
 
 @pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@x", "\tx", "\rx"])
 def test_a_cell_that_starts_like_a_formula_is_quoted(text: str) -> None:
-    assert spreadsheet_cell(text) == "'" + text and spreadsheet_cell("x" + text) == "x" + text
+    assert spreadsheet_safe(text) == "'" + text and spreadsheet_safe("x" + text) == "x" + text
