@@ -40,6 +40,7 @@ class Claimer:
         self.lock = threading.Lock()
         self.returned: dict[int, set[str]] = defaultdict(set)  # patient id -> codes returned to it
         self.outcomes: Counter[str] = Counter()
+        self.latencies: list[float] = []  # seconds from asking to holding a code, retries included
         self.stop = threading.Event()  # set on Ctrl+C: the client threads finish their current claim only
 
     def run(self, assignments: list[list[int]]) -> float:
@@ -75,16 +76,19 @@ class Claimer:
 
         mine: dict[int, set[str]] = defaultdict(set)
         outcomes: Counter[str] = Counter()
+        latencies: list[float] = []
         try:
             with Session(self.engine) as session:
                 barrier.wait()
                 for patient_id in ids:
                     if self.stop.is_set():
                         break
+                    began = time.perf_counter()
                     for _attempt in range(3):  # PoolBusy says retrying is safe; a person would retry
                         try:
                             patient = session.get_one(Patient, patient_id)
                             mine[patient_id].add(claim_code(session, self.cipher, patient).code)
+                            latencies.append(time.perf_counter() - began)
                             outcomes["claimed"] += 1
                             break
                         except PoolEmpty:
@@ -100,6 +104,7 @@ class Claimer:
             for patient_id, codes in mine.items():
                 self.returned[patient_id] |= codes
             self.outcomes.update(outcomes)
+            self.latencies += latencies
 
 
 def audit(engine, cipher, claimer: Claimer) -> list[str]:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ stays flat as the file grows (``--full``: 1,000,000 rows).
     .venv/bin/python bench/import_bench.py                 # ~1.5 min: 3,000 rows + 50,000-row memory run
     .venv/bin/python bench/import_bench.py --full          # 20,000 rows + 1,000,000-row memory run
     .venv/bin/python bench/import_bench.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/import_bench.py --seen-keys 10000000   # also the duplicate check alone at 10M rows
 """
 
 from __future__ import annotations
@@ -77,6 +78,43 @@ def run_import(
     return elapsed, out.strip().splitlines()[-1], sampler
 
 
+def seen_keys_process(count: int, out) -> None:  # type: ignore[no-untyped-def]
+    """In a fresh process: ``count`` random 64-bit keys through the importer's duplicate check
+    (``portal.importer.SeenKeys``), with CPU time and memory growth at every fifth of the way."""
+    import os
+    import random
+
+    from portal.importer import SeenKeys
+
+    rng, seen = random.Random(1), SeenKeys()
+    base, began = b.rss_bytes(os.getpid()), time.process_time()
+    marks = []
+    for n in range(1, count + 1):
+        seen.add(rng.getrandbits(64))
+        if n % max(1, count // 5) == 0:
+            marks.append((n, time.process_time() - began, b.rss_bytes(os.getpid()) - base))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    out.put((marks, peak))
+
+
+def seen_keys(count: int) -> None:
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    proc = spawn.Process(target=seen_keys_process, args=(count, queue), daemon=True)
+    proc.start()
+    marks, peak = queue.get()
+    proc.join()
+    rows, last = [], (0, 0.0)
+    for n, cpu, grown in marks:
+        rows.append((f"{n:,}", f"{cpu:.0f} s", f"{(cpu - last[1]) / (n - last[0]) * 1e6:.1f} us", f"{grown / n:.1f}"))
+        last = (n, cpu)
+    b.say(f"\nthe duplicate check alone (portal.importer.SeenKeys), {count:,} random keys in a fresh process:")
+    b.say(b.table(rows, ["keys", "CPU", "CPU a key, lately", "RSS growth, bytes a key"]))
+    b.say(f"  peak RSS growth (while merging): {peak / count:.1f} bytes a key, {b.mib(peak)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="20,000 rows for throughput, 1,000,000 for memory")
@@ -85,6 +123,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=b.CORES, help="import workers = raw hashing processes")
     parser.add_argument("--database-url", help="PostgreSQL URL (a private schema, dropped after); default SQLite")
     parser.add_argument("--baseline-seconds", type=float, default=6.0)
+    parser.add_argument("--seen-keys", type=int, default=0, help="ALSO time the duplicate check alone with N keys")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -198,6 +237,8 @@ def main() -> int:
                     f" (growth {b.mib(late - early)} over {memory_rows:,} rows)"
                 )
             b.say(f"  peak over the whole run: RSS sum {b.mib(sampler.peak_rss)}, PSS sum {b.mib(sampler.peak_pss)}")
+        if args.seen_keys:
+            seen_keys(args.seen_keys)
         b.say(bench.cpu.line())
     return 0 if ok else 1
 

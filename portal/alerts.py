@@ -43,11 +43,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from limits import RateLimitItem, parse
+from limits.storage import RedisClusterStorage, RedisStorage
 
 from portal.logs import Fields
 
@@ -146,6 +147,47 @@ class Alert:
 Check = tuple[str, RateLimitItem, str | None, Callable[[], int] | None]
 
 
+@dataclass(frozen=True)
+class _Count:
+    """One counter an event adds to, and what its new value means (``judge``: the alert, if any).
+
+    With a ``marker`` the counter moves only when the marker is new (a person not yet counted in
+    this window); otherwise its new value reads as 0."""
+
+    key: str
+    expiry: int
+    amount: int
+    judge: Callable[[int], Alert | None]
+    marker: str | None = None
+
+
+# Every counter of one event in one round trip: INCRBY, then EXPIRE on a new counter, as the limit
+# store's own increment; a counter with a marker moves only when its marker is new.
+_ADD_ALL = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+    local expiry = ARGV[3 * i - 2]
+    local amount = tonumber(ARGV[3 * i - 1])
+    local marker = ARGV[3 * i]
+    counts[i] = 0
+    local new = true
+    if marker ~= "" then
+        new = redis.call("incr", marker) == 1
+        if new then
+            redis.call("expire", marker, expiry)
+        end
+    end
+    if new then
+        counts[i] = redis.call("incrby", key, amount)
+        if counts[i] == amount then
+            redis.call("expire", key, expiry)
+        end
+    end
+end
+return counts
+"""
+
+
 def _window(seconds: int, at: datetime) -> int:
     return int(at.timestamp()) // seconds
 
@@ -175,24 +217,50 @@ class Detector:
         self.client_key = client_key  # as the failure limits count a client: IPv6 folded to its /64
         self.client_network = client_network  # as people are counted: its /24 or /64
         self.key_prefix = f"{key_prefix}:alert"
+        self._script: Any = None  # _ADD_ALL, registered on the store's Redis at first use
 
     def observe(self, action: str, outcome: str, channel: str, client: str | None, actor: str | None,
                 at: datetime, patient_ref: str | None = None) -> list[Alert]:  # fmt: skip
         """The event's alerts. Events no signal counts (exposures, sign-outs...) cost no round trip;
-        a verification or a claim two to four."""
-        raised: list[Alert] = []
+        a verification or a claim one (another only when a count reaches its threshold)."""
+        counts: list[_Count] = []
         if action == "verification":
             if outcome == "failure" or outcome.startswith("throttled:"):
-                raised += self._failures(outcome, channel, client, actor, at)
+                counts += self._failures(outcome, channel, client, actor, at)
             if outcome in ("success", "failure"):
-                raised += self._share(outcome, channel, at)
+                counts.append(self._share(outcome, channel, at))
             if outcome == "success" and patient_ref:
-                raised += self._people(channel, client, actor, patient_ref, at)
+                counts += self._people(channel, client, actor, patient_ref, at)
         elif (action, outcome) == ("claim", "success"):
-            raised += self._claims(channel, client, actor, at)
+            counts += self._claims(channel, client, actor, at)
+        values = self._add_all(counts)
+        raised = [alert for count, value in zip(counts, values, strict=True) if (alert := count.judge(value))]
         if any(alert.kind in SUCCESS_KINDS for alert in raised):
             self._start_step_up(at)
         return raised
+
+    def _add_all(self, counts: list[_Count]) -> list[int]:
+        """Add every count: one script on Redis (not a cluster, where one script may not touch keys of
+        different slots), else one increment after another (memory://: one process)."""
+        if not counts:
+            return []
+        store = self.counters
+        if isinstance(store, RedisStorage) and not isinstance(store, RedisClusterStorage):
+            arguments = [
+                value
+                for count in counts
+                for value in (count.expiry, count.amount, store.prefixed_key(count.marker) if count.marker else "")
+            ]
+            script = self._script or store.get_connection().register_script(_ADD_ALL)
+            self._script = script
+            values = script([store.prefixed_key(count.key) for count in counts], arguments)
+            return [int(value) for value in values]
+        return [self._add_one(count) for count in counts]
+
+    def _add_one(self, count: _Count) -> int:
+        if count.marker is not None and self.counters.incr(count.marker, count.expiry) != 1:
+            return 0
+        return self.counters.incr(count.key, count.expiry, count.amount)
 
     def step_up_active(self, at: datetime) -> bool:
         """True from a success-side alert on, for ``ALERT_STEP_UP_SECONDS`` to twice that (whole
@@ -209,7 +277,7 @@ class Detector:
             self.counters.incr(f"{self.key_prefix}:step-up:{marked}", 2 * seconds)
 
     def _failures(self, outcome: str, channel: str, client: str | None, actor: str | None,
-                  at: datetime) -> list[Alert]:  # fmt: skip
+                  at: datetime) -> list[_Count]:  # fmt: skip
         t = self.thresholds
         checks: list[Check] = [
             ("failure-rate", t.failure_floor, None,
@@ -223,9 +291,9 @@ class Detector:
             checks.append(("partner-failures", t.partner_failures, actor, None))
         if actor and channel == "agent":
             checks.append(("agent-failures", t.agent_failures, actor, None))
-        return [alert for check in checks if (alert := self._count(*check, channel=channel, at=at))]
+        return [self._count(*check, channel=channel, at=at) for check in checks]
 
-    def _claims(self, channel: str, client: str | None, actor: str | None, at: datetime) -> list[Alert]:
+    def _claims(self, channel: str, client: str | None, actor: str | None, at: datetime) -> list[_Count]:
         t = self.thresholds
         checks: list[Check] = [
             ("claim-rate", t.claim_floor, None,
@@ -235,10 +303,10 @@ class Detector:
             checks.append(("client-claims", t.client_claims, self.client_network(client), None))
         if actor and channel == "api":
             checks.append(("partner-claims", t.partner_claims, actor, None))
-        return [alert for check in checks if (alert := self._count(*check, channel=channel, at=at))]
+        return [self._count(*check, channel=channel, at=at) for check in checks]
 
     def _people(self, channel: str, client: str | None, actor: str | None, patient_ref: str,
-                at: datetime) -> list[Alert]:  # fmt: skip
+                at: datetime) -> list[_Count]:  # fmt: skip
         """Distinct people: a person is counted when their marker for this subject and window is new,
         so the same person verified again (a new lookup, a second tab) is still one."""
         t = self.thresholds
@@ -250,12 +318,9 @@ class Detector:
             return []
         seconds = item.get_expiry()
         marker = f"{self.key_prefix}:{kind}:{subject}:{_window(seconds, at)}:{_opaque(patient_ref)}"
-        if self.counters.incr(marker, 2 * seconds) != 1:
-            return []
-        alert = self._count(kind, item, subject, None, channel=channel, at=at)
-        return [alert] if alert else []
+        return [replace(self._count(kind, item, subject, None, channel=channel, at=at), marker=marker)]
 
-    def _share(self, outcome: str, channel: str, at: datetime) -> list[Alert]:
+    def _share(self, outcome: str, channel: str, at: datetime) -> _Count:
         """The window's successes and failures in one counter; a success that finds the share too
         high raises the alert if no one has in this window (a second counter, read only then)."""
         t = self.thresholds
@@ -263,13 +328,16 @@ class Detector:
         seconds = item.get_expiry()
         window = _window(seconds, at)
         key = f"{self.key_prefix}:success-share:-:{window}"
-        count = self.counters.incr(key, 2 * seconds, 1 if outcome == "success" else SHARE_FAILURE)
-        successes, failures = count % SHARE_FAILURE, count // SHARE_FAILURE
-        if outcome != "success" or successes < item.amount or successes <= t.success_share * (successes + failures):
-            return []
-        if self.counters.incr(f"{key}:raised", 2 * seconds) != 1:
-            return []
-        return [Alert("success-share", channel, successes, seconds, datetime.fromtimestamp(window * seconds, UTC))]
+
+        def judge(count: int) -> Alert | None:
+            successes, failures = count % SHARE_FAILURE, count // SHARE_FAILURE
+            if outcome != "success" or successes < item.amount or successes <= t.success_share * (successes + failures):
+                return None
+            if self.counters.incr(f"{key}:raised", 2 * seconds) != 1:
+                return None
+            return Alert("success-share", channel, successes, seconds, datetime.fromtimestamp(window * seconds, UTC))
+
+        return _Count(key, 2 * seconds, 1 if outcome == "success" else SHARE_FAILURE, judge)
 
     @staticmethod
     def _site_threshold(floor: RateLimitItem, factor: float, usual_per_minute: Callable[[datetime], float],
@@ -279,16 +347,19 @@ class Detector:
         return max(floor.amount, math.ceil(factor * usual))
 
     def _count(self, kind: str, item: RateLimitItem, subject: str | None, threshold: Callable[[], int] | None, *,
-               channel: str, at: datetime) -> Alert | None:  # fmt: skip
+               channel: str, at: datetime) -> _Count:  # fmt: skip
         """Count one; an alert when this count is the threshold. ``threshold`` (at least ``item.amount``)
         is only worked out once the count reaches ``item.amount``: quiet traffic never reads the usual rate."""
         seconds = item.get_expiry()
         window = _window(seconds, at)
-        count = self.counters.incr(f"{self.key_prefix}:{kind}:{subject or '-'}:{window}", 2 * seconds)
-        # Exactly one caller sees each count: one alert per window.
-        if count < item.amount or count != (threshold() if threshold else item.amount):
-            return None
-        return Alert(kind, channel, count, seconds, datetime.fromtimestamp(window * seconds, UTC), subject)
+
+        def judge(count: int) -> Alert | None:
+            # Exactly one caller sees each count: one alert per window.
+            if count < item.amount or count != (threshold() if threshold else item.amount):
+                return None
+            return Alert(kind, channel, count, seconds, datetime.fromtimestamp(window * seconds, UTC), subject)
+
+        return _Count(f"{self.key_prefix}:{kind}:{subject or '-'}:{window}", 2 * seconds, 1, judge)
 
 
 class CachedRate:

@@ -17,8 +17,10 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from portal import cli, errors, events, i18n, logs, ops, security, telemetry, throttle
-from portal.agent import auth, dashboard  # noqa: F401 (dashboard adds the supervisor's pages to agent_bp)
-from portal.agent.views import bp as agent_bp
+
+# Each module of the console adds its pages to agent_bp: by who uses them (portal/agent/blueprint.py).
+from portal.agent import account, auth, calls, dashboard, lost_letters, staff_accounts, supervisor  # noqa: F401
+from portal.agent.blueprint import bp as agent_bp
 from portal.api import errors as api_errors
 from portal.api.views import bp as api_bp
 from portal.config import asset_dir, load_config

@@ -275,6 +275,18 @@ def events(connection: Connection, where: Filter, limit: int | None = None) -> I
     yield from connection.execute(query).mappings()
 
 
+# A cell a spreadsheet would read as a formula or a command when it starts with one of these (OWASP).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> str:
+    """A CSV cell as text a spreadsheet will not run: a value starting with ``= + - @``, a tab or a
+    carriage return gets a leading apostrophe (OWASP's CSV injection rule); the CSV writer quotes
+    separators and quotes. An actor, a client or a request id may have come from outside."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def throttled_staff(connection: Connection, since: datetime) -> list[tuple[str, int]]:
     """Staff whose console verifications were refused by a failure budget since ``since``, most first."""
     refusals = func.count().label("refusals")

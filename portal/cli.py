@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import itertools
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,11 +19,10 @@ import click
 import segno
 from flask import Flask, current_app
 from flask.cli import ScriptInfo, with_appcontext
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tqdm import tqdm
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server
 
 from portal import partner_keys, retention, schema, stats, synthetic
 from portal.audit import Head
@@ -41,7 +42,8 @@ from portal.importer import (
     read_csv,
 )
 from portal.letters import LetterVault, export_requested
-from portal.models import Patient, Staff
+from portal.models import Staff
+from portal.sandbox import NO_SSN_PERSON, PRACTICE, PRACTICES, SANDBOX_PEOPLE
 from portal.sealing import RESEAL_BATCH, KeyVersionMissing
 from portal.services import services
 from portal.staff import (
@@ -49,6 +51,7 @@ from portal.staff import (
     StaffError,
     create_staff,
     disable_staff,
+    enable_staff,
     find_staff,
     list_staff,
     reseal_totp_secrets,
@@ -76,6 +79,7 @@ def init_app(app: Flask) -> None:
         codes_group,
         create_staff_command,
         disable_staff_command,
+        enable_staff_command,
         reset_staff_mfa_command,
         list_staff_command,
         create_api_key_command,
@@ -380,7 +384,7 @@ def purge_command(before: date, dry_run: bool, programme_end: bool, yes: bool, a
         return
     verb = "would be destroyed" if dry_run else "destroyed"
     click.echo(f"purge before {before.isoformat()}{' (dry run)' if dry_run else ''}:")
-    for name in ("verifications", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
+    for name in ("verifications", "letter_records", "activation_codes", "patients", "hash_schemes", "hourly_counts"):
         click.echo(f"  {name.replace('_', ' ')}: {getattr(report, name):,} {verb}")
     click.echo(f"  audit rows past their retention period: {report.audit_rows_past_retention:,} (kept)")
     limits = "cleared" if report.rate_limit_state_cleared else "expires by itself, cleared at programme end"
@@ -486,16 +490,33 @@ def letters_group() -> None:
     """Replacement letters for people with no SSN on file."""
 
 
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> str:
+    """``value`` as a cell no spreadsheet runs: one starting like a formula gets a leading quote, as
+    OWASP advises. A partner's name, a product or a record id came from someone else's file."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def write_rows(out: IO[str], rows: Iterable[Sequence[object]], delimiter: str = ",") -> int:
+    """CSV (or tab-separated) rows of spreadsheet-safe cells, quoted where a cell holds the delimiter,
+    a quote or a line break; how many rows were written."""
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+    count = 0
+    for row in rows:
+        writer.writerow([spreadsheet_cell(cell) for cell in row])
+        count += 1
+    return count
+
+
 def write_private_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
     """Write a header and ``rows`` to a 0600 file (``open_private``); how many rows were written."""
     with open_private(path) as out:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(header)
-        count = 0
-        for row in rows:
-            writer.writerow(row)
-            count += 1
-    return count
+        write_rows(out, [header])
+        return write_rows(out, rows)
 
 
 @letters_group.command("reissue")
@@ -582,6 +603,13 @@ def disable_staff_command(staff: Staff) -> None:
     click.echo(f"{staff.username} disabled")
 
 
+@staff_command("enable-staff")
+def enable_staff_command(staff: Staff) -> None:
+    """Let a disabled account sign in again, with its password and authenticator as they were."""
+    enable_staff(db.session, staff)
+    click.echo(f"{staff.username} enabled")
+
+
 @staff_command("reset-staff-mfa")
 def reset_staff_mfa_command(staff: Staff) -> None:
     """New TOTP secret and new initial password; ends the account's sessions."""
@@ -624,15 +652,17 @@ def create_api_key_command(partner: str, scopes: tuple[str, ...], rate: str | No
 @click.command("list-api-keys")
 @with_appcontext
 def list_api_keys_command() -> None:
-    """One line per key: id, prefix, partner, scopes, rate, expiry, state, last used."""
-    for key in partner_keys.all_keys(db.session):
-        fields = (
+    """One line per key, tab-separated: id, prefix, partner, scopes, rate, expiry, state, last used."""
+    rows = (
+        (
             key.id, key.prefix, key.partner, key.scopes.replace(" ", ","), key.rate,
             _day(key.expires_at - timedelta(days=1)) if key.expires_at else "never",
             partner_keys.key_state(key),
             key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never",
-        )  # fmt: skip
-        click.echo("\t".join(map(str, fields)))
+        )
+        for key in partner_keys.all_keys(db.session)
+    )  # fmt: skip
+    write_rows(click.get_text_stream("stdout"), rows, delimiter="\t")
 
 
 def _day(moment: datetime) -> str:
@@ -682,28 +712,34 @@ generate_codes_command = generator_command(
 
 
 DEMO_SEED = 2026
+DEMO_HOST = "127.0.0.1"
+DEMO_STAFF = (("demo-agent", "agent"), ("demo-supervisor", "supervisor"))
+DEMO_PARTNER = "Demo sandbox"
+SLOW_RATE = "5/minute"  # the sandbox's second key: its rate is quick to reach
 
 
-def enumerate_rows(rows: Iterator[dict[str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
+def enumerate_rows(rows: Iterable[dict[str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
     """Number generated rows as a CSV file would (the header is line 1)."""
     return enumerate(rows, start=2)
 
 
 def load_demo_data(app: Flask, patients: int) -> None:
-    """Migrate, then import synthetic patients and codes straight from memory (no CSV on disk)."""
+    """Migrate, then import the synthetic patients, the API's sandbox people and a code for each
+    straight from memory (no CSV on disk), showing the hashing's progress."""
     with app.app_context():
         schema.upgrade(db.engine)
-        present = db.session.scalar(select(func.count(Patient.id))) or 0
-        if present < patients:
-            click.echo(f"Hashing {patients:,} synthetic patients with Argon2id (about {patients // 100} s)...")
+        people = patients + len(SANDBOX_PEOPLE)
+        click.echo(f"Hashing {people:,} synthetic people with Argon2id, one hash each (a second run skips them):")
+        bar = Progress(True, people)
+        rows = itertools.chain(synthetic.synthetic_patients(patients, DEMO_SEED), SANDBOX_PEOPLE)
+        with contextlib.closing(bar):
             PatientImporter(
-                db.session, services().hasher, workers=os.cpu_count() or 1, on_reject=report_rejection,
-                on_progress=Progress(sys.stderr.isatty(), patients),
-            ).run(enumerate_rows(synthetic.synthetic_patients(patients, DEMO_SEED)))  # fmt: skip
-            import_codes(
-                db.session, services().cipher, enumerate_rows(synthetic.synthetic_codes(patients, DEMO_SEED)),
-                on_reject=report_rejection,
-            )  # fmt: skip
+                db.session, services().hasher, workers=os.cpu_count() or 1, on_reject=bar.reject, on_progress=bar,
+            ).run(enumerate_rows(rows))  # fmt: skip
+        import_codes(
+            db.session, services().cipher, enumerate_rows(synthetic.synthetic_codes(people, DEMO_SEED)),
+            on_reject=report_rejection,
+        )  # fmt: skip
 
 
 def sample_identities(patients: int) -> list[str]:
@@ -719,33 +755,110 @@ def sample_identities(patients: int) -> list[str]:
         lambda r: bool(r["ssn"]) and not plain(r),
         lambda r: not r["ssn"],
     ]
-    hasher = services().hasher
-    lines = []
-    for row in filter(None, (next(filter(kind, rows), None) for kind in kinds)):
-        factor = (
-            f"SSN last 4 {row['ssn'][-4:]}" if row["ssn"]
-            else f"reference {format_reference(hasher.letter_reference(row['record_id']))}"
-        )  # fmt: skip
-        lines.append(f"  {row['last_name']:<22} born {row['date_of_birth']}  ZIP {row['zip'][:5]}  {factor}")
-    return lines
+    return [person_line(row) for row in filter(None, (next(filter(kind, rows), None) for kind in kinds))]
+
+
+def person_line(row: dict[str, str], note: str = "") -> str:
+    """One person to try, as they would type themselves in."""
+    factor = (
+        f"SSN last 4 {row['ssn'][-4:]}" if row["ssn"]
+        else f"reference {format_reference(services().hasher.letter_reference(row['record_id']))}"
+    )  # fmt: skip
+    line = f"    {row['last_name']:<14} born {row['date_of_birth']}  ZIP {row['zip'][:5]}  {factor}"
+    return f"{line:<78} {note}".rstrip()
+
+
+def demo_enrolment(username: str, role: str) -> tuple[str, str]:
+    """(password, otpauth URI) of a console account: new, or given new credentials when a previous
+    run of the demo made it (they were shown once, then)."""
+    try:
+        staff = find_staff(db.session, username)
+    except StaffError:
+        enrolment = create_staff(db.session, services().totp, username, role)
+        cli_event("create-staff", f"staff:{enrolment.staff.id}")
+        return enrolment.password, enrolment.otpauth_uri
+    cli_event("reset-staff-mfa", f"staff:{staff.id}")
+    return reset_mfa(db.session, services().totp, staff)
+
+
+def demo_keys() -> tuple[str, str]:
+    """The sandbox's two partner keys, made anew (a key is shown once): one with both scopes at the
+    usual rate, one that may only verify, at a rate quick to reach. A previous run's keys are revoked."""
+    for key in partner_keys.all_keys(db.session):
+        if key.partner.startswith(DEMO_PARTNER):
+            partner_keys.revoke_key(db.session, key.id)
+    rate = current_app.config["API_KEY_RATE"]
+    full = partner_keys.create_key(db.session, DEMO_PARTNER, list(partner_keys.SCOPES), rate)
+    slow = partner_keys.create_key(db.session, f"{DEMO_PARTNER}, verify only", ["verify"], SLOW_RATE)
+    return full.secret, slow.secret
+
+
+def check_port(port: int) -> None:
+    """Refuse at once when something already listens on the port (another demo), before any work."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((DEMO_HOST, port))
+        except OSError:
+            raise port_taken(port) from None
+
+
+def port_taken(port: int) -> click.ClickException:
+    return click.ClickException(f"port {port} on {DEMO_HOST} is taken (another demo?): stop it, or use --port N")
+
+
+def print_demo(site: str, patients: int, staff: list[tuple[str, str, str, str]], keys: tuple[str, str]) -> None:
+    """The three audiences' ways in: the site's people, the console's accounts, the API's sandbox."""
+    click.echo(f"\nTHE WEBSITE, for patients: {site}")
+    click.echo(f"  Try these synthetic people at {site}lookup")
+    click.echo("\n".join(sample_identities(patients)))
+    click.echo(f"\nTHE CONSOLE, for the call center: {site}agent/  (supervisors' dashboard: {site}agent/dashboard)")
+    click.echo("  On for this demo only: a server serves it only when PORTAL_AGENT_VIEW=true.")
+    click.echo("  Sign in with the username, the password and the 6-digit code of an authenticator app that read")
+    click.echo("  the QR code (or the otpauth URI); the first sign-in asks for a new password.")
+    for username, role, password, uri in staff:
+        click.echo(f"\n  {role}")
+        print_enrolment(username, password, uri)
+    click.echo(f"\nTHE PARTNER API: reference {site}api/v1/docs, contract {site}api/v1/openapi.json")
+    click.echo(f"  export API={site}api/v1")
+    click.echo(f"  export KEY={keys[0]}   # verify and claim, {current_app.config['API_KEY_RATE']}")
+    click.echo(f"  export SLOW_KEY={keys[1]}   # verify only, {SLOW_RATE}")
+    reference = format_reference(services().hasher.letter_reference(NO_SSN_PERSON))
+    click.echo(f"  export REFERENCE={reference}   # O'Brien's letter")
+    click.echo("  People reserved for practising the API (not shown to the website's visitors):")
+    for row in SANDBOX_PEOPLE:
+        click.echo(person_line(row, PRACTICE[row["record_id"]]))
+    click.echo('  A verification, a claim and each answer (README.md, "Try it", says more):')
+    for practice in PRACTICES:
+        click.echo(f"\n  # {practice.title}\n  {practice.command}\n  # → {practice.answer}")
+    click.echo("")
 
 
 @click.command("demo")
 @click.option("--patients", type=click.IntRange(10, 1_000_000), default=2000, show_default=True)
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--serve/--no-serve", default=True, help="Start the site after loading the data.")
 def demo_command(patients: int, port: int, serve: bool) -> None:
-    """Create instance/ with fresh secrets and synthetic data, then serve the site on 127.0.0.1."""
+    """Create instance/ with fresh secrets and synthetic data, a console account of each role and
+    partner keys, then serve the site, the console and the API on 127.0.0.1."""
+    if serve:
+        check_port(port)
     secrets_file = write_development_secrets(Flask("portal").instance_path)
+    # The console is off unless a server turns it on: this one does, for the demo only.
+    os.environ["PORTAL_AGENT_VIEW"] = "true"
     # The ``portal`` command's own factory (portal/app.py), called only now that the secrets exist.
     app = click.get_current_context().ensure_object(ScriptInfo).load_app()
     load_demo_data(app, patients)
+    site = f"http://{DEMO_HOST}:{port}/"
     with app.app_context():
-        samples = sample_identities(patients)
-    click.echo(f"Secrets: {secrets_file} (development only).")
-    click.echo("Try these synthetic people at /lookup:")
-    click.echo("\n".join(samples))
+        staff = [(name, role, *demo_enrolment(name, role)) for name, role in DEMO_STAFF]
+        keys = demo_keys()
+        click.echo(f"Secrets: {secrets_file} (development only). Each run prints new staff credentials and keys.")
+        print_demo(site, patients, staff, keys)
     if serve:
-        click.echo(f"Serving http://127.0.0.1:{port}/  (Ctrl+C stops)")
-        # Not app.run(): Flask ignores it inside a ``flask``-style command such as this one.
-        run_simple("127.0.0.1", port, app, threaded=True)
+        try:
+            server = make_server(DEMO_HOST, port, app, threaded=True)  # listens from here on
+        except OSError:
+            raise port_taken(port) from None
+        click.echo(f"Serving {site}  (Ctrl+C stops)")
+        server.serve_forever()

@@ -114,8 +114,9 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": False,
     "RATELIMIT_SWALLOW_ERRORS": True,
     "RATELIMIT_KEY_PREFIX": "portal",
-    # The call-center console at /agent/ (see SECURITY.md): off (404) on the public servers.
-    "AGENT_VIEW": True,
+    # The call-center console at /agent/ (see SECURITY.md): off (every /agent/ path a 404) unless a
+    # console server turns it on; the public servers never do.
+    "AGENT_VIEW": False,
     # CIDRs the console answers (client address as the trusted proxies report it); empty: any.
     "AGENT_NETWORKS": [],
     "STAFF_IDLE_TIMEOUT_SECONDS": 15 * 60,

@@ -60,7 +60,9 @@ def render_error(status: int, message: object = None, retry_after: int | None = 
     if request_ctx.url_adapter is None:
         # Refused before routing (an untrusted Host header): no page can link anywhere, so plain text.
         return f"{text}\n", status, {**headers, "Content-Type": "text/plain; charset=utf-8"}
-    body = render_template("error.html", status=status, message=text)
+    # A blueprint may speak to its own audience (the console to staff): its own error.html first.
+    templates = [f"{request.blueprint}/error.html", "error.html"] if request.blueprint else "error.html"
+    body = render_template(templates, status=status, message=text, explained=message is not None)
     return body, status, headers
 
 

@@ -4,14 +4,16 @@ field before anything is hashed.
 Every problem is found at once and pinned to its field, as the GOV.UK Design System asks, so
 that the page can list them all in its error summary. The date of birth arrives as three boxes
 (month, day, year: the US order); a ``date_of_birth=YYYY-MM-DD`` field, as partners' tools post
-it, still works when the boxes are absent.
+it, still works when the boxes are absent. The console asks in its own words (``Wording``) and
+reads the single box as agents type dates (``PersonForm.whole_date``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NoReturn
 
 from flask_babel import LazyString
 from flask_babel import lazy_gettext as _l
@@ -29,6 +31,8 @@ from portal.identity import (
     normalise_zip,
     parse_birth_date,
 )
+
+Text = str | LazyString  # a message or label: plain (the console's English) or translated (the site's)
 
 FIELD_MESSAGES = {
     "last_name": _l("Enter your last name as it appears on your letter."),
@@ -73,7 +77,7 @@ class NeverEchoed(StringField):
 class Normalised:
     """A field the domain must accept: its normaliser's refusal becomes the field's own message."""
 
-    def __init__(self, normalise: Callable[[str], object], message: LazyString) -> None:
+    def __init__(self, normalise: Callable[[str], object], message: Text) -> None:
         self.normalise = normalise
         self.message = message
 
@@ -84,22 +88,86 @@ class Normalised:
             raise ValidationError(str(self.message)) from error
 
 
-def _date_part(label: LazyString, autocomplete: str) -> StringField:
+def _date_part(label: Text, autocomplete: str) -> StringField:
     return StringField(label, filters=[_strip], render_kw={"autocomplete": autocomplete, "inputmode": "numeric"})
 
 
-def _reference_field(label: LazyString, presence: Optional | InputRequired) -> NeverEchoed:
+def _reference_field(label: Text, presence: Optional | InputRequired, message: Text) -> NeverEchoed:
     """The letter's reference: bounded, and accepted only in a shape ``normalise_reference`` takes."""
     return NeverEchoed(
         label,
-        [
-            presence,
-            Length(max=40, message=FIELD_MESSAGES["reference"]),
-            Normalised(normalise_reference, FIELD_MESSAGES["reference"]),
-        ],
+        [presence, Length(max=40, message=message), Normalised(normalise_reference, message)],
         filters=[_strip],
         render_kw={"autocomplete": "off", "spellcheck": "false"},
     )
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What a lookup form says and to whom: the site speaks to the person ("your last name"), the
+    console to the agent ("the caller's last name"). Same fields and checks, other words."""
+
+    labels: Mapping[str, Text]  # last_name, date_of_birth, zip_code, ssn_last4, reference
+    fields: Mapping[str, Text]  # keys of FIELD_MESSAGES
+    too_long: Mapping[str, Text]  # keys of TOO_LONG
+    dates: Mapping[str, Text]  # keys of DATE_MESSAGES
+
+    def last_name_field(self) -> StringField:
+        return StringField(
+            self.labels["last_name"],
+            [
+                InputRequired(self.fields["last_name"]),
+                Length(max=100, message=self.too_long["last_name"]),
+                Normalised(normalise_last_name, self.fields["last_name"]),
+            ],
+            filters=[_strip],
+            render_kw={"autocomplete": "family-name", "spellcheck": "false"},
+        )
+
+    def date_of_birth_field(self, hint: str = "") -> StringField:
+        """The whole date in one box (its ``description`` is the hint a page may show under the label)."""
+        return StringField(self.labels["date_of_birth"], description=hint, filters=[_strip])
+
+    def zip_code_field(self) -> StringField:
+        return StringField(
+            self.labels["zip_code"],
+            [
+                InputRequired(self.fields["zip_code"]),
+                Length(max=10, message=self.fields["zip_code"]),
+                Normalised(normalise_zip, self.fields["zip_code"]),
+            ],
+            filters=[_strip],
+            render_kw={"autocomplete": "postal-code", "inputmode": "numeric"},
+        )
+
+    def ssn_last4_field(self) -> NeverEchoed:
+        return NeverEchoed(
+            self.labels["ssn_last4"],
+            [
+                Optional(),
+                Length(max=4, message=self.too_long["ssn_last4"]),
+                Normalised(normalise_ssn_last4, self.fields["ssn_last4"]),
+            ],
+            filters=[_strip],
+            render_kw={"autocomplete": "off", "inputmode": "numeric"},
+        )
+
+    def reference_field(self) -> NeverEchoed:
+        return _reference_field(self.labels["reference"], Optional(), self.fields["reference"])
+
+
+PATIENT_WORDING = Wording(
+    labels={
+        "last_name": _l("Last name"),
+        "date_of_birth": _l("Date of birth"),
+        "zip_code": _l("ZIP code"),
+        "ssn_last4": _l("Last 4 digits of your Social Security number"),
+        "reference": _l("Or: reference code from your letter"),
+    },
+    fields=FIELD_MESSAGES,
+    too_long=TOO_LONG,
+    dates=DATE_MESSAGES,
+)
 
 
 class PersonForm(FlaskForm):
@@ -108,35 +176,23 @@ class PersonForm(FlaskForm):
     class Meta:
         csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
 
-    last_name = StringField(
-        _l("Last name"),
-        [
-            InputRequired(FIELD_MESSAGES["last_name"]),
-            Length(max=100, message=TOO_LONG["last_name"]),
-            Normalised(normalise_last_name, FIELD_MESSAGES["last_name"]),
-        ],
-        filters=[_strip],
-        render_kw={"autocomplete": "family-name", "spellcheck": "false"},
-    )
+    wording = PATIENT_WORDING
+    last_name = PATIENT_WORDING.last_name_field()
     date_of_birth_month = _date_part(_l("Month"), "bday-month")
     date_of_birth_day = _date_part(_l("Day"), "bday-day")
     date_of_birth_year = _date_part(_l("Year"), "bday-year")
     # The whole date as YYYY-MM-DD: what partners' tools post; filled from the boxes otherwise.
-    date_of_birth = StringField(_l("Date of birth"), filters=[_strip])
-    zip_code = StringField(
-        _l("ZIP code"),
-        [
-            InputRequired(FIELD_MESSAGES["zip_code"]),
-            Length(max=10, message=FIELD_MESSAGES["zip_code"]),
-            Normalised(normalise_zip, FIELD_MESSAGES["zip_code"]),
-        ],
-        filters=[_strip],
-        render_kw={"autocomplete": "postal-code", "inputmode": "numeric"},
-    )
+    date_of_birth = PATIENT_WORDING.date_of_birth_field()
+    zip_code = PATIENT_WORDING.zip_code_field()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.date_parts_in_error: list[str] = []
+
+    def whole_date(self, text: str) -> str:
+        """The date typed in one box, as YYYY-MM-DD; here it must already be (partners' tools send it
+        so). The console reads the ways agents type a date (``portal.agent.forms``)."""
+        return text
 
     def validate_date_of_birth(self, field: Field) -> None:
         """Three boxes make one date; each way it can be wrong has its own message and boxes to mark."""
@@ -145,7 +201,9 @@ class PersonForm(FlaskForm):
             field.data = self._date_from_parts(parts)
         elif not field.data:
             self.date_parts_in_error = list(DATE_PARTS)
-            raise ValidationError(str(DATE_MESSAGES["missing"]))
+            raise ValidationError(str(self.wording.dates["missing"]))
+        else:
+            field.data = self.whole_date(field.data)
         try:
             born = date.fromisoformat(field.data) if len(field.data) == 10 else None
         except ValueError:
@@ -158,7 +216,7 @@ class PersonForm(FlaskForm):
             parse_birth_date(field.data)
         except InvalidIdentifier as error:
             self.date_parts_in_error = list(DATE_PARTS)
-            raise ValidationError(str(DATE_MESSAGES["real"])) from error
+            raise ValidationError(str(self.wording.dates["real"])) from error
 
     def _date_from_parts(self, parts: dict[str, str]) -> str:
         missing = [part for part in DATE_PARTS if not parts[part]]
@@ -173,25 +231,16 @@ class PersonForm(FlaskForm):
                 self._date_error("real", [part])
         return f"{parts['year']}-{parts['month']:0>2}-{parts['day']:0>2}"
 
-    def _date_error(self, reason: str, parts: list[str]) -> None:
+    def _date_error(self, reason: str, parts: list[str]) -> NoReturn:
         self.date_parts_in_error = parts
-        raise ValidationError(str(DATE_MESSAGES[reason]))
+        raise ValidationError(str(self.wording.dates[reason]))
 
 
 class LookupForm(PersonForm):
     """The website's lookup (the console's too): the person, plus the SSN's last four or the reference."""
 
-    ssn_last4 = NeverEchoed(
-        _l("Last 4 digits of your Social Security number"),
-        [
-            Optional(),
-            Length(max=4, message=TOO_LONG["ssn_last4"]),
-            Normalised(normalise_ssn_last4, FIELD_MESSAGES["ssn_last4"]),
-        ],
-        filters=[_strip],
-        render_kw={"autocomplete": "off", "inputmode": "numeric"},
-    )
-    reference = _reference_field(_l("Or: reference code from your letter"), Optional())
+    ssn_last4 = PATIENT_WORDING.ssn_last4_field()
+    reference = PATIENT_WORDING.reference_field()
 
     claim: IdentityClaim | None = None
 
@@ -200,7 +249,7 @@ class LookupForm(PersonForm):
         valid = super().validate(extra_validators)
         factors = [self.ssn_last4, self.reference]
         if not any(f.errors for f in factors) and bool(self.ssn_last4.data) == bool(self.reference.data):
-            self.ssn_last4.errors.append(str(FIELD_MESSAGES["ssn_last4"]))
+            self.ssn_last4.errors.append(str(self.wording.fields["ssn_last4"]))
             valid = False
         if not valid:
             return False
@@ -223,4 +272,6 @@ class LetterForm(FlaskForm):
     class Meta:
         csrf = False  # CSRFProtect checks every POST before a view runs; the template carries the token
 
-    reference = _reference_field(_l("Reference code from your letter"), InputRequired(FIELD_MESSAGES["letter"]))
+    reference = _reference_field(
+        _l("Reference code from your letter"), InputRequired(FIELD_MESSAGES["letter"]), FIELD_MESSAGES["reference"]
+    )

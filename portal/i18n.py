@@ -17,7 +17,7 @@ from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
-from flask import Flask, current_app, g, redirect, request, url_for
+from flask import Flask, current_app, g, has_request_context, redirect, request, url_for
 from flask_babel import Domain, get_locale
 from werkzeug.wrappers import Response
 
@@ -54,6 +54,11 @@ class CompiledCatalogs(Domain):
 
     def get_translations_cache(self, ctx: object) -> dict[tuple[str, str], NullTranslations]:
         return current_app.extensions["portal.catalogs"]
+
+    def get_translations(self) -> NullTranslations:
+        """In a request, its catalogue as templates get it (``translations``): every lazy string asks
+        for it when shown, and the exposure page shows dozens of them."""
+        return translations() if has_request_context() else super().get_translations()
 
 
 def select_locale() -> Locale:

@@ -361,7 +361,10 @@ _schemes, _patients = HashScheme.__table__.c, Patient.__table__
 ACTIVE_SCHEMES = select(
     _schemes.key_version, _schemes.salt, _schemes.time_cost, _schemes.memory_cost, _schemes.parallelism
 ).where(_schemes.active)
-PATIENT_BY_DIGEST = (
+# One active scheme, one digest (the usual case): an equality, which SQLAlchemy runs from its cache
+# as it is, where an expanding IN is rewritten on every execution.
+PATIENT_BY_DIGEST = select(_patients).where(_patients.c.lookup_digest == bindparam("digest")).limit(1)
+PATIENT_BY_DIGESTS = (
     select(_patients).where(_patients.c.lookup_digest.in_(bindparam("digests", expanding=True))).limit(1)
 )
 NEW_VERIFICATION = insert(Verification.__table__)
@@ -410,7 +413,9 @@ def find_patient(session: Session, hasher: IdentifierHasher, claim: IdentityClai
     """
     schemes = lookup_schemes(session, hasher)
     digests = hasher.lookup_digests(claim, schemes)
-    return session.connection().execute(PATIENT_BY_DIGEST, {"digests": digests}).first()
+    if len(digests) == 1:
+        return session.connection().execute(PATIENT_BY_DIGEST, {"digest": digests[0]}).first()
+    return session.connection().execute(PATIENT_BY_DIGESTS, {"digests": digests}).first()
 
 
 def _token_digest(token: str) -> bytes:

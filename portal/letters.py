@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -52,6 +52,7 @@ class LetterVault:
 class Reissue:
     public_id: str  # Patient.public_id of the one record found
     already_requested: bool  # a letter was requested within the last days: it is in the mail, not sent again
+    requested_at: datetime  # when the letter in the mail was requested (now, for a new request)
 
 
 def request_reissue(
@@ -71,12 +72,12 @@ def request_reissue(
     letter_id, requested_at, public_id = matches[0]
     now = utcnow()
     if requested_at is not None and requested_at > now - recent:
-        return Reissue(str(public_id), already_requested=True)
+        return Reissue(str(public_id), already_requested=True, requested_at=requested_at)
     session.execute(
         update(LetterRecord).where(LetterRecord.id == letter_id).values(reissue_requested_at=now, exported_at=None)
     )
     session.commit()
-    return Reissue(str(public_id), already_requested=False)
+    return Reissue(str(public_id), already_requested=False, requested_at=now)
 
 
 def export_requested(session: Session, vault: LetterVault) -> Iterator[tuple[str, str]]:

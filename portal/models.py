@@ -196,6 +196,24 @@ class Staff(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class StaffApproval(Base):
+    """A console action on a supervisor's account, waiting for a second supervisor to approve it.
+
+    One supervisor alone cannot disable, re-enable or reset another: the request is kept here
+    until a different supervisor (neither the requester nor the target) approves it, or it lapses.
+    """
+
+    __tablename__ = "staff_approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))  # disable | enable | reset-mfa
+    target_id: Mapped[int] = mapped_column(ForeignKey("staff.id"), index=True)
+    requested_by: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    approved_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class AuditEvent(Base):
     """One security event, chained: ``chain_hash`` = HMAC(audit key, ``prev_hash`` || this row's fields).
 
@@ -272,6 +290,25 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotentRequest(Base):
+    """A partner request sent with an ``Idempotency-Key``, kept 24 hours so that a retry gets its answer.
+
+    Nothing here names a person or opens without the request itself: ``slot`` is a keyed hash of
+    the key's id and the Idempotency-Key, ``fingerprint`` a keyed hash of those and the body, and
+    ``answer`` the answer sealed under a key derived from them (``portal.idempotency``). Neither
+    the Idempotency-Key nor the body is stored.
+    """
+
+    __tablename__ = "idempotent_requests"
+
+    slot: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary(32))
+    owner: Mapped[bytes] = mapped_column(LargeBinary(16))  # the request answering it, while none has
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    status: Mapped[int | None] = mapped_column(Integer)  # None while the first request is being answered
+    answer: Mapped[bytes | None] = mapped_column(LargeBinary)  # nonce || AES-256-GCM of the JSON answer
 
 
 class HourlyCount(Base):

@@ -35,6 +35,8 @@ class Programme:
     # Whether claiming a code needs the reference printed on the letter too (the stolen records
     # hold every other answer): "off", "on-alert" (while a success-side alert is active) or "always".
     claim_step_up: str = "on-alert"
+    # Days a replacement letter takes to reach the caller once requested: what the agent tells them.
+    letter_delivery_days: int = 10
     # language code -> {free-text field -> that text in the language}
     translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -43,11 +45,20 @@ class Programme:
         local = self.translations.get(code)
         return dataclasses.replace(self, **local) if local else self
 
+    def complete_in(self, code: str) -> bool:
+        """Whether the file gives every free text again in ``code``: an answer that must not mix
+        languages (the partner API's) is given in another language than the file's own only then."""
+        local = self.translations.get(code, {})
+        return all(name in local for name in TRANSLATABLE if getattr(self, name))
+
 
 STEP_UP_CHOICES = ("off", "on-alert", "always")
 
 # Text a person wrote for people to read; names, numbers, dates and addresses of sites stay as they are.
 TRANSLATABLE = ("incident_summary", "call_center_hours", "mailing_address")
+# The file's keys are spelt as the partner API spells its fields (US English); files written with the
+# British spellings of earlier versions still load.
+FILE_KEYS = {"organization": "organisation", "enrollment_url": "enrolment_url", "enroll_by": "enrol_by"}
 
 
 DEMO_PROGRAMME = Programme(
@@ -78,6 +89,9 @@ DEMO_PROGRAMME = Programme(
             "call_center_hours": (
                 "de lunes a viernes de 8 a.m. a 8 p.m. y los sábados de 9 a.m. a 1 p.m. (hora del Este)"
             ),
+            "mailing_address": (
+                "Northwind Health Records, Oficina de Privacidad, P.O. Box 0000, Springfield, ST 00000"
+            ),
         },
         "fr": {
             "incident_summary": (
@@ -91,6 +105,9 @@ DEMO_PROGRAMME = Programme(
             "call_center_hours": (
                 "du lundi au vendredi de 8 h à 20 h et le samedi de 9 h à 13 h (heure de l'Est des États-Unis)"
             ),
+            "mailing_address": (
+                "Northwind Health Records, Bureau de la confidentialité, P.O. Box 0000, Springfield, ST 00000"
+            ),
         },
     },
 )
@@ -103,14 +120,19 @@ def load_programme(path: str | None) -> Programme:
     try:
         table = tomllib.loads(Path(path).read_text(encoding="utf-8"))["programme"]
         translations = _translations(table)
-        programme = Programme(**table, translations=translations)
+        programme = Programme(**{FILE_KEYS.get(name, name): value for name, value in table.items()},
+                              translations=translations)  # fmt: skip
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as error:
-        fields = ", ".join(f.name for f in dataclasses.fields(Programme))
+        spelt = {attribute: key for key, attribute in FILE_KEYS.items()}
+        fields = ", ".join(spelt.get(f.name, f.name) for f in dataclasses.fields(Programme) if f.name != "translations")
         raise ConfigError(
             f"PORTAL_PROGRAMME_FILE could not be read as a [programme] table with {fields}: {error}"
         ) from error
     if programme.claim_step_up not in STEP_UP_CHOICES:
         raise ConfigError(f"PORTAL_PROGRAMME_FILE: claim_step_up must be one of {', '.join(STEP_UP_CHOICES)}")
+    days = programme.letter_delivery_days
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 90:
+        raise ConfigError("PORTAL_PROGRAMME_FILE: letter_delivery_days must be a whole number of days from 1 to 90")
     return programme
 
 

@@ -17,6 +17,7 @@ from flask import current_app
 from portal import metrics
 from portal.audit import AuditChain
 from portal.claims import CodeCipher
+from portal.idempotency import IdempotencyStore
 from portal.identity import Argon2Params, IdentifierHasher, Keyring
 from portal.programme import Programme, load_programme
 from portal.sealing import Sealer
@@ -34,13 +35,15 @@ class Services:
     totp: Sealer
     audit: AuditChain
     programme: Programme
+    idempotency: IdempotencyStore
 
 
 def build_services(config: Mapping[str, Any]) -> Services:
     code_key = Keyring.from_config(config, "CODE_KEY")
+    identifier_key = Keyring.from_config(config, "IDENTIFIER_KEY")
     return Services(
         hasher=IdentifierHasher(
-            Keyring.from_config(config, "IDENTIFIER_KEY"),
+            identifier_key,
             Argon2Params.from_config(config),
             concurrency=config["HASH_CONCURRENCY"],
             wait_seconds=config["HASH_WAIT_SECONDS"],
@@ -50,6 +53,7 @@ def build_services(config: Mapping[str, Any]) -> Services:
         totp=Sealer(code_key, TOTP_PURPOSE),
         audit=AuditChain.from_config(config),
         programme=load_programme(config["PROGRAMME_FILE"]),
+        idempotency=IdempotencyStore(identifier_key),
     )
 
 

@@ -7,7 +7,13 @@
   under the code key (``portal/sealing.py``), bound to the username, and re-sealed by
   ``portal rotate-code-key``. The last accepted step is stored, so a code is accepted once
   only — a conditional UPDATE makes that hold between concurrent logins.
-* ``session_version`` ends every session of a person when bumped (logout, disable, MFA reset).
+* ``session_version`` ends every session of a person when bumped (logout, disable, MFA reset,
+  password change).
+* A new password must not be guessable: zxcvbn scores it against its 30,000 most common
+  breached passwords, English words, names and keyboard patterns (offline, shipped with the
+  package), and it may not be the password it replaces (the initial one included).
+* One supervisor alone cannot disable, re-enable or reset another supervisor from the console: a
+  second supervisor approves (``StaffApproval``), or an operator uses the command line.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 
 import pyotp
@@ -24,14 +31,23 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Update, select, update
 from sqlalchemy.orm import Session
+from zxcvbn import zxcvbn
 
-from portal.models import Staff
+from portal.models import Staff, StaffApproval, utcnow
 from portal.sealing import RESEAL_BATCH, Sealer, reseal_stale
 
 ROLES = ("agent", "supervisor")
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 PASSWORD_MIN = 12
 PASSWORD_MAX = 128
+# zxcvbn's "safely unguessable" (about 10^8 guesses or more) and above; its cost grows with the
+# length, so it reads the first 72 characters (its own limit), which a strong password fills anyway.
+PASSWORD_MIN_SCORE = 3
+PASSWORD_SCORED_LENGTH = 72
+# Words a guesser would try first against this portal's staff, beside the account's own name.
+PORTAL_WORDS = ("portal", "console", "patient", "agent", "supervisor", "breach", "password")
+STAFF_ACTIONS = ("disable", "enable", "reset-mfa")
+APPROVAL_HOURS = 24  # a request no second supervisor approved within this lapses
 TOTP_STEP = 30
 TOTP_DRIFT_STEPS = 1
 ISSUER = "Patient portal console"
@@ -42,6 +58,14 @@ passwords = PasswordHasher()
 
 class StaffError(ValueError):
     """A staff command or form was given an unusable value; the message says which."""
+
+
+class WeakPassword(StaffError):
+    """A new password that is too short, too long, too easy to guess or the one it replaces."""
+
+
+class WrongPassword(StaffError):
+    """The current password given for a change is not the account's."""
 
 
 @cache
@@ -57,9 +81,21 @@ def normalise_username(text: str) -> str:
     return name
 
 
-def check_new_password(password: str) -> None:
-    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        raise StaffError(f"a password is {PASSWORD_MIN} to {PASSWORD_MAX} characters long")
+def check_new_password(password: str, staff: Staff) -> None:
+    """Refuse a password that is short, long, guessable (zxcvbn), or the account's current one."""
+    if len(password) < PASSWORD_MIN:
+        raise WeakPassword(f"Use at least {PASSWORD_MIN} characters. A few unrelated words are easy to remember.")
+    if len(password) > PASSWORD_MAX:
+        raise WeakPassword(f"Use at most {PASSWORD_MAX} characters.")
+    if staff.password_hash and _password_matches(staff.password_hash, password):
+        raise WeakPassword("That is the password you have now (or were given). Choose a new one.")
+    scored = zxcvbn(password[:PASSWORD_SCORED_LENGTH], user_inputs=[staff.username, *PORTAL_WORDS])
+    if scored["score"] < PASSWORD_MIN_SCORE:
+        warning = scored["feedback"]["warning"].rstrip(".")
+        raise WeakPassword(
+            "That password is too easy to guess: it is common, on lists of breached passwords or follows a "
+            f"pattern{f' ({warning})' if warning else ''}. A few unrelated words work well."
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +151,12 @@ def disable_staff(session: Session, staff: Staff) -> None:
     end_sessions(session, staff)
 
 
+def enable_staff(session: Session, staff: Staff) -> None:
+    """Let a disabled account sign in again (with its password and authenticator as they were)."""
+    staff.disabled = False
+    end_sessions(session, staff)
+
+
 def reset_mfa(session: Session, totp: Sealer, staff: Staff) -> tuple[str, str]:
     """A new TOTP secret (the old authenticator stops working) and a new password to change at login.
 
@@ -128,10 +170,19 @@ def reset_mfa(session: Session, totp: Sealer, staff: Staff) -> tuple[str, str]:
 
 
 def set_password(session: Session, staff: Staff, password: str) -> None:
-    check_new_password(password)
+    check_new_password(password, staff)
     staff.password_hash = passwords.hash(password)
     staff.must_change_password = False
     session.commit()
+
+
+def change_password(session: Session, staff: Staff, current: str, new: str) -> None:
+    """The holder's own change: the current password first, then a new one that passes
+    ``check_new_password``; every session of the account ends (a copied cookie with it)."""
+    if not _password_matches(staff.password_hash, current):
+        raise WrongPassword("Your current password is not right.")
+    set_password(session, staff, new)
+    end_sessions(session, staff)
 
 
 def _password_matches(stored: str, password: str) -> bool:
@@ -187,6 +238,71 @@ def authenticate(
 
 def list_staff(session: Session) -> list[Staff]:
     return list(session.scalars(select(Staff).order_by(Staff.username)))
+
+
+def staff_names(session: Session, ids: set[int]) -> dict[int, Staff]:
+    """The accounts with these ids, to show ``staff:7`` as a username and role."""
+    if not ids:
+        return {}
+    return {staff.id: staff for staff in session.scalars(select(Staff).where(Staff.id.in_(ids)))}
+
+
+def apply_action(session: Session, totp: Sealer, action: str, staff: Staff) -> Enrolment | None:
+    """Disable, re-enable or reset ``staff``; a reset returns what its holder must be handed."""
+    if action == "disable":
+        disable_staff(session, staff)
+    elif action == "enable":
+        enable_staff(session, staff)
+    elif action == "reset-mfa":
+        return Enrolment(staff, *reset_mfa(session, totp, staff))
+    else:
+        raise StaffError(f"action must be one of {', '.join(STAFF_ACTIONS)}")
+    return None
+
+
+def needs_approval(staff: Staff) -> bool:
+    """A supervisor's account changes only with a second supervisor's approval (or the command line)."""
+    return staff.role == "supervisor"
+
+
+def request_approval(session: Session, action: str, target: Staff, requester: Staff) -> StaffApproval:
+    """The open request for ``action`` on ``target``, made now unless one is already waiting."""
+    if action not in STAFF_ACTIONS:
+        raise StaffError(f"action must be one of {', '.join(STAFF_ACTIONS)}")
+    waiting = next((a for a in pending_approvals(session) if (a.action, a.target_id) == (action, target.id)), None)
+    if waiting is not None:
+        return waiting
+    approval = StaffApproval(action=action, target_id=target.id, requested_by=requester.id)
+    session.add(approval)
+    session.commit()
+    return approval
+
+
+def pending_approvals(session: Session) -> list[StaffApproval]:
+    """Requests no one approved yet and younger than ``APPROVAL_HOURS``, oldest first."""
+    since = utcnow() - timedelta(hours=APPROVAL_HOURS)
+    query = select(StaffApproval).where(StaffApproval.approved_at.is_(None), StaffApproval.requested_at > since)
+    return list(session.scalars(query.order_by(StaffApproval.id)))
+
+
+def approve(session: Session, approval_id: int, approver: Staff) -> StaffApproval:
+    """Mark a waiting request approved by ``approver``, a supervisor other than its requester and
+    its target; the caller then applies it. Conditional, so of two approvals only one wins."""
+    approval = next((a for a in pending_approvals(session) if a.id == approval_id), None)
+    if approval is None:
+        raise StaffError("That request was already approved or has lapsed.")
+    if approver.role != "supervisor" or approver.id in (approval.requested_by, approval.target_id):
+        raise StaffError("A request must be approved by a second supervisor: not its requester or its target.")
+    won = session.execute(
+        update(StaffApproval)
+        .where(StaffApproval.id == approval.id, StaffApproval.approved_at.is_(None))
+        .values(approved_by=approver.id, approved_at=utcnow())
+    ).rowcount
+    session.commit()
+    if not won:
+        raise StaffError("That request was already approved or has lapsed.")
+    session.refresh(approval)
+    return approval
 
 
 def reseal_totp_secrets(session: Session, totp: Sealer, batch_size: int = RESEAL_BATCH) -> int:

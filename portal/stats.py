@@ -88,6 +88,17 @@ class PoolOutlook:
     claims_per_day: float  # codes handed out per day over the last RUN_OUT_WINDOW_DAYS
     run_out: date | None  # the day the pool is empty at that rate; None when nothing is being claimed
 
+    def concerns(self, enrol_by: date, threshold: int) -> list[str]:
+        """Why supervisors should order codes, if they should: ``runs-out`` when the recent pace
+        empties the pool before the enrol-by date (people could still enrol then, without a code),
+        ``below-threshold`` when fewer than ``threshold`` codes are left; both may hold, or neither."""
+        reasons = []
+        if self.run_out is not None and self.run_out <= enrol_by:
+            reasons.append("runs-out")
+        if self.available < threshold:
+            reasons.append("below-threshold")
+        return reasons
+
 
 @dataclass(frozen=True)
 class Alerts:

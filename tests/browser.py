@@ -24,7 +24,11 @@ BROWSER = os.environ.get("PORTAL_TEST_BROWSER", "")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 MIN_TARGET_PX = 44
 # Controls that must be at least 44 x 44 CSS pixels. Links inside running text are exempt (WCAG 2.5.8).
-TARGETS = "button, input:not([type=hidden]), .button, .languages a, .error-summary a, .site-footer a, .brand"
+# Radio buttons are reached through their labels (.choice label), which are measured instead.
+TARGETS = (
+    "button, input:not([type=hidden]):not([type=radio]), select, .button, .languages a, .error-summary a, .site-footer a,"
+    " .brand, .staff-brand, .staff-nav a, .action-link, .choice label"
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root
     "--disable-gpu",

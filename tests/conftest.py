@@ -168,6 +168,7 @@ def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
         "IDENTIFIER_KEY": secrets.token_urlsafe(32),
         "CODE_KEY": secrets.token_urlsafe(32),
         "AUDIT_KEY": secrets.token_urlsafe(32),
+        "AGENT_VIEW": True,  # off by default; the console's tests need it
         **FAST_ARGON2,
         **LOOSE_LIMITS,
         **overrides,

@@ -402,3 +402,37 @@ def test_a_thief_through_the_site_is_logged_counted_and_shown(
     page = supervisor.get("/agent/dashboard").get_data(as_text=True)
     assert "Many people verified from one network" in page and "Many codes claimed from one network" in page
     assert "Required now" in page
+
+
+@pytest.mark.redis
+def test_an_events_counts_take_one_round_trip_to_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A public success adds to three counters (the success share, the person's marker, the
+    network's people): one script carries them all, so each verification waits for Redis once."""
+    import redis
+
+    detector = alerts.Detector(
+        alerts.Thresholds.from_config(DEFAULTS),
+        storage_from_string(REDIS_URL),
+        lambda _: 0.0,
+        lambda _: 0.0,
+        client_key,
+        client_network,
+        f"test-{secrets.token_hex(6)}",
+    )
+    at = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    detector.observe("verification", "success", "public", "192.0.2.1", None, at, "ref-0")  # loads the script
+    commands: list[object] = []
+    send = redis.Redis.execute_command
+
+    def counted(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        commands.append(args[0])
+        return send(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted)
+    assert detector.observe("verification", "success", "public", "192.0.2.2", None, at, "ref-1") == []
+    assert commands == ["EVALSHA"]
+    # Still counted: the same person again is not a new person on the network, a new one is.
+    key = f"{detector.key_prefix}:client-people:192.0.2.0/24:{int(at.timestamp()) // 3600}"
+    detector.observe("verification", "success", "public", "192.0.2.3", None, at, "ref-1")
+    detector.observe("verification", "success", "public", "192.0.2.4", None, at, "ref-2")
+    assert detector.counters.get(key) == 3

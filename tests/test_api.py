@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, create_api_key, import_patients, make_app, numbered, patient_row
+from conftest import PROGRAMME_TOML, REDIS_URL, create_api_key, import_patients, lookup, make_app, numbered, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from launch import free_port
 from sqlalchemy import update
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR
+from portal.cli import spreadsheet_cell
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
+from portal.partner_keys import key_state
 from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
@@ -105,6 +111,8 @@ def test_a_claim_gives_the_code_once_then_the_same_code(client: FlaskClient, key
     body = first.get_json()
     assert body["activation_code"].startswith("IDP-TEST-")
     assert body["coverage_months"] == 24 and body["enroll_by"] == "2030-01-01" and body["product"] == "Protect 24"
+    assert body["enrollment_url"] == call(client, key, "GET", "/program").get_json()["enrollment_url"]
+    assert len(body) == 5
     # A second verification of the same person gets the same code, never a second one.
     token2 = call(client, key, "POST", "/verifications", PERSON).get_json()["claim_token"]
     assert call(client, key, "POST", "/claims", {"claim_token": token2}).get_json() == body
@@ -150,11 +158,17 @@ def test_the_contract_and_its_page_are_served_without_a_key(client: FlaskClient)
 
 
 def test_401_without_a_key_or_with_a_wrong_one(client: FlaskClient, key: str) -> None:
-    for header in (None, "Basic abc", "Bearer ", "Bearer nonsense", f"Bearer {key[:-1]}x", f"Bearer {key}x"):
+    malformed = (None, "Basic abc", "Bearer ", "Bearer " + "x" * 194)  # the last one character too long
+    wrong = ("Bearer nonsense", f"Bearer {key[:-1]}x", f"Bearer {key}x", "Bearer " + "x" * 193)
+    for header in (*malformed, *wrong):
         response = call(client, None, "GET", "/program", headers={"Authorization": header} if header else {})
-        assert_problem(response, 401)
+        detail = assert_problem(response, 401)["detail"]
+        assert detail.startswith("Send the key as" if header in malformed else "This key is unknown"), header
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "X-RateLimit-Limit" not in response.headers
+    # The scheme in any case, and any number of spaces after it (RFC 9110).
+    for header in (f"bearer {key}", f"Bearer   {key}"):
+        assert call(client, None, "GET", "/program", headers={"Authorization": header}).status_code == 200, header
 
 
 def test_403_when_the_key_lacks_the_scope(app: Flask, client: FlaskClient) -> None:
@@ -179,6 +193,58 @@ def test_413_for_a_large_body(client: FlaskClient, key: str) -> None:
     assert_problem(call(client, key, "POST", "/verifications", huge), 413)
 
 
+def chunked(app: Flask, key: str, body: bytes) -> tuple[int, bytes]:
+    """A body sent in chunks: no Content-Length, a server that ends the stream itself (gunicorn's way)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    environ = EnvironBuilder("/api/v1/verifications", method="POST", headers=headers).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
+    answer, status, _headers = run_wsgi_app(app, environ)
+    return int(status.split()[0]), b"".join(answer)
+
+
+def test_413_for_a_large_chunked_body_and_not_for_one_at_the_limit(app: Flask, key: str) -> None:
+    """A chunked body is cut at the limit by the server's stream: it must read as too large, not as
+    malformed JSON; a body of exactly the limit is read whole."""
+    limit = app.config["API_MAX_CONTENT_LENGTH"]
+    body = json.dumps(PERSON).encode()
+    status, answer = chunked(app, key, body + b" " * (limit + 1 - len(body)))
+    assert status == 413 and json.loads(answer)["type"].endswith("#problem-too-large")
+    status, answer = chunked(app, key, body + b" " * (limit - len(body)))
+    assert status == 200 and json.loads(answer)["verified"] is True
+
+
+@pytest.mark.parametrize(
+    ("factors", "errors"),
+    [
+        ({}, {"ssn_last4": NEITHER_FACTOR}),
+        ({"ssn_last4": "", "reference": "  "}, {"ssn_last4": NEITHER_FACTOR}),
+        ({"ssn_last4": "6789", "reference": "ABCD-EFGH-JKMN-PQRS-TVWX-YZ01"}, {"reference": BOTH_FACTORS}),
+        ({"ssn_last4": "12", "reference": "ABCD"}, {"reference": BOTH_FACTORS}),
+        ({"ssn_last4": "12"}, {"ssn_last4": "last four SSN digits must be 4 digits"}),
+        ({"ssn_last4": "12", "reference": ""}, {"ssn_last4": "last four SSN digits must be 4 digits"}),
+        ({"reference": "ABCD"}, {"reference": "reference code must be 24 letters and digits from your letter"}),
+        ({"ssn_last4": 6789}, {"ssn_last4": "must be a string"}),
+        ({"ssn_last4": 6789, "reference": "ABCD-EFGH-JKMN-PQRS-TVWX-YZ01"}, {"ssn_last4": "must be a string"}),
+        ({"reference": "A" * 41}, {"reference": "must be at most 40 characters"}),
+        ({"ssn_last4": "6789", "reference": None}, {"reference": "must be a string"}),
+    ],
+)  # fmt: skip
+def test_each_combination_of_the_two_factors_gets_its_own_message(
+    client: FlaskClient, key: str, factors: dict[str, Any], errors: dict[str, str]
+) -> None:
+    """Exactly one of ssn_last4 and reference: none, both, each invalid, wrong types, blanks."""
+    body = {name: value for name, value in PERSON.items() if name != "ssn_last4"} | factors
+    problem = assert_problem(call(client, key, "POST", "/verifications", body), 422)
+    assert {error["field"]: error["detail"] for error in problem["errors"]} == errors
+
+
+def test_every_field_in_error_is_named_at_once(client: FlaskClient, key: str) -> None:
+    body = {"last_name": "!!", "date_of_birth": "1980-13-01", "zip_code": "1", "ssn_last4": "x"}
+    problem = assert_problem(call(client, key, "POST", "/verifications", body), 422)
+    assert [error["field"] for error in problem["errors"]] == ["last_name", "date_of_birth", "zip_code", "ssn_last4"]
+
+
 @pytest.mark.parametrize(
     "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/json; charset=latin-1", None]
 )
@@ -200,13 +266,13 @@ def test_400_for_a_body_that_is_not_utf8_json(client: FlaskClient, key: str, raw
 @pytest.mark.parametrize(
     ("body", "fields"),
     [
-        ({}, {"last_name", "date_of_birth", "zip_code"}),
+        ({}, {"last_name", "date_of_birth", "zip_code", "ssn_last4"}),
         ({**PERSON, "zip_code": 10001}, {"zip_code"}),
         ({**PERSON, "extra": "x"}, {"extra"}),
         ({**PERSON, "zip_code": "1"}, {"zip_code"}),
         ({**PERSON, "date_of_birth": "1980-02-30"}, {"date_of_birth"}),
         ({**PERSON, "ssn_last4": "123-45-6789"}, {"ssn_last4"}),
-        ({**PERSON, "reference": "ABCD"}, {"ssn_last4"}),
+        ({**PERSON, "reference": "ABCD"}, {"reference"}),
         ({**PERSON, "last_name": "\x00\x00"}, {"last_name"}),
         ({**PERSON, "last_name": None, "zip_code": [1]}, {"last_name", "zip_code"}),
         ([PERSON], {""}),
@@ -280,6 +346,19 @@ def test_an_expired_key_is_refused(app: Flask, client: FlaskClient, key: str) ->
     assert "expired" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
 
 
+def test_a_key_works_on_its_last_day_and_not_after(app: Flask, client: FlaskClient) -> None:
+    """``--expires`` names the last day the key works (UTC), not the first on which it does not."""
+    today = utcnow().date()
+    key = create_api_key(app, expires=today.isoformat())
+    assert call(client, key, "GET", "/program").status_code == 200
+    assert app.test_cli_runner().invoke(args=["list-api-keys"]).output.split("\t")[5:7] == [today.isoformat(), "active"]
+    midnight = datetime.combine(today + timedelta(days=1), time(), UTC)
+    with app.app_context():
+        row = db.session.query(ApiKey).one()
+    assert key_state(row, midnight - timedelta(microseconds=1)) == "active"
+    assert key_state(row, midnight) == "expired"
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -310,15 +389,18 @@ STORAGES = [pytest.param("memory://", id="memory"), pytest.param(REDIS_URL, id="
 @pytest.mark.parametrize("storage", STORAGES)
 def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str) -> None:
     app = limited_app(database_url, storage)
-    slow, other = create_api_key(app, rate="3/minute"), create_api_key(app, rate="100/minute")
+    slow, other = create_api_key(app, rate="3/minute"), create_api_key(app, rate="3/minute")
     client = app.test_client()
     answers = [call(client, slow, "GET", "/program") for _ in range(4)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]
     assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["2", "1", "0", "0"]
     assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"3"}
     assert int(answers[0].headers["X-RateLimit-Reset"]) > 0
-    assert_problem(answers[-1], 429)
-    # The rate is the key's, shared by all its endpoints; another key is not affected.
+    refused = assert_problem(answers[-1], 429)
+    assert refused["type"] == "http://localhost/api/v1/docs#problem-rate-limited"
+    assert refused["title"] == "Key rate limit reached"
+    # The rate is the key's, shared by all its endpoints; another key of the same rate, from the
+    # same address, is not affected: it is counted on its own.
     assert_problem(call(client, slow, "POST", "/verifications", PERSON), 429)
     assert call(client, other, "GET", "/program").status_code == 200
 
@@ -329,12 +411,16 @@ def test_the_person_budget_stops_guessing_and_is_not_in_the_headers(database_url
     key, client = create_api_key(app, rate="100/minute"), app.test_client()
     answers = [call(client, key, "POST", "/verifications", {**PERSON, "ssn_last4": f"{n:04d}"}) for n in range(4)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]
-    assert_problem(answers[-1], 429)
-    # Even the right digits are refused now; the headers only ever speak of the key's own rate.
+    # Even the right digits are refused now, as a failure limit, not as the key's rate.
     right = call(client, key, "POST", "/verifications", PERSON)
-    assert right.status_code == 429
-    assert [r.headers["X-RateLimit-Limit"] for r in [*answers, right]] == ["100"] * 5
-    assert [r.headers["X-RateLimit-Remaining"] for r in [*answers, right]] == ["99", "98", "97", "96", "95"]
+    for refused in (answers[-1], right):
+        body = assert_problem(refused, 429)
+        assert body["type"].endswith("/api/v1/docs#problem-failure-limit")
+        assert body["title"] == "Too many failed verifications"
+        assert not [name for name in refused.headers.keys() if name.startswith("X-RateLimit")]
+    # The headers only ever speak of the key's own rate, on the answers it counted.
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers[:3]] == ["99", "98", "97"]
+    assert {r.headers["X-RateLimit-Limit"] for r in answers[:3]} == {"100"}
     # The same for a person who is not on the list.
     for n in range(3):
         call(client, key, "POST", "/verifications", {**UNKNOWN, "ssn_last4": f"{n:04d}"})
@@ -367,6 +453,42 @@ def test_the_client_budget_counts_failures_from_one_address(database_url: str) -
     assert statuses == [200, 200, 429]
 
 
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"],
+        ["::ffff:192.0.2.7", "192.0.2.7", "::ffff:192.0.2.7"],
+    ],
+    ids=["ipv6-64", "ipv4-mapped"],
+)
+def test_the_client_budget_counts_an_ipv6_64_as_one_client(database_url: str, addresses: list[str]) -> None:
+    """A subscriber is given a whole /64: counting single addresses would count nothing (SECURITY.md)."""
+    app = limited_app(database_url, "memory://", API_VERIFY_LIMIT_CLIENT="2 per hour")
+    keys, client = [create_api_key(app) for _ in range(3)], app.test_client()
+    people = [{**UNKNOWN, "last_name": f"Nobody{chr(97 + n)}"} for n in range(3)]
+    statuses = [
+        call(client, k, "POST", "/verifications", p, environ_base={"REMOTE_ADDR": a}).status_code
+        for k, p, a in zip(keys, people, addresses, strict=True)
+    ]
+    assert statuses == [200, 200, 429]
+
+
+def test_the_apis_person_budget_is_its_own_beside_the_sites(database_url: str) -> None:
+    """A person's short-window budget is per surface; only the day and year are shared (SECURITY.md)."""
+    app = limited_app(
+        database_url, "memory://", API_VERIFY_LIMIT_PERSON="2 per 15 minutes", VERIFY_LIMIT_PERSON="2 per 15 minutes"
+    )
+    key, client = create_api_key(app), app.test_client()
+    site = {"last_name": PERSON["last_name"], "date_of_birth": PERSON["date_of_birth"], "zip_code": PERSON["zip_code"]}
+    api_guesses = [call(client, key, "POST", "/verifications", WRONG_FIELD).status_code for _ in range(3)]
+    assert api_guesses == [200, 200, 429]
+    assert [lookup(app.test_client(), **site, ssn_last4="0000").status_code for _ in range(3)] == [200, 200, 429]
+    # The API's failures spent nothing of the site's budget; nor, for another person, the site's of the API's.
+    other = {"last_name": "Elsewhere", "date_of_birth": UNKNOWN["date_of_birth"], "zip_code": "10001"}
+    assert [lookup(app.test_client(), **other, ssn_last4="0000").status_code for _ in range(3)] == [200, 200, 429]
+    assert call(client, key, "POST", "/verifications", {**other, "ssn_last4": "0000"}).status_code == 200
+
+
 def test_every_api_verification_and_claim_is_an_event_with_the_key(
     client: FlaskClient, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -378,6 +500,8 @@ def test_every_api_verification_and_claim_is_an_event_with_the_key(
     events = [json.loads(line) for line in lines]
     assert [event["outcome"] for event in events] == ["success", "failure", "success"]
     assert all(event["channel"] == "api" and event["actor"] == "api-key:1" for event in events)
+    assert all(event["client"] == "127.0.0.0/24" for event in events)  # the network, never the address
+    assert events[0]["record_ref"] and events[2]["record_ref"] == events[0]["record_ref"]  # whose code was claimed
     assert not any(secret in " ".join(lines) for secret in ("6789", "García", "1980", "IDP-TEST", token))
 
 
@@ -387,3 +511,97 @@ def test_a_lost_limit_store_refuses_verification_with_a_503(database_url: str) -
     key = create_api_key(app)
     body = assert_problem(call(app.test_client(), key, "POST", "/verifications", PERSON), 503)
     assert body["type"].endswith("#problem-unavailable")
+
+
+# --- Problem types, languages, the command line ---------------------------------------------------
+
+
+def test_every_problem_type_is_an_absolute_link_to_its_section_with_a_title_naming_it(
+    client: FlaskClient, key: str
+) -> None:
+    answers = {
+        "malformed": call(client, key, "POST", "/verifications", data=b"{", content_type="application/json"),
+        "unauthorized": call(client, None, "GET", "/program"),
+        "not-found": call(client, key, "GET", "/nowhere"),
+        "method-not-allowed": call(client, key, "DELETE", "/claims"),
+        "unsupported-media-type": call(client, key, "POST", "/claims", data="claim_token=x"),
+        "invalid-fields": call(client, key, "POST", "/claims", {}),
+    }
+    page = client.get("/api/v1/docs").get_data(as_text=True)
+    titles = set()
+    for slug, response in answers.items():
+        body = assert_problem(response, response.status_code)
+        assert body["type"] == f"http://localhost/api/v1/docs#problem-{slug}"
+        assert f'id="problem-{slug}"' in page and body["title"] in page
+        assert response.headers["Content-Language"] == "en"
+        titles.add(body["title"])
+    # A title names the problem, not merely the HTTP status.
+    assert not titles & {"Bad Request", "Unauthorized", "Not Found", "Method Not Allowed", "Unprocessable Entity"}
+
+
+def test_program_is_in_the_language_asked_for_with_every_text_in_it(client: FlaskClient, key: str) -> None:
+    english = call(client, key, "GET", "/program").get_json()
+    answer = call(client, key, "GET", "/program", headers={"Accept-Language": "es-MX, en;q=0.5"})
+    spanish = answer.get_json()
+    assert answer.headers["Content-Language"] == "es" and "Accept-Language" in answer.headers["Vary"]
+    # Every text differs from the English (the demo programme gives all of its texts in Spanish)...
+    for name in ("incident_summary", "call_center_hours", "mailing_address"):
+        assert spanish[name] != english[name]
+    ssn = next(field for field in spanish["exposed_fields"] if field["name"] == "ssn")
+    english_ssn = next(field for field in english["exposed_fields"] if field["name"] == "ssn")
+    assert (ssn["label"], ssn["risk"]) != (english_ssn["label"], english_ssn["risk"])
+    # ...and what is not text (names, dates, addresses of sites) is the same.
+    assert (spanish["enroll_by"], spanish["call_center_phone"]) == (english["enroll_by"], english["call_center_phone"])
+    # The website's language cookie is a visitor's pick: it does not change a partner's answer.
+    client.set_cookie("lang", "fr")
+    assert call(client, key, "GET", "/program").headers["Content-Language"] == "en"
+
+
+def test_program_is_all_in_english_when_the_programme_file_lacks_a_text_in_the_language(
+    database_url: str, tmp_path: Any
+) -> None:
+    programme = tmp_path / "programme.toml"
+    programme.write_text(PROGRAMME_TOML + '\n[programme.es]\nincident_summary = "Se copió una base de datos."\n')
+    app = api_app(database_url, PROGRAMME_FILE=str(programme))
+    key, client = create_api_key(app), app.test_client()
+    answer = call(client, key, "GET", "/program", headers={"Accept-Language": "es"})
+    body = answer.get_json()
+    # call_center_hours has no Spanish: the labels and the summary are not Spanish either, never a mix.
+    assert answer.headers["Content-Language"] == "en"
+    assert body["incident_summary"] == "A copy of a registration database was taken."
+    assert next(f for f in body["exposed_fields"] if f["name"] == "name")["label"] == "Name"
+    assert (
+        call(client, key, "GET", "/program", headers={"Accept-Language": "fr, es;q=0.9"}).headers["Content-Language"]
+        == "en"
+    )
+
+
+def test_the_programme_file_is_read_with_the_apis_spelling_and_the_old_one(database_url: str, tmp_path: Any) -> None:
+    us = PROGRAMME_TOML.replace("enrolment_url", "enrollment_url").replace("enrol_by", "enroll_by")
+    us = us.replace("organisation", "organization")
+    for text in (us, PROGRAMME_TOML):
+        programme = tmp_path / "programme.toml"
+        programme.write_text(text)
+        app = api_app(database_url, PROGRAMME_FILE=str(programme))
+        body = call(app.test_client(), create_api_key(app), "GET", "/program").get_json()
+        assert body["organization"] == body["organisation"] == "Example Health Records, Inc."
+        assert (body["enroll_by"], body["enrollment_url"]) == ("2027-06-30", "https://enroll.example.com/")
+
+
+@pytest.mark.parametrize(
+    ("name", "cell"),
+    [("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1+1", "'+1+1"), ("-2+3", "'-2+3"),
+     ("@SUM(A1)", "'@SUM(A1)"), ("A\tB=1", "A\tB=1"), ("Plain Partner", "Plain Partner")],
+)  # fmt: skip
+def test_list_api_keys_is_safe_to_open_in_a_spreadsheet(app: Flask, name: str, cell: str) -> None:
+    """OWASP's rule: a cell that starts like a formula gets a leading quote; a tab inside stays in its cell."""
+    result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", name, "--scope", "verify"])
+    assert result.exit_code == 0, result.output
+    listing = app.test_cli_runner().invoke(args=["list-api-keys"]).output
+    row = next(csv.reader(io.StringIO(listing), delimiter="\t"))
+    assert len(row) == 8 and row[2] == cell
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@x", "\tx", "\rx"])
+def test_a_cell_that_starts_like_a_formula_is_quoted(text: str) -> None:
+    assert spreadsheet_cell(text) == "'" + text and spreadsheet_cell("x" + text) == "x" + text

@@ -153,3 +153,18 @@ def test_more_threads_than_the_old_pool_held_are_all_answered(tmp_path: Path, po
         log = server.log()
     assert [answer.status for answer in answers] == [200] * 32, log[-3000:]
     assert "Traceback" not in log and "unhandled" not in log
+
+
+def test_an_oversized_body_is_a_413_under_gunicorn_whether_chunked_or_not(
+    tmp_path: Path, served: tuple[Flask, dict[str, Any]]
+) -> None:
+    """Gunicorn ends a chunked body itself: cut at the limit, it must not read as malformed JSON (400)."""
+    app, config = served
+    key = create_api_key(app)
+    body = json.dumps(PERSON).encode() + b" " * 5000
+    head = f"POST /api/v1/verifications HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+    head += "Content-Type: application/json\r\nConnection: close\r\n"
+    chunked = f"{head}Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    sized = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    with gunicorn(tmp_path, config, workers=1, threads=2) as server:
+        assert [server.raw(request).split()[1] for request in (chunked, sized)] == [b"413", b"413"]

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_config
 from limits import parse_many
 
 from portal import security
+from portal.app import create_app
 from portal.config import (
     ARGON2_FLOORS,
     DEFAULTS,
@@ -253,3 +255,13 @@ def test_no_engine_puts_bound_values_in_errors_or_logs(url: str) -> None:
     """SECURITY.md: error logs never hold a bound SQL parameter, which could quote an identifier."""
     assert "never the exception message or a bound SQL parameter\n(`hide_parameters`)" in SECURITY
     assert engine_options(url)["hide_parameters"] is True
+
+
+def test_the_console_is_off_unless_a_server_turns_it_on(tmp_path: Path) -> None:
+    """Issue: it was on, open to every address, by default. Now a server serves /agent/ only with
+    PORTAL_AGENT_VIEW=true (the demo sets it for itself)."""
+    config = make_config(f"sqlite:///{tmp_path / 'portal.sqlite3'}")
+    del config["AGENT_VIEW"]  # the tests' own default turns it on
+    client = create_app(config).test_client()
+    assert [client.get(path).status_code for path in ("/agent/login", "/agent/", "/agent/dashboard")] == [404] * 3
+    assert DEFAULTS["AGENT_VIEW"] is False

@@ -80,12 +80,12 @@ def test_the_dashboard_shows_a_known_history(app: Flask) -> None:
         "In total: 7 succeeded, 3 failed, 2 refused by a limit. Busiest: " + yesterday
     ) in page
     assert "<title>Codes claimed, Web: 4</title>" in page
-    # The pool: 23 left at one a day, under the threshold of 100.
-    assert "23 activation codes are left" in page and (TODAY + timedelta(days=23)).isoformat() in page
+    # The pool: 23 left at one a day, under the threshold of 100 (test_console.py: before the enrol-by date or not).
+    assert "Only 23 codes are left, fewer than the 100" in page and (TODAY + timedelta(days=23)).isoformat() in page
     assert "Failed verifications far above their usual rate" in page  # the alert of the history
 
     app.config["POOL_LOW_THRESHOLD"] = 5
-    assert 'id="pool-low"' not in client.get("/agent/dashboard?days=2").get_data(as_text=True)
+    assert 'id="pool-below-threshold"' not in client.get("/agent/dashboard?days=2").get_data(as_text=True)
 
 
 @pytest.mark.parametrize(

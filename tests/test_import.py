@@ -537,6 +537,22 @@ def test_shards_together_import_the_whole_file_once(app: Flask, runner: Any, tmp
     assert all_verify(app, rows[::10])
 
 
+def test_shards_between_them_report_each_bad_row_once(app: Flask, runner: Any, tmp_path: Path) -> None:
+    """A shard parses only its own rows (the split is made on the raw record_id): a bad row is
+    reported by the one shard it falls to, and no shard spends time validating the others' rows."""
+    rows: list[Any] = people(40, seed=43)
+    bad = {line: raw(record_id=f"R-B{line}", zip="123") for line in range(3, 41, 3)}
+    for line, values in bad.items():
+        rows[line - 2] = values
+    path = write_rows(tmp_path / "list.csv", rows)
+    reported: list[int] = []
+    for shard in ("0/2", "1/2"):
+        result = import_file(runner, path, "--shard", shard)
+        reported += rejections(result.stderr)
+    assert sorted(reported) == sorted(bad)
+    assert patient_count(app) == 40 - len(bad)
+
+
 def test_a_bad_shard_is_refused(app: Flask, runner: Any, tmp_path: Path) -> None:
     path = write_rows(tmp_path / "list.csv", people(2))
     for shard in ("2/2", "1/0", "a/b", "1", "-1/2"):

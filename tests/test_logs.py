@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import csrf_token, lookup, make_app
-from flask import g
+from flask import Flask, g
 
 from portal import synthetic
 from portal.extensions import db
@@ -68,6 +68,26 @@ def test_one_line_per_request_and_per_event_with_the_request_id_of_the_response_
     assert [tuple(row) for row in audited] == [("verification", request_id)]
     assert logged[3]["status"] == 200 and logged[3]["method"] == "POST"
     assert len({x["request_id"] for x in logged}) == 3  # a new id for each request
+
+
+def test_an_exceptions_message_never_reaches_a_log_line(app: Flask, json_log: io.StringIO) -> None:
+    """Its message may quote a value (a form field, a CSV cell): a line carries the type and the stack."""
+    value = "123-45-6789 García"
+
+    def boom() -> str:
+        raise ValueError(f"cannot read {value!r}")
+
+    try:
+        boom()
+    except ValueError:
+        logging.getLogger("portal.importer").exception("row rejected")
+    app.add_url_rule("/boom", view_func=boom)
+    assert app.test_client().get("/boom").status_code == 500
+    logged = lines(json_log)
+    assert logged[0]["error"] == "ValueError" and "in boom" in str(logged[0]["stack"])
+    assert "unhandled ValueError" in str(logged[1]["message"])
+    text = json.dumps(logged, ensure_ascii=False)
+    assert "6789" not in text and "García" not in text
 
 
 NGINX_ID = "0f4c1e8a9d1b4c7e8f0a2b3c4d5e6f70"  # nginx's $request_id: 16 random bytes in hex

@@ -50,8 +50,41 @@ def test_readyz_and_metrics_only_for_the_operators_host_or_network(database_url:
     monitor.environ_base["REMOTE_ADDR"] = "10.8.3.4"
     assert monitor.get("/readyz").json == {"database": "ok", "limit_store": "ok"}
     assert b"portal_pool_codes" in monitor.get("/metrics").data
-    # The default: loopback only.
+    # The default: loopback only; and an address that is none (a server on a unix socket) is no operator's.
     assert make_app(database_url).test_client().get("/readyz").status_code == 200
+    assert make_app(database_url).test_client().get("/readyz", environ_base={"REMOTE_ADDR": ""}).status_code == 404
+
+
+def test_readyz_names_a_database_that_cannot_be_opened(tmp_path: Path) -> None:
+    """SQLite's counterpart of the PostgreSQL test below: the database file is gone, a directory in its place."""
+    path = tmp_path / "portal.sqlite3"
+    app = make_app(f"sqlite:///{path}")
+    with app.app_context():
+        db.engine.dispose()
+    path.unlink()
+    path.mkdir()
+    response = app.test_client().get("/readyz")
+    assert (response.status_code, response.json) == (503, {"database": "unavailable", "limit_store": "ok"})
+
+
+@pytest.mark.parametrize(
+    "proxies, forged, genuine",
+    [
+        # No proxy of ours: the header is the client's say-so; only the connection's address counts.
+        (0, ("203.0.113.5", "127.0.0.1"), ("127.0.0.1", "203.0.113.5")),
+        # One proxy: it appended the address it saw; what comes before is the client's say-so.
+        (1, ("10.0.0.1", "127.0.0.1, 203.0.113.5"), ("10.0.0.1", "203.0.113.5, 127.0.0.1")),
+    ],
+    ids=["no-proxy", "one-proxy"],
+)
+def test_a_forged_forwarded_for_does_not_open_readyz_or_metrics(
+    database_url: str, proxies: int, forged: tuple[str, str], genuine: tuple[str, str]
+) -> None:
+    """Only the address as PORTAL_TRUSTED_PROXIES resolves it is an operator's, never the header's first hop."""
+    client = make_app(database_url, TRUSTED_PROXIES=proxies, TRUSTED_PROXY_NETWORKS=["10.0.0.0/8"]).test_client()
+    for (remote, forwarded), status in ((forged, 404), (genuine, 200)):
+        client.environ_base.update(REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+        assert [client.get(path).status_code for path in ("/readyz", "/metrics")] == [status] * 2, forwarded
 
 
 @pytest.mark.postgres

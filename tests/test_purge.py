@@ -13,7 +13,7 @@ from portal.claims import claim_code
 from portal.extensions import db
 from portal.identity import start_verification
 from portal.importer import import_codes
-from portal.models import ActivationCode, HashScheme, HourlyCount, Patient, Verification
+from portal.models import ActivationCode, HashScheme, HourlyCount, LetterRecord, Patient, Verification
 from portal.services import services
 
 NOW = datetime.now(UTC)
@@ -21,9 +21,12 @@ TODAY = NOW.date()
 
 
 def populate(app: Flask) -> None:
-    """Two people, one with a code; a verification expired yesterday and a live one; hourly counts
-    from seven years ago (past retention) and from last week; a rate-limit counter."""
-    second = patient_row(record_id="R-2", last_name="Okafor", date_of_birth="1961-02-03", zip="10002")
+    """Two people, one with a code, one without an SSN (what a replacement letter needs is kept); a
+    verification expired yesterday and a live one; hourly counts from seven years ago (past
+    retention) and from last week; a rate-limit counter."""
+    second = patient_row(
+        record_id="R-2", last_name="Okafor", date_of_birth="1961-02-03", zip="10002", ssn="", exposed_fields="name"
+    )
     assert import_patients(app, [patient_row(), second]) == []
     with app.app_context():
         codes = [{"code": f"PRG-{n}", "enroll_by": (TODAY + timedelta(days=90)).isoformat()} for n in range(1000, 1003)]
@@ -47,7 +50,7 @@ def counts(app: Flask) -> dict[str, int]:
     with app.app_context():
         return {
             model.__tablename__: db.session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
-            for model in (Verification, ActivationCode, Patient, HashScheme, HourlyCount)
+            for model in (Verification, LetterRecord, ActivationCode, Patient, HashScheme, HourlyCount)
         }
 
 
@@ -70,6 +73,7 @@ def test_a_dry_run_says_what_would_go_and_changes_nothing(app: Flask) -> None:
     before = counts(app)
     report = run(app, "--dry-run", "--programme-end")
     assert (report["verifications"], report["activation_codes"], report["patients"]) == (2, 3, 2)
+    assert report["letter_records"] == 1
     assert report["hourly_counts"] == 1 and report["rate_limit_state_cleared"] is False
     after = counts(app)
     assert after == {**before, "hourly_counts": before["hourly_counts"] + 1}  # + the purge's own count
@@ -82,7 +86,7 @@ def test_a_routine_purge_takes_expired_verifications_and_counts_past_retention(a
     report = run(app)
     assert (report["verifications"], report["patients"], report["hourly_counts"]) == (1, 0, 1)
     left = counts(app)
-    assert (left["verifications"], left["patients"], left["activation_codes"]) == (1, 2, 3)
+    assert (left["verifications"], left["patients"], left["activation_codes"], left["letter_records"]) == (1, 2, 3, 1)
     with app.app_context():
         kept = db.session.scalars(sa.select(HourlyCount.hour).where(HourlyCount.action == "claim")).all()
     assert [hour.date() for hour in kept] == [(NOW - timedelta(days=7)).date()]
@@ -96,6 +100,7 @@ def test_programme_end_destroys_the_records_and_keeps_the_counts(app: Flask) -> 
     assert report["rate_limit_state_cleared"] is True
     left = counts(app)
     assert (left["verifications"], left["activation_codes"], left["patients"], left["hash_schemes"]) == (0, 0, 0, 0)
+    assert left["letter_records"] == 0
     assert left["hourly_counts"] == 2  # last week's claims and the purge itself
     assert purge_events(app) == {"programme-end": 1}
     assert app.extensions["portal.limit_store"].get("portal/verify-person/x") == 0

@@ -22,7 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from portal.agent.views import ALREADY_REPLACED, REISSUED
+from portal.agent.calls import ALREADY_REPLACED, REISSUED
 from portal.claims import claim_code
 from portal.extensions import db
 from portal.importer import import_codes

@@ -70,3 +70,15 @@ def test_a_sealed_value_opens_only_for_its_purpose_its_context_and_its_key() -> 
     ]:
         with pytest.raises(InvalidTag):
             opener.open(value, version, context)
+
+
+def test_every_seal_has_a_fresh_random_nonce() -> None:
+    """GCM under one key with a repeated nonce gives away the XOR of the texts and lets tags be
+    forged: the same text sealed again, in this process or after a restart, shares no nonce."""
+    keyring = Keyring(1, {1: secrets.token_bytes(32)})
+    sealers = [Sealer(keyring, "code-encryption") for _ in range(2)]  # a restart: a new sealer, the same key
+    sealed = [sealer.seal("IDP-TEST-0001", b"row") for sealer in sealers for _ in range(200)]
+    nonces = {value[:12] for value, _version in sealed}
+    assert len(nonces) == len(sealed)
+    assert len({value[12:] for value, _version in sealed}) == len(sealed)
+    assert all(sealers[1].open(value, version, b"row") == "IDP-TEST-0001" for value, version in sealed)

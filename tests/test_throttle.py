@@ -11,9 +11,10 @@ from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
 from flask import Flask, request
 from flask.testing import FlaskClient
 from flask_limiter import Limiter
+from sqlalchemy.exc import OperationalError
 
 import portal.identity
-from portal import throttle
+from portal import throttle, verification
 from portal.errors import RETRY_AFTER_SECONDS
 from portal.extensions import limiter
 from portal.network import client_key
@@ -270,6 +271,28 @@ def test_successes_count_against_the_clients_attempt_budget(database_url: str) -
     app = throttled_app(database_url, VERIFY_LIMIT_CLIENT_ATTEMPTS="3 per minute", VERIFY_LIMIT_PERSON="1 per minute")
     assert [attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.60")[0] for _ in range(4)] == [303, 303, 303, 429]
     assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.61")[0] == 303  # another address, and the person, are fine
+
+
+def test_an_attempt_that_ends_in_an_error_gives_back_every_unit(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its caller learnt nothing (SECURITY.md): the failure, attempt and people budgets all give back."""
+    app = throttled_app(
+        database_url,
+        VERIFY_LIMIT_PERSON="1 per 15 minutes",
+        VERIFY_LIMIT_CLIENT="1 per hour",
+        VERIFY_LIMIT_CLIENT_ATTEMPTS="1 per minute",
+        VERIFY_LIMIT_CLIENT_PEOPLE="1 per day",
+        VERIFY_LIMIT_GLOBAL="1 per minute",
+    )
+
+    def database_lost(*_args: Any) -> None:
+        raise OperationalError("SELECT", {}, ConnectionError("database lost"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(verification, "find_patient", database_lost)
+        assert [attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.70")[0] for _ in range(3)] == [503] * 3
+    assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.70")[0] == 303
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,17 @@
 # Mutation testing of the security-critical modules with mutmut (configured in setup.cfg [mutmut]).
 # Not part of CI: a full run takes minutes per module on two cores. See README, "Mutation testing".
 #
-#   tools/mutate.sh                      every configured module (identity, claims, security, config, throttle)
-#   tools/mutate.sh identity claims      only these modules (all their mutants, afresh)
+#   tools/mutate.sh                      every configured module, one after the other (hours)
+#   tools/mutate.sh identity api/auth    only these modules (all their mutants, afresh); a module is
+#                                        its path under portal/ without .py
 #   tools/mutate.sh --survivors [MODULE...]  only the mutants that survived the last run (after new tests)
 #   tools/mutate.sh --results            the surviving mutants of the last run (mutmut results)
 #   tools/mutate.sh --show NAME          the diff of one mutant (mutmut show NAME)
 #
-# Runs on SQLite only (PORTAL_TEST_* are unset for it): each mutant runs, in a forked copy of one
-# pytest process, only the tests that called the mutated function, so a module takes minutes.
-# Prints "module: killed/total (score %)" for each module, then the survivors.
+# Runs on SQLite only (PORTAL_TEST_* are unset for it). Each module is run on its own, against its
+# own test files (below): the tests are run once to learn which of them call which function, then
+# each mutant runs, in a forked copy of that pytest process, only the tests that called the
+# mutated function. Prints "module: killed/total (score %)" for each module, then the survivors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PORTAL_VENV:-.venv}
@@ -24,29 +26,93 @@ case ${1:-} in
   --show) exec "${mutmut[@]}" show "$2" ;;
 esac
 
+# The test files (and pytest options) each module's mutants are checked against: the module's own
+# tests, in-process (no live servers: a subprocess would load the unmutated package). A module not
+# listed here is checked against the whole selection of setup.cfg [mutmut].
+declare -A own_tests=(
+  [identity]="tests/test_identity.py tests/test_properties.py tests/test_keys.py"
+  [claims]="tests/test_claims.py tests/test_keys.py"
+  [security]="tests/test_hardening.py tests/test_public.py"
+  [config]="tests/test_config.py"
+  [throttle]="tests/test_throttle.py"
+  [network]="tests/test_throttle.py"
+  [hashing_slots]="tests/test_identity.py"
+  [staff]="tests/test_agent.py tests/test_keys.py"
+  [audit]="tests/test_audit.py --deselect tests/test_audit.py::test_concurrent_writers_in_several_processes_keep_one_unbroken_chain"
+  [ops]="tests/test_ops.py -k 'not two_workers'"
+  [logs]="tests/test_logs.py"
+  [sealing]="tests/test_sealing.py tests/test_keys.py"
+  [verification]="tests/test_public.py tests/test_throttle.py"
+  [alerts]="tests/test_alerts.py"
+  [retention]="tests/test_purge.py"
+  [letters]="tests/test_agent.py tests/test_import.py"
+  [events]="tests/test_events.py tests/test_logs.py"
+)
+# Without the fuzzing of every body (three quarters of the file's time, run again by every surviving
+# mutant); it finds answers of 500, which the other tests of the file look for status by status.
+for api in api/auth api/errors api/openapi api/validation api/views partner_keys; do
+  own_tests[$api]="tests/test_api.py --deselect tests/test_api.py::test_no_input_gets_a_500[sqlite]"
+done
+# The console's pages, by who uses them, without the one test that needs a live server.
+console=(agent/auth agent/blueprint agent/account agent/calls agent/lost_letters agent/supervisor
+  agent/staff_accounts agent/dashboard agent/forms)
+for page in "${console[@]}"; do
+  own_tests[$page]="tests/test_agent.py tests/test_console.py -k 'not live_server'"
+done
+all_modules=(identity hashing_slots claims security config throttle network api/auth api/errors api/openapi
+  api/validation api/views partner_keys staff "${console[@]}" audit verification alerts retention letters
+  sealing ops logs events)
+
 survivors=false
 if [[ ${1:-} == --survivors ]]; then survivors=true; shift; fi
 modules=("$@")
-[[ ${#modules[@]} -gt 0 ]] || modules=(identity claims security config throttle)
-patterns=()
+[[ ${#modules[@]} -gt 0 ]] || modules=("${all_modules[@]}")
 for module in "${modules[@]}"; do
   [[ -f portal/$module.py ]] || { echo "no module portal/$module.py" >&2; exit 2; }
+done
+
+declare -A mapped=()  # the test selections mapped afresh in this run
+run_module() {  # run_module MODULE: mutmut over one module's mutants, with its own tests
+  local module=$1 tests=${own_tests[$1]:-} patterns=()
+  # mutmut keeps one map of tests to functions (mutmut-stats.json) and, finding it made from
+  # another selection of tests, forgets every module's results: each selection keeps its own map,
+  # which the modules sharing it (the API's) share.
+  local own_map=mutants/stats-$(printf '%s' "$tests" | sha256sum | cut -c1-12).json
   if $survivors; then
-    meta=mutants/portal/$module.py.meta
-    [[ -f $meta ]] || continue
-    mapfile -t -O "${#patterns[@]}" patterns < <("$venv/bin/python" -c \
+    local meta=mutants/portal/$module.py.meta
+    [[ -f $meta ]] || return 0
+    mapfile -t patterns < <("$venv/bin/python" -c \
       'import json, sys; print("\n".join(k for k, v in json.load(open(sys.argv[1]))["exit_code_by_key"].items() if v == 0))' "$meta")
   else
-    patterns+=("portal.$module.*")
+    patterns=("portal.${module//\//.}.*")
+    # A full run maps tests to functions afresh: mutmut keeps the old map for functions it thinks
+    # unchanged, and after a rewrite (new functions) that map sent their mutants to too few tests.
+    [[ -n ${mapped[$own_map]:-} ]] || rm -f "$own_map"
+    mapped[$own_map]=1
   fi
-done
-[[ ${#patterns[@]} -gt 0 ]] || { echo "nothing to run"; exit 0; }
-# A full run maps tests to functions afresh: mutmut keeps the old map for functions it thinks
-# unchanged, and after a rewrite (new functions) that map sent their mutants to too few tests.
-$survivors || rm -f mutants/mutmut-stats.json
+  [[ ${#patterns[@]} -gt 0 && -n ${patterns[0]} ]] || return 0
+  rm -f mutants/mutmut-stats.json
+  [[ ! -f $own_map ]] || cp "$own_map" mutants/mutmut-stats.json
+  # mutmut reads its test selection from setup.cfg only: this module's is set on its loaded
+  # configuration before the run starts. Two children: the machine has two cores, shared.
+  "$venv/bin/python" - "$tests" "${MUTATE_CHILDREN:-2}" "${patterns[@]}" <<'PY' || true
+import shlex
+import sys
 
-# Two children: the machine has two cores, shared with others.
-"${mutmut[@]}" run --max-children "${MUTATE_CHILDREN:-2}" "${patterns[@]}" || true
+from mutmut.__main__ import cli
+from mutmut.configuration import config
+
+tests, children, *patterns = sys.argv[1:]
+if tests:
+    config().pytest_add_cli_args_test_selection[:] = shlex.split(tests)
+cli(["run", "--max-children", children, *patterns])
+PY
+  [[ ! -f mutants/mutmut-stats.json ]] || cp mutants/mutmut-stats.json "$own_map"
+}
+
+for module in "${modules[@]}"; do
+  run_module "$module"
+done
 
 # One line per module, in mutmut's own terms: the score is killed (timeouts included) out of all
 # mutants checked; "no tests" mutants (no selected test calls the function) count against it.

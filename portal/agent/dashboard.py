@@ -1,7 +1,8 @@
 """The supervisor's dashboard on the console: charts of the programme's figures, the pool, alerts.
 
-Everything shown comes from ``portal.stats`` (hourly counts without identifiers, and the pool);
-the charts are SVG drawn on the server (``portal.charts``), each with its figures as a table.
+Everything shown comes from ``portal.stats`` (hourly counts without identifiers, and the pool)
+and the audit trail (staff stopped by a failure limit, by username); the charts are SVG drawn on
+the server (``portal.charts``), each with its figures as a table.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from limits.errors import StorageError
 from redis import RedisError
 
 from portal import alerts, stats
+from portal import audit as audit_trail
 from portal.agent.auth import supervisor_required
-from portal.agent.views import bp
+from portal.agent.blueprint import bp
+from portal.agent.supervisor import StaffNames, pool_concerns
 from portal.charts import Chart, Series, bar_chart
 from portal.extensions import db
 from portal.models import utcnow
@@ -101,11 +104,15 @@ def dashboard() -> str:
     days = int(days_text)
     summary = stats.summarise(db.session, day, days)
     since = datetime.now(UTC) - timedelta(hours=24)
+    with db.engine.connect() as connection:
+        throttled = audit_trail.throttled_staff(connection, since)
     return render_template(
         "agent/dashboard.html",
         summary=summary,
         charts=charts(summary),
-        pool_low=summary.pool.available < current_app.config["POOL_LOW_THRESHOLD"],
+        concerns=pool_concerns(summary.pool),
+        throttled=throttled,
+        names=StaffNames.of(actor for actor, _ in throttled),
         recent_alerts=[a for a in summary.alerts if a.hour >= since.replace(minute=0, second=0, microsecond=0)],
         alert_kinds=alerts.KINDS,
         step_up=step_up_now(),

@@ -17,6 +17,7 @@ from portal.throttle import with_limiter_hooks
 View = TypeVar("View", bound=Callable[..., Any])
 
 KEY_RATE_SCOPE = "api-key"
+BUDGET_REFUSAL = "api_budget_refusal"  # set in g when a budget, not the key's rate, refused the request
 MAX_AUTHORIZATION = 200
 
 
@@ -63,8 +64,10 @@ def partner_view(scope: str | None = None) -> Callable[[View], View]:
 
 
 def rate_limit_headers(response: Response) -> Response:
-    """``X-RateLimit-*`` for the key's own rate: the only Flask-Limiter limit on a partner view."""
-    current = limiter.current_limit if g.get("api_key") else None
+    """``X-RateLimit-*`` for the key's own rate (the only Flask-Limiter limit on a partner view), on the
+    answers it counted; not on a refusal by a failure or people budget, which the key's rate did not
+    make and whose ``Remaining`` would read as room to retry."""
+    current = limiter.current_limit if g.get("api_key") and not g.get(BUDGET_REFUSAL) else None
     if current is None:
         return response
     try:
