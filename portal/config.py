@@ -230,8 +230,9 @@ def engine_options(url: str, threads: int = DEFAULTS["THREADS"]) -> dict[str, An
         "url": url,
         "hide_parameters": True,
         "pool_pre_ping": True,
-        "pool_size": threads,
-        "max_overflow": threads,
+        # Never below SQLAlchemy's own 5 + 5: a CLI command or a test runs threads of its own too.
+        "pool_size": max(threads, 5),
+        "max_overflow": max(threads, 5),
         "pool_timeout": 10,
     }
 
