@@ -587,7 +587,8 @@ def test_no_pooled_connection_free_in_time_is_a_clean_503_on_every_surface(
     API answer 503 with Retry-After once the pool's wait runs out, never a 500."""
     sized = config.engine_options
     monkeypatch.setattr(config, "engine_options", lambda url, threads: {**sized(url, threads), "pool_timeout": 0.2})
-    app = make_app(postgres_url, THREADS=1, PROPAGATE_EXCEPTIONS=False)  # a pool of 1 + 1
+    app = make_app(postgres_url, THREADS=1, PROPAGATE_EXCEPTIONS=False)
+    pool = config.engine_options(postgres_url, 1)
     key = create_api_key(app)
     site, console = app.test_client(), app.test_client()
     person = {"last_name": "Nobody", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
@@ -597,7 +598,7 @@ def test_no_pooled_connection_free_in_time_is_a_clean_503_on_every_surface(
         "console": {**login, "csrf_token": csrf_token(console, "/agent/login")},
     }
     with app.app_context():
-        held = [db.engine.connect() for _ in range(2)]
+        held = [db.engine.connect() for _ in range(pool["pool_size"] + pool["max_overflow"])]
         try:
             answers = {
                 "site": site.post("/lookup", data=forms["site"]),
