@@ -369,6 +369,10 @@ PATIENT_BY_DIGESTS = (
 )
 NEW_VERIFICATION = insert(Verification.__table__)
 EXPIRED_VERIFICATIONS_SWEPT = 20  # per new verification: more than are created, so the table stays small
+# After a sweep that left no expired row behind, new verifications on the same database connection
+# skip it this long: a DELETE that finds nothing cost as much as the INSERT it comes with.
+SWEEP_PAUSE_SECONDS = 1.0
+_NEXT_SWEEP = "portal.next_sweep"  # in the pooled connection's info: when it sweeps again
 _verifications = Verification.__table__.c
 SWEEP_EXPIRED = delete(Verification.__table__).where(
     _verifications.id.in_(
@@ -436,12 +440,15 @@ def start_verification(
     on the website, or with another partner's key, is as unknown to a claim as a made-up one.
 
     Each new verification also deletes a few expired ones (an index range on ``expires_at``), so
-    the table holds the live verifications and little else, without a job to schedule.
+    the table holds the live verifications and little else, without a job to schedule; once a sweep
+    finds fewer than its limit, the connection pauses sweeping for ``SWEEP_PAUSE_SECONDS``.
     """
     token = secrets.token_urlsafe(32)
     now = utcnow()
     connection = session.connection()
-    connection.execute(SWEEP_EXPIRED, {"now": now})
+    if time.monotonic() >= connection.info.get(_NEXT_SWEEP, 0.0):
+        if connection.execute(SWEEP_EXPIRED, {"now": now}).rowcount < EXPIRED_VERIFICATIONS_SWEPT:
+            connection.info[_NEXT_SWEEP] = time.monotonic() + SWEEP_PAUSE_SECONDS
     # Core, in the session's transaction: nothing reads the row back, so the ORM has nothing to do.
     connection.execute(
         NEW_VERIFICATION,
