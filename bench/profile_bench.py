@@ -52,8 +52,10 @@ COMPONENTS: list[tuple[str, str]] = [
     ("CSRF token and check", r"\(flask_wtf/csrf\.py"),
     ("form (WTForms, normalising)", r"\((wtforms/|flask_wtf/|portal/forms\.py)"),
     # The key's rate: Flask-Limiter's own methods and the headers, not its decorator, which wraps the whole view.
-    ("Flask-Limiter (API key rate, headers)",
-     r"^(Limiter|LimitManager|RequestLimit)\.\S+ \(flask_limiter/|^(rate_limit_headers|_window) \(portal/api/auth\.py"),
+    (
+        "Flask-Limiter (API key rate, headers)",
+        r"^(Limiter|LimitManager|RequestLimit)\.\S+ \(flask_limiter/|^(rate_limit_headers|_window) \(portal/api/auth\.py",
+    ),
     ("API key check (SQL)", r"^(_bearer_key|authenticate) \(portal/"),
     ("API body checks (JSON, normalising)", r"^(json_object|identity_claim|claim_request) \(portal/api/validation\.py"),
     ("session cookie (sign, parse)", r"\((flask/sessions\.py|itsdangerous/)|get_signing_serializer \("),

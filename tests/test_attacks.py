@@ -240,7 +240,9 @@ def test_a_sweep_that_found_little_pauses_for_a_second_only(app: Any, monkeypatc
         start_verification(db.session, patient, "public", 900)  # nothing to sweep: the pause starts
         past = utcnow() - timedelta(hours=1)
         row = {"patient_id": patient.id, "channel": "public", "created_at": past, "expires_at": past}
-        db.session.execute(sa.insert(Verification), [{**row, "token_digest": secrets.token_bytes(32)} for _ in range(5)])
+        db.session.execute(
+            sa.insert(Verification), [{**row, "token_digest": secrets.token_bytes(32)} for _ in range(5)]
+        )
         db.session.commit()
         expired = sa.select(sa.func.count()).select_from(Verification).where(Verification.expires_at <= utcnow())
         start_verification(db.session, patient, "public", 900)
