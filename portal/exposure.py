@@ -67,6 +67,10 @@ def _link(url: str, text: LazyString) -> tuple[Link, ...]:
     return (Link(url, text),)
 
 
+# TransUnion takes an adult's freeze and a parent's freeze for a child from the same page.
+_TRANSUNION_FREEZE = Link("https://www.transunion.com/credit-freeze", _l("TransUnion credit freeze"))
+
+
 # --- steps shared by several fields, and the ones a plan may lead with ---------------------
 # Source: FTC, "What To Know About Credit Freezes and Fraud Alerts" (consumer.ftc.gov): a freeze is
 # free, is placed with each bureau, and can be lifted to apply for credit.
@@ -78,7 +82,7 @@ _FREEZE = Step(
     (
         Link("https://www.equifax.com/personal/credit-report-services/credit-freeze/", _l("Equifax credit freeze")),
         Link("https://www.experian.com/freeze/center.html", _l("Experian credit freeze")),
-        Link("https://www.transunion.com/credit-freeze", _l("TransUnion credit freeze")),
+        _TRANSUNION_FREEZE,
     ),
     minutes=30,
 )
@@ -179,7 +183,7 @@ _CHILD_FREEZE = Step(
             _l("Equifax: freeze a child's credit"),
         ),
         Link("https://www.experian.com/help/minor-request.html", _l("Experian: requests for a minor")),
-        Link("https://www.transunion.com/credit-freeze", _l("TransUnion credit freeze")),
+        _TRANSUNION_FREEZE,
     ),
     minutes=45,
 )

@@ -12,21 +12,20 @@ from typing import Any
 
 import icalendar
 import pytest
-from browser import SCREENSHOTS, LiveServer, PageAudit
+import test_browser
+from browser import SCREENSHOTS, LiveServer, PageAudit, served
 from conftest import import_patients, make_app
 from flask_babel import force_locale
+from test_browser import BROWSER_LOCALE, LANGUAGES, WIDTHS
 
 from portal import exposure
 from portal.cli import sample_people
-from portal.extensions import db
 from portal.identity import format_reference
 from portal.services import services
 
 pytestmark = pytest.mark.browser
 
-LANGUAGES = ("en", "es", "fr")
-WIDTHS = (320, 1280)
-BROWSER_LOCALE = {"en": "en-US", "es": "es-US", "fr": "fr-FR"}
+open_page = test_browser.open_page  # the public pages' fixture: a new visit at a width, in a browser language
 KINDS = ("ssn", "no-ssn", "minor")  # the demo's three printed people, in its order
 
 
@@ -40,30 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     assert len(people) == len(KINDS)
     assert import_patients(app, people) == []
     app.config["PLAN_PEOPLE"] = dict(zip(KINDS, people, strict=True))
-    with LiveServer(app) as live:
-        yield live
-    with app.app_context():
-        db.engine.dispose()
-
-
-@pytest.fixture
-def open_page(browser: Any, audit: PageAudit) -> Iterator[Any]:
-    contexts = []
-
-    def open_(width: int, lang: str) -> Any:
-        phone = width < 600
-        context = browser.new_context(
-            viewport={"width": width, "height": 800 if phone else 900},
-            locale=BROWSER_LOCALE[lang],
-            is_mobile=phone,
-            has_touch=phone,
-        )
-        contexts.append(context)
-        return audit.watch(context.new_page())
-
-    yield open_
-    for context in contexts:
-        context.close()
+    yield from served(app)
 
 
 def look_up(server: LiveServer, page: Any, kind: str) -> dict[str, str]:
@@ -112,7 +88,7 @@ def check_summary_and_plan(page: Any, guidance: exposure.Guidance, plan: list[st
 def test_the_summary_the_plan_and_the_print_view(
     server: LiveServer, open_page: Any, audit: PageAudit, kind: str, lang: str, width: int
 ) -> None:
-    page = open_page(width, lang)
+    page = open_page(width, BROWSER_LOCALE[lang])
     row = look_up(server, page, kind)
     assert page.get_attribute("html", "lang") == lang
     guidance, plan, not_exposed = expected(server, row, lang)
@@ -148,7 +124,7 @@ def test_the_exposure_page_height_at_1280_px(server: LiveServer, open_page: Any)
     lines = []
     for kind in KINDS:
         for lang in LANGUAGES:
-            page = open_page(1280, lang)
+            page = open_page(1280, BROWSER_LOCALE[lang])
             row = look_up(server, page, kind)
             height = page.evaluate("document.documentElement.scrollHeight")
             lines.append(f"{kind:<7} {row['last_name']:<14} {row['exposed_fields']:<38} {lang}: {height} px")
