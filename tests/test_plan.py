@@ -188,7 +188,7 @@ def verified(app: Flask, person: dict[str, str], language: str = "en") -> FlaskC
 
 def test_the_page_opens_with_the_summary_then_the_plan_each_step_once(people: Flask) -> None:
     page = text(verified(people, ADULT).get("/exposure"))
-    summary, plan, details = page.index("In short"), page.index("Your plan: do these first"), page.index("More about")
+    summary, plan, details = page.index("Exposed:"), page.index("Your plan: do these first"), page.index("More about")
     assert summary < plan < details
     assert re.search(r"Exposed:</strong> Name, Date of birth, Home address, Phone number, Social Security number", page)
     assert "Not exposed:" not in page and "Your Social Security number was exposed." in page
