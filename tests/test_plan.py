@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import icalendar
 import pytest
 from agent_helpers import make_staff, post_form, signed_in
-from conftest import PROGRAMME_TOML, csrf_token, import_patients, lookup, patient_row
+from conftest import PROGRAMME_TOML, create_api_key, csrf_token, import_patients, lookup, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
 from readability import flesch_kincaid_grade
@@ -240,7 +240,10 @@ def test_the_print_view_has_the_summary_the_plan_and_the_code_once_claimed(peopl
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_the_calendar_reminder_holds_the_enrol_by_date_and_nothing_of_the_person(people: Flask, language: str) -> None:
+    add_codes(people, {"IDP-CALENDAR-0001": date.today() + timedelta(days=200)})
     client = verified(people, ADULT, language)
+    assert client.post("/claim", data={"csrf_token": csrf_token(client, "/exposure")}).status_code == 303
+    assert "IDP-CALENDAR-0001" in text(client.get("/plan"))  # shown on the page, never in the calendar
     response = client.get("/plan.ics")
     assert response.status_code == 200 and response.mimetype == "text/calendar"
     assert response.headers["Content-Disposition"] == 'attachment; filename="enroll-by.ics"'
@@ -252,5 +255,16 @@ def test_the_calendar_reminder_holds_the_enrol_by_date_and_nothing_of_the_person
     [alarm] = event.walk("VALARM")
     assert alarm.decoded("trigger") < timedelta(0)
     body = response.get_data(as_text=True)
-    for personal in ("García", "1980", "10001", "6789", "IDP-"):
+    for personal in ("García", "1980", "10001", "6789", "IDP-CALENDAR"):
         assert personal not in body
+
+
+def test_the_partner_api_gives_the_same_steps_with_every_link(app: Flask) -> None:
+    key = create_api_key(app, "verify")
+    body = app.test_client().get("/api/v1/program", headers={"Authorization": f"Bearer {key}"}).get_json()
+    ssn = next(field for field in body["exposed_fields"] if field["name"] == "ssn")
+    freeze = ssn["steps"][0]
+    assert freeze["text"].startswith("Freeze your credit at each of the three credit bureaus")
+    hosts = [urlparse(link["url"]).hostname for link in freeze["links"]]
+    assert hosts == ["www.equifax.com", "www.experian.com", "www.transunion.com"]
+    assert freeze["link"] == freeze["links"][0]["url"] and freeze["link_text"] == freeze["links"][0]["text"]
