@@ -268,3 +268,11 @@ def test_the_partner_api_gives_the_same_steps_with_every_link(app: Flask) -> Non
     hosts = [urlparse(link["url"]).hostname for link in freeze["links"]]
     assert hosts == ["www.equifax.com", "www.experian.com", "www.transunion.com"]
     assert freeze["link"] == freeze["links"][0]["url"] and freeze["link_text"] == freeze["links"][0]["text"]
+
+
+@pytest.mark.parametrize("person", [ADULT, CHILD], ids=["adult", "child"])
+def test_the_summary_and_the_plan_read_at_grade_8(people: Flask, person: dict[str, str]) -> None:
+    page = text(verified(people, person).get("/exposure"))
+    sections = re.findall(r'<section class="(?:summary|plan)".*?</section>', page, re.S)
+    words = re.sub(r"\(About \d+ minutes\.\)|<[^>]+>", " ", " ".join(sections))
+    assert len(sections) == 2 and flesch_kincaid_grade(words) <= 8.0
