@@ -101,7 +101,11 @@ def main_text(page: Any) -> str:
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_refused_pasted_signed_out_and_ended_pages_help_the_person(
-    server: LiveServer, open_page: Any, audit: PageAudit, lang: str, width: int  # noqa: F811
+    server: LiveServer,
+    open_page: Any,  # noqa: F811 (the fixture imported above)
+    audit: PageAudit,
+    lang: str,
+    width: int,
 ) -> None:
     visitor = VISITORS[lang, width]
     hours = DEMO_PROGRAMME.in_language(lang).call_center_hours

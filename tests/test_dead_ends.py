@@ -217,9 +217,7 @@ FULL = "987-65-4321"
 
 @pytest.mark.parametrize("pasted", [FULL, "987654321", "987 65 4321", " 987 - 65 - 4321 "])
 @pytest.mark.parametrize("lang", LANGUAGES)
-def test_a_full_ssn_pasted_gets_its_own_message_and_is_never_written_back(
-    app: Flask, lang: str, pasted: str
-) -> None:
+def test_a_full_ssn_pasted_gets_its_own_message_and_is_never_written_back(app: Flask, lang: str, pasted: str) -> None:
     assert import_patients(app, [patient_row(ssn=FULL)]) == []
     client = client_in(app, lang)
     response = lookup(client, **PERSON, ssn_last4=pasted)
