@@ -423,8 +423,8 @@ FIELDS: tuple[ExposedField, ...] = (
             ),
             Step(
                 _l(
-                    "Contact our privacy officer with any questions or worries about what "
-                    "was exposed. They can explain what happened and what help is available."
+                    "Questions or worries about what was exposed? Call our help line or write to our "
+                    "privacy office. The number and the address are at the bottom of every page."
                 ),
             ),
             Step(

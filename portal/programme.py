@@ -52,18 +52,21 @@ class Programme:
 
     def complete_in(self, code: str) -> bool:
         """Whether the file gives every free text again in ``code``: an answer that must not mix
-        languages (the partner API's) is given in another language than the file's own only then."""
+        languages (the partner API's) is given in another language than the file's own only then.
+        The organisation's name may stay as it is: a name is the same in every language."""
         local = self.translations.get(code, {})
-        return all(name in local for name in TRANSLATABLE if getattr(self, name))
+        return all(name in local for name in TRANSLATABLE if name != "organisation" and getattr(self, name))
 
 
 STEP_UP_CHOICES = ("off", "on-alert", "always")
 
-# Text a person wrote for people to read; names, numbers, dates and addresses of sites stay as they are.
-TRANSLATABLE = ("incident_summary", "call_center_hours", "mailing_address")
+# Text a person wrote for people to read, and the organisation's name where it carries words (the
+# demo's "(demonstration)"); numbers, dates and addresses of sites stay as they are.
+TRANSLATABLE = ("organisation", "incident_summary", "call_center_hours", "mailing_address")
 # The file's keys are spelt as the partner API spells its fields (US English); files written with the
 # British spellings of earlier versions still load.
 FILE_KEYS = {"organization": "organisation", "enrollment_url": "enrolment_url", "enroll_by": "enrol_by"}
+SPELT = {attribute: key for key, attribute in FILE_KEYS.items()}
 
 
 DEMO_PROGRAMME = Programme(
@@ -85,6 +88,7 @@ DEMO_PROGRAMME = Programme(
     exposed_fields=("name", "date_of_birth", "address", "phone", "ssn"),
     translations={
         "es": {
+            "organisation": "Northwind Health Records, Inc. (demostración)",
             "incident_summary": (
                 "El 14 de septiembre de 2026, una persona no autorizada usó las credenciales de acceso robadas de"
                 " un proveedor para copiar una base de datos de registro de pacientes. La copia contenía nombres,"
@@ -100,6 +104,7 @@ DEMO_PROGRAMME = Programme(
             ),
         },
         "fr": {
+            "organisation": "Northwind Health Records, Inc. (démonstration)",
             "incident_summary": (
                 "Le 14 septembre 2026, une personne non autorisée a utilisé l'identifiant volé d'un prestataire "
                 "pour copier une base de données d'inscription des patients. Cette copie contenait des noms, des "
@@ -129,8 +134,7 @@ def load_programme(path: str | None) -> Programme:
         programme = Programme(**{FILE_KEYS.get(name, name): value for name, value in table.items()},
                               translations=translations)  # fmt: skip
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as error:
-        spelt = {attribute: key for key, attribute in FILE_KEYS.items()}
-        fields = ", ".join(spelt.get(f.name, f.name) for f in dataclasses.fields(Programme) if f.name != "translations")
+        fields = ", ".join(SPELT.get(f.name, f.name) for f in dataclasses.fields(Programme) if f.name != "translations")
         raise ConfigError(
             f"PORTAL_PROGRAMME_FILE could not be read as a [programme] table with {fields}: {error}"
         ) from error
@@ -149,11 +153,13 @@ def load_programme(path: str | None) -> Programme:
 
 def _translations(table: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Take the per-language sub-tables out of ``table``; each may hold only the free-text fields."""
-    translations = {code: table.pop(code) for code in [k for k, v in table.items() if isinstance(v, dict)]}
+    translations = {
+        code: {FILE_KEYS.get(name, name): text for name, text in table.pop(code).items()}
+        for code in [k for k, v in table.items() if isinstance(v, dict)]
+    }
     for code, texts in translations.items():
         extra = set(texts) - set(TRANSLATABLE)
         if extra or not all(isinstance(text, str) for text in texts.values()):
-            raise ConfigError(
-                f"PORTAL_PROGRAMME_FILE: [programme.{code}] may give only these texts: {', '.join(TRANSLATABLE)}"
-            )
+            names = ", ".join(SPELT.get(name, name) for name in TRANSLATABLE)
+            raise ConfigError(f"PORTAL_PROGRAMME_FILE: [programme.{code}] may give only these texts: {names}")
     return translations

@@ -23,6 +23,7 @@ from portal.events import Event, record
 from portal.extensions import db
 from portal.forms import FIELD_MESSAGES, LetterForm, LookupForm
 from portal.identity import end_verification, give_letter_reference, live_verification
+from portal.importer import DEFAULT_PRODUCT
 from portal.models import Patient, Verification
 from portal.services import services
 from portal.verification import letter_required, verify
@@ -33,6 +34,7 @@ SESSION_KEY = "verification"
 # Set (True) when the birth date typed at the lookup made the person a minor on the notice date: the
 # one fact kept of it (the signed session holds no date), for the children's plan.
 MINOR_KEY = "minor"
+ENDED_KEY = "ended"  # why the last verification in this browser ended, said once on the next page that needs it
 CHANNEL = "public"
 CSRF_SLOT = "@@csrf-token@@"  # stands in for the visitor's token in the cached blank lookup form
 
@@ -105,6 +107,8 @@ def verified_only(view: Callable[[Patient, Verification], ResponseValue]) -> Cal
         if SESSION_KEY in session:
             session.clear()
             flash(_("For your safety your session ended after 15 minutes. Please enter your details again."))
+        elif session.pop(ENDED_KEY, None) == "signed-out":
+            flash(_("Your session ended when you signed out. To see your page again, enter your details again."))
         return redirect(url_for("public.lookup_form"), 303)
 
     return guarded
@@ -229,12 +233,23 @@ def code_page(patient: Patient, verification: Verification) -> ResponseValue:
     if held is None or letter_required(verification):
         return redirect(url_for("public.exposure_page"), 303)
     _record("code", "viewed", patient.public_id)
-    return render_template("public/code.html", held=held)
+    # The importer's default product name is English: said in the page's language instead.
+    product = _("Identity protection, 24 months") if held.product == DEFAULT_PRODUCT else held.product
+    return render_template("public/code.html", held=held, product=product)
 
 
 @bp.post("/sign-out")
 def sign_out() -> Response:
+    """Ends the verification here and on the server; the browser keeps only the word that it was a
+    sign-out (nothing about the person), so that a page reopened afterwards says why it is gone."""
     _record("sign-out", "success")
     end_verification(db.session, session.get(SESSION_KEY))
     session.clear()
-    return redirect(url_for("public.index"), 303)
+    session[ENDED_KEY] = "signed-out"
+    return redirect(url_for("public.signed_out"), 303)
+
+
+@bp.get("/signed-out")
+def signed_out() -> str:
+    """The same for everyone (the template shows no flash)."""
+    return rendered_once("public/signed_out.html", dict)
