@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from portal import exposure
 from portal.config import ConfigError
 
 
@@ -37,6 +38,10 @@ class Programme:
     claim_step_up: str = "on-alert"
     # Days a replacement letter takes to reach the caller once requested: what the agent tells them.
     letter_delivery_days: int = 10
+    # The kinds of data the stolen copy held (exposure.FIELDS names), as "what happened" says: each
+    # person's page lists the ones not exposed about them, and the demo's people draw from them.
+    # Unset, a page says only whether the Social Security number was exposed.
+    exposed_fields: tuple[str, ...] = ()
     # language code -> {free-text field -> that text in the language}
     translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -80,6 +85,7 @@ DEMO_PROGRAMME = Programme(
     enrolment_url="https://enroll.example.com/northwind",
     enrol_by=date(2027, 6, 30),
     mailing_address="Northwind Health Records, Privacy Office, P.O. Box 0000, Springfield, ST 00000",
+    exposed_fields=("name", "date_of_birth", "address", "phone", "ssn"),
     translations={
         "es": {
             "organisation": "Northwind Health Records, Inc. (demostración)",
@@ -134,6 +140,11 @@ def load_programme(path: str | None) -> Programme:
         ) from error
     if programme.claim_step_up not in STEP_UP_CHOICES:
         raise ConfigError(f"PORTAL_PROGRAMME_FILE: claim_step_up must be one of {', '.join(STEP_UP_CHOICES)}")
+    try:
+        exposure.parse_exposed_fields(";".join(programme.exposed_fields) or "name")
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"PORTAL_PROGRAMME_FILE: exposed_fields: {error}") from None
+    programme = dataclasses.replace(programme, exposed_fields=tuple(programme.exposed_fields))
     days = programme.letter_delivery_days
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 90:
         raise ConfigError("PORTAL_PROGRAMME_FILE: letter_delivery_days must be a whole number of days from 1 to 90")

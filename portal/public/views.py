@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
 
+import icalendar
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseValue
 from flask_babel import get_locale
@@ -28,6 +31,9 @@ from portal.verification import letter_required, verify
 bp = Blueprint("public", __name__)
 
 SESSION_KEY = "verification"
+# Set (True) when the birth date typed at the lookup made the person a minor on the notice date: the
+# one fact kept of it (the signed session holds no date), for the children's plan.
+MINOR_KEY = "minor"
 ENDED_KEY = "ended"  # why the last verification in this browser ended, said once on the next page that needs it
 CHANNEL = "public"
 CSRF_SLOT = "@@csrf-token@@"  # stands in for the visitor's token in the cached blank lookup form
@@ -84,6 +90,8 @@ def lookup() -> Response | tuple[str, int]:
     session.clear()
     session.permanent = True
     session[SESSION_KEY] = verified.token
+    if exposure.is_minor(form.claim.date_of_birth, services().programme.notice_date):
+        session[MINOR_KEY] = True
     return redirect(url_for("public.exposure_page"), 303)
 
 
@@ -119,9 +127,67 @@ def _exposure(patient: Patient, verification: Verification, letter_form: LetterF
         letter_form = LetterForm(formdata=None)
     return render_template(
         "public/exposure.html",
-        fields=exposure.fields_in(patient.exposed_fields),
+        guidance=_guidance(patient),
         held=code_of(db.session, services().cipher, patient),
         letter_form=letter_form,
+    )
+
+
+def _guidance(patient: Patient) -> exposure.Guidance:
+    programme = services().programme
+    return exposure.guidance(patient.exposed_fields, programme.exposed_fields, session.get(MINOR_KEY, False))
+
+
+@bp.get("/plan")
+@verified_only
+def plan_page(patient: Patient, verification: Verification) -> str:
+    """The summary and the plan, to print or save; with the code when the code page would show it."""
+    held = code_of(db.session, services().cipher, patient)
+    shown = held if held is not None and not letter_required(verification) else None
+    _record("plan", "viewed", patient.public_id)
+    return render_template("public/plan.html", guidance=_guidance(patient), held=shown)
+
+
+REMINDER_DAYS = 14  # the calendar's alarm: time left to enrol once it rings
+
+
+@bp.get("/plan.ics")
+def reminder() -> Response:
+    """The enrol-by date as a calendar event, in the visitor's language.
+
+    Programme facts only, the same for everyone: no name and no activation code. Calendars are
+    synced to other services, shared with family and shown on locked screens; a code seen there is
+    one a thief can enrol with before its owner does. The event says where the code is instead.
+    """
+    programme = services().programme.in_language(str(get_locale()))
+    enrol_by = programme.enrol_by
+    event = icalendar.Event()
+    event.add("uid", f"{uuid.uuid5(uuid.NAMESPACE_URL, f'{programme.enrolment_url}#enroll-by-{enrol_by}')}")
+    event.add("dtstamp", datetime.now(UTC))
+    event.add("dtstart", enrol_by)
+    event.add("dtend", enrol_by + timedelta(days=1))
+    event.add("transp", "TRANSPARENT")
+    event.add("summary", _("Last day to enroll in %(provider)s", provider=programme.provider_name))
+    event.add("description", _(
+        "%(months)s months of %(provider)s, free, from %(organisation)s. Enroll at %(url)s with the activation "
+        "code on the page you printed or saved, or sign in again to see it. Questions? Call %(phone)s.",
+        months=programme.coverage_months, provider=programme.provider_name, organisation=programme.organisation,
+        url=programme.enrolment_url, phone=programme.call_center_phone,
+    ))  # fmt: skip
+    event.add("url", programme.enrolment_url)
+    alarm = icalendar.Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", event["summary"])
+    alarm.add("trigger", timedelta(days=-REMINDER_DAYS))
+    event.add_component(alarm)
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//affected-patient-portal//enroll-by reminder//EN")
+    calendar.add("version", "2.0")
+    calendar.add_component(event)
+    return Response(
+        calendar.to_ical(),
+        mimetype="text/calendar",
+        headers={"Content-Disposition": 'attachment; filename="enroll-by.ics"', "Content-Language": str(get_locale())},
     )
 
 
