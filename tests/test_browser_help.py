@@ -183,6 +183,9 @@ def test_no_public_page_scrolls_sideways_at_any_width(server: LiveServer, open_p
         with page.expect_navigation():
             page.click(".claim-box button")
         wide += _no_sideways_scroll(page, f"{lang} code")
+        page.goto(server.url + "/plan")
+        wide += _no_sideways_scroll(page, f"{lang} print view")
+        page.goto(server.url + "/code")
         with page.expect_navigation():
             page.click('form[action="/sign-out"] button')
         page.goto(server.url + "/code")
