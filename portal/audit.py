@@ -286,18 +286,19 @@ class GroupCommit(Generic[Item, Result]):
 
     def _write_batch(self, batch: list[_Pending[Item, Result]]) -> None:
         try:
-            for pending, result in zip(batch, self._write([p.item for p in batch]), strict=True):
-                pending.result, pending.error = result, None
-            return
+            results = self._write([pending.item for pending in batch])
         except Exception as error:  # handed to its caller, whatever it is
             if len(batch) == 1:
                 batch[0].error = error
                 return
-        for pending in batch:
-            try:
-                pending.result, pending.error = self._write([pending.item])[0], None
-            except Exception as error:
-                pending.error = error
+            for pending in batch:
+                try:
+                    pending.result, pending.error = self._write([pending.item])[0], None
+                except Exception as alone:
+                    pending.error = alone
+            return
+        for pending, result in zip(batch, results, strict=True):
+            pending.result, pending.error = result, None
 
 
 class _Pending(Generic[Item, Result]):
