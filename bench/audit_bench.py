@@ -27,7 +27,7 @@ Verify must say intact with every row; its memory at N against N/10 shows whethe
 
 Setup: a private schema on ``--database-url`` (``portal db upgrade``), dropped afterwards.
 
-    .venv/bin/python bench/audit_bench.py                  # ~2.5 min: 10 s per round, 12 rounds
+    .venv/bin/python bench/audit_bench.py                  # ~4 min: 10 s per round, 16 rounds
     .venv/bin/python bench/audit_bench.py --seconds 30     # steadier figures
     .venv/bin/python bench/audit_bench.py --writers 1,8,32,64,128
     .venv/bin/python bench/audit_bench.py --verify-rows 10000000 \\

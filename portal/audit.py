@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -270,6 +271,9 @@ class GroupCommit(Generic[Item, Result]):
 
     def _lead(self) -> None:
         """Write the waiting items (this thread's first), then wake them and hand the lead on."""
+        # Let the threads the last batch woke queue first: without this yield the first of them to
+        # come back leads a batch of one and the others wait for it (batches of 1, n, 1, n ...).
+        time.sleep(0)
         with self._lock:
             batch, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
         try:

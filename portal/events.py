@@ -38,6 +38,7 @@ from portal.telemetry import request_id
 log = logging.getLogger("portal.events")
 
 PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for its token
+Written = tuple[Entry, list[tuple[datetime, str, str, str]]]  # an audit row and its hourly counts
 
 
 def init_app(app: Flask) -> None:
@@ -117,9 +118,6 @@ def record(event: Event) -> None:
     for alert in raised:
         alerts.announce(alert)
         metrics.observe_event("alert", alert.kind, alert.channel)
-
-
-Written = tuple[Entry, list[tuple[datetime, str, str, str]]]  # a row and its hourly counts
 
 
 def _write_events(events: list[Written]) -> list[Head]:
