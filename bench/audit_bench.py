@@ -1,10 +1,10 @@
 """The audit append alone on PostgreSQL: events/s and latency with 1, 8, 32 and 64 concurrent writers.
 
 Each writer is a thread with its own connection, spread over up to 8 spawned processes (so that one
-Python process's GIL is not what is measured), appending realistic entries in a closed loop, each
-in its own short transaction as ``portal.events.record`` does (the append, then commit; the hourly
-counts, detection and the log line are other costs). Three designs, measured one after the other at
-each writer count in the same run:
+Python process's GIL is not what is measured, and as a server's threads are spread over its
+workers), appending realistic entries in a closed loop, each waiting for its commit as
+``portal.events.record`` does (the hourly counts, detection and the log line are other costs).
+Four designs, measured one after the other at each writer count in the same run:
 
 * ``one head``: the design before lanes, every append waits for the single head row (lane 1);
 * ``lanes``: ``AuditChain.append`` one event a transaction, the first free of 64 lanes (SKIP LOCKED),
