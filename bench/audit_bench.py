@@ -1,13 +1,18 @@
 """The audit append alone on PostgreSQL: events/s and latency with 1, 8, 32 and 64 concurrent writers.
 
 Each writer is a thread with its own connection, spread over up to 8 spawned processes (so that one
-Python process's GIL is not what is measured), appending realistic entries in a closed loop, each
-in its own short transaction as ``portal.events.record`` does (the append, then commit; the hourly
-counts, detection and the log line are other costs). Three designs, measured one after the other at
-each writer count in the same run:
+Python process's GIL is not what is measured, and as a server's threads are spread over its
+workers), appending realistic entries in a closed loop, each waiting for its commit as
+``portal.events.record`` does (the hourly counts, detection and the log line are other costs).
+Four designs, measured one after the other at each writer count in the same run:
 
 * ``one head``: the design before lanes, every append waits for the single head row (lane 1);
-* ``lanes``: ``AuditChain.append`` as it is, the first free of 64 lanes (SKIP LOCKED);
+* ``lanes``: ``AuditChain.append`` one event a transaction, the first free of 64 lanes (SKIP LOCKED),
+  as ``portal.events.record`` did before group commit;
+* ``group``: as ``portal.events.record`` does now: the writers of one process hand their events to
+  its ``GroupCommit``, which writes what arrived during the previous write together
+  (``AuditChain.append_many``: one lane, one commit for the batch); each writer returns once its
+  event is committed. Its events per commit are printed;
 * ``floor``: the same row inserted and committed with no chain head at all, into a table of its
   own: what this database commits per second, which no design with one commit per event can pass.
 
@@ -22,7 +27,7 @@ Verify must say intact with every row; its memory at N against N/10 shows whethe
 
 Setup: a private schema on ``--database-url`` (``portal db upgrade``), dropped afterwards.
 
-    .venv/bin/python bench/audit_bench.py                  # ~2.5 min: 10 s per round, 12 rounds
+    .venv/bin/python bench/audit_bench.py                  # ~4 min: 10 s per round, 16 rounds
     .venv/bin/python bench/audit_bench.py --seconds 30     # steadier figures
     .venv/bin/python bench/audit_bench.py --writers 1,8,32,64,128
     .venv/bin/python bench/audit_bench.py --verify-rows 10000000 \\
@@ -45,17 +50,42 @@ import benchlib as b
 _SPAWN = multiprocessing.get_context("spawn")
 MAX_PROCESSES = 8
 START_LEAD = 5.0  # seconds for every writer of a round to connect before the common start
-DESIGNS = ("one head", "lanes", "floor")
+DESIGNS = ("one head", "lanes", "group", "floor")
 
 
-def _appender(design: str, key: bytes) -> Any:
-    """A function(connection, entry) that appends as ``design`` does."""
-    from sqlalchemy import insert, table, update
-
-    from portal.audit import EVENTS, HEAD, AuditChain, genesis
-    from portal.models import utcnow
+def _appender(design: str, key: bytes, engine: Any, commits: list[int]) -> Any:
+    """A function(connection, entry) that appends as ``design`` does, in a transaction of its own
+    (``group``: the process's shared one), counting the commits in ``commits``."""
+    from portal.audit import AuditChain, GroupCommit
 
     chain = AuditChain(key)
+    if design == "group":
+
+        def write(entries: list[Any]) -> list[Any]:
+            with engine.begin() as connection:
+                heads = chain.append_many(connection, entries)
+            commits.append(1)
+            return heads
+
+        group = GroupCommit(write)
+        return lambda _connection, entry: group.submit(entry)
+    alone = _one_by_one(design, chain)
+
+    def append(connection: Any, entry: Any) -> None:
+        with connection.begin():
+            alone(connection, entry)
+        commits.append(1)
+
+    return append
+
+
+def _one_by_one(design: str, chain: Any) -> Any:
+    """A function(connection, entry) that appends one event as ``design`` does, in the caller's transaction."""
+    from sqlalchemy import insert, table, update
+
+    from portal.audit import EVENTS, HEAD, genesis
+    from portal.models import utcnow
+
     if design == "lanes":
         return chain.append
     if design == "floor":
@@ -104,8 +134,9 @@ def _writer_process(url: str, key: bytes, commands: Any, out: Any) -> None:
     entries = [_entry(n) for n in range(64)]  # built once: a writer's own cost is not what is measured
     while (command := commands.recv()) is not None:
         design, threads, seconds, start_at = command
-        append = _appender(design, key)
-        engine = sa.create_engine(url, pool_size=max(threads, 1), max_overflow=0)
+        engine = sa.create_engine(url, pool_size=max(threads, 1) + 1, max_overflow=0)
+        commits: list[int] = []
+        append = _appender(design, key, engine, commits)
         latencies: list[list[float]] = [[] for _ in range(threads)]
         ready, start = threading.Barrier(threads + 1), threading.Event()
 
@@ -121,7 +152,7 @@ def _writer_process(url: str, key: bytes, commands: Any, out: Any) -> None:
         for worker in workers:
             worker.join()
         engine.dispose()
-        out.send([x for mine in latencies for x in mine])
+        out.send(([x for mine in latencies for x in mine], len(commits)))
 
 
 def _write(
@@ -133,15 +164,14 @@ def _write(
     start: threading.Event,
     latencies: list[float],
 ) -> None:
-    """One writer: appends in a closed loop for ``seconds``, each in its own transaction."""
+    """One writer: appends in a closed loop for ``seconds``, each append waiting for its commit."""
     with engine.connect() as connection:
         ready.wait()
         start.wait()
         deadline = time.perf_counter() + seconds
         n = 0
         while (now := time.perf_counter()) < deadline:
-            with connection.begin():
-                append(connection, entries[n % 64])
+            append(connection, entries[n % 64])
             latencies.append(time.perf_counter() - now)
             n += 1
 
@@ -167,15 +197,16 @@ class Writers:
         if child.is_alive():
             child.kill()
 
-    def measure(self, design: str, writers: int, seconds: float) -> tuple[int, float, list[float]]:
-        """Appends done, wall seconds, sorted latencies of ``writers`` concurrent writers."""
+    def measure(self, design: str, writers: int, seconds: float) -> tuple[int, int, list[float]]:
+        """Appends done, commits, sorted latencies of ``writers`` concurrent writers."""
         processes = min(writers, MAX_PROCESSES)
         shares = [writers // processes + (1 if i < writers % processes else 0) for i in range(processes)]
         start_at = time.time() + START_LEAD
         for (commands, _), share in zip(self.links, shares, strict=False):
             commands.send((design, share, seconds, start_at))
-        latencies = sorted(x for _, results in self.links[:processes] for x in results.recv())
-        return len(latencies), seconds, latencies
+        replies = [results.recv() for _, results in self.links[:processes]]
+        latencies = sorted(x for mine, _ in replies for x in mine)
+        return len(latencies), sum(commits for _, commits in replies), latencies
 
 
 def fill_trail(url: str, chain: Any, total: int, base: Any) -> None:
@@ -329,30 +360,35 @@ def main() -> int:
                 ).all()
             )
         b.say(f"PostgreSQL settings: {settings}; {args.seconds:g} s per round")
-        results: dict[tuple[str, int], tuple[float, float]] = {}
+        results: dict[tuple[str, int], tuple[float, float, float]] = {}
         chained = 0
         writers_pool = Writers(bench, url, key)
         for writers in counts:
             for design in DESIGNS:
-                done, elapsed, latencies = writers_pool.measure(design, writers, args.seconds)
+                done, commits, latencies = writers_pool.measure(design, writers, args.seconds)
                 chained += done if design != "floor" else 0
-                results[(design, writers)] = (done / elapsed, b.percentile(latencies, 99))
+                per_commit = done / max(commits, 1)
+                results[(design, writers)] = (done / args.seconds, b.percentile(latencies, 99), per_commit)
                 b.say(
-                    f"  {design:>8}, {writers:>3} writers: {done / elapsed:7,.0f} events/s  {b.latency_line(latencies)}"
+                    f"  {design:>8}, {writers:>3} writers: {done / args.seconds:7,.0f} events/s"
+                    f"  {per_commit:5.2f} events/commit  {b.latency_line(latencies)}"
                 )
         with engine.connect() as connection:
             lanes_used = connection.scalar(sa.text("SELECT count(DISTINCT lane) FROM audit_events"))
-        header = ["writers"] + [f"{d} {what}" for d in DESIGNS for what in ("events/s", "p99")] + ["lanes ÷ one head"]
+        header = ["writers"] + [f"{d} {what}" for d in DESIGNS for what in ("events/s", "p99")]
+        header += ["group events/commit", "lanes ÷ one head", "group ÷ lanes", "group ÷ floor"]
         rows = []
         for writers in counts:
+            rate = {design: results[(design, writers)][0] for design in DESIGNS}
             row: list[object] = [writers]
             for design in DESIGNS:
-                rate, p99 = results[(design, writers)]
-                row += [f"{rate:,.0f}", b.ms(p99)]
-            row.append(f"{results[('lanes', writers)][0] / results[('one head', writers)][0]:.2f}")
+                row += [f"{rate[design]:,.0f}", b.ms(results[(design, writers)][1])]
+            row.append(f"{results[('group', writers)][2]:.2f}")
+            row += [
+                f"{rate[x] / rate[y]:.2f}" for x, y in (("lanes", "one head"), ("group", "lanes"), ("group", "floor"))
+            ]
             rows.append(row)
         b.say(b.table(rows, header))
-        best = max(counts, key=lambda w: results[("lanes", w)][0])
         with engine.connect() as connection:
             verdict = AuditChain(key).verify(connection)
         ok = verdict.broken is None and verdict.rows == chained
@@ -360,8 +396,13 @@ def main() -> int:
             f"{'PASS' if ok else 'FAIL'}: verify found {verdict.rows:,} rows of {chained:,} appended"
             f" in {lanes_used} lanes, broken: {verdict.broken}"
         )
-        rate, p99 = results[("lanes", best)]
-        b.say(f"audit append ceiling: {rate:,.0f} events/s at {best} writers (p99 {b.ms(p99)})")
+        for design in ("lanes", "group"):
+            best = max(counts, key=lambda w, d=design: results[(d, w)][0])
+            rate, p99, per_commit = results[(design, best)]
+            b.say(
+                f"audit append ceiling ({design}): {rate:,.0f} events/s at {best} writers"
+                f" (p99 {b.ms(p99)}, {per_commit:.2f} events a commit)"
+            )
         b.say(bench.cpu.line())
     return 0 if ok else 1
 

@@ -38,7 +38,7 @@ COMPONENTS: list[tuple[str, str]] = [
     ("metrics (Prometheus files)", r"\((portal/metrics\.py|prometheus_client/)"),
     ("attack detection (Redis)", r"^_detect \(portal/events\.py"),
     ("audit row (chain append)", r"^AuditChain\.append \("),
-    ("hourly count (UPSERT)", r"^add_count \(portal/stats\.py"),
+    ("hourly count (UPSERT)", r"^add_counts \(portal/stats\.py"),
     ("event: its transaction (BEGIN, COMMIT)", r"^record \(portal/events\.py"),
     ("budgets: counting (Redis script)", r"^(_reserve|_give_back) \(portal/throttle\.py"),
     ("budgets: keys", r"(budgets?|person_key) \(portal/|\(portal/network\.py"),

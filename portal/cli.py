@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 from werkzeug.serving import make_server
 
-from portal import partner_keys, retention, schema, stats, synthetic
+from portal import exposure, partner_keys, retention, schema, stats, synthetic
 from portal.audit import Head, spreadsheet_safe
 from portal.claims import pool_status, reseal_codes, revoked_since
 from portal.config import write_development_secrets
@@ -702,6 +702,7 @@ generate_codes_command = generator_command(
 
 
 DEMO_SEED = 2026
+DEMO_CHILDREN = 0.15  # the share of children among the demo's people: a list of patients holds minors
 DEMO_HOST = "127.0.0.1"
 DEMO_STAFF = (("demo-agent", "agent"), ("demo-supervisor", "supervisor"))
 DEMO_PARTNER = "Demo sandbox"
@@ -721,7 +722,7 @@ def load_demo_data(app: Flask, patients: int) -> None:
         people = patients + len(SANDBOX_PEOPLE)
         click.echo(f"Hashing {people:,} synthetic people with Argon2id, one hash each (a second run skips them):")
         bar = Progress(True, people)
-        rows = itertools.chain(synthetic.synthetic_patients(patients, DEMO_SEED), SANDBOX_PEOPLE)
+        rows = itertools.chain(demo_people(patients), SANDBOX_PEOPLE)
         with contextlib.closing(bar):
             PatientImporter(
                 db.session, services().hasher, workers=os.cpu_count() or 1, on_reject=bar.reject, on_progress=bar,
@@ -732,20 +733,28 @@ def load_demo_data(app: Flask, patients: int) -> None:
         )  # fmt: skip
 
 
-def sample_identities(patients: int) -> list[str]:
-    """Up to three people of the synthetic list to try: plain, tricky spelling, and one with no SSN
-    (a small list may lack one of the kinds)."""
-    rows = list(synthetic.synthetic_patients(min(patients, 500), DEMO_SEED))
+def demo_people(count: int) -> Iterator[dict[str, str]]:
+    """The demo's synthetic people: what each had exposed is drawn from the programme's list."""
+    in_copy = services().programme.exposed_fields or None
+    return synthetic.synthetic_patients(count, DEMO_SEED, in_copy=in_copy, children=DEMO_CHILDREN)
 
-    def plain(row: dict[str, str]) -> bool:
-        return row["last_name"].isascii() and row["last_name"].isalpha()
 
-    kinds: list[Callable[[dict[str, str]], bool]] = [
-        lambda r: bool(r["ssn"]) and plain(r),
-        lambda r: bool(r["ssn"]) and not plain(r),
-        lambda r: not r["ssn"],
+def sample_people(patients: int) -> list[tuple[dict[str, str], str]]:
+    """Up to three people of the demo's list to try, each with a note: the common cases of a breach
+    list (a small list may lack one of them)."""
+    rows = list(demo_people(min(patients, 500)))
+    notice_date = services().programme.notice_date
+
+    def minor(row: dict[str, str]) -> bool:
+        return exposure.is_minor(date.fromisoformat(row["date_of_birth"]), notice_date)
+
+    kinds: list[tuple[str, Callable[[dict[str, str]], bool]]] = [
+        ("SSN exposed", lambda r: "ssn" in r["exposed_fields"].split(";") and not minor(r)),
+        ("no SSN on file", lambda r: not r["ssn"] and not minor(r)),
+        ("under 18: a child's plan", minor),
     ]
-    return [person_line(row) for row in filter(None, (next(filter(kind, rows), None) for kind in kinds))]
+    found = ((next(filter(kind, rows), None), note) for note, kind in kinds)
+    return [(row, note) for row, note in found if row is not None]
 
 
 def person_line(row: dict[str, str], note: str = "") -> str:
@@ -801,7 +810,8 @@ def print_demo(site: str, patients: int, staff: list[tuple[str, str, str, str]],
     """The three audiences' ways in: the site's people, the console's accounts, the API's sandbox."""
     click.echo(f"\nTHE WEBSITE, for patients: {site}")
     click.echo(f"  Try these synthetic people at {site}lookup")
-    click.echo("\n".join(sample_identities(patients)))
+    for row, note in sample_people(patients):
+        click.echo(person_line(row, note))
     click.echo(f"\nTHE CONSOLE, for the call center: {site}agent/  (supervisors' dashboard: {site}agent/dashboard)")
     click.echo("  On for this demo only: a server serves it only when PORTAL_AGENT_VIEW=true.")
     click.echo("  Sign in with the username, the password and the 6-digit code of an authenticator app that read")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from functools import partial
 
+from babel.dates import format_timedelta
 from flask import Flask, Response, render_template, request
 from flask.globals import request_ctx
 from flask_babel import get_locale
@@ -18,12 +20,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, TooManyRequests
 
 from portal.hashing_slots import HashingBusy
-from portal.services import services
 from portal.throttle import PEOPLE_SCOPE, LimitStoreDown, Throttled
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 30
+FEW_SECONDS = 10  # a wait this short is "a few seconds": a number would sound more exact than it is
 
 MESSAGES = {
     400: _l("We could not read that request. Please go back and try again."),
@@ -32,11 +34,11 @@ MESSAGES = {
     405: _l("This page cannot be used that way."),
     413: _l("That request is too large."),
     429: _l(
-        "Too many attempts were made with these details. For your protection, please wait and try again later, "
-        "or call our help line (the number is on your letter): we can verify you by phone."
+        "Too many attempts were made with these details. For your protection, no more can be checked for a "
+        "while. We can also check your details by phone."
     ),
     500: _l("Something went wrong on our side. Nothing you entered was stored. Please try again."),
-    503: _l("The service is busy or briefly unavailable. Please try again in a minute."),
+    503: _l("The service is busy or briefly unavailable."),
 }
 CSRF_MESSAGE = _l("This form expired or was sent from another page. Please reload the page and try again.")
 
@@ -52,9 +54,21 @@ def init_app(app: Flask, routing_errors: Mapping[str, Callable[[HTTPException], 
     app.register_error_handler(Throttled, handle_throttled)
     app.register_error_handler(LimitStoreDown, handle_limit_store_down)
     app.register_error_handler(Exception, handle_unexpected_error)
+    app.jinja_env.globals["wait_in_words"] = wait_in_words
+
+
+def wait_in_words(seconds: int, english: bool = False) -> str:
+    """The wait a ``Retry-After`` of ``seconds`` asks for, as people say it: "a few seconds", "about
+    15 minutes", "about 1 hour" (Babel rounds to the largest unit that fits). In the page's language,
+    or in English for the console, which speaks only English whatever the browser asks for."""
+    if seconds <= FEW_SECONDS:
+        return "a few seconds" if english else _("a few seconds")
+    about = "about %(wait)s" if english else _("about %(wait)s")
+    return about % {"wait": format_timedelta(timedelta(seconds=seconds), locale="en" if english else get_locale())}
 
 
 def render_error(status: int, message: object = None, retry_after: int | None = None):  # type: ignore[no-untyped-def]
+    """The error page; with ``retry_after``, the ``Retry-After`` header and the same wait in words."""
     text = message or MESSAGES.get(status, MESSAGES[400])
     headers = {"Retry-After": str(retry_after)} if retry_after else {}
     if request_ctx.url_adapter is None:
@@ -62,7 +76,9 @@ def render_error(status: int, message: object = None, retry_after: int | None = 
         return f"{text}\n", status, {**headers, "Content-Type": "text/plain; charset=utf-8"}
     # A blueprint may speak to its own audience (the console to staff): its own error.html first.
     templates = [f"{request.blueprint}/error.html", "error.html"] if request.blueprint else "error.html"
-    body = render_template(templates, status=status, message=text, explained=message is not None)
+    body = render_template(
+        templates, status=status, message=text, explained=message is not None, retry_after=retry_after
+    )
     return body, status, headers
 
 
@@ -83,14 +99,11 @@ def handle_throttled(error: Throttled):  # type: ignore[no-untyped-def]
     network that verified many people today sends the next one to the call center instead."""
     message = None
     if error.scope == PEOPLE_SCOPE:
-        programme = services().programme
         message = _(
             "Many different people have already been checked from your internet connection today, so no one "
             "else can be checked from it until tomorrow. This protects people whose details were stolen. If "
-            "you are checking your own notice, call %(phone)s (%(hours)s): we can check your details and give "
-            "you your activation code by phone.",
-            phone=programme.call_center_phone,
-            hours=programme.in_language(str(get_locale())).call_center_hours,
+            "you are checking your own notice, call us (the number is below): we can check your details and "
+            "give you your activation code by phone."
         )
     return render_error(TooManyRequests.code, message, retry_after=error.retry_after)
 

@@ -27,7 +27,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal import alerts, metrics, stats
-from portal.audit import Entry
+from portal.audit import Entry, GroupCommit, Head
 from portal.extensions import db
 from portal.logs import Fields, write
 from portal.models import utcnow
@@ -38,10 +38,12 @@ from portal.telemetry import request_id
 log = logging.getLogger("portal.events")
 
 PUBLIC_SESSION_KEY = "verification"  # the public blueprint's session slot for its token
+Written = tuple[Entry, list[tuple[datetime, str, str, str]]]  # an audit row and its hourly counts
 
 
 def init_app(app: Flask) -> None:
     """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
+    app.extensions["portal.audit_writer"] = GroupCommit(_write_events)
     app.extensions["portal.detector"] = alerts.Detector(
         alerts.Thresholds.from_config(app.config),
         # The rate-limit store: Redis in production, so every worker adds to the same counts.
@@ -103,16 +105,12 @@ def record(event: Event) -> None:
     )
     metrics.observe_event(event.action, event.outcome, event.channel)
     raised = _detect(event, entry.actor)
+    counts = [(event.at, event.action, event.outcome, event.channel)]
+    counts += [(event.at, "alert", alert.kind, alert.channel) for alert in raised]
     head = None
     try:
-        # The row and its counts in one short transaction of their own: committed whatever the
-        # request does with its own, one commit for all of them.
-        with db.engine.begin() as connection:
-            appended = services().audit.append(connection, entry)
-            stats.add_count(connection, event.at, event.action, event.outcome, event.channel, appended.lane)
-            for alert in raised:
-                stats.add_count(connection, event.at, "alert", alert.kind, alert.channel, appended.lane)
-        head = str(appended)  # committed: only now is it the trail's head
+        writer: GroupCommit[Written, Head] = current_app.extensions["portal.audit_writer"]
+        head = str(writer.submit((entry, counts)))  # committed: only now is it a head of the trail
     finally:
         # The new head goes out with the line: the log, kept apart from the database, is what
         # shows a later truncation of the trail (``portal audit verify --expect-head``).
@@ -120,6 +118,15 @@ def record(event: Event) -> None:
     for alert in raised:
         alerts.announce(alert)
         metrics.observe_event("alert", alert.kind, alert.channel)
+
+
+def _write_events(events: list[Written]) -> list[Head]:
+    """The rows and their counts, in one short transaction of their own (committed whatever the
+    requests do with theirs): the events that this process's threads raised meanwhile, together."""
+    with db.engine.begin() as connection:
+        heads = services().audit.append_many(connection, [entry for entry, _ in events])
+        stats.add_counts(connection, heads[0].lane, [count for _, counts in events for count in counts])
+    return heads
 
 
 def _detect(event: Event, actor: str | None) -> list[alerts.Alert]:

@@ -48,6 +48,8 @@ TOO_LONG = {
     "last_name": _l("Your last name can be at most 100 characters long. Enter it as it appears on your letter."),
     "ssn_last4": _l("Enter only the last 4 digits of your Social Security number, never the full number."),
 }
+# The last-four box's length: room for a full number pasted with spaces around its dashes.
+SSN_BOX_LENGTH = 20
 DATE_PARTS = ("month", "day", "year")
 DATE_MESSAGES = {
     "missing": _l("Enter your date of birth."),
@@ -86,6 +88,16 @@ class Normalised:
             self.normalise(field.data)
         except InvalidIdentifier as error:
             raise ValidationError(str(self.message)) from error
+
+
+def _at_most_four_digits(message: Text) -> Callable[[FlaskForm, Field], None]:
+    """Refuses a box holding more than the last four digits (a full SSN, with or without dashes)."""
+
+    def check(_form: FlaskForm, field: Field) -> None:
+        if sum(character.isdigit() for character in field.data) > 4:
+            raise ValidationError(str(message))
+
+    return check
 
 
 def _date_part(label: Text, autocomplete: str) -> StringField:
@@ -141,11 +153,20 @@ class Wording:
         )
 
     def ssn_last4_field(self) -> NeverEchoed:
+        """The box takes whatever is pasted into it (a browser's ``maxlength=4`` cut "123-45-6789" to
+        "123-", whose message then missed the point); more than four digits get their own message.
+
+        A full number is refused rather than cut to its last four: the site tells people, on every
+        page, that it never asks for the full number, and taking one quietly would teach them that
+        typing it here is fine (a look-alike site would thank us). The digits are never written
+        back into the page (``NeverEchoed``), kept or logged (requests log their endpoint only).
+        """
         return NeverEchoed(
             self.labels["ssn_last4"],
             [
                 Optional(),
-                Length(max=4, message=self.too_long["ssn_last4"]),
+                Length(max=SSN_BOX_LENGTH, message=self.too_long["ssn_last4"]),
+                _at_most_four_digits(self.too_long["ssn_last4"]),
                 Normalised(normalise_ssn_last4, self.fields["ssn_last4"]),
             ],
             filters=[_strip],

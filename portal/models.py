@@ -311,6 +311,24 @@ class IdempotentRequest(Base):
     answer: Mapped[bytes | None] = mapped_column(LargeBinary)  # nonce || AES-256-GCM of the JSON answer
 
 
+class PoolCount(Base):
+    """How many codes, and how many of them claimed, the pool holds per enrol-by date.
+
+    Kept by the database itself (triggers on ``activation_codes``, migration ``pool_counts``), so
+    every write counts, whoever makes it, and the pool gauge reads a few rows instead of counting
+    millions (``portal.claims.pool_status``). A row per date and ``slot`` (the code's id modulo
+    64): concurrent claims take codes of neighbouring ids, so they raise
+    different rows and do not queue on one; readers add the slots up.
+    """
+
+    __tablename__ = "pool_counts"
+
+    enroll_by: Mapped[date] = mapped_column(Date, primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    codes: Mapped[int] = mapped_column(BigInteger)
+    claimed: Mapped[int] = mapped_column(BigInteger)
+
+
 class HourlyCount(Base):
     """How many events of one kind happened in one hour, on one surface.
 

@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from portal import exposure
 from portal.config import ConfigError
 
 
@@ -37,6 +38,10 @@ class Programme:
     claim_step_up: str = "on-alert"
     # Days a replacement letter takes to reach the caller once requested: what the agent tells them.
     letter_delivery_days: int = 10
+    # The kinds of data the stolen copy held (exposure.FIELDS names), as "what happened" says: each
+    # person's page lists the ones not exposed about them, and the demo's people draw from them.
+    # Unset, a page says only whether the Social Security number was exposed.
+    exposed_fields: tuple[str, ...] = ()
     # language code -> {free-text field -> that text in the language}
     translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -47,18 +52,21 @@ class Programme:
 
     def complete_in(self, code: str) -> bool:
         """Whether the file gives every free text again in ``code``: an answer that must not mix
-        languages (the partner API's) is given in another language than the file's own only then."""
+        languages (the partner API's) is given in another language than the file's own only then.
+        The organisation's name may stay as it is: a name is the same in every language."""
         local = self.translations.get(code, {})
-        return all(name in local for name in TRANSLATABLE if getattr(self, name))
+        return all(name in local for name in TRANSLATABLE if name != "organisation" and getattr(self, name))
 
 
 STEP_UP_CHOICES = ("off", "on-alert", "always")
 
-# Text a person wrote for people to read; names, numbers, dates and addresses of sites stay as they are.
-TRANSLATABLE = ("incident_summary", "call_center_hours", "mailing_address")
+# Text a person wrote for people to read, and the organisation's name where it carries words (the
+# demo's "(demonstration)"); numbers, dates and addresses of sites stay as they are.
+TRANSLATABLE = ("organisation", "incident_summary", "call_center_hours", "mailing_address")
 # The file's keys are spelt as the partner API spells its fields (US English); files written with the
 # British spellings of earlier versions still load.
 FILE_KEYS = {"organization": "organisation", "enrollment_url": "enrolment_url", "enroll_by": "enrol_by"}
+SPELT = {attribute: key for key, attribute in FILE_KEYS.items()}
 
 
 DEMO_PROGRAMME = Programme(
@@ -77,8 +85,10 @@ DEMO_PROGRAMME = Programme(
     enrolment_url="https://enroll.example.com/northwind",
     enrol_by=date(2027, 6, 30),
     mailing_address="Northwind Health Records, Privacy Office, P.O. Box 0000, Springfield, ST 00000",
+    exposed_fields=("name", "date_of_birth", "address", "phone", "ssn"),
     translations={
         "es": {
+            "organisation": "Northwind Health Records, Inc. (demostración)",
             "incident_summary": (
                 "El 14 de septiembre de 2026, una persona no autorizada usó las credenciales de acceso robadas de"
                 " un proveedor para copiar una base de datos de registro de pacientes. La copia contenía nombres,"
@@ -94,6 +104,7 @@ DEMO_PROGRAMME = Programme(
             ),
         },
         "fr": {
+            "organisation": "Northwind Health Records, Inc. (démonstration)",
             "incident_summary": (
                 "Le 14 septembre 2026, une personne non autorisée a utilisé l'identifiant volé d'un prestataire "
                 "pour copier une base de données d'inscription des patients. Cette copie contenait des noms, des "
@@ -123,13 +134,17 @@ def load_programme(path: str | None) -> Programme:
         programme = Programme(**{FILE_KEYS.get(name, name): value for name, value in table.items()},
                               translations=translations)  # fmt: skip
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as error:
-        spelt = {attribute: key for key, attribute in FILE_KEYS.items()}
-        fields = ", ".join(spelt.get(f.name, f.name) for f in dataclasses.fields(Programme) if f.name != "translations")
+        fields = ", ".join(SPELT.get(f.name, f.name) for f in dataclasses.fields(Programme) if f.name != "translations")
         raise ConfigError(
             f"PORTAL_PROGRAMME_FILE could not be read as a [programme] table with {fields}: {error}"
         ) from error
     if programme.claim_step_up not in STEP_UP_CHOICES:
         raise ConfigError(f"PORTAL_PROGRAMME_FILE: claim_step_up must be one of {', '.join(STEP_UP_CHOICES)}")
+    try:
+        exposure.parse_exposed_fields(";".join(programme.exposed_fields) or "name")
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"PORTAL_PROGRAMME_FILE: exposed_fields: {error}") from None
+    programme = dataclasses.replace(programme, exposed_fields=tuple(programme.exposed_fields))
     days = programme.letter_delivery_days
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 90:
         raise ConfigError("PORTAL_PROGRAMME_FILE: letter_delivery_days must be a whole number of days from 1 to 90")
@@ -138,11 +153,13 @@ def load_programme(path: str | None) -> Programme:
 
 def _translations(table: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Take the per-language sub-tables out of ``table``; each may hold only the free-text fields."""
-    translations = {code: table.pop(code) for code in [k for k, v in table.items() if isinstance(v, dict)]}
+    translations = {
+        code: {FILE_KEYS.get(name, name): text for name, text in table.pop(code).items()}
+        for code in [k for k, v in table.items() if isinstance(v, dict)]
+    }
     for code, texts in translations.items():
         extra = set(texts) - set(TRANSLATABLE)
         if extra or not all(isinstance(text, str) for text in texts.values()):
-            raise ConfigError(
-                f"PORTAL_PROGRAMME_FILE: [programme.{code}] may give only these texts: {', '.join(TRANSLATABLE)}"
-            )
+            names = ", ".join(SPELT.get(name, name) for name in TRANSLATABLE)
+            raise ConfigError(f"PORTAL_PROGRAMME_FILE: [programme.{code}] may give only these texts: {names}")
     return translations

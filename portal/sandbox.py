@@ -20,11 +20,11 @@ SANDBOX_PEOPLE: tuple[dict[str, str], ...] = tuple(
         ("SANDBOX-1", "Alex", "Example-Doe", "1970-01-31", "123-45-1234", "1 Sandbox Way", "New York", "NY",
          "10001", "", "name;date_of_birth;address;ssn"),
         ("SANDBOX-2", "María", "García-López", "1980-04-23", "123-45-6789", "2 Sandbox Way", "Springfield", "IL",
-         "62704-1234", "(217) 555-0134", "name;date_of_birth;address;phone;ssn;health_insurance"),
+         "62704-1234", "(217) 555-0134", "name;date_of_birth;address;phone;ssn"),
         ("SANDBOX-3", "John", "O'Brien", "1955-12-24", "", "3 Sandbox Way", "Denver", "CO", "80202", "",
-         "name;date_of_birth;phone;medical_record_number"),
+         "name;date_of_birth;address;phone"),
         ("SANDBOX-4", "Lan", "Nguyễn", "1992-07-04", "123-45-4321", "4 Sandbox Way", "San Francisco", "CA",
-         "94110", "", "name;date_of_birth;email;clinical_data"),
+         "94110", "", "name;date_of_birth;address"),
     )
 )  # fmt: skip
 NO_SSN_PERSON = "SANDBOX-3"  # verifies with the reference printed on their letter

@@ -1,6 +1,6 @@
 """Programme figures: hourly event counts, and what they say per day, per hour and about the pool.
 
-The counts are kept in ``hourly_counts`` (one UPSERT per event, from ``portal.events.record``, in
+The counts are kept in ``hourly_counts`` (UPSERTs from ``portal.events.record``, in
 a row per audit lane that readers add up) without any identifier, so they survive the retention
 purge. Nothing here knows about HTTP:
 the console's dashboard and ``portal stats`` read the same functions.
@@ -9,7 +9,8 @@ the console's dashboard and ``portal stats`` read the same functions.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -41,11 +42,18 @@ def hour_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def add_count(connection: Connection, moment: datetime, action: str, outcome: str, channel: str, lane: int) -> None:
-    """Add one to the hour's count in the event's audit lane: an atomic UPSERT, exact with any number
-    of processes, on a row only that lane's holder writes (``portal.audit``), so it never waits."""
-    values = {"hour": hour_of(moment), "action": action[:32], "outcome": outcome[:48], "channel": channel[:16]}
-    connection.execute(_UPSERTS[connection.dialect.name], {**values, "lane": lane, "count": 1})
+def add_counts(connection: Connection, lane: int, events: Iterable[tuple[datetime, str, str, str]]) -> None:
+    """Add ``events`` (moment, action, outcome, channel) to their hours' counts in one audit lane:
+    atomic UPSERTs, one per distinct count, exact with any number of processes, on rows only that
+    lane's holder writes (``portal.audit``), so they never wait."""
+    counts = Counter(
+        (hour_of(moment), action[:32], outcome[:48], channel[:16]) for moment, action, outcome, channel in events
+    )
+    rows = [
+        {"hour": hour, "action": action, "outcome": outcome, "channel": channel, "lane": lane, "count": count}
+        for (hour, action, outcome, channel), count in counts.items()
+    ]
+    connection.execute(_UPSERTS[connection.dialect.name], rows)
 
 
 @dataclass

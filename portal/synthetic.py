@@ -17,7 +17,7 @@ import datetime
 import hashlib
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TextIO
 
 PATIENT_HEADER: tuple[str, ...] = (
@@ -900,6 +900,9 @@ _BARREL_FIRST: tuple[str, ...] = tuple(name for name in PLAIN_LAST_NAMES + TRICK
 
 _DOB_FIRST = datetime.date(1930, 1, 1).toordinal()
 _DOB_LAST = datetime.date(2008, 12, 31).toordinal()
+# Children, when asked for: under 18 on any notice date up to the end of 2026.
+_CHILD_FIRST = datetime.date(2009, 1, 1).toordinal()
+_CHILD_LAST = datetime.date(2024, 12, 31).toordinal()
 
 # Crockford's base 32: no I, L, O or U, so codes read aloud or retyped stay unambiguous.
 CROCKFORD_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -910,8 +913,14 @@ _FEISTEL_ROUNDS = 4
 
 
 # --- patients ----------------------------------------------------------------------
-def synthetic_patients(count: int, seed: int = 0, start: int = 1) -> Iterator[dict[str, str]]:
+def synthetic_patients(
+    count: int, seed: int = 0, start: int = 1, in_copy: Collection[str] | None = None, children: float = 0.0
+) -> Iterator[dict[str, str]]:
     """Yield `count` patient rows keyed by PATIENT_HEADER, record numbers from `start`.
+
+    `in_copy` names the fields the stolen copy held (a programme's ``exposed_fields``): no row
+    lists another (unset: any field of the vocabulary). `children` is the share of people born
+    in _CHILD_FIRST.._CHILD_LAST. Neither changes the other values drawn, so rows stay comparable.
 
     Each row is a function of (seed, record number) alone: generating 1..2000 in one
     call or as 1..1000 and 1001..2000 gives the same rows, so benchmarks can build
@@ -924,10 +933,13 @@ def synthetic_patients(count: int, seed: int = 0, start: int = 1) -> Iterator[di
     for n in range(start, start + count):
         # Reseeding per record costs a few microseconds but buys chunk independence.
         rng.seed(f"patient/{seed}/{n}")
-        yield _patient(rng, n)
+        row = _patient(rng, n, in_copy)
+        if children and rng.random() < children:
+            row["date_of_birth"] = datetime.date.fromordinal(rng.randint(_CHILD_FIRST, _CHILD_LAST)).isoformat()
+        yield row
 
 
-def _patient(rng: random.Random, n: int) -> dict[str, str]:
+def _patient(rng: random.Random, n: int, in_copy: Collection[str] | None) -> dict[str, str]:
     """Build one CSV row from an already-seeded generator."""
     city, state, zip_prefix = rng.choice(PLACES)
     ssn = _ssn(rng)
@@ -942,7 +954,7 @@ def _patient(rng: random.Random, n: int) -> dict[str, str]:
         "state": state,
         "zip": _zip(rng, zip_prefix),
         "phone": _phone(rng),
-        "exposed_fields": _exposed_fields(rng, has_ssn=bool(ssn)),
+        "exposed_fields": _exposed_fields(rng, bool(ssn), in_copy),
     }
 
 
@@ -1018,11 +1030,15 @@ def _nanp_three(rng: random.Random) -> str:
             return str(value)
 
 
-def _exposed_fields(rng: random.Random, has_ssn: bool) -> str:
-    """A ';'-joined, canonically ordered subset of the vocabulary that always has "name"."""
+def _exposed_fields(rng: random.Random, has_ssn: bool, in_copy: Collection[str] | None) -> str:
+    """A ';'-joined, canonically ordered subset of `in_copy` (of the vocabulary) that always has "name".
+
+    Every token's draw is made, listed or not, so that the rest of the row does not depend on `in_copy`.
+    """
     tokens = ["name"]
     for token, probability in OPTIONAL_EXPOSURES:
-        if rng.random() < probability and (token != "ssn" or has_ssn):
+        drawn = rng.random() < probability
+        if drawn and (token != "ssn" or has_ssn) and (in_copy is None or token in in_copy):
             tokens.append(token)
     return ";".join(tokens)
 

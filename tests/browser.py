@@ -20,6 +20,8 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
+from portal.extensions import db
+
 BROWSER = os.environ.get("PORTAL_TEST_BROWSER", "")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 MIN_TARGET_PX = 44
@@ -47,6 +49,14 @@ _MEASURE = """targets => {
   }
   return out;
 }"""
+
+
+def served(app: Flask) -> Iterator[LiveServer]:
+    """A module fixture's server: ``app`` served while the tests run, its connections closed after."""
+    with LiveServer(app) as live:
+        yield live
+    with app.app_context():
+        db.engine.dispose()
 
 
 class LiveServer:

@@ -7,6 +7,9 @@ import logging
 import multiprocessing
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from conftest import REDIS_URL, import_patients, lookup, make_app, make_config, 
 from flask import Flask
 from live import LiveServer, Visitor, all_at_once
 
-from portal.audit import FIELDS, LANES, MAC_MIN_HEX, Head, genesis, heads
+from portal.audit import FIELDS, LANES, MAC_MIN_HEX, GroupCommit, Head, genesis, heads
 from portal.config import write_development_secrets
 from portal.events import Event, record
 from portal.extensions import db
@@ -344,6 +347,79 @@ def test_concurrent_writers_in_several_processes_keep_one_unbroken_chain(app: Fl
     with app.app_context(), db.engine.connect() as connection:
         counted = connection.scalar(sa.text("SELECT sum(count) FROM hourly_counts WHERE action = 'verification'"))
     assert counted == WRITERS * EVENTS_EACH  # the lanes' counts add up to every event
+
+
+def test_threads_of_one_process_share_commits_and_keep_one_unbroken_chain(app: Flask) -> None:
+    """As a gunicorn worker's threads do: their events go in together, fewer commits than events,
+    every position used once and every count kept."""
+    with app.app_context():
+        commits = []
+        sa.event.listen(db.engine, "commit", lambda _connection: commits.append(1))
+    threads = [threading.Thread(target=append_events, args=(app, EVENTS_EACH)) for _ in range(2 * WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    events = 2 * WRITERS * EVENTS_EACH
+    result = verify(app)
+    assert result.exit_code == 0 and f"intact: {events} rows" in result.output, result.output
+    with app.app_context(), db.engine.connect() as connection:
+        counted = connection.scalar(sa.text("SELECT sum(count) FROM hourly_counts WHERE action = 'verification'"))
+    assert counted == events
+    assert len(commits) < events
+
+
+def grouped(write: Callable[[list[str]], list[str]], items: list[str]) -> tuple[list[list[str]], dict[str, Any]]:
+    """``items`` submitted from threads of their own while the first is being written: the batches
+    written, and what each submit returned or raised."""
+    batches: list[list[str]] = []
+    writing, release = threading.Event(), threading.Event()
+
+    def held(batch: list[str]) -> list[str]:
+        batches.append(batch)
+        if len(batches) == 1:
+            writing.set()
+            release.wait(30)
+        return write(batch)
+
+    writer = GroupCommit(held)
+    outcomes: dict[str, Any] = {}
+
+    def submit(item: str) -> None:
+        try:
+            outcomes[item] = writer.submit(item)
+        except ValueError as error:
+            outcomes[item] = error
+
+    threads = [threading.Thread(target=submit, args=(item,)) for item in items]
+    threads[0].start()
+    writing.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.3)  # every other thread is waiting now
+    assert outcomes == {}  # nobody returns before its own batch is written
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    return [sorted(batch) for batch in batches], outcomes
+
+
+def test_what_arrives_during_a_write_goes_in_the_next_one_together() -> None:
+    batches, outcomes = grouped(lambda batch: [f"wrote {item}" for item in batch], ["a", "b", "c", "d"])
+    assert batches == [["a"], ["b", "c", "d"]]
+    assert outcomes == {item: f"wrote {item}" for item in "abcd"}
+
+
+def test_a_failing_item_fails_alone_and_its_batch_mates_are_written() -> None:
+    def write(batch: list[str]) -> list[str]:
+        if "bad" in batch:
+            raise ValueError("a value the table refuses")
+        return [f"wrote {item}" for item in batch]
+
+    batches, outcomes = grouped(write, ["a", "b", "bad", "c"])
+    assert batches[:2] == [["a"], ["b", "bad", "c"]] and sorted(batches[2:]) == [["b"], ["bad"], ["c"]]
+    assert isinstance(outcomes.pop("bad"), ValueError)
+    assert outcomes == {item: f"wrote {item}" for item in "abc"}
 
 
 def test_no_imported_identifier_reaches_the_audit_table_its_export_or_the_logs(

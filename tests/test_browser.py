@@ -203,7 +203,7 @@ def test_a_patient_goes_from_the_notice_to_their_code_with_the_keyboard_alone(
 
     tab_to(page, 'form[action="/sign-out"] button')
     press(page, "Space")
-    assert page.url == server.url + "/"
+    assert page.url == server.url + "/signed-out"
     assert page.get_attribute("html", "lang") == lang  # the language outlives the sign-out
 
 

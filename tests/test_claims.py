@@ -111,6 +111,50 @@ def holders(session: Session) -> dict[int, int]:
     return {patient_id: code_id for patient_id, code_id in rows}
 
 
+def counted(session: Session, today: date) -> PoolStatus:
+    """The pool's counts the slow way, row by row: what the kept counts must always equal."""
+    session.rollback()
+    count = sa.select(sa.func.count()).select_from(CODES)
+    return PoolStatus(
+        session.scalar(count) or 0,
+        session.scalar(count.where(CODES.c.patient_id.is_not(None))) or 0,
+        session.scalar(count.where(CODES.c.patient_id.is_(None), CODES.c.enroll_by >= today)) or 0,
+    )
+
+
+def test_the_pool_counts_follow_every_write_whoever_makes_it(app: Flask) -> None:
+    """Kept by the database: claims, a reissue, and plain SQL inserting, claiming, moving and deleting
+    codes, in batches and alone, all show in ``pool_status`` exactly as counting the rows would."""
+    today = date.today()
+    with app.app_context():
+        people = add_patients(db.session, 6)
+        ids = add_codes(db.session, {code: SOON for code in new_codes(70)})
+        add_codes(db.session, {code: today - timedelta(days=1) for code in new_codes(3, "OLD")})
+    for person in people[:3]:
+        claim(app, person)
+    with app.app_context():
+        held = code_of(db.session, services().cipher, db.session.get_one(Patient, people[0]))
+        assert held is not None
+        reissue_code(db.session, services().cipher, db.session.get_one(Patient, people[0]), held.row_id)
+        first, *rest = sorted(ids.values())
+        with db.engine.begin() as connection:
+            for statement, params in [
+                ("UPDATE activation_codes SET patient_id = :p WHERE id = :id", {"p": people[4], "id": rest[-1]}),
+                (
+                    "UPDATE activation_codes SET enroll_by = :d WHERE id IN (:a, :b)",
+                    {"d": today, "a": rest[0], "b": rest[1]},
+                ),
+                ("UPDATE activation_codes SET product = 'renamed'", {}),
+                ("DELETE FROM activation_codes WHERE id > :id AND patient_id IS NULL", {"id": rest[40]}),
+                ("DELETE FROM activation_codes WHERE id = :id", {"id": first}),
+            ]:
+                connection.execute(sa.text(statement), params)
+        expected = counted(db.session, today)
+        assert expected.claimed == 4 and 0 < expected.available < expected.total  # 3 + reissue + 1 - 1 deleted
+        assert pool_status(db.session, today) == expected
+        assert pool_status(db.session, SOON + timedelta(days=1)) == counted(db.session, SOON + timedelta(days=1))
+
+
 # --- one person, one code; encrypted at rest -----------------------------------------------------
 
 

@@ -130,7 +130,8 @@ def secrets_of(rows: list[dict[str, str]], codes: list[str]) -> set[str]:
 def test_a_whole_run_logs_no_imported_value(
     database_url: str, json_log: io.StringIO, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Import, lookups that succeed, fail and are refused, exposure, claim, code, sign-out, a scrape."""
+    """Import, lookups that succeed, fail and are refused (a full SSN among them), exposure, claim, code,
+    sign-out, a scrape."""
     app = make_app(database_url, VERIFY_LIMIT_PERSON="2 per hour")
     rows = list(synthetic.synthetic_patients(20, seed=7))
     rows.append({**rows[0], "record_id": "SYN-BAD", "date_of_birth": "1976-02-30"})  # rejected
@@ -152,6 +153,10 @@ def test_a_whole_run_logs_no_imported_value(
     client = app.test_client()
     for _ in range(3):  # two failures, then refused
         lookup(app.test_client(), **other, ssn_last4="0000")
+    # A full SSN pasted into the last-four box, with and without its dashes: refused, never logged.
+    ssn = person["ssn"]
+    for pasted in (ssn, ssn.replace("-", ""), ssn.replace("-", " ")):
+        assert lookup(app.test_client(), **fields, ssn_last4=pasted).status_code == 400
     assert lookup(client, **fields, ssn_last4=person["ssn"][-4:]).status_code == 303
     client.get("/exposure")
     assert client.post("/claim", data={"csrf_token": csrf_token(client, "/exposure")}).status_code == 303

@@ -546,7 +546,7 @@ def test_signing_out_ends_the_session_on_the_server(app: Flask) -> None:
     assert replay.get("/exposure").status_code == 200
 
     response = post_with_token(client, "/sign-out")
-    assert response.status_code == 303 and response.headers["Location"] == "/"
+    assert response.status_code == 303 and response.headers["Location"] == "/signed-out"
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Verification)) == 0
     assert client.get("/exposure").headers["Location"] == "/lookup"

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from conftest import import_patients, patient_row
 from flask import Flask
 
-from portal.claims import claim_code
+from portal.claims import PoolStatus, claim_code, pool_status
 from portal.extensions import db
 from portal.identity import start_verification
 from portal.importer import import_codes
@@ -101,6 +101,8 @@ def test_programme_end_destroys_the_records_and_keeps_the_counts(app: Flask) -> 
     left = counts(app)
     assert (left["verifications"], left["activation_codes"], left["patients"], left["hash_schemes"]) == (0, 0, 0, 0)
     assert left["letter_records"] == 0
+    with app.app_context():
+        assert pool_status(db.session) == PoolStatus(0, 0, 0)  # the pool's kept counts emptied with it
     assert left["hourly_counts"] == 2  # last week's claims and the purge itself
     assert purge_events(app) == {"programme-end": 1}
     assert app.extensions["portal.limit_store"].get("portal/verify-person/x") == 0

@@ -49,7 +49,7 @@ def test_guessing_the_last_four_from_many_addresses_is_stopped(database_url: str
         outcomes.append(status)
         if status == 429:
             assert retry_after and int(retry_after) > 0
-            assert "help line" in body
+            assert "Call 1-800-555-0142, Monday to Friday" in body  # the call center, from the programme file
             break
     assert outcomes == [200] * 5 + [429]
     # Once throttled, even the right answer is refused: a guesser cannot tell when they hit it.

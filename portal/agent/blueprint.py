@@ -36,9 +36,7 @@ def form_page(template: str, form: FlaskForm, **context: Any) -> tuple[str, int]
 
 @bp.errorhandler(throttle.Throttled)
 def throttled(error: throttle.Throttled) -> ResponseValue:
-    return render_error(
-        429, "Too many attempts for now. Wait a few minutes, then try again.", retry_after=error.retry_after
-    )
+    return render_error(429, retry_after=error.retry_after)
 
 
 @bp.errorhandler(throttle.LimitStoreDown)

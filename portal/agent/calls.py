@@ -24,6 +24,7 @@ from portal.services import services
 from portal.verification import verify
 
 CALL_KEY = "agent_call"  # the verification token of the call in progress
+CALL_MINOR_KEY = "agent_call_minor"  # whether the birth date the agent typed is a minor's (never the date)
 CALL_OUTCOMES = {
     "resolved": "Caller's questions answered",
     "code-given": "Activation code read to the caller",
@@ -60,6 +61,9 @@ def call() -> ResponseValue:
     if verified is None:
         return render_template("agent/call.html", form=form, not_matched=True, outcomes=CALL_OUTCOMES), 200
     session[CALL_KEY] = verified.token
+    session.pop(CALL_MINOR_KEY, None)
+    if exposure.is_minor(form.claim.date_of_birth, services().programme.notice_date):
+        session[CALL_MINOR_KEY] = True
     return redirect(url_for("agent.caller"), 303)
 
 
@@ -87,7 +91,9 @@ def caller(patient: Patient) -> str:
         audit("code", "re-read", patient.public_id)
     return render_template(
         "agent/caller.html",
-        fields=exposure.fields_in(patient.exposed_fields),
+        guidance=exposure.guidance(
+            patient.exposed_fields, services().programme.exposed_fields, session.get(CALL_MINOR_KEY, False)
+        ),
         held=held,
         outcomes=CALL_OUTCOMES,
     )
@@ -171,5 +177,6 @@ def end_call() -> ResponseValue:
     patient = verified_patient(db.session, session.get(CALL_KEY), CHANNEL)
     audit("call-outcome", outcome, patient.public_id if patient else None)
     end_verification(db.session, session.pop(CALL_KEY, None))
+    session.pop(CALL_MINOR_KEY, None)
     flash("Call recorded. Ready for the next caller.")
     return redirect(url_for("agent.call"), 303)

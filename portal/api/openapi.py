@@ -21,7 +21,7 @@ from portal.exposure import FIELDS
 from portal.identity import EARLIEST_BIRTH_DATE
 from portal.sandbox import SANDBOX_PEOPLE
 
-VERSION = "1.1.0"  # CHANGELOG.md, "Partner API"
+VERSION = "1.2.0"  # CHANGELOG.md, "Partner API"
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe's keys
 
 
@@ -404,6 +404,12 @@ def document(today: date) -> dict[str, Any]:
                                                         "text": "Freeze your credit at all three bureaus.",
                                                         "link": "https://www.usa.gov/credit-freeze",
                                                         "link_text": "How to freeze your credit (USA.gov)",
+                                                        "links": [
+                                                            {
+                                                                "url": "https://www.usa.gov/credit-freeze",
+                                                                "text": "How to freeze your credit (USA.gov)",
+                                                            }
+                                                        ],
                                                     }
                                                 ],
                                             }
@@ -601,11 +607,24 @@ def document(today: date) -> dict[str, Any]:
                             "items": {
                                 "type": "object",
                                 "additionalProperties": False,
-                                "required": ["text", "link", "link_text"],
+                                "required": ["text", "link", "link_text", "links"],
                                 "properties": {
                                     "text": {"type": "string"},
-                                    "link": {"type": ["string", "null"], "description": "An official https page."},
+                                    "link": {
+                                        "type": ["string", "null"],
+                                        "description": "An official https page: the first of `links`.",
+                                    },
                                     "link_text": {"type": ["string", "null"]},
+                                    "links": {
+                                        "type": "array",
+                                        "description": "Every official https page of the step.",
+                                        "items": {
+                                            "type": "object",
+                                            "additionalProperties": False,
+                                            "required": ["url", "text"],
+                                            "properties": {"url": {"type": "string"}, "text": {"type": "string"}},
+                                        },
+                                    },
                                 },
                             },
                         },

@@ -179,7 +179,12 @@ def program() -> ResponseReturnValue:
                     "label": str(field.label),
                     "risk": str(field.risk),
                     "steps": [
-                        {"text": str(step.text), "link": step.link, "link_text": str(step.link_text or "") or None}
+                        {
+                            "text": str(step.text),
+                            "link": step.link,
+                            "link_text": str(step.link_text or "") or None,
+                            "links": [{"url": link.url, "text": str(link.text)} for link in step.links],
+                        }
                         for step in field.steps
                     ],
                 }

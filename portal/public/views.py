@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
 
+import icalendar
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseValue
 from flask_babel import get_locale
@@ -20,6 +23,7 @@ from portal.events import Event, record
 from portal.extensions import db
 from portal.forms import FIELD_MESSAGES, LetterForm, LookupForm
 from portal.identity import end_verification, give_letter_reference, live_verification
+from portal.importer import DEFAULT_PRODUCT
 from portal.models import Patient, Verification
 from portal.services import services
 from portal.verification import letter_required, verify
@@ -27,6 +31,10 @@ from portal.verification import letter_required, verify
 bp = Blueprint("public", __name__)
 
 SESSION_KEY = "verification"
+# Set (True) when the birth date typed at the lookup made the person a minor on the notice date: the
+# one fact kept of it (the signed session holds no date), for the children's plan.
+MINOR_KEY = "minor"
+ENDED_KEY = "ended"  # why the last verification in this browser ended, said once on the next page that needs it
 CHANNEL = "public"
 CSRF_SLOT = "@@csrf-token@@"  # stands in for the visitor's token in the cached blank lookup form
 
@@ -82,6 +90,8 @@ def lookup() -> Response | tuple[str, int]:
     session.clear()
     session.permanent = True
     session[SESSION_KEY] = verified.token
+    if exposure.is_minor(form.claim.date_of_birth, services().programme.notice_date):
+        session[MINOR_KEY] = True
     return redirect(url_for("public.exposure_page"), 303)
 
 
@@ -97,6 +107,8 @@ def verified_only(view: Callable[[Patient, Verification], ResponseValue]) -> Cal
         if SESSION_KEY in session:
             session.clear()
             flash(_("For your safety your session ended after 15 minutes. Please enter your details again."))
+        elif session.pop(ENDED_KEY, None) == "signed-out":
+            flash(_("Your session ended when you signed out. To see your page again, enter your details again."))
         return redirect(url_for("public.lookup_form"), 303)
 
     return guarded
@@ -115,9 +127,67 @@ def _exposure(patient: Patient, verification: Verification, letter_form: LetterF
         letter_form = LetterForm(formdata=None)
     return render_template(
         "public/exposure.html",
-        fields=exposure.fields_in(patient.exposed_fields),
+        guidance=_guidance(patient),
         held=code_of(db.session, services().cipher, patient),
         letter_form=letter_form,
+    )
+
+
+def _guidance(patient: Patient) -> exposure.Guidance:
+    programme = services().programme
+    return exposure.guidance(patient.exposed_fields, programme.exposed_fields, session.get(MINOR_KEY, False))
+
+
+@bp.get("/plan")
+@verified_only
+def plan_page(patient: Patient, verification: Verification) -> str:
+    """The summary and the plan, to print or save; with the code when the code page would show it."""
+    held = code_of(db.session, services().cipher, patient)
+    shown = held if held is not None and not letter_required(verification) else None
+    _record("plan", "viewed", patient.public_id)
+    return render_template("public/plan.html", guidance=_guidance(patient), held=shown)
+
+
+REMINDER_DAYS = 14  # the calendar's alarm: time left to enrol once it rings
+
+
+@bp.get("/plan.ics")
+def reminder() -> Response:
+    """The enrol-by date as a calendar event, in the visitor's language.
+
+    Programme facts only, the same for everyone: no name and no activation code. Calendars are
+    synced to other services, shared with family and shown on locked screens; a code seen there is
+    one a thief can enrol with before its owner does. The event says where the code is instead.
+    """
+    programme = services().programme.in_language(str(get_locale()))
+    enrol_by = programme.enrol_by
+    event = icalendar.Event()
+    event.add("uid", f"{uuid.uuid5(uuid.NAMESPACE_URL, f'{programme.enrolment_url}#enroll-by-{enrol_by}')}")
+    event.add("dtstamp", datetime.now(UTC))
+    event.add("dtstart", enrol_by)
+    event.add("dtend", enrol_by + timedelta(days=1))
+    event.add("transp", "TRANSPARENT")
+    event.add("summary", _("Last day to enroll in %(provider)s", provider=programme.provider_name))
+    event.add("description", _(
+        "%(months)s months of %(provider)s, free, from %(organisation)s. Enroll at %(url)s with the activation "
+        "code on the page you printed or saved, or sign in again to see it. Questions? Call %(phone)s.",
+        months=programme.coverage_months, provider=programme.provider_name, organisation=programme.organisation,
+        url=programme.enrolment_url, phone=programme.call_center_phone,
+    ))  # fmt: skip
+    event.add("url", programme.enrolment_url)
+    alarm = icalendar.Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", event["summary"])
+    alarm.add("trigger", timedelta(days=-REMINDER_DAYS))
+    event.add_component(alarm)
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//affected-patient-portal//enroll-by reminder//EN")
+    calendar.add("version", "2.0")
+    calendar.add_component(event)
+    return Response(
+        calendar.to_ical(),
+        mimetype="text/calendar",
+        headers={"Content-Disposition": 'attachment; filename="enroll-by.ics"', "Content-Language": str(get_locale())},
     )
 
 
@@ -163,12 +233,23 @@ def code_page(patient: Patient, verification: Verification) -> ResponseValue:
     if held is None or letter_required(verification):
         return redirect(url_for("public.exposure_page"), 303)
     _record("code", "viewed", patient.public_id)
-    return render_template("public/code.html", held=held)
+    # The importer's default product name is English: said in the page's language instead.
+    product = _("Identity protection, 24 months") if held.product == DEFAULT_PRODUCT else held.product
+    return render_template("public/code.html", held=held, product=product)
 
 
 @bp.post("/sign-out")
 def sign_out() -> Response:
+    """Ends the verification here and on the server; the browser keeps only the word that it was a
+    sign-out (nothing about the person), so that a page reopened afterwards says why it is gone."""
     _record("sign-out", "success")
     end_verification(db.session, session.get(SESSION_KEY))
     session.clear()
-    return redirect(url_for("public.index"), 303)
+    session[ENDED_KEY] = "signed-out"
+    return redirect(url_for("public.signed_out"), 303)
+
+
+@bp.get("/signed-out")
+def signed_out() -> str:
+    """The same for everyone (the template shows no flash)."""
+    return rendered_once("public/signed_out.html", dict)
