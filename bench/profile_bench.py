@@ -37,9 +37,13 @@ COMPONENTS: list[tuple[str, str]] = [
     ("JSON log lines", r"\(portal/logs\.py"),
     ("metrics (Prometheus files)", r"\((portal/metrics\.py|prometheus_client/)"),
     ("attack detection (Redis)", r"^_detect \(portal/events\.py"),
-    ("audit row (chain append)", r"^AuditChain\.append \("),
+    ("audit row (chain append)", r"^AuditChain\.append(_many)? \("),
     ("hourly count (UPSERT)", r"^add_counts \(portal/stats\.py"),
-    ("event: its transaction (BEGIN, COMMIT)", r"^record \(portal/events\.py"),
+    # The batch's transaction (group commit: whichever request leads writes the others' events too).
+    (
+        "event: its transaction (BEGIN, COMMIT, group commit)",
+        r"^(record|_write_events) \(portal/events\.py|^GroupCommit\.",
+    ),
     ("budgets: counting (Redis script)", r"^(_reserve|_give_back) \(portal/throttle\.py"),
     ("budgets: keys", r"(budgets?|person_key) \(portal/|\(portal/network\.py"),
     ("lookup: schemes and patient (SQL)", r"^(find_patient|lookup_schemes) \(portal/identity\.py"),
@@ -51,8 +55,14 @@ COMPONENTS: list[tuple[str, str]] = [
     ("templates (Jinja2)", r"\(jinja2/|^(render_template|rendered_once) \("),
     ("CSRF token and check", r"\(flask_wtf/csrf\.py"),
     ("form (WTForms, normalising)", r"\((wtforms/|flask_wtf/|portal/forms\.py)"),
-    ("API key and body checks", r"\(portal/api/(auth|validation)\.py"),
-    ("Flask-Limiter (API key rate)", r"\(flask_limiter/"),
+    # The key's rate: Flask-Limiter's own methods and the headers, not its decorator, which wraps the whole view.
+    (
+        "Flask-Limiter (API key rate, headers)",
+        r"^(Limiter|LimitManager|RequestLimit)\.\S+ \(flask_limiter/"
+        r"|^(rate_limit_headers|_window) \(portal/api/auth\.py",
+    ),
+    ("API key check (SQL)", r"^(_bearer_key|authenticate) \(portal/"),
+    ("API body checks (JSON, normalising)", r"^(json_object|identity_claim|claim_request) \(portal/api/validation\.py"),
     ("session cookie (sign, parse)", r"\((flask/sessions\.py|itsdangerous/)|get_signing_serializer \("),
     ("language (Babel)", r"\((flask_babel/|babel/|portal/i18n\.py)"),
     ("request log line, request id", r"^(finish_request|start_request|request_id) \(portal/telemetry\.py"),

@@ -218,6 +218,9 @@ class Detector:
         self.client_network = client_network  # as people are counted: its /24 or /64
         self.key_prefix = f"{key_prefix}:alert"
         self._script: Any = None  # _ADD_ALL, registered on the store's Redis at first use
+        # The success-share window this process last saw raised: its flag in the store stays set for
+        # the rest of the window, so the successes after it need not ask the store again.
+        self._share_raised = ""
 
     def observe(self, action: str, outcome: str, channel: str, client: str | None, actor: str | None,
                 at: datetime, patient_ref: str | None = None) -> list[Alert]:  # fmt: skip
@@ -333,7 +336,11 @@ class Detector:
             successes, failures = count % SHARE_FAILURE, count // SHARE_FAILURE
             if outcome != "success" or successes < item.amount or successes <= t.success_share * (successes + failures):
                 return None
-            if self.counters.incr(f"{key}:raised", 2 * seconds) != 1:
+            if self._share_raised == key:
+                return None
+            first = self.counters.incr(f"{key}:raised", 2 * seconds) == 1
+            self._share_raised = key
+            if not first:
                 return None
             return Alert("success-share", channel, successes, seconds, datetime.fromtimestamp(window * seconds, UTC))
 

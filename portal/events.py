@@ -16,7 +16,7 @@ import getpass
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
@@ -114,7 +114,7 @@ def record(event: Event) -> None:
     finally:
         # The new head goes out with the line: the log, kept apart from the database, is what
         # shows a later truncation of the trail (``portal audit verify --expect-head``).
-        write(log, logging.INFO, Fields({**asdict(entry), "audit_head": head}))
+        write(log, logging.INFO, Fields({**vars(entry), "audit_head": head}))
     for alert in raised:
         alerts.announce(alert)
         metrics.observe_event("alert", alert.kind, alert.channel)

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from conftest import REDIS_URL, import_patients, lookup, make_app, make_config, patient_row, write_programme
 from live import Answer, LiveServer, Visitor, all_at_once
 
-from portal import schema
+from portal import identity, schema
 from portal.app import create_app
 from portal.extensions import db
 from portal.identity import start_verification
@@ -229,6 +229,28 @@ def test_expired_verifications_are_swept_as_new_ones_start(app: Any) -> None:
         expired = sa.select(sa.func.count()).select_from(Verification).where(Verification.expires_at <= utcnow())
         assert db.session.scalar(expired) == 0
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Verification)) == 2
+
+
+def test_a_sweep_that_found_little_pauses_for_a_second_only(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a sweep leaves nothing expired, the next verifications skip it, but not for longer than
+    ``SWEEP_PAUSE_SECONDS``: rows that expired meanwhile are swept by the first verification after."""
+    assert import_patients(app, [patient_row()]) == []
+    with app.app_context():
+        patient = db.session.scalar(sa.select(Patient))
+        start_verification(db.session, patient, "public", 900)  # nothing to sweep: the pause starts
+        past = utcnow() - timedelta(hours=1)
+        row = {"patient_id": patient.id, "channel": "public", "created_at": past, "expires_at": past}
+        db.session.execute(
+            sa.insert(Verification), [{**row, "token_digest": secrets.token_bytes(32)} for _ in range(5)]
+        )
+        db.session.commit()
+        expired = sa.select(sa.func.count()).select_from(Verification).where(Verification.expires_at <= utcnow())
+        start_verification(db.session, patient, "public", 900)
+        assert db.session.scalar(expired) == 5  # paused
+        later = identity.time.monotonic() + identity.SWEEP_PAUSE_SECONDS
+        monkeypatch.setattr(identity.time, "monotonic", lambda: later)
+        start_verification(db.session, patient, "public", 900)
+        assert db.session.scalar(expired) == 0
 
 
 @pytest.mark.redis

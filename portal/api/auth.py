@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
 from flask import g, request
 from flask.wrappers import Response
+from flask_limiter import RequestLimit
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 from portal.extensions import db, limiter
@@ -71,10 +75,21 @@ def rate_limit_headers(response: Response) -> Response:
     if current is None:
         return response
     try:
-        reset_at, remaining = current.reset_at, current.remaining
+        reset_at, remaining = _window(current)
     except Exception:  # the limit store went away since the check: the answer stands without hints
         return response
     response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
     response.headers["X-RateLimit-Remaining"] = str(remaining)
     response.headers["X-RateLimit-Reset"] = str(reset_at)
     return response
+
+
+def _window(current: RequestLimit) -> tuple[int, int]:
+    """(reset_at, remaining) as ``current.reset_at`` and ``current.remaining`` give them, in one round
+    trip on Redis: the fixed window's count and its expiry, which Flask-Limiter reads one after the other."""
+    storage = limiter.storage
+    if not isinstance(storage, RedisStorage) or not isinstance(limiter.limiter, FixedWindowRateLimiter):
+        return current.reset_at, current.remaining
+    key = storage.prefixed_key(current.key)
+    count, ttl = storage.get_connection(True).pipeline(transaction=False).get(key).ttl(key).execute()
+    return int(max(ttl, 0) + time.time() + 1), max(0, current.limit.amount - int(count or 0))
