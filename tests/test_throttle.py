@@ -7,16 +7,18 @@ import secrets
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
+from conftest import REDIS_URL, create_api_key, import_patients, lookup, make_app, patient_row
 from flask import Flask, request
 from flask.testing import FlaskClient
 from flask_limiter import Limiter
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 import portal.identity
 from portal import throttle, verification
 from portal.errors import RETRY_AFTER_SECONDS
-from portal.extensions import limiter
+from portal.extensions import db, limiter
+from portal.models import AuditEvent
 from portal.network import client_key
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
@@ -293,6 +295,26 @@ def test_an_attempt_that_ends_in_an_error_gives_back_every_unit(
         patched.setattr(verification, "find_patient", database_lost)
         assert [attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.70")[0] for _ in range(3)] == [503] * 3
     assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.70")[0] == 303
+
+
+def test_every_attempt_is_recorded_with_who_made_it_and_from_where(database_url: str) -> None:
+    """A success, a failure and the refusal after it each name the partner key that asked and the
+    client's network: a campaign is traced to its key and network whatever its attempts' fate."""
+    app = throttled_app(database_url, API_VERIFY_LIMIT_PERSON="1 per 15 minutes")
+    key, client = create_api_key(app), client_at(app, "198.51.100.7")
+    bodies = [{**KNOWN, "ssn_last4": RIGHT_LAST4}] + [{**KNOWN, "ssn_last4": "0000"}] * 2
+    answers = [client.post("/api/v1/verifications", json=body, headers={"Authorization": f"Bearer {key}"})
+               for body in bodies]  # fmt: skip
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    with app.app_context():
+        rows = db.session.execute(
+            select(AuditEvent.outcome, AuditEvent.channel, AuditEvent.actor, AuditEvent.client)
+            .where(AuditEvent.action == "verification")
+            .order_by(AuditEvent.at)
+        ).all()
+    assert [row.outcome for row in rows] == ["success", "failure", "throttled:verify-person-api"]
+    assert rows[0].actor.startswith("api-key:")
+    assert {(row.channel, row.actor, row.client) for row in rows} == {("api", rows[0].actor, "198.51.100.0/24")}
 
 
 @pytest.mark.parametrize(
