@@ -159,6 +159,19 @@ def test_an_account_disabled_or_removed_in_the_database_has_no_session_left(app:
     assert client.get("/agent/").headers["Location"] == "/agent/login"
 
 
+@pytest.mark.parametrize("user_id", ["{id}", "{id}:", "{id}:x", ":1", "x:1"])
+def test_a_session_naming_its_account_without_a_session_version_loads_no_one(
+    sqlite_app: Flask, user_id: str
+) -> None:
+    """Such as a cookie signed before sessions carried their version: signed in, it loads no one."""
+    account = make_staff(sqlite_app)
+    client = signed_in(sqlite_app, account)
+    with client.session_transaction() as session:
+        session["_user_id"] = user_id.format(id=account.id)
+    response = client.get("/agent/")
+    assert (response.status_code, response.headers["Location"]) == (303, "/agent/login")
+
+
 def test_a_totp_code_is_accepted_once_only(app: Flask) -> None:
     account = make_staff(app)
     code = account.code()
@@ -392,6 +405,8 @@ def test_the_console_answers_only_allowed_networks(database_url: str) -> None:
     closed = make_app(database_url, AGENT_NETWORKS=["10.0.0.0/8", "2001:db8::/32"])
     assert closed.test_client().get("/agent/login").status_code == 404
     assert closed.test_client().get("/agent/login", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+    for unknown in ("", "unix:/run/portal.sock"):  # no address (a Unix socket): inside no allowed network
+        assert closed.test_client().get("/agent/login", environ_base={"REMOTE_ADDR": unknown}).status_code == 404
     open_ = make_app(database_url, AGENT_NETWORKS=["127.0.0.0/8"])
     assert open_.test_client().get("/agent/login").status_code == 200
     # A network written with its host bits set, as the configuration accepts it, means its network.
