@@ -605,6 +605,31 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]
 
 
+def test_the_audit_trails_days_are_whole_and_inclusive_and_other_actors_show_as_they_are(app: Flask) -> None:
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    now = utcnow()
+    with app.app_context():
+        db.session.execute(update(AuditEvent).values(at=now - timedelta(days=3)))  # the supervisor's login
+        db.session.commit()
+    assert lookup(app.test_client(), **PERSON, ssn_last4="0000").status_code == 200  # nobody signed in
+    with app.app_context():
+        db.session.execute(update(AuditEvent).where(AuditEvent.at > now - timedelta(days=1)).values(
+            at=now - timedelta(days=2)))  # fmt: skip
+        db.session.commit()
+    day = {n: (now - timedelta(days=n)).date().isoformat() for n in (0, 2, 3)}
+
+    def exported(query: str) -> list[list[str]]:
+        return list(csv.reader(io.StringIO(supervisor.get(f"/agent/audit/export.csv?{query}").get_data(True))))[1:]
+
+    assert {row[2][:10] for row in exported(f"until={day[3]}")} == {day[3]}
+    assert {row[2][:10] for row in exported(f"since={day[2]}&until={day[2]}")} == {day[2]}
+    assert {row[2][:10] for row in exported(f"since={day[0]}")} == {day[0]}  # the exports themselves
+    anonymous = exported(f"since={day[2]}&until={day[2]}")
+    assert [row[3:7] for row in anonymous] == [["anonymous", "", "", "verification"]]
+    page = supervisor.get(f"/agent/audit?since={day[2]}&until={day[2]}").get_data(as_text=True)
+    assert "anonymous" in page
+
+
 # --- lost letters --------------------------------------------------------------------------------
 
 NO_SSN = {"last_name": "Ødegård", "date_of_birth": "1961-07-19", "zip_code": "20002"}

@@ -63,7 +63,7 @@ done
 # The access rules run on every console request, so each surviving mutant of them ran every console
 # test (a minute or more each on two busy cores): they are checked against the access, login and
 # session tests.
-own_tests[agent/auth]="tests/test_agent.py -k 'console_route or 403 or factor or disabled or totp or login or session or network or switched or code_of_other'"
+own_tests[agent/auth]="tests/test_agent.py -k 'console_route or 403 or factor or disabled or totp or login or session or network or switched or code_of_other or full_call'"
 all_modules=(identity hashing_slots claims security config throttle network api/auth api/errors api/openapi
   api/validation api/views partner_keys staff "${console[@]}" audit verification alerts retention letters
   sealing ops logs events)
