@@ -19,7 +19,7 @@ from portal import throttle, verification
 from portal.errors import RETRY_AFTER_SECONDS
 from portal.extensions import db, limiter
 from portal.models import AuditEvent
-from portal.network import client_key
+from portal.network import client_key, client_network, recorded_client
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001"}
@@ -331,3 +331,22 @@ def test_every_attempt_is_recorded_with_who_made_it_and_from_where(database_url:
 )
 def test_a_client_is_an_ipv4_address_or_an_ipv6_64(address: str | None, counted_as: str) -> None:
     assert client_key(address) == counted_as
+
+
+@pytest.mark.parametrize(
+    "address, people_counted_in, recorded_as",
+    [
+        ("192.0.2.7", "192.0.2.0/24", "192.0.2.0/24"),
+        ("::ffff:192.0.2.7", "192.0.2.0/24", "192.0.2.0/24"),
+        ("2001:db8:1:2::5", "2001:db8:1:2::/64", "2001:db8:1::/48"),
+        ("", "unknown", None),
+        (None, "unknown", None),
+    ],
+)
+def test_people_are_counted_per_ipv4_24_or_ipv6_64_and_the_trail_keeps_a_24_or_48(
+    address: str | None, people_counted_in: str, recorded_as: str | None
+) -> None:
+    assert client_network(address) == people_counted_in
+    assert recorded_client(address) == recorded_as
+    # An IPv6 zone names an interface of the sender's machine, nothing about a client.
+    assert recorded_client("fe80::1%eth0") is None
