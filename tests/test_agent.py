@@ -10,7 +10,8 @@ import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -142,6 +143,35 @@ def test_a_disabled_account_cannot_sign_in_and_its_sessions_end(app: Flask) -> N
     assert FAILED in login(app.test_client(), account, steps_ahead=1).get_data(as_text=True)
 
 
+@pytest.mark.parametrize("change", ["disabled", "removed"])
+def test_an_account_disabled_or_removed_in_the_database_has_no_session_left(app: Flask, change: str) -> None:
+    """Whatever wrote the row (an operator's SQL, a restore), a disabled or missing account's
+    cookie loads no one, even with its session version unchanged."""
+    account = make_staff(app)
+    client = signed_in(app, account)
+    with app.app_context():
+        staff = db.session.get(Staff, account.id)
+        if change == "disabled":
+            staff.disabled = True
+        else:
+            db.session.delete(staff)
+        db.session.commit()
+    assert client.get("/agent/").headers["Location"] == "/agent/login"
+
+
+@pytest.mark.parametrize("user_id", ["{id}", "{id}:", "{id}:x", ":1", "x:1"])
+def test_a_session_naming_its_account_without_a_session_version_loads_no_one(
+    sqlite_app: Flask, user_id: str
+) -> None:
+    """Such as a cookie signed before sessions carried their version: signed in, it loads no one."""
+    account = make_staff(sqlite_app)
+    client = signed_in(sqlite_app, account)
+    with client.session_transaction() as session:
+        session["_user_id"] = user_id.format(id=account.id)
+    response = client.get("/agent/")
+    assert (response.status_code, response.headers["Location"]) == (303, "/agent/login")
+
+
 def test_a_totp_code_is_accepted_once_only(app: Flask) -> None:
     account = make_staff(app)
     code = account.code()
@@ -191,7 +221,8 @@ def test_failed_logins_are_throttled_per_address(database_url: str) -> None:
 def test_first_login_must_choose_a_new_password(app: Flask) -> None:
     account = make_staff(app, ready=False)
     client = signed_in(app, account)
-    assert client.get("/agent/call").headers["Location"] == "/agent/password"
+    held = client.get("/agent/call")
+    assert (held.status_code, held.headers["Location"]) == (303, "/agent/password")
     given = account.password
     short = post_form(client, "/agent/password", "/agent/password", current=given, password="short", confirm="short")
     assert short.status_code == 400
@@ -268,6 +299,17 @@ def session_cookie(client: Any, app: Flask) -> str:
     return cookie.value if cookie else ""
 
 
+def test_login_sets_one_cookie_the_session_which_expires_with_its_lifetime(app: Flask) -> None:
+    """No long-lived "remember me" cookie, and no session cookie that outlives its lifetime in the
+    browser of a shared desk."""
+    answer = login(app.test_client(), make_staff(app))
+    cookies = answer.headers.getlist("Set-Cookie")
+    assert [cookie.split("=", 1)[0] for cookie in cookies] == [app.config["SESSION_COOKIE_NAME"]]
+    expires = [parsedate_to_datetime(part[8:]) for part in cookies[0].split("; ") if part.startswith("Expires=")]
+    assert len(expires) == 1
+    assert 0 < (expires[0] - datetime.now(UTC)).total_seconds() <= app.config["PERMANENT_SESSION_LIFETIME"]
+
+
 def test_login_rotates_the_session_and_logout_revokes_it(app: Flask) -> None:
     account = make_staff(app)
     client = app.test_client()
@@ -298,6 +340,34 @@ def test_sessions_time_out(app: Flask, stamp: str, seconds: int) -> None:
     assert client.get("/agent/").headers["Location"] == "/agent/login"
     with client.session_transaction() as session:
         assert "_user_id" not in session
+
+
+@pytest.mark.parametrize("stamp", [SEEN_AT, LOGIN_AT], ids=["idle", "absolute"])
+def test_a_session_without_its_time_stamp_has_timed_out(sqlite_app: Flask, stamp: str) -> None:
+    """A signed-in session that lacks a stamp cannot show it is recent: it ends, as an old one does."""
+    client = signed_in(sqlite_app, make_staff(sqlite_app))
+    with client.session_transaction() as session:
+        del session[stamp]
+    assert client.get("/agent/").headers["Location"] == "/agent/login"
+    with client.session_transaction() as session:
+        assert "_user_id" not in session
+
+
+@pytest.mark.parametrize(
+    "stamp, limit", [(SEEN_AT, "STAFF_IDLE_TIMEOUT_SECONDS"), (LOGIN_AT, "STAFF_SESSION_MAX_SECONDS")],
+    ids=["idle", "absolute"],
+)  # fmt: skip
+def test_a_session_stamp_exactly_at_its_limit_still_holds_and_a_second_more_ends_it(
+    sqlite_app: Flask, monkeypatch: pytest.MonkeyPatch, stamp: str, limit: str
+) -> None:
+    now = int(time.time())
+    monkeypatch.setattr(console_auth, "time", SimpleNamespace(time=lambda: now))
+    client = signed_in(sqlite_app, make_staff(sqlite_app))
+    for age, answer in ((sqlite_app.config[limit], (200, None)), (sqlite_app.config[limit] + 1, (303, "/agent/login"))):
+        with client.session_transaction() as session:
+            session[stamp] = now - age
+        response = client.get("/agent/")
+        assert (response.status_code, response.headers.get("Location")) == answer, age
 
 
 def test_activity_keeps_a_session_alive_until_the_absolute_limit(app: Flask) -> None:
@@ -335,8 +405,14 @@ def test_the_console_answers_only_allowed_networks(database_url: str) -> None:
     closed = make_app(database_url, AGENT_NETWORKS=["10.0.0.0/8", "2001:db8::/32"])
     assert closed.test_client().get("/agent/login").status_code == 404
     assert closed.test_client().get("/agent/login", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+    for unknown in ("", "unix:/run/portal.sock"):  # no address (a Unix socket): inside no allowed network
+        assert closed.test_client().get("/agent/login", environ_base={"REMOTE_ADDR": unknown}).status_code == 404
     open_ = make_app(database_url, AGENT_NETWORKS=["127.0.0.0/8"])
     assert open_.test_client().get("/agent/login").status_code == 200
+    # A network written with its host bits set, as the configuration accepts it, means its network.
+    loose = make_app(database_url, AGENT_NETWORKS=["10.1.2.3/8"])
+    assert loose.test_client().get("/agent/login", environ_base={"REMOTE_ADDR": "10.200.0.1"}).status_code == 200
+    assert loose.test_client().get("/agent/login", environ_base={"REMOTE_ADDR": "11.0.0.1"}).status_code == 404
 
 
 @pytest.mark.parametrize("networks", ["10.0.0.0/8", ["10.0.0.0/33"], ["example.org"]])
@@ -527,6 +603,31 @@ def test_the_audit_trail_filters_and_exports_and_the_export_is_recorded(app: Fla
     assert supervisor.get("/agent/audit?since=yesterday").status_code == 400
     assert supervisor.get("/agent/audit?until=9999-12-31").status_code == 400  # its day's end is no date
     assert [r.action for r in audit_rows(app)][-2:] == ["audit-trail", "audit-export"]
+
+
+def test_the_audit_trails_days_are_whole_and_inclusive_and_other_actors_show_as_they_are(app: Flask) -> None:
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    now = utcnow()
+    with app.app_context():
+        db.session.execute(update(AuditEvent).values(at=now - timedelta(days=3)))  # the supervisor's login
+        db.session.commit()
+    assert lookup(app.test_client(), **PERSON, ssn_last4="0000").status_code == 200  # nobody signed in
+    with app.app_context():
+        db.session.execute(update(AuditEvent).where(AuditEvent.at > now - timedelta(days=1)).values(
+            at=now - timedelta(days=2)))  # fmt: skip
+        db.session.commit()
+    day = {n: (now - timedelta(days=n)).date().isoformat() for n in (0, 2, 3)}
+
+    def exported(query: str) -> list[list[str]]:
+        return list(csv.reader(io.StringIO(supervisor.get(f"/agent/audit/export.csv?{query}").get_data(True))))[1:]
+
+    assert {row[2][:10] for row in exported(f"until={day[3]}")} == {day[3]}
+    assert {row[2][:10] for row in exported(f"since={day[2]}&until={day[2]}")} == {day[2]}
+    assert {row[2][:10] for row in exported(f"since={day[0]}")} == {day[0]}  # the exports themselves
+    anonymous = exported(f"since={day[2]}&until={day[2]}")
+    assert [row[3:7] for row in anonymous] == [["anonymous", "", "", "verification"]]
+    page = supervisor.get(f"/agent/audit?since={day[2]}&until={day[2]}").get_data(as_text=True)
+    assert "anonymous" in page
 
 
 # --- lost letters --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from launch import free_port
-from sqlalchemy import update
+from sqlalchemy import select, update
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR
@@ -80,7 +80,8 @@ def client(app: Flask) -> FlaskClient:
 # --- Endpoints ------------------------------------------------------------------------------------
 
 
-def test_a_verified_person_gets_their_exposure_and_a_claim_token(client: FlaskClient, key: str) -> None:
+def test_a_verified_person_gets_their_exposure_and_a_claim_token(app: Flask, client: FlaskClient, key: str) -> None:
+    before = utcnow().replace(microsecond=0)
     response = call(client, key, "POST", "/verifications", PERSON)
     assert response.status_code == 200 and response.mimetype == "application/json"
     body = response.get_json()
@@ -88,6 +89,11 @@ def test_a_verified_person_gets_their_exposure_and_a_claim_token(client: FlaskCl
     assert body["exposed_fields"] == ["name", "date_of_birth", "ssn"]
     assert body["expires_at"].endswith("Z") and len(body["claim_token"]) >= 40
     assert "Set-Cookie" not in response.headers
+    # The token's lifetime from now, never past the moment the stored verification expires.
+    expires_at = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    with app.app_context():
+        stored = db.session.scalars(select(Verification.expires_at)).one().replace(tzinfo=UTC)
+    assert before + timedelta(seconds=app.config["VERIFICATION_TTL_SECONDS"]) <= expires_at <= stored
 
 
 def test_the_form_spellings_verify_on_the_api_too(client: FlaskClient, key: str) -> None:

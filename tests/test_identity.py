@@ -28,6 +28,7 @@ import portal.identity as identity
 from portal.app import create_app
 from portal.config import ARGON2_FLOORS, DEFAULTS, ConfigError, decode_key
 from portal.extensions import db
+from portal import hashing_slots
 from portal.hashing_slots import HashingBusy
 from portal.identity import (
     CROCKFORD,
@@ -345,6 +346,36 @@ def test_the_canonical_message_is_fixed() -> None:
     assert by_ssn.canonical() == b"v1\x1fobrien\x1f1955-12-24\x1f80202\x1fssn:4321"
     by_reference = IdentityClaim.from_input("O'Brien", "1955-12-24", "80202", reference=REFERENCE.lower())
     assert by_reference.canonical() == f"v1\x1fobrien\x1f1955-12-24\x1f80202\x1fref:{REFERENCE}".encode()
+
+
+def test_a_servers_hashing_slots_bound_its_hashes_and_a_dead_workers_slots_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gunicorn master shares the slots before forking; each worker counts what it holds under
+    its own index, so the master frees exactly what a worker that died was holding."""
+    monkeypatch.setattr(hashing_slots, "_server_slots", None)  # this test's alone, dropped after it
+    slots = hashing_slots.share_hashing_slots(2)
+    assert hashing_slots.server_hashing_slots() is slots and slots.count == 2
+    hasher = IdentifierHasher(Keyring(1, {1: secrets.token_bytes(32)}), CHEAP, concurrency=8, wait_seconds=0.01)
+    claim = IdentityClaim.from_input(**BASE_CLAIM)
+    slots.bind(3)  # the worker at index 3
+    assert slots.acquire(timeout=0.01) and slots.acquire(timeout=0.01)
+    assert not slots.acquire(timeout=0.01), "two slots, two hashes at once"
+    with pytest.raises(HashingBusy):  # the hasher takes its turn in the server's slots, not its own 8
+        hasher.lookup_digests(claim, [unsaved_scheme()])
+    slots.release()
+    slots.bind(5)  # another worker takes the slot freed
+    assert slots.acquire(timeout=0.01) and not slots.acquire(timeout=0.01)
+    slots.reclaim(3)  # worker 3 died holding one: it comes back, worker 5's stays taken
+    assert slots.acquire(timeout=0.01) and not slots.acquire(timeout=0.01)
+    slots.release()
+    slots.release()  # worker 5 gave back both it held
+    slots.reclaim(3)  # neither worker holds any now: their exits free nothing more
+    slots.reclaim(5)
+    assert slots.acquire(timeout=0.01) and slots.acquire(timeout=0.01) and not slots.acquire(timeout=0.01)
+    for _ in range(2):
+        slots.release()
+    assert len(hasher.lookup_digests(claim, [unsaved_scheme()])) == 1
 
 
 def test_a_lookup_waits_for_a_hashing_slot_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:

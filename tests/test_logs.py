@@ -19,7 +19,7 @@ from flask import Flask, g
 from portal import synthetic
 from portal.extensions import db
 from portal.identity import normalise_last_name
-from portal.logs import JsonFormatter
+from portal.logs import Fields, JsonFormatter
 from portal.models import AuditEvent
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -88,6 +88,20 @@ def test_an_exceptions_message_never_reaches_a_log_line(app: Flask, json_log: io
     assert "unhandled ValueError" in str(logged[1]["message"])
     text = json.dumps(logged, ensure_ascii=False)
     assert "6789" not in text and "García" not in text
+
+
+def test_a_line_is_its_time_level_and_logger_then_its_fields_and_the_requests_id(app: Flask) -> None:
+    """The keys every log search relies on, with the UTC time to the millisecond."""
+    formatter = JsonFormatter()
+    record = logging.LogRecord("portal.test", logging.WARNING, __file__, 1, "slots %s", ("full",), None)
+    record.created = 1_700_000_000.25
+    head = {"time": "2023-11-14T22:13:20.250Z", "level": "WARNING", "logger": "portal.test"}
+    assert json.loads(formatter.format(record)) == {**head, "message": "slots full"}  # no request, no id
+    with app.test_request_context():
+        g.request_id = "ab" * 16
+        assert json.loads(formatter.format(record)) == {**head, "message": "slots full", "request_id": "ab" * 16}
+        record.msg, record.args = Fields({"request_id": "cd" * 16, "action": "x"}), ()
+        assert json.loads(formatter.format(record)) == {**head, "request_id": "cd" * 16, "action": "x"}
 
 
 NGINX_ID = "0f4c1e8a9d1b4c7e8f0a2b3c4d5e6f70"  # nginx's $request_id: 16 random bytes in hex

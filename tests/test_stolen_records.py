@@ -20,6 +20,7 @@ from agent_helpers import make_staff, post_form, signed_in
 from conftest import PROGRAMME_TOML, create_api_key, import_patients, lookup, make_app, numbered, patient_row
 from flask import Flask
 from flask.testing import FlaskClient
+from redis import RedisError
 from sqlalchemy import select, update
 
 from portal.config import DEFAULTS
@@ -360,6 +361,23 @@ def test_on_alert_a_success_side_alert_makes_every_claim_ask_for_the_letter(data
     repeat = api_call(api, key, "/verifications", typed(person(0))).get_json()["claim_token"]
     assert api_call(api, key, "/claims", {"claim_token": repeat}).status_code == 403
     assert outcomes(app, "claim") == ["success", "success", "repeat"]
+
+
+def test_on_alert_a_step_up_that_cannot_be_read_asks_for_the_letter(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether an alert is active is unknown while its store is down: the claim asks, as during one."""
+    app = stolen_app(database_url, tmp_path, step_up="on-alert")
+
+    def store_down(*_args: Any) -> bool:
+        raise RedisError("alert store lost")
+
+    monkeypatch.setattr(app.extensions["portal.detector"], "step_up_active", store_down)
+    browser = at(app, "192.0.2.1")
+    assert verified(lookup(browser, **typed(person(0))))
+    assert browser.post("/claim", data={"csrf_token": csrf(browser, "/exposure")}).status_code == 400
+    answer = browser.post("/claim", data={"csrf_token": csrf(browser, "/exposure"), "reference": reference_of(app, 0)})
+    assert answer.headers["Location"] == "/code"
 
 
 def test_an_agent_verifies_no_more_people_than_the_attempt_budget_successes_included(

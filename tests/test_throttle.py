@@ -7,17 +7,19 @@ import secrets
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
+from conftest import REDIS_URL, create_api_key, import_patients, lookup, make_app, patient_row
 from flask import Flask, request
 from flask.testing import FlaskClient
 from flask_limiter import Limiter
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 import portal.identity
 from portal import throttle, verification
 from portal.errors import RETRY_AFTER_SECONDS
-from portal.extensions import limiter
-from portal.network import client_key
+from portal.extensions import db, limiter
+from portal.models import AuditEvent
+from portal.network import client_key, client_network, recorded_client
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 UNKNOWN = {"last_name": "Nobody", "date_of_birth": "1975-01-02", "zip_code": "10001"}
@@ -295,6 +297,26 @@ def test_an_attempt_that_ends_in_an_error_gives_back_every_unit(
     assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.70")[0] == 303
 
 
+def test_every_attempt_is_recorded_with_who_made_it_and_from_where(database_url: str) -> None:
+    """A success, a failure and the refusal after it each name the partner key that asked and the
+    client's network: a campaign is traced to its key and network whatever its attempts' fate."""
+    app = throttled_app(database_url, API_VERIFY_LIMIT_PERSON="1 per 15 minutes")
+    key, client = create_api_key(app), client_at(app, "198.51.100.7")
+    bodies = [{**KNOWN, "ssn_last4": RIGHT_LAST4}] + [{**KNOWN, "ssn_last4": "0000"}] * 2
+    answers = [client.post("/api/v1/verifications", json=body, headers={"Authorization": f"Bearer {key}"})
+               for body in bodies]  # fmt: skip
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    with app.app_context():
+        rows = db.session.execute(
+            select(AuditEvent.outcome, AuditEvent.channel, AuditEvent.actor, AuditEvent.client)
+            .where(AuditEvent.action == "verification")
+            .order_by(AuditEvent.at)
+        ).all()
+    assert [row.outcome for row in rows] == ["success", "failure", "throttled:verify-person-api"]
+    assert rows[0].actor.startswith("api-key:")
+    assert {(row.channel, row.actor, row.client) for row in rows} == {("api", rows[0].actor, "198.51.100.0/24")}
+
+
 @pytest.mark.parametrize(
     "address, counted_as",
     [
@@ -309,3 +331,22 @@ def test_an_attempt_that_ends_in_an_error_gives_back_every_unit(
 )
 def test_a_client_is_an_ipv4_address_or_an_ipv6_64(address: str | None, counted_as: str) -> None:
     assert client_key(address) == counted_as
+
+
+@pytest.mark.parametrize(
+    "address, people_counted_in, recorded_as",
+    [
+        ("192.0.2.7", "192.0.2.0/24", "192.0.2.0/24"),
+        ("::ffff:192.0.2.7", "192.0.2.0/24", "192.0.2.0/24"),
+        ("2001:db8:1:2::5", "2001:db8:1:2::/64", "2001:db8:1::/48"),
+        ("", "unknown", None),
+        (None, "unknown", None),
+    ],
+)
+def test_people_are_counted_per_ipv4_24_or_ipv6_64_and_the_trail_keeps_a_24_or_48(
+    address: str | None, people_counted_in: str, recorded_as: str | None
+) -> None:
+    assert client_network(address) == people_counted_in
+    assert recorded_client(address) == recorded_as
+    # An IPv6 zone names an interface of the sender's machine, nothing about a client.
+    assert recorded_client("fe80::1%eth0") is None

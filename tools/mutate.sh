@@ -35,14 +35,15 @@ declare -A own_tests=(
   [security]="tests/test_hardening.py tests/test_public.py"
   [config]="tests/test_config.py"
   [throttle]="tests/test_throttle.py"
-  [network]="tests/test_throttle.py"
+  [network]="tests/test_throttle.py tests/test_hardening.py tests/test_audit.py --deselect tests/test_audit.py::test_concurrent_writers_in_several_processes_keep_one_unbroken_chain"
   [hashing_slots]="tests/test_identity.py"
-  [staff]="tests/test_agent.py tests/test_keys.py"
+  [staff]="tests/test_agent.py tests/test_console.py tests/test_keys.py -k 'not live_server'"
   [audit]="tests/test_audit.py --deselect tests/test_audit.py::test_concurrent_writers_in_several_processes_keep_one_unbroken_chain"
   [ops]="tests/test_ops.py -k 'not two_workers'"
   [logs]="tests/test_logs.py"
   [sealing]="tests/test_sealing.py tests/test_keys.py"
-  [verification]="tests/test_public.py tests/test_throttle.py"
+  [verification]="tests/test_public.py tests/test_throttle.py tests/test_stolen_records.py
+    tests/test_api.py::test_a_verified_person_gets_their_exposure_and_a_claim_token"
   [alerts]="tests/test_alerts.py"
   [retention]="tests/test_purge.py"
   [letters]="tests/test_agent.py tests/test_import.py"
@@ -59,6 +60,10 @@ console=(agent/auth agent/blueprint agent/account agent/calls agent/lost_letters
 for page in "${console[@]}"; do
   own_tests[$page]="tests/test_agent.py tests/test_console.py -k 'not live_server'"
 done
+# The access rules run on every console request, so each surviving mutant of them ran every console
+# test (a minute or more each on two busy cores): they are checked against the access, login and
+# session tests.
+own_tests[agent/auth]="tests/test_agent.py -k 'console_route or 403 or factor or disabled or totp or login or session or network or switched or code_of_other or full_call'"
 all_modules=(identity hashing_slots claims security config throttle network api/auth api/errors api/openapi
   api/validation api/views partner_keys staff "${console[@]}" audit verification alerts retention letters
   sealing ops logs events)
