@@ -57,6 +57,7 @@ def _appender(design: str, key: bytes, engine: Any, commits: list[int]) -> Any:
     """A function(connection, entry) that appends as ``design`` does, in a transaction of its own
     (``group``: the process's shared one), counting the commits in ``commits``."""
     from portal.audit import AuditChain, GroupCommit
+    from portal.events import connection_lost
 
     chain = AuditChain(key)
     if design == "group":
@@ -67,7 +68,7 @@ def _appender(design: str, key: bytes, engine: Any, commits: list[int]) -> Any:
             commits.append(1)
             return heads
 
-        group = GroupCommit(write)
+        group = GroupCommit(write, connection_lost)
         return lambda _connection, entry: group.submit(entry)
     alone = _one_by_one(design, chain)
 

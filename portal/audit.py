@@ -245,11 +245,20 @@ class GroupCommit(Generic[Item, Result]):
     in the next one, all of it at once. So an event alone waits for nothing, and under load the
     batches grow with the load, with no timer. ``submit`` returns only once its item's batch has
     committed, or raises its error: nothing reported as written lives only in memory. When a batch
-    fails, each of its items is written alone, so that one item's error stays its own.
+    fails, each of its items is written alone, so that one item's error stays its own; except when
+    ``outcome_unknown`` says nobody can tell whether the batch committed (its connection died around
+    the COMMIT): writing its items again could record them twice, so they all fail, as one item
+    written alone would.
     """
 
-    def __init__(self, write: Callable[[list[Item]], list[Result]], most: int = 256) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[Item]], list[Result]],
+        outcome_unknown: Callable[[Exception], bool],
+        most: int = 256,
+    ) -> None:
         self._write = write  # one transaction for the batch: one result per item, in order
+        self._outcome_unknown = outcome_unknown
         self._most = most
         self._lock = threading.Lock()
         self._waiting: list[_Pending[Item, Result]] = []
@@ -292,8 +301,9 @@ class GroupCommit(Generic[Item, Result]):
         try:
             results = self._write([pending.item for pending in batch])
         except Exception as error:  # handed to its caller, whatever it is
-            if len(batch) == 1:
-                batch[0].error = error
+            if len(batch) == 1 or self._outcome_unknown(error):
+                for pending in batch:
+                    pending.error = error
                 return
             for pending in batch:
                 try:

@@ -24,7 +24,7 @@ from flask import Flask, current_app, g, has_request_context, session
 from limits.errors import StorageError
 from redis import RedisError
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from portal import alerts, metrics, stats
 from portal.audit import Entry, GroupCommit, Head
@@ -43,7 +43,7 @@ Written = tuple[Entry, list[tuple[datetime, str, str, str]]]  # an audit row and
 
 def init_app(app: Flask) -> None:
     """Events are INFO lines on the ``portal`` logger's JSON handler (``portal.logs``)."""
-    app.extensions["portal.audit_writer"] = GroupCommit(_write_events)
+    app.extensions["portal.audit_writer"] = GroupCommit(_write_events, connection_lost)
     app.extensions["portal.detector"] = alerts.Detector(
         alerts.Thresholds.from_config(app.config),
         # The rate-limit store: Redis in production, so every worker adds to the same counts.
@@ -127,6 +127,11 @@ def _write_events(events: list[Written]) -> list[Head]:
         heads = services().audit.append_many(connection, [entry for entry, _ in events])
         stats.add_counts(connection, heads[0].lane, [count for _, counts in events for count in counts])
     return heads
+
+
+def connection_lost(error: Exception) -> bool:
+    """Whether the database connection died during the write: its COMMIT may or may not have taken."""
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def _detect(event: Event, actor: str | None) -> list[alerts.Alert]:

@@ -20,10 +20,11 @@ from agent_helpers import make_staff, post_form, signed_in
 from conftest import REDIS_URL, import_patients, lookup, make_app, make_config, patient_row, postgres_schema_url
 from flask import Flask
 from live import LiveServer, Visitor, all_at_once
+from sqlalchemy.exc import DBAPIError
 
 from portal.audit import FIELDS, LANES, MAC_MIN_HEX, GroupCommit, Head, genesis, heads
 from portal.config import write_development_secrets
-from portal.events import Event, record
+from portal.events import Event, connection_lost, record
 from portal.extensions import db
 from portal.models import AuditEvent
 
@@ -369,6 +370,10 @@ def test_threads_of_one_process_share_commits_and_keep_one_unbroken_chain(app: F
     assert len(commits) < events
 
 
+class ConnectionDied(ValueError):
+    """Stands for a batch's connection lost around its COMMIT: whether it took is unknown."""
+
+
 def grouped(write: Callable[[list[str]], list[str]], items: list[str]) -> tuple[list[list[str]], dict[str, Any]]:
     """``items`` submitted from threads of their own while the first is being written: the batches
     written, and what each submit returned or raised."""
@@ -382,7 +387,7 @@ def grouped(write: Callable[[list[str]], list[str]], items: list[str]) -> tuple[
             release.wait(30)
         return write(batch)
 
-    writer = GroupCommit(held)
+    writer = GroupCommit(held, lambda error: isinstance(error, ConnectionDied))
     outcomes: dict[str, Any] = {}
 
     def submit(item: str) -> None:
@@ -420,6 +425,43 @@ def test_a_failing_item_fails_alone_and_its_batch_mates_are_written() -> None:
     assert batches[:2] == [["a"], ["b", "bad", "c"]] and sorted(batches[2:]) == [["b"], ["bad"], ["c"]]
     assert isinstance(outcomes.pop("bad"), ValueError)
     assert outcomes == {item: f"wrote {item}" for item in "abc"}
+
+
+def test_a_batch_whose_commit_may_have_taken_is_not_written_again() -> None:
+    """Writing the items again, one by one, could record each of them twice: they all fail instead."""
+
+    def write(batch: list[str]) -> list[str]:
+        if len(batch) > 1:
+            raise ConnectionDied("server closed the connection unexpectedly")
+        return [f"wrote {item}" for item in batch]
+
+    batches, outcomes = grouped(write, ["a", "b", "c", "d"])
+    assert batches == [["a"], ["b", "c", "d"]]  # no batch of one after the failed one
+    assert outcomes.pop("a") == "wrote a"
+    assert all(isinstance(outcomes[item], ConnectionDied) for item in "bcd")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("trigger_does", "lost"),
+    [("PERFORM pg_terminate_backend(pg_backend_pid())", True), ("RAISE EXCEPTION 'refused'", False)],
+    ids=["connection-killed", "statement-refused"],
+)
+def test_a_lost_connection_is_told_apart_from_a_refused_write(pg_app: Flask, trigger_does: str, lost: bool) -> None:
+    """The real write path on PostgreSQL: its connection killed mid-write is an unknown outcome (no
+    retry), a statement the database refuses is not (its batch mates are written alone)."""
+    with pg_app.app_context():
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql(
+                f"CREATE FUNCTION stop_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {trigger_does}; "
+                "RETURN NEW; END $$; CREATE TRIGGER stop_write BEFORE INSERT ON audit_events "
+                "FOR EACH ROW EXECUTE FUNCTION stop_write()"
+            )
+        with pytest.raises(DBAPIError) as failed:
+            record(Event("verification", "failure", "cli"))
+        assert connection_lost(failed.value) is lost
+        with db.engine.connect() as connection:
+            assert connection.scalar(sa.text("SELECT count(*) FROM audit_events")) == 0
 
 
 def test_no_imported_identifier_reaches_the_audit_table_its_export_or_the_logs(

@@ -25,10 +25,10 @@ from flask import Flask
 from sqlalchemy import event, func, select, text
 
 import portal.identity as identity
+from portal import hashing_slots
 from portal.app import create_app
 from portal.config import ARGON2_FLOORS, DEFAULTS, ConfigError, decode_key
 from portal.extensions import db
-from portal import hashing_slots
 from portal.hashing_slots import HashingBusy
 from portal.identity import (
     CROCKFORD,
