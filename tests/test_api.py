@@ -199,12 +199,13 @@ def test_413_for_a_large_body(client: FlaskClient, key: str) -> None:
     assert_problem(call(client, key, "POST", "/verifications", huge), 413)
 
 
-def chunked(app: Flask, key: str, body: bytes) -> tuple[int, bytes]:
+def chunked(app: Flask, key: str, body: bytes | io.BytesIO) -> tuple[int, bytes]:
     """A body sent in chunks: no Content-Length, a server that ends the stream itself (gunicorn's way)."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
     environ = EnvironBuilder("/api/v1/verifications", method="POST", headers=headers).get_environ()
     environ.pop("CONTENT_LENGTH", None)
-    environ.update({"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
+    stream = body if isinstance(body, io.BytesIO) else io.BytesIO(body)
+    environ.update({"wsgi.input": stream, "wsgi.input_terminated": True})
     answer, status, _headers = run_wsgi_app(app, environ)
     return int(status.split()[0]), b"".join(answer)
 
@@ -218,6 +219,22 @@ def test_413_for_a_large_chunked_body_and_not_for_one_at_the_limit(app: Flask, k
     assert status == 413 and json.loads(answer)["type"].endswith("#problem-too-large")
     status, answer = chunked(app, key, body + b" " * (limit - len(body)))
     assert status == 200 and json.loads(answer)["verified"] is True
+
+
+def test_a_chunked_body_is_read_no_further_than_one_byte_past_the_limit(app: Flask, key: str) -> None:
+    """However long the stream a client keeps sending, a worker holds at most the limit and one byte of it."""
+    limit = app.config["API_MAX_CONTENT_LENGTH"]
+    stream = io.BytesIO(json.dumps(PERSON).encode() + b" " * (100 * limit))
+    status, answer = chunked(app, key, stream)
+    assert status == 413 and json.loads(answer)["type"].endswith("#problem-too-large")
+    assert stream.tell() == limit + 1
+
+
+@pytest.mark.parametrize("charset", ["", "; charset=utf-8", "; charset=UTF-8", "; charset=utf8", '; charset="UTF8"'])
+def test_json_in_utf8_is_read_under_each_spelling_of_its_charset(client: FlaskClient, key: str, charset: str) -> None:
+    data = json.dumps(PERSON, ensure_ascii=False).encode()
+    response = call(client, key, "POST", "/verifications", data=data, content_type=f"application/json{charset}")
+    assert response.status_code == 200 and response.get_json()["verified"] is True
 
 
 @pytest.mark.parametrize(
@@ -291,6 +308,28 @@ def test_422_names_each_bad_field_and_never_its_value(
     problem = assert_problem(response, 422)
     assert {error["field"] for error in problem["errors"]} == fields
     assert "6789" not in response.get_data(as_text=True) and "1980" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "errors"),
+    [
+        ("/verifications", {**PERSON, "last_name": " ", "date_of_birth": ""}, {"last_name": "is required", "date_of_birth": "is required"}),
+        ("/verifications", {**PERSON, "zip_code": None}, {"zip_code": "must be a string"}),
+        ("/verifications", {**PERSON, "note": "x"}, {"note": "unknown field"}),
+        ("/verifications", {**PERSON, "n" * 50: "x"}, {"n" * 40: "unknown field"}),  # a name cut to 40 characters
+        ("/verifications", [PERSON], {"": "the body must be a JSON object"}),
+        ("/verifications", "6789", {"": "the body must be a JSON object"}),
+        ("/claims", {}, {"claim_token": "is required"}),
+        ("/claims", {"claim_token": "  ", "reference": "ABCD"}, {"claim_token": "is required"}),
+        ("/claims", {"claim_token": 7, "ref": "x"}, {"ref": "unknown field", "claim_token": "must be a string"}),
+    ],
+)  # fmt: skip
+def test_each_field_in_error_gets_the_message_of_its_problem(
+    client: FlaskClient, key: str, path: str, body: Any, errors: dict[str, str]
+) -> None:
+    """What a partner's developer reads to fix the request: the field, and what is wrong with it."""
+    problem = assert_problem(call(client, key, "POST", path, body), 422)
+    assert {error["field"]: error["detail"] for error in problem["errors"]} == errors
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
