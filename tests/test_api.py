@@ -20,7 +20,8 @@ from launch import free_port
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import NotFound, Unauthorized
+from werkzeug.exceptions import Gone, NotFound, Unauthorized
+from werkzeug.exceptions import NotImplemented as Unimplemented  # not the builtin
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from portal.api import errors
@@ -597,6 +598,15 @@ def test_every_problem_type_is_an_absolute_link_to_its_section_with_a_title_nami
     assert not titles & {"Bad Request", "Unauthorized", "Not Found", "Method Not Allowed", "Unprocessable Entity"}
 
 
+def test_a_problems_type_never_links_to_a_host_the_portal_does_not_serve(database_url: str) -> None:
+    """A foreign Host is refused before routing: its problem links to the reference by its path alone."""
+    client = make_app(database_url, TRUSTED_HOSTS=["notice.example.org"]).test_client()
+    refused = call(client, None, "GET", "/program", headers={"Host": "phishing.example.net"})
+    assert assert_problem(refused, 400)["type"] == "/api/v1/docs#problem-malformed"
+    served = call(client, None, "GET", "/program", headers={"Host": "notice.example.org"})
+    assert assert_problem(served, 401)["type"] == "http://notice.example.org/api/v1/docs#problem-unauthorized"
+
+
 def answer_to(error: Exception) -> Any:
     """The answer to a partner view that raises ``error``, from the handlers the API's blueprint registers,
     registered here on a blueprint of their own (the API's are registered as the package is imported)."""
@@ -616,6 +626,8 @@ def answer_to(error: Exception) -> Any:
 RAISED = {
     "HTTP 404": (NotFound(), "not-found", 404, None),
     "HTTP 401": (Unauthorized(), "unauthorized", 401, None),
+    "HTTP 501, not one of the API's": (Unimplemented(), "internal", 500, None),
+    "HTTP 410, not one of the API's": (Gone(), "malformed", 400, None),
     "invalid fields": (InvalidFields({"zip_code": "is required"}), "invalid-fields", 422, None),
     "idempotency key reused": (Reused(), "idempotency-key-reused", 422, None),
     "idempotency key in use": (InProgress(), "idempotency-key-in-use", 409, errors.IN_PROGRESS_RETRY_SECONDS),
