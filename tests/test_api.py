@@ -645,10 +645,14 @@ RAISED = {
 
 
 @pytest.mark.parametrize("raised", RAISED)
-def test_each_error_a_partner_view_raises_answers_its_own_problem(raised: str) -> None:
-    """Each error its own type, status, detail and Retry-After, and nothing of its message."""
+def test_each_error_a_partner_view_raises_answers_its_own_problem(
+    raised: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each error its own type, status, detail and Retry-After, and nothing of its message; answered by its
+    handler, never by Flask's last resort (which logs "Exception on …" with the error's chain)."""
     error, slug, status, retry_after = RAISED[raised]
     response = answer_to(error)
+    assert {record.name for record in caplog.records} <= {"portal.api.errors"}
     body = assert_problem(response, status)
     assert body["type"] == f"http://localhost/api/v1/docs#problem-{slug}"
     assert body["detail"] == errors.PROBLEMS[slug].detail  # werkzeug's own words never
@@ -667,7 +671,7 @@ def test_an_api_error_is_logged_by_its_type_and_stack_never_its_message(caplog: 
         answer_to(database)
     stack = "".join(traceback.format_tb(unexpected.__traceback__))
     assert "in view" in stack
-    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "portal.api.errors"] == [
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("ERROR", f"unhandled ValueError\n{stack}"),
         ("WARNING", "database unavailable: OperationalError"),
     ]
