@@ -6,26 +6,37 @@ import csv
 import io
 import json
 import secrets
+import traceback
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
 from conftest import PROGRAMME_TOML, REDIS_URL, create_api_key, import_patients, lookup, make_app, numbered, patient_row
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from launch import free_port
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import Gone, NotFound, Unauthorized
+from werkzeug.exceptions import NotImplemented as Unimplemented  # not the builtin
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR
+from portal.api import errors
+from portal.api.errors import LetterRequired
+from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR, InvalidFields
 from portal.audit import spreadsheet_safe
+from portal.claims import PoolBusy, PoolEmpty
 from portal.extensions import db
+from portal.hashing_slots import HashingBusy
+from portal.idempotency import InProgress, Reused
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
 from portal.partner_keys import key_state
 from portal.services import services
+from portal.throttle import LimitStoreDown, Throttled
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
 WRONG_FIELD = {**PERSON, "ssn_last4": "0000"}
@@ -199,12 +210,13 @@ def test_413_for_a_large_body(client: FlaskClient, key: str) -> None:
     assert_problem(call(client, key, "POST", "/verifications", huge), 413)
 
 
-def chunked(app: Flask, key: str, body: bytes) -> tuple[int, bytes]:
+def chunked(app: Flask, key: str, body: bytes | io.BytesIO) -> tuple[int, bytes]:
     """A body sent in chunks: no Content-Length, a server that ends the stream itself (gunicorn's way)."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
     environ = EnvironBuilder("/api/v1/verifications", method="POST", headers=headers).get_environ()
     environ.pop("CONTENT_LENGTH", None)
-    environ.update({"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
+    stream = body if isinstance(body, io.BytesIO) else io.BytesIO(body)
+    environ.update({"wsgi.input": stream, "wsgi.input_terminated": True})
     answer, status, _headers = run_wsgi_app(app, environ)
     return int(status.split()[0]), b"".join(answer)
 
@@ -218,6 +230,22 @@ def test_413_for_a_large_chunked_body_and_not_for_one_at_the_limit(app: Flask, k
     assert status == 413 and json.loads(answer)["type"].endswith("#problem-too-large")
     status, answer = chunked(app, key, body + b" " * (limit - len(body)))
     assert status == 200 and json.loads(answer)["verified"] is True
+
+
+def test_a_chunked_body_is_read_no_further_than_one_byte_past_the_limit(app: Flask, key: str) -> None:
+    """However long the stream a client keeps sending, a worker holds at most the limit and one byte of it."""
+    limit = app.config["API_MAX_CONTENT_LENGTH"]
+    stream = io.BytesIO(json.dumps(PERSON).encode() + b" " * (100 * limit))
+    status, answer = chunked(app, key, stream)
+    assert status == 413 and json.loads(answer)["type"].endswith("#problem-too-large")
+    assert stream.tell() == limit + 1
+
+
+@pytest.mark.parametrize("charset", ["", "; charset=utf-8", "; charset=UTF-8", "; charset=utf8", '; charset="UTF8"'])
+def test_json_in_utf8_is_read_under_each_spelling_of_its_charset(client: FlaskClient, key: str, charset: str) -> None:
+    data = json.dumps(PERSON, ensure_ascii=False).encode()
+    response = call(client, key, "POST", "/verifications", data=data, content_type=f"application/json{charset}")
+    assert response.status_code == 200 and response.get_json()["verified"] is True
 
 
 @pytest.mark.parametrize(
@@ -291,6 +319,28 @@ def test_422_names_each_bad_field_and_never_its_value(
     problem = assert_problem(response, 422)
     assert {error["field"] for error in problem["errors"]} == fields
     assert "6789" not in response.get_data(as_text=True) and "1980" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "errors"),
+    [
+        ("/verifications", {**PERSON, "last_name": " ", "date_of_birth": ""}, {"last_name": "is required", "date_of_birth": "is required"}),
+        ("/verifications", {**PERSON, "zip_code": None}, {"zip_code": "must be a string"}),
+        ("/verifications", {**PERSON, "note": "x"}, {"note": "unknown field"}),
+        ("/verifications", {**PERSON, "n" * 50: "x"}, {"n" * 40: "unknown field"}),  # a name cut to 40 characters
+        ("/verifications", [PERSON], {"": "the body must be a JSON object"}),
+        ("/verifications", "6789", {"": "the body must be a JSON object"}),
+        ("/claims", {}, {"claim_token": "is required"}),
+        ("/claims", {"claim_token": "  ", "reference": "ABCD"}, {"claim_token": "is required"}),
+        ("/claims", {"claim_token": 7, "ref": "x"}, {"ref": "unknown field", "claim_token": "must be a string"}),
+    ],
+)  # fmt: skip
+def test_each_field_in_error_gets_the_message_of_its_problem(
+    client: FlaskClient, key: str, path: str, body: Any, errors: dict[str, str]
+) -> None:
+    """What a partner's developer reads to fix the request: the field, and what is wrong with it."""
+    problem = assert_problem(call(client, key, "POST", path, body), 422)
+    assert {error["field"]: error["detail"] for error in problem["errors"]} == errors
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -405,6 +455,7 @@ def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str)
     now = datetime.now(UTC).timestamp()
     assert all(now < int(r.headers["X-RateLimit-Reset"]) <= now + 61 for r in answers[:3])
     refused = assert_problem(answers[-1], 429)
+    assert abs(int(answers[-1].headers["Retry-After"]) - (int(answers[-1].headers["X-RateLimit-Reset"]) - now)) <= 2
     assert refused["type"] == "http://localhost/api/v1/docs#problem-rate-limited"
     assert refused["title"] == "Key rate limit reached"
     # The rate is the key's, shared by all its endpoints; another key of the same rate, from the
@@ -545,6 +596,85 @@ def test_every_problem_type_is_an_absolute_link_to_its_section_with_a_title_nami
         titles.add(body["title"])
     # A title names the problem, not merely the HTTP status.
     assert not titles & {"Bad Request", "Unauthorized", "Not Found", "Method Not Allowed", "Unprocessable Entity"}
+
+
+def test_a_problems_type_never_links_to_a_host_the_portal_does_not_serve(database_url: str) -> None:
+    """A foreign Host is refused before routing: its problem links to the reference by its path alone."""
+    client = make_app(database_url, TRUSTED_HOSTS=["notice.example.org"]).test_client()
+    refused = call(client, None, "GET", "/program", headers={"Host": "phishing.example.net"})
+    assert assert_problem(refused, 400)["type"] == "/api/v1/docs#problem-malformed"
+    served = call(client, None, "GET", "/program", headers={"Host": "notice.example.org"})
+    assert assert_problem(served, 401)["type"] == "http://notice.example.org/api/v1/docs#problem-unauthorized"
+
+
+def answer_to(error: Exception) -> Any:
+    """The answer to a partner view that raises ``error``, from the handlers the API's blueprint registers,
+    registered here on a blueprint of their own (the API's are registered as the package is imported)."""
+
+    def view() -> str:
+        raise error
+
+    bp = Blueprint("raising", __name__)
+    errors.init_blueprint(bp)
+    bp.add_url_rule("/raise", view_func=view)
+    app = Flask(__name__)
+    app.register_blueprint(bp)
+    return app.test_client().get("/raise")
+
+
+# What each error a partner view may raise answers: its problem type, status and Retry-After.
+RAISED = {
+    "HTTP 404": (NotFound(), "not-found", 404, None),
+    "HTTP 401": (Unauthorized(), "unauthorized", 401, None),
+    "HTTP 501, not one of the API's": (Unimplemented(), "internal", 500, None),
+    "HTTP 410, not one of the API's": (Gone(), "malformed", 400, None),
+    "invalid fields": (InvalidFields({"zip_code": "is required"}), "invalid-fields", 422, None),
+    "idempotency key reused": (Reused(), "idempotency-key-reused", 422, None),
+    "idempotency key in use": (InProgress(), "idempotency-key-in-use", 409, errors.IN_PROGRESS_RETRY_SECONDS),
+    "failure budget": (Throttled("api-verify-person", 900), "failure-limit", 429, 900),
+    "people budget": (Throttled(errors.KEY_PEOPLE_SCOPE, 3600 * 5), "too-many-people", 429, 3600 * 5),
+    "letter required": (LetterRequired(), "letter-required", 403, None),
+    "limit store down": (LimitStoreDown(), "unavailable", 503, LimitStoreDown.retry_after),
+    "hashing busy": (HashingBusy(), "unavailable", 503, errors.RETRY_AFTER_SECONDS),
+    "database down": (OperationalError("SELECT 1", {}, OSError()), "unavailable", 503, errors.RETRY_AFTER_SECONDS),
+    "database pool timeout": (PoolTimeout(), "unavailable", 503, errors.RETRY_AFTER_SECONDS),
+    "pool empty": (PoolEmpty(), "pool-empty", 503, errors.POOL_EMPTY_RETRY_SECONDS),
+    "pool busy": (PoolBusy(), "unavailable", 503, errors.POOL_BUSY_RETRY_SECONDS),
+    "anything else": (ValueError("cannot read '123-45-6789'"), "internal", 500, None),
+}
+
+
+@pytest.mark.parametrize("raised", RAISED)
+def test_each_error_a_partner_view_raises_answers_its_own_problem(
+    raised: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each error its own type, status, detail and Retry-After, and nothing of its message; answered by its
+    handler, never by Flask's last resort (which logs "Exception on …" with the error's chain)."""
+    error, slug, status, retry_after = RAISED[raised]
+    response = answer_to(error)
+    assert {record.name for record in caplog.records} <= {"portal.api.errors"}
+    body = assert_problem(response, status)
+    assert body["type"] == f"http://localhost/api/v1/docs#problem-{slug}"
+    assert body["detail"] == errors.PROBLEMS[slug].detail  # werkzeug's own words never
+    assert response.headers.get("Retry-After") == (str(retry_after) if retry_after else None)
+    assert body.get("errors") == (
+        [{"field": "zip_code", "detail": "is required"}] if slug == "invalid-fields" else None
+    )
+    assert "6789" not in response.get_data(as_text=True)
+
+
+def test_an_api_error_is_logged_by_its_type_and_stack_never_its_message(caplog: pytest.LogCaptureFixture) -> None:
+    """The operators learn what failed and where; a message may quote a value sent."""
+    unexpected, database = ValueError("cannot read '123-45-6789'"), OperationalError("SELECT '6789'", {}, OSError())
+    with caplog.at_level("INFO", logger="portal.api.errors"):
+        answer_to(unexpected)
+        answer_to(database)
+    stack = "".join(traceback.format_tb(unexpected.__traceback__))
+    assert "in view" in stack
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", f"unhandled ValueError\n{stack}"),
+        ("WARNING", "database unavailable: OperationalError"),
+    ]
 
 
 def test_program_is_in_the_language_asked_for_with_every_text_in_it(client: FlaskClient, key: str) -> None:

@@ -3,11 +3,16 @@ response returns; and in a whole run's logs, not one imported value."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
+import logging.handlers
 import re
+import sys
+import threading
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +21,10 @@ import sqlalchemy as sa
 from conftest import csrf_token, lookup, make_app
 from flask import Flask, g
 
-from portal import synthetic
+from portal import logs, synthetic
 from portal.extensions import db
 from portal.identity import normalise_last_name
-from portal.logs import Fields, JsonFormatter
+from portal.logs import Fields, JsonFormatter, write
 from portal.models import AuditEvent
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -81,10 +86,11 @@ def test_an_exceptions_message_never_reaches_a_log_line(app: Flask, json_log: io
         boom()
     except ValueError:
         logging.getLogger("portal.importer").exception("row rejected")
+        stack = "".join(traceback.format_tb(sys.exc_info()[2]))
     app.add_url_rule("/boom", view_func=boom)
     assert app.test_client().get("/boom").status_code == 500
     logged = lines(json_log)
-    assert logged[0]["error"] == "ValueError" and "in boom" in str(logged[0]["stack"])
+    assert logged[0]["error"] == "ValueError" and logged[0]["stack"] == stack and "in boom" in stack
     assert "unhandled ValueError" in str(logged[1]["message"])
     text = json.dumps(logged, ensure_ascii=False)
     assert "6789" not in text and "García" not in text
@@ -189,3 +195,200 @@ def test_a_whole_run_logs_no_imported_value(
     assert found == [], f"imported values in the logs: {found}"
     assert "line 22: rejected" in outputs[0].output  # the rejection is reported, without its value
     assert any(row.get("record_id") for row in csv.DictReader(patients.open()))
+
+
+@contextlib.contextmanager
+def bare_logging() -> Iterator[None]:
+    """Logging as a fresh process has it (no handler anywhere, the portal's level unset), then put back.
+
+    pytest's own capture hangs handlers on the root logger, which reads as "configured by the operator",
+    as each phase of a test starts: this runs in the test's body.
+    """
+    root, portal = logging.getLogger(), logging.getLogger("portal")
+    saved = root.handlers[:], portal.handlers[:], portal.level
+    root.handlers[:], portal.handlers[:] = [], []
+    portal.setLevel(logging.NOTSET)
+    try:
+        yield
+    finally:
+        root.handlers[:], portal.handlers[:] = saved[0], saved[1]
+        portal.setLevel(saved[2])
+
+
+@pytest.fixture
+def records_made() -> Iterator[list[str]]:
+    """The loggers' names of the LogRecords made while the test runs (logging's own factory hook)."""
+    made: list[str] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(name: str, *args: object, **kwargs: object) -> logging.LogRecord:
+        made.append(name)
+        return factory(name, *args, **kwargs)
+
+    logging.setLogRecordFactory(counting)
+    try:
+        yield made
+    finally:
+        logging.setLogRecordFactory(factory)
+
+
+def test_by_default_each_requests_line_goes_straight_to_stderr_as_json_with_its_id_and_no_value(
+    database_url: str, records_made: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No logging configured (gunicorn's error log is stderr): the portal's own handler writes the request
+    and event lines, without building a LogRecord for them (they are written on every request)."""
+    with bare_logging():
+        app = make_app(database_url)
+        capsys.readouterr()
+        response = lookup(
+            app.test_client(), last_name="Zyxwvuts", date_of_birth="1958-03-17", zip_code="90210", ssn_last4="4321"
+        )
+        assert response.status_code == 200
+        written = capsys.readouterr().err
+        logged = [json.loads(line) for line in written.splitlines()]
+        assert [(x["logger"], x["level"], x.get("endpoint") or x.get("action")) for x in logged] == [
+            ("portal.requests", "INFO", "public.lookup_form"),
+            ("portal.events", "INFO", "verification"),
+            ("portal.requests", "INFO", "public.lookup"),
+        ]
+        assert list(logged[2]) == ["time", "level", "logger", "request_id", "method", "endpoint", "status", "ms"]
+        assert logged[2]["request_id"] == logged[1]["request_id"] == response.headers["X-Request-ID"]
+        assert logged[2]["status"] == 200 and re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(logged[2]["time"])
+        )
+        assert not [value for value in ("Zyxwvuts", "zyxwvuts", "1958", "90210", "4321") if value in written]
+        assert not [name for name in records_made if name in ("portal.requests", "portal.events")]
+
+
+@pytest.mark.parametrize("preset", [logging.NOTSET, logging.WARNING])
+def test_the_portals_handler_is_added_once_at_info_unless_a_level_was_set(
+    capsys: pytest.CaptureFixture[str], preset: int
+) -> None:
+    """Several apps in one process (the CLI's, the web app's, tests') write each line once."""
+    with bare_logging():
+        logging.getLogger("portal").setLevel(preset)
+        for name in ("one", "two"):
+            logs.init_app(Flask(name))
+        logging.getLogger("portal.importer").info("started")
+        write(logging.getLogger("portal.events"), logging.WARNING, Fields(action="x"))
+        logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        head = [{"message": "started"}] if preset == logging.NOTSET else []
+        assert [{k: v for k, v in x.items() if k not in ("time", "level", "logger")} for x in logged] == [
+            *head,
+            {"action": "x"},
+        ]
+        assert [x["level"] for x in logged] == ["INFO"] * len(head) + ["WARNING"]
+        assert logging.getLogger("portal").getEffectiveLevel() == (preset or logging.INFO)
+
+
+def test_logging_configured_by_the_operator_is_left_alone_and_still_gets_json_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A handler on the root logger, with a format of its own: no second handler, the fields as JSON."""
+    with bare_logging():
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logs.init_app(Flask(__name__))
+        write(logging.getLogger("portal.events"), logging.WARNING, Fields(action="verification", outcome="failure"))
+        assert stream.getvalue() == 'WARNING portal.events {"action":"verification","outcome":"failure"}\n'
+        assert capsys.readouterr().err == ""
+
+
+class Kept(logging.handlers.BufferingHandler):
+    """A handler of the portal's name that keeps records instead of writing them (a capture, a queue)."""
+
+    def __init__(self) -> None:
+        super().__init__(10)
+        self.set_name("portal.json")
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def json_handler(name: str = "portal.json", level: int = logging.NOTSET, refuse: bool = False) -> logging.Handler:
+    handler = logging.StreamHandler(io.StringIO())
+    handler.set_name(name)
+    handler.setLevel(level)
+    handler.setFormatter(JsonFormatter())
+    if refuse:
+        handler.addFilter(lambda record: False)
+    return handler
+
+
+def held(handler: logging.Handler) -> list[dict[str, object]]:
+    """What a handler holds: its JSON lines without their time, or the fields of the records it kept."""
+    if isinstance(handler, Kept):
+        return [dict(record.msg) for record in handler.buffer]  # type: ignore[call-overload]
+    lines = handler.stream.getvalue().splitlines()  # type: ignore[attr-defined]
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+# The handlers of a logger and of its parent (which does not propagate further), whether the logger
+# propagates, which handlers write the line, and whether it took the short way (no LogRecord): only
+# when the portal's handler is the one place it would go.
+SETUPS = {
+    "own handler at the line's level": (lambda: [json_handler(level=logging.INFO)], list, True, [True], True),
+    "the parent's handler": (list, lambda: [json_handler()], True, [True], True),
+    "not propagated to another": (lambda: [json_handler()], lambda: [json_handler("x")], False, [True, False], True),
+    "propagated to another too": (lambda: [json_handler()], lambda: [json_handler("x")], True, [True, True], False),
+    "two of the portal's handlers": (lambda: [json_handler()], lambda: [json_handler()], True, [True, True], False),
+    "another handler only": (lambda: [json_handler("x")], list, True, [True], False),
+    "the handler's filter refuses it": (lambda: [json_handler(refuse=True)], list, True, [False], False),
+    "the handler's level is above it": (lambda: [json_handler(level=logging.WARNING)], list, True, [False], False),
+    "a handler of that name that keeps records": (lambda: [Kept()], list, True, [True], False),
+}
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_a_line_takes_the_short_way_only_when_the_portals_handler_is_the_one_place_it_goes(
+    setup: str, records_made: list[str]
+) -> None:
+    make_own, make_parents, propagate, writes, short = SETUPS[setup]
+    parent, logger = logging.getLogger(f"shortway.{setup}"), logging.getLogger(f"shortway.{setup}.line")
+    parent.propagate, logger.propagate = False, propagate
+    logger.setLevel(logging.INFO)
+    own, parents = make_own(), make_parents()
+    parent.handlers[:], logger.handlers[:] = parents, own
+    try:
+        write(logger, logging.INFO, Fields(action="x"))
+    finally:
+        parent.handlers[:], logger.handlers[:] = [], []
+    line = {"level": "INFO", "logger": logger.name, "action": "x"}
+    expected = [
+        ([{"action": "x"}] if isinstance(h, Kept) else [line]) if w else []
+        for h, w in zip(own + parents, writes, strict=True)
+    ]
+    assert [held(h) for h in own + parents] == expected
+    assert (logger.name not in records_made) is short
+
+
+def test_a_short_way_line_waits_for_the_handlers_lock(records_made: list[str]) -> None:
+    """Threads of a worker log at once: a line written while another is (the ordinary way takes the same
+    lock) must not cut into it."""
+    handler = json_handler()
+    logger = logging.getLogger("shortway.locked")
+    logger.propagate, logger.handlers[:] = False, [handler]
+    logger.setLevel(logging.INFO)
+    writer = threading.Thread(target=write, args=(logger, logging.INFO, Fields(action="x")))
+    with handler.lock:  # type: ignore[union-attr]
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive() and held(handler) == []
+    writer.join(5)
+    logger.handlers[:] = []
+    assert held(handler) == [{"level": "INFO", "logger": "shortway.locked", "action": "x"}]
+    assert "shortway.locked" not in records_made
+
+
+def test_the_time_is_utc_to_the_millisecond_second_after_second() -> None:
+    """Milliseconds cut, never rounded up to the next second; the epoch's first seconds like any other."""
+    formatter = JsonFormatter()
+    times = [1.5, 1.75, 1_700_000_001.9995, 1_700_000_002.0]
+    assert [json.loads(formatter.line(t, "INFO", "portal.test", {}))["time"] for t in times] == [
+        "1970-01-01T00:00:01.500Z",
+        "1970-01-01T00:00:01.750Z",
+        "2023-11-14T22:13:21.999Z",
+        "2023-11-14T22:13:22.000Z",
+    ]

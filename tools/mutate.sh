@@ -54,6 +54,8 @@ declare -A own_tests=(
 for api in api/auth api/errors api/openapi api/validation api/views partner_keys; do
   own_tests[$api]="tests/test_api.py --deselect tests/test_api.py::test_no_input_gets_a_500[sqlite]"
 done
+# The contract's document is also read by its reference page's tests, which check its patterns.
+own_tests[api/openapi]+=" tests/test_api_reference.py"
 # The console's pages, by who uses them, without the one test that needs a live server.
 console=(agent/auth agent/blueprint agent/account agent/calls agent/lost_letters agent/supervisor
   agent/staff_accounts agent/dashboard agent/forms)
