@@ -14,6 +14,7 @@ The failure budgets and the key's rate are set out of reach (every call here suc
 
     .venv/bin/python bench/api_bench.py
     .venv/bin/python bench/api_bench.py --seconds 8 --rounds 3
+    .venv/bin/python bench/api_bench.py --floor           # the floor app (bench/floor_app.py) in the same rounds
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> int:
     parser.add_argument("--baseline-seconds", type=float, default=4.0)
     b.add_argon2_option(parser)
     b.add_app_options(parser)
+    b.add_floor_option(parser)
     args = parser.parse_args()
     argon2 = args.argon2
 
@@ -58,12 +60,14 @@ def main() -> int:
         status, _first = b.timed_request(server, scenario)
         if status != "200":
             raise RuntimeError(f"a real identity got {status}, not a verification:\n{server.log_tail()}")
-        ratio, good, _peak, besides_hash = b.alternating_rounds(
+        floor = b.start_floor(bench, args, env, tmp / "floor.log", "/api/v1/openapi.json")
+        rounds = b.alternating_rounds(
             bench, server, scenario, argon2, args.clients, args.seconds, args.rounds, args.baseline_seconds,
-            new_connections=False, success="200", what="verifications",
+            new_connections=False, success="200", what="verifications", floor=floor,
         )  # fmt: skip
-        ok = b.verdict("verified API calls/s / raw Argon2id hashes/s", ratio, 0.90) and good
-        ok = b.budget("server CPU a verified API call besides its hash", besides_hash, BUDGET) and ok
+        ok = b.verdict("verified API calls/s / raw Argon2id hashes/s", rounds.ratio, 0.90) and rounds.good
+        b.floor_verdict("floor API calls/s / raw Argon2id hashes/s", rounds)
+        ok = b.budget("server CPU a verified API call besides its hash", rounds.besides_hash, BUDGET) and ok
         b.say(bench.cpu.line())
     return 0 if ok else 1
 

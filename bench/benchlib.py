@@ -697,6 +697,32 @@ def start_portal(bench: Bench, args: Any, env: dict[str, str], log: Path, ready:
     return server
 
 
+def add_floor_option(parser: Any) -> None:
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also serve bench/floor_app.py (the request read, one Argon2id, a minimal answer) under the same"
+        " gunicorn settings, loaded in the same rounds: the ceiling of this stack on this machine",
+    )
+
+
+def start_floor(bench: Bench, args: Any, env: dict[str, str], log: Path, ready: str) -> Server | None:
+    """The floor app beside the portal when ``--floor`` asks for it (same settings, its own port)."""
+    if not args.floor:
+        return None
+    return Server(bench, "floor_app:app", env, log, ["--pythonpath", str(BENCH_DIR)]).wait_ready(ready)
+
+
+def floor_verdict(name: str, rounds: Rounds) -> None:
+    """The floor's ratio beside the portal's, and the share of the floor the portal reaches."""
+    if rounds.floor_ratio is None:
+        return
+    say(
+        f"FLOOR {name} = {rounds.floor_ratio:.3f}  (bench/floor_app.py, same rounds: this stack's ceiling here);"
+        f" the portal {rounds.ratio:.3f} = {rounds.ratio / rounds.floor_ratio:.3f} of it"
+    )
+
+
 # --- Load generator ------------------------------------------------------------------------------
 
 _CSRF = re.compile(rb'name="csrf_token"[^>]*value="([^"]+)"')
@@ -1029,6 +1055,17 @@ def timed_request(server: Server, scenario: Any, n: int = 0) -> tuple[str, float
     return status, elapsed
 
 
+@dataclass
+class Rounds:
+    """What ``alternating_rounds`` measured: the portal's ratio and budget, and the floor's when served."""
+
+    ratio: float  # operations/s / raw hashes/s
+    good: bool  # every operation ended in the expected status, no connection errors
+    peak_rss: int
+    besides_hash: float  # server CPU seconds an operation less a raw hash's CPU (the budget)
+    floor_ratio: float | None = None  # the floor app's operations/s / raw hashes/s, same rounds
+
+
 def alternating_rounds(
     bench: Bench,
     server: Server,
@@ -1041,16 +1078,15 @@ def alternating_rounds(
     new_connections: bool,
     success: str,
     what: str,
-) -> tuple[float, bool, int, float]:
-    """Rounds of raw Argon2id on every core, then HTTP load; prints the table and the summary.
-
-    Returns (operations/s / raw hashes/s, whether every operation ended in ``success``, peak RSS,
-    server CPU seconds an operation besides its hash: the budget ``budget`` checks).
-    """
+    floor: Server | None = None,
+) -> Rounds:
+    """Rounds of raw Argon2id on every core, then HTTP load (then the same load on ``floor``, the
+    bare app of ``floor_app.py``, when given); prints the table and the summary."""
     # Alternating rounds (raw Argon2id, then HTTP load) so that drift on the machine hits both alike.
     raws: list[float] = []
     hash_cpus: list[float] = []
     loads: list[LoadResult] = []
+    floors: list[LoadResult] = []
     window = bench.cpu.snapshot()
     round_rows = []
     for index in range(rounds):
@@ -1059,15 +1095,16 @@ def alternating_rounds(
         hash_cpus.append(baseline.cpu_per_hash)
         loads.append(run_load(server, scenario, clients, seconds, warmup=3.0))
         by_process = " ".join(f"{c / seconds:.2f}" for c in loads[-1].server_cpu_by_process)
-        round_rows.append(
-            (
-                index + 1,
-                f"{raws[-1]:,.1f}",
-                f"{loads[-1].rate:,.1f}",
-                f"{loads[-1].rate / raws[-1]:.3f}",
-                by_process,
-            )
+        row: tuple[object, ...] = (
+            index + 1,
+            f"{raws[-1]:,.1f}",
+            f"{loads[-1].rate:,.1f}",
+            f"{loads[-1].rate / raws[-1]:.3f}",
         )
+        if floor is not None:
+            floors.append(run_load(floor, scenario, clients, seconds, warmup=3.0))
+            row += (f"{floors[-1].rate:,.1f}", f"{floors[-1].rate / raws[-1]:.3f}")
+        round_rows.append((*row, by_process))
     load_cpu = bench.cpu.line(window)
     lopsided = [
         str(i + 1)
@@ -1077,52 +1114,75 @@ def alternating_rounds(
     raw = sum(raws) / len(raws)
     ops = sum(r.ops for r in loads)
     rate = ops / (seconds * rounds)
-    latencies = [x for r in loads for x in r.latencies]
     statuses = sum((r.statuses for r in loads), Counter())
     errors = sum((r.errors for r in loads), Counter())
-    server_cpu = sum(r.server_cpu for r in loads)
-    client_cpu = sum(r.client_cpu for r in loads)
     peak_rss = max(r.server_peak_rss for r in loads)
     say(
         f"{rounds} rounds of: raw Argon2id with {CORES} processes for {baseline_seconds:.0f} s, then"
         f" {clients} HTTP clients for {seconds:.0f} s (after 3 s warm-up; 1 load process;"
         f" {'a new connection per visit' if new_connections else 'one kept-alive connection per client'})"
+        + (", then the same on the floor app" if floor is not None else "")
     )
-    say(table(round_rows, ["round", "raw hashes/s", f"{what}/s", "ratio", "server CPU by process (cores)"]))
+    floor_columns = ["floor/s", "floor ratio"] if floor is not None else []
+    header = ["round", "raw hashes/s", f"{what}/s", "ratio", *floor_columns, "server CPU by process (cores)"]
+    say(table(round_rows, header))
     say(
         f"  {ops:,} verified {what} -> {rate:,.1f} {what}/s vs {raw:,.1f} raw hashes/s;"
         f" statuses {dict(statuses)}  connection errors {dict(errors) or 0}"
     )
-    say(f"  latency per operation: {latency_line(latencies)}")
     hash_cpu = sum(hash_cpus) / len(hash_cpus)
-    say(
-        f"  CPU per operation: server {ms(server_cpu / max(ops, 1))}, load generator"
-        f" {ms(client_cpu / max(sum(statuses.values()), 1))}; raw Argon2id hash {ms(hash_cpu)}"
-    )
-    server_hash_cpu = sum(r.server_hash_cpu for r in loads)
-    if server_hash_cpu:
-        say(
-            f"  server CPU per operation by thread: the Argon2id threads {ms(server_hash_cpu / max(ops, 1))}"
-            f" (a raw hash {ms(hash_cpu)}), the request path (every other thread)"
-            f" {ms((server_cpu - server_hash_cpu) / max(ops, 1))}"
-        )
-    cpu_bound = hash_cpu / ((server_cpu + client_cpu) / max(ops, 1))
-    say(
-        f"  CPU-only view (less sensitive to other tenants): Argon2id core-time / all CPU per operation"
-        f" (server + load generator) = {cpu_bound:.3f}; the ratio cannot exceed this on a dedicated machine"
-    )
+    server_cpu = _cpu_lines(loads, hash_cpu)
     say(f"  server RSS peak (master + workers): {mib(peak_rss)}")
-    besides_hash = server_cpu / max(ops, 1) - hash_cpu
+    besides_hash = server_cpu - hash_cpu
     if lopsided:
         say(
             f"  NOTE: in round(s) {', '.join(lopsided)} the kept-alive connections landed (almost) all on one"
             " worker (it still hashes on every core: the server's hashing slots are shared by its workers)"
         )
-    say(f"  {load_cpu}")
     good = statuses.get(success, 0) == sum(statuses.values()) and not errors
+    floor_ratio = None
+    if floor is not None:
+        floor_ops = sum(r.ops for r in floors)
+        floor_statuses = sum((r.statuses for r in floors), Counter())
+        floor_ratio = floor_ops / (seconds * rounds) / raw
+        say(
+            f"  the floor app (bench/floor_app.py: the request read, one Argon2id, a minimal answer; same gunicorn"
+            f" settings and hashing slots): {floor_ops / (seconds * rounds):,.1f} {what}/s;"
+            f" statuses {dict(floor_statuses)}"
+        )
+        _cpu_lines(floors, hash_cpu, "  floor: ")
+        good = good and floor_statuses.get(success, 0) == sum(floor_statuses.values())
+    say(f"  {load_cpu}")
     if not good:
         say(f"  FAIL: some {what} did not end in {success}")
-    return rate / raw, good, peak_rss, besides_hash
+    return Rounds(rate / raw, good, peak_rss, besides_hash, floor_ratio)
+
+
+def _cpu_lines(loads: list[LoadResult], hash_cpu: float, prefix: str = "  ") -> float:
+    """Print latency and CPU an operation of these loads (server, by thread, load generator, the
+    CPU-only view); return the server's CPU seconds an operation."""
+    ops = max(sum(r.ops for r in loads), 1)
+    answered = max(sum(sum(r.statuses.values()) for r in loads), 1)
+    server_cpu = sum(r.server_cpu for r in loads)
+    client_cpu = sum(r.client_cpu for r in loads)
+    say(f"{prefix}latency per operation: {latency_line([x for r in loads for x in r.latencies])}")
+    say(
+        f"{prefix}CPU per operation: server {ms(server_cpu / ops)}, load generator"
+        f" {ms(client_cpu / answered)}; raw Argon2id hash {ms(hash_cpu)}"
+    )
+    server_hash_cpu = sum(r.server_hash_cpu for r in loads)
+    if server_hash_cpu:
+        say(
+            f"{prefix}server CPU per operation by thread: the Argon2id threads {ms(server_hash_cpu / ops)}"
+            f" (a raw hash {ms(hash_cpu)}), the request path (every other thread)"
+            f" {ms((server_cpu - server_hash_cpu) / ops)}"
+        )
+    cpu_bound = hash_cpu / ((server_cpu + client_cpu) / ops)
+    say(
+        f"{prefix}CPU-only view (less sensitive to other tenants): Argon2id core-time / all CPU per operation"
+        f" (server + load generator) = {cpu_bound:.3f}; the ratio cannot exceed this on a dedicated machine"
+    )
+    return server_cpu / ops
 
 
 # --- Raw Argon2id baseline -----------------------------------------------------------------------

@@ -13,11 +13,16 @@ portal.identity.stretch (same Argon2id params, measured before and after in the 
 Target >= 0.80. PORTAL_VERIFY_LIMIT_PERSON/CLIENT/GLOBAL are set to "1000000 per minute" so the
 failure throttle cannot interfere (only failures are counted, and every lookup here succeeds).
 
+``--floor`` also serves ``bench/floor_app.py`` (the form read, one Argon2id, a 303; same gunicorn
+settings and hashing slots) and loads it in the same rounds: its ratio is this stack's ceiling on
+the machine, printed beside the portal's (FLOOR line).
+
 ``--overload`` adds a burst at 10 x that concurrency: counts of 303 / 503 (with Retry-After) /
 other, connection errors, server RSS, and the latency of a single lookup afterwards (recovery).
 
     .venv/bin/python bench/verify_bench.py
     .venv/bin/python bench/verify_bench.py --overload
+    .venv/bin/python bench/verify_bench.py --floor        # the floor app (bench/floor_app.py) in the same rounds
     .venv/bin/python bench/verify_bench.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 """
 
@@ -59,6 +64,7 @@ def main() -> int:
     parser.add_argument("--baseline-seconds", type=float, default=4.0)
     b.add_argon2_option(parser)
     b.add_app_options(parser)
+    b.add_floor_option(parser)
     args = parser.parse_args()
     argon2 = args.argon2
     hash_slots = args.hash_slots or b.CORES
@@ -98,12 +104,15 @@ def main() -> int:
         if status != "303":
             raise RuntimeError(f"a real identity got {status}, not 303:\n{server.log_tail()}")
 
-        ratio, good, peak_rss, besides_hash = b.alternating_rounds(
+        floor = b.start_floor(bench, args, env, tmp / "floor.log", "/lookup")
+        measured = b.alternating_rounds(
             bench, server, scenario, argon2, args.clients, seconds, rounds, args.baseline_seconds,
-            args.new_connections or args.whole_visit, success="303", what="lookups",
+            args.new_connections or args.whole_visit, success="303", what="lookups", floor=floor,
         )  # fmt: skip
-        ok = b.verdict("verified lookups/s / raw Argon2id hashes/s", ratio, 0.80) and good
-        ok = b.budget("server CPU a verified lookup besides its hash", besides_hash, BUDGET) and ok
+        peak_rss = measured.peak_rss
+        ok = b.verdict("verified lookups/s / raw Argon2id hashes/s", measured.ratio, 0.80) and measured.good
+        b.floor_verdict("floor lookups/s / raw Argon2id hashes/s", measured)
+        ok = b.budget("server CPU a verified lookup besides its hash", measured.besides_hash, BUDGET) and ok
 
         if args.overload:
             clients = args.overload_factor * args.clients
