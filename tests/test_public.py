@@ -805,3 +805,38 @@ def test_the_shared_lookup_form_carries_each_visitors_own_token(app: Flask) -> N
     assert "a message meant for one visitor" in page(first.get("/lookup"))
     assert "a message meant for one visitor" not in page(app.test_client().get("/lookup"))
     assert "a message meant for one visitor" not in page(first.get("/lookup")), "a flash is shown once"
+
+
+def test_the_shared_exposure_page_is_each_visitors_own_variant_with_their_own_token(app: Flask) -> None:
+    """The exposure page is rendered once per exposed fields, age group and code held, and kept: each
+    visitor still reads their own variant, never another's, with their own token in every form."""
+    rows = [
+        patient_row(),
+        patient_row(record_id="R-2", last_name="Second", ssn="222-33-4444"),  # the same fields as R-1
+        patient_row(record_id="R-3", last_name="Third", ssn="333-44-5555", exposed_fields="name;address"),
+        patient_row(record_id="R-4", last_name="Child", ssn="444-55-6666", date_of_birth="2015-06-01"),
+    ]
+    assert import_patients(app, rows) == []
+    add_codes(app, {"SHARE-AAAA-0001": date.today() + timedelta(days=40)})
+    first = verify(app, last_name="Garcia-Lopez", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
+    second = verify(app, last_name="Second", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="4444")
+    third = verify(app, last_name="Third", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="5555")
+    child = verify(app, last_name="Child", date_of_birth="2015-06-01", zip_code="10001", ssn_last4="6666")
+    assert post_with_token(first, "/claim").headers["Location"] == "/code"  # the first one holds a code now
+
+    pages = {name: page(client.get("/exposure")) for name, client in
+             {"first": first, "second": second, "third": third, "child": child}.items()}  # fmt: skip
+    assert "You already have your activation code" in pages["first"] and "Get my activation code" not in pages["first"]
+    assert "Get my activation code" in pages["second"] and "You already have" not in pages["second"]
+    assert exposed_on(pages["first"]) == exposed_on(pages["second"]) == {"name", "date_of_birth", "ssn"}
+    assert exposed_on(pages["third"]) == {"name", "address"}
+    assert "under 18" in pages["child"] and not any("under 18" in pages[n] for n in ("first", "second", "third"))
+    assert "@@" not in "".join(pages.values()), "the token's stand-in leaked into a page"
+    # Read again: the same page, the same tokens (one a session); each visitor's token is their own.
+    assert page(second.get("/exposure")) == pages["second"]
+    tokens = {name: set(re.findall(r'name="csrf_token"[^>]*value="([^"]+)"', text)) for name, text in pages.items()}
+    assert all(len(found) == 1 for found in tokens.values()) and len(set.union(*tokens.values())) == 4
+    # ... and bound to their session: another's is refused, one's own signs out.
+    (second_token,) = tokens["second"]
+    assert third.post("/sign-out", data={"csrf_token": second_token}).status_code == 400
+    assert second.post("/sign-out", data={"csrf_token": second_token}).headers["Location"] == "/signed-out"

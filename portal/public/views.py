@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
@@ -43,16 +43,24 @@ def _record(action: str, outcome: str, public_id: str | None = None) -> None:
     record(Event(action, outcome, CHANNEL, public_id, request.remote_addr))
 
 
-def rendered_once(template: str, context: Callable[[], dict[str, Any]]) -> str:
-    """A page that is identical for every visitor in a language, rendered once per locale and kept.
+PAGE_VARIANTS_KEPT = 256  # pages kept a process (a few KiB each); beyond, a page is rendered each time
 
-    Only for templates that show nothing of the visitor: no form data and no flashed message.
+
+def rendered_once(template: str, context: Callable[[], dict[str, Any]], variant: Hashable = None) -> str:
+    """A page that is identical for every visitor in a language (and ``variant``), rendered once and kept.
+
+    Only for templates that show nothing of the visitor beyond what ``variant`` names: no form data
+    and no flashed message. At most ``PAGE_VARIANTS_KEPT`` pages are kept: an import with every
+    combination of exposed fields cannot make a process hold thousands of pages.
     """
     pages = current_app.extensions.setdefault("portal.pages", {})
-    key = (template, str(get_locale()))
-    if key not in pages:
-        pages[key] = render_template(template, **context())
-    return pages[key]
+    key = (template, str(get_locale()), variant)
+    page = pages.get(key)
+    if page is None:
+        page = render_template(template, **context())
+        if len(pages) < PAGE_VARIANTS_KEPT:
+            pages[key] = page
+    return page
 
 
 @bp.get("/")
@@ -122,15 +130,27 @@ def exposure_page(patient: Patient, verification: Verification) -> str:
 
 
 def _exposure(patient: Patient, verification: Verification, letter_form: LetterForm | None = None) -> str:
-    """The exposure page; with the letter's reference asked for before a claim when step-up is on."""
-    if letter_form is None and letter_required(verification):
-        letter_form = LetterForm(formdata=None)
-    return render_template(
-        "public/exposure.html",
-        guidance=_guidance(patient),
-        held=code_of(db.session, services().cipher, patient),
-        letter_form=letter_form,
-    )
+    """The exposure page; with the letter's reference asked for before a claim when step-up is on.
+
+    Everyone with the same exposed fields, age group (adult or minor) and code held or not reads
+    the same page but for its CSRF tokens: it is rendered once per such variant and language, and
+    the visitor's token put in. A page showing a flashed message or a letter form with a visitor's
+    input or errors is rendered for them alone."""
+    held = code_of(db.session, services().cipher, patient) is not None
+    if letter_form is None:
+        asked = letter_required(verification)
+        if "_flashes" not in session:
+            variant = (patient.exposed_fields, session.get(MINOR_KEY, False), held, asked)
+            page = rendered_once("public/exposure.html", lambda: _exposure_context(patient, held, asked), variant)
+            return page.replace(CSRF_SLOT, generate_csrf())
+        letter_form = LetterForm(formdata=None) if asked else None
+    return render_template("public/exposure.html", guidance=_guidance(patient), held=held, letter_form=letter_form)
+
+
+def _exposure_context(patient: Patient, held: bool, asked: bool) -> dict[str, Any]:
+    """The exposure page's context for its cached variant: the blank letter form, a stand-in token."""
+    letter_form = LetterForm(formdata=None) if asked else None
+    return {"guidance": _guidance(patient), "held": held, "letter_form": letter_form, "csrf_token": lambda: CSRF_SLOT}
 
 
 def _guidance(patient: Patient) -> exposure.Guidance:
