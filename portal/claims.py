@@ -109,12 +109,20 @@ def _reveal(cipher: CodeCipher, row: ActivationCode) -> ClaimedCode:
     return ClaimedCode(cipher.open(row), row.product, row.enroll_by, row.claimed_at, row.id)
 
 
+def _held_by(patient: Patient) -> tuple[ColumnElement[bool], ...]:
+    """The person's code; a revoked one is theirs no more to use."""
+    return ActivationCode.patient_id == patient.id, ActivationCode.revoked_at.is_(None)
+
+
 def code_of(session: Session, cipher: CodeCipher, patient: Patient) -> ClaimedCode | None:
-    """The code this person holds, if any; a revoked one is theirs no more to use."""
-    row = session.scalar(
-        select(ActivationCode).where(ActivationCode.patient_id == patient.id, ActivationCode.revoked_at.is_(None))
-    )
+    """The code this person holds, if any."""
+    row = session.scalar(select(ActivationCode).where(*_held_by(patient)))
     return _reveal(cipher, row) if row else None
+
+
+def holds_code(session: Session, patient: Patient) -> bool:
+    """Whether this person holds a code, for a page that only says so: neither loaded nor opened."""
+    return session.scalar(select(ActivationCode.id).where(*_held_by(patient))) is not None
 
 
 def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: date | None = None) -> ClaimedCode:

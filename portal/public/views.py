@@ -17,7 +17,7 @@ from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response
 
 from portal import exposure, throttle
-from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of
+from portal.claims import PoolBusy, PoolEmpty, claim_code, code_of, holds_code
 from portal.errors import render_error
 from portal.events import Event, record
 from portal.extensions import db
@@ -136,7 +136,7 @@ def _exposure(patient: Patient, verification: Verification, letter_form: LetterF
     the same page but for its CSRF tokens: it is rendered once per such variant and language, and
     the visitor's token put in. A page showing a flashed message or a letter form with a visitor's
     input or errors is rendered for them alone."""
-    held = code_of(db.session, services().cipher, patient) is not None
+    held = holds_code(db.session, patient)
     if letter_form is None:
         asked = letter_required(verification)
         if "_flashes" not in session:
