@@ -717,9 +717,10 @@ def floor_verdict(name: str, rounds: Rounds) -> None:
     """The floor's ratio beside the portal's, and the share of the floor the portal reaches."""
     if rounds.floor_ratio is None:
         return
+    share = f"{rounds.ratio / rounds.floor_ratio:.3f}" if rounds.floor_ratio else "none"
     say(
         f"FLOOR {name} = {rounds.floor_ratio:.3f}  (bench/floor_app.py, same rounds: this stack's ceiling here);"
-        f" the portal {rounds.ratio:.3f} = {rounds.ratio / rounds.floor_ratio:.3f} of it"
+        f" the portal {rounds.ratio:.3f} = {share} of it"
     )
 
 
