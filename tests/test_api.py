@@ -464,6 +464,21 @@ def test_each_key_has_its_own_rate_with_headers(database_url: str, storage: str)
     assert call(client, other, "GET", "/program").status_code == 200
 
 
+@pytest.mark.redis
+def test_a_keys_rate_is_one_count_on_every_server(database_url: str) -> None:
+    """Two servers sharing the limit store count a key's requests together; with two limits, the
+    shortest window refuses first and is the one the headers describe."""
+    first = limited_app(database_url, REDIS_URL)
+    key = create_api_key(first, rate="3/minute;100/hour")
+    same = {name: first.config[name] for name in ("IDENTIFIER_KEY", "CODE_KEY", "SECRET_KEY", "RATELIMIT_KEY_PREFIX")}
+    second = make_app(database_url, RATELIMIT_STORAGE_URI=REDIS_URL, **same)
+    answers = [call(app.test_client(), key, "GET", "/program") for app in (first, second, first, second)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["2", "1", "0", "0"]
+    assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"3"}
+    assert 0 < int(answers[-1].headers["Retry-After"]) <= 61
+
+
 @pytest.mark.parametrize("storage", STORAGES)
 def test_the_person_budget_stops_guessing_and_is_not_in_the_headers(database_url: str, storage: str) -> None:
     app = limited_app(database_url, storage, API_VERIFY_LIMIT_PERSON="3 per 15 minutes")
