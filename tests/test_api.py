@@ -614,10 +614,13 @@ def test_every_problem_type_is_an_absolute_link_to_its_section_with_a_title_nami
 
 
 def test_a_problems_type_never_links_to_a_host_the_portal_does_not_serve(database_url: str) -> None:
-    """A foreign Host is refused before routing: its problem links to the reference by its path alone."""
+    """A foreign Host is refused before routing, by a problem of its own that does not say the Host
+    back, and that links to the reference by its path alone."""
     client = make_app(database_url, TRUSTED_HOSTS=["notice.example.org"]).test_client()
     refused = call(client, None, "GET", "/program", headers={"Host": "phishing.example.net"})
-    assert assert_problem(refused, 400)["type"] == "/api/v1/docs#problem-malformed"
+    body = assert_problem(refused, 400)
+    assert body["type"] == "/api/v1/docs#problem-untrusted-host" and body["title"] == "Host not served"
+    assert "phishing" not in refused.get_data(as_text=True)
     served = call(client, None, "GET", "/program", headers={"Host": "notice.example.org"})
     assert assert_problem(served, 401)["type"] == "http://notice.example.org/api/v1/docs#problem-unauthorized"
 

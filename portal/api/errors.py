@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, g, json, request
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException, ServiceUnavailable, TooManyRequests, Unauthorized
+from werkzeug.exceptions import HTTPException, SecurityError, ServiceUnavailable, TooManyRequests, Unauthorized
 
 from portal import throttle
 from portal.api.auth import BUDGET_REFUSAL
@@ -54,6 +54,10 @@ PROBLEMS: dict[str, ProblemType] = {
         ProblemType(
             "malformed", 400, "Malformed JSON body", "The request body is not well-formed UTF-8 JSON.",
             "Send one JSON object encoded in UTF-8; NaN, Infinity and integers too long to read are refused.",
+        ),
+        ProblemType(
+            "untrusted-host", 400, "Host not served", "This server does not answer for the Host header sent.",
+            "Send requests to the host name of the base URL the operator gave you, with no other Host header.",
         ),
         ProblemType(
             "unauthorized", 401, "Missing or invalid API key",
@@ -204,6 +208,8 @@ def http_problem(error: HTTPException) -> Response:
         return problem("rate-limited", retry_after=_key_rate_retry_after())
     if status == ServiceUnavailable.code:
         return problem("unavailable", own, retry_after=RETRY_AFTER_SECONDS)
+    if isinstance(error, SecurityError):  # its description repeats the Host sent: not said back
+        return problem("untrusted-host")
     return problem(BY_STATUS.get(status, "malformed" if status < 500 else "internal"), own, headers=headers)
 
 
