@@ -405,6 +405,25 @@ def test_the_trail_lists_newest_first_across_lanes(pg_app: Flask) -> None:
     assert listed == [(1, "staff:3"), (2, "staff:2"), (1, "staff:1")]
 
 
+@pytest.mark.postgres
+def test_a_writer_that_finds_every_lane_taken_waits_for_one(pg_app: Flask) -> None:
+    """Every lane held by transactions that have not committed: the next append waits for a lane
+    (it is not lost, and does not fail) and lands once one is let go."""
+    app = pg_app
+    append_events(app, 1)
+    with app.app_context(), db.engine.connect() as holder:
+        holder.execute(sa.text("SELECT * FROM audit_chain_head FOR UPDATE"))
+        writer = threading.Thread(target=append_events, args=(app, 1))
+        writer.start()
+        writer.join(1)
+        assert writer.is_alive()  # waiting for a lane
+        holder.rollback()
+    writer.join(30)
+    assert not writer.is_alive()
+    result = verify(app)
+    assert result.exit_code == 0 and "intact: 2 rows" in result.output, result.output
+
+
 def test_verify_catches_a_row_inserted_behind_the_apps_back(app: Flask) -> None:
     append_events(app, 4)
     with app.app_context(), db.engine.begin() as connection:
