@@ -407,11 +407,14 @@ def test_the_trail_lists_newest_first_across_lanes(pg_app: Flask) -> None:
 
 @pytest.mark.postgres
 def test_a_writer_that_finds_every_lane_taken_waits_for_one(pg_app: Flask) -> None:
-    """Every lane held by transactions that have not committed: the next append waits for a lane
-    (it is not lost, and does not fail) and lands once one is let go."""
+    """Every lane but the last held by transactions that have not committed: the next append takes
+    the last lane. Then every lane held: the next append waits for a lane (it is not lost, and does
+    not fail) and lands once one is let go. Each row in the last lane verifies as any other."""
     app = pg_app
     append_events(app, 1)
     with app.app_context(), db.engine.connect() as holder:
+        holder.execute(sa.text("SELECT * FROM audit_chain_head WHERE id < :last FOR UPDATE"), {"last": LANES})
+        append_events(app, 1)
         holder.execute(sa.text("SELECT * FROM audit_chain_head FOR UPDATE"))
         writer = threading.Thread(target=append_events, args=(app, 1))
         writer.start()
@@ -421,7 +424,9 @@ def test_a_writer_that_finds_every_lane_taken_waits_for_one(pg_app: Flask) -> No
     writer.join(30)
     assert not writer.is_alive()
     result = verify(app)
-    assert result.exit_code == 0 and "intact: 2 rows" in result.output, result.output
+    assert result.exit_code == 0 and "intact: 3 rows" in result.output and f" {LANES}/1:" in result.output, (
+        result.output
+    )
 
 
 def test_verify_catches_a_row_inserted_behind_the_apps_back(app: Flask) -> None:

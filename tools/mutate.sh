@@ -42,6 +42,7 @@ declare -A own_tests=(
   [audit]="tests/test_audit.py --deselect tests/test_audit.py::test_concurrent_writers_in_several_processes_keep_one_unbroken_chain
     tests/test_agent.py::test_console_verifications_have_their_own_budgets
     tests/test_agent.py::test_the_audit_trail_filters_and_exports_and_the_export_is_recorded
+    tests/test_agent.py::test_the_audit_trails_days_are_whole_and_inclusive_and_other_actors_show_as_they_are
     tests/test_console.py::test_the_audit_trail_names_staff_by_username_and_role
     tests/test_console.py::test_every_exported_cell_is_safe_for_spreadsheets"
   [ops]="tests/test_ops.py -k 'not two_workers'"
