@@ -443,3 +443,16 @@ def test_a_refusal_says_when_to_come_back_and_never_when_others_tried(
     clock[0] += 600
     status, _, seconds = attempt(app, again, again_last4, again_address)
     assert status == 429 and seconds is not None and retry_after[0] <= int(seconds) <= retry_after[1]
+
+
+@pytest.mark.redis
+def test_portals_sharing_one_redis_under_other_prefixes_count_apart(tmp_path) -> None:
+    """RATELIMIT_KEY_PREFIX keeps the budgets of portals (or test runs) that share one Redis apart."""
+    limits = {"RATELIMIT_STORAGE_URI": REDIS_URL, "VERIFY_LIMIT_PERSON": "1 per 15 minutes"}
+    first = make_app(f"sqlite:///{tmp_path / 'a.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **limits)
+    keys = {name: first.config[name] for name in ("IDENTIFIER_KEY", "CODE_KEY", "SECRET_KEY")}
+    second = make_app(
+        f"sqlite:///{tmp_path / 'b.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **limits, **keys
+    )
+    assert [attempt(first, UNKNOWN, "0000", "10.3.0.1")[0] for _ in range(2)] == [200, 429]
+    assert attempt(second, UNKNOWN, "0000", "10.3.0.2")[0] == 200
