@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import multiprocessing
@@ -17,16 +19,27 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from agent_helpers import make_staff, post_form, signed_in
-from conftest import REDIS_URL, import_patients, lookup, make_app, make_config, patient_row, postgres_schema_url
+from conftest import (
+    REDIS_URL,
+    hkdf_sha256,
+    import_patients,
+    lookup,
+    make_app,
+    make_config,
+    patient_row,
+    postgres_schema_url,
+)
 from flask import Flask
 from live import LiveServer, Visitor, all_at_once
 from sqlalchemy.exc import DBAPIError
 
-from portal.audit import FIELDS, LANES, MAC_MIN_HEX, GroupCommit, Head, genesis, heads
-from portal.config import write_development_secrets
+from portal.audit import FIELDS, LANES, MAC_MIN_HEX, BrokenLink, Filter, GroupCommit, Head, genesis, heads
+from portal.audit import events as audit_events
+from portal.config import decode_key, write_development_secrets
 from portal.events import Event, connection_lost, record
 from portal.extensions import db
 from portal.models import AuditEvent
+from portal.services import services
 
 WRITERS = 4
 EVENTS_EACH = 25
@@ -58,11 +71,10 @@ def anchored(heads_: list[Head]) -> list[str]:
 
 
 def assert_broken(result: Any, where: str, reason: str) -> None:
-    """Exit 1 and one line naming the row and why: never a traceback."""
+    """Exit 1 and one line naming the row and then why (SECURITY.md's words): never a traceback."""
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     lines = result.output.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"audit trail BROKEN at row {where}: "), result.output
-    assert reason in lines[0], lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"audit trail BROKEN at row {where}: {reason}"), result.output
 
 
 def test_an_untouched_trail_verifies(app: Flask) -> None:
@@ -70,24 +82,31 @@ def test_an_untouched_trail_verifies(app: Flask) -> None:
     result = verify(app)
     assert result.exit_code == 0 and "intact: 5 rows; heads 1/5:" in result.output
     assert "not anchored" in result.output
+    # Anchored on the very heads it has now (nothing since): still intact, not "gone".
+    anchored_now = verify(app, *anchored(published(app)))
+    assert anchored_now.exit_code == 0 and "anchored: 1 published heads still there" in anchored_now.output
 
 
 @pytest.mark.parametrize(
-    "tamper, broken_at",
+    "tamper, broken_at, reason",
     [
-        ("UPDATE audit_events SET outcome = 'success' WHERE position = 3", "1/3"),
-        ("UPDATE audit_events SET actor = 'staff:99' WHERE position = 5", "1/5"),
-        ("DELETE FROM audit_events WHERE position = 3", "1/3"),
-        ("UPDATE audit_events SET lane = 2 WHERE position = 3", "1/3"),
-        ("UPDATE audit_chain_head SET last_hash = (SELECT prev_hash FROM audit_events WHERE position = 6)", "1/6"),
+        ("UPDATE audit_events SET outcome = 'success' WHERE position = 3", "1/3", "contents changed since written"),
+        ("UPDATE audit_events SET actor = 'staff:99' WHERE position = 5", "1/5", "contents changed since written"),
+        ("DELETE FROM audit_events WHERE position = 3", "1/3", "row missing"),
+        ("UPDATE audit_events SET lane = 2 WHERE position = 3", "1/3", "row missing"),
+        ("UPDATE audit_events SET prev_hash = chain_hash WHERE position = 4", "1/4", "does not follow the row before"),
+        (
+            "UPDATE audit_chain_head SET last_hash = (SELECT prev_hash FROM audit_events WHERE position = 6)",
+            "1/6",
+            "the lane's head does not name its last row",
+        ),
     ],
-    ids=["edit-outcome", "edit-actor", "delete-middle", "move-to-another-lane", "head-hash-edited"],
+    ids=["edit-outcome", "edit-actor", "delete-middle", "move-to-another-lane", "relinked", "head-hash-edited"],
 )
-def test_verify_names_the_first_edited_or_deleted_row(app: Flask, tamper: str, broken_at: str) -> None:
+def test_verify_names_the_first_edited_or_deleted_row(app: Flask, tamper: str, broken_at: str, reason: str) -> None:
     append_events(app, 6)
     execute(app, tamper)
-    result = verify(app)
-    assert result.exit_code == 1 and f"BROKEN at row {broken_at}:" in result.output
+    assert_broken(verify(app), broken_at, reason)
 
 
 # The columns that hold the chain's links rather than what happened (``lane`` places a row in its
@@ -134,10 +153,73 @@ def test_an_edit_of_any_column_is_found_at_its_row(app: Flask, column: str) -> N
     assert result.exit_code == 1 and "BROKEN at row 1/3" in result.output, result.output
 
 
+def test_every_link_is_the_documented_hmac_that_an_auditor_can_recompute(database_url: str) -> None:
+    """The chain is a stored format: rows written by one release must verify under the next, and
+    whoever holds PORTAL_AUDIT_KEY can check them without the portal. Each row's ``chain_hash`` is
+    HMAC-SHA256, under HKDF(key, "portal/audit-chain"), of the previous hash in its lane (lane L starts
+    from L - 1 as 32 big-endian bytes: lane 1 from zeros) followed by the fields joined by 0x1f (none
+    empty, the time as ISO 8601 to the microsecond). Recomputed here from that description alone."""
+    app = make_app(database_url)
+    full_rows(app, 3)
+    with app.app_context():
+        record(Event("verification", "failure", "cli"))  # no record, client or request id: empty fields
+        postgres = db.engine.dialect.name == "postgresql"
+        if postgres:  # a second lane: lane 1 held by another transaction
+            with db.engine.connect() as holder:
+                holder.execute(sa.text("SELECT * FROM audit_chain_head WHERE id = 1 FOR UPDATE"))
+                full_rows(app, 2)
+                holder.rollback()
+    key = hkdf_sha256(decode_key(app.config["AUDIT_KEY"], "PORTAL_AUDIT_KEY"), b"portal/audit-chain")
+    with app.app_context(), db.engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT * FROM audit_events ORDER BY lane, position")).mappings().all()
+        head_rows = {lane: (position, bytes(last)) for lane, position, last in connection.execute(sa.text(
+            "SELECT id, position, last_hash FROM audit_chain_head"))}  # fmt: skip
+    assert len(rows) == (6 if postgres else 4) and rows[3]["client"] is None
+    previous: dict[int, bytes] = {}
+    for row in rows:
+        prev = previous.get(row["lane"], (row["lane"] - 1).to_bytes(32, "big"))
+        at = row["at"] if isinstance(row["at"], datetime) else datetime.fromisoformat(row["at"])
+        values = [f"{at:%Y-%m-%dT%H:%M:%S.%f}" if name == "at" else row[name] for name in FIELDS]
+        message = prev + "\x1f".join("" if value is None else str(value) for value in values).encode()
+        assert bytes(row["prev_hash"]) == prev, (row["lane"], row["position"])
+        assert bytes(row["chain_hash"]) == hmac.new(key, message, hashlib.sha256).digest(), dict(row)
+        previous[row["lane"]] = bytes(row["chain_hash"])
+    for lane, last in previous.items():
+        assert head_rows[lane] == (max(r["position"] for r in rows if r["lane"] == lane), last)
+    assert head_rows[LANES] == (0, (LANES - 1).to_bytes(32, "big"))  # an unused lane: its genesis
+
+
+def test_a_lanes_rows_moved_whole_to_another_lane_break(app: Flask) -> None:
+    """Each lane starts from its own genesis value, so a row belongs to its lane (SECURITY.md): even
+    every row of a lane moved, with the two head rows swapped to match, does not verify."""
+    append_events(app, 3)
+    execute(app, "UPDATE audit_events SET lane = 2 WHERE lane = 1")
+    execute(
+        app,
+        "UPDATE audit_chain_head SET position = 3,"
+        " last_hash = (SELECT chain_hash FROM audit_events WHERE position = 3) WHERE id = 2",
+    )
+    execute(app, "UPDATE audit_chain_head SET position = 0, last_hash = :zero WHERE id = 1", zero=bytes(32))
+    assert_broken(verify(app), "2/1", "does not follow the row before")
+
+
+def test_a_lane_read_a_batch_at_a_time_is_read_to_its_end(app: Flask) -> None:
+    """verify keeps memory flat by reading a lane in batches: every batch is checked, the last
+    included, so an edit past the first batch is found as surely as one in it."""
+    append_events(app, 7)
+    with app.app_context(), db.engine.connect() as connection:
+        intact = services().audit.verify(connection, batch=2)
+    assert (intact.rows, intact.broken, [str(head).split(":")[0] for head in intact.heads]) == (7, None, ["1/7"])
+    execute(app, "UPDATE audit_events SET outcome = 'success' WHERE position = 6")
+    with app.app_context(), db.engine.connect() as connection:
+        edited = services().audit.verify(connection, batch=2)
+    assert (edited.rows, edited.broken) == (5, BrokenLink(1, 6, "contents changed since written (edited?)"))
+
+
 def test_the_newest_row_deleted_is_broken_even_unanchored(app: Flask) -> None:
     append_events(app, 6)
     execute(app, "DELETE FROM audit_events WHERE position = 6")
-    assert_broken(verify(app), "1/6", "its head says 6")
+    assert_broken(verify(app), "1/6", "the lane's rows end at 5 but its head says 6")
 
 
 def rewind(app: Flask, keep: int) -> None:
@@ -162,6 +244,16 @@ def test_the_last_rows_deleted_with_the_head_rewound_break_the_published_head(ap
     assert_broken(verify(app, *anchored(head)), "1/6", f"the published head {head[0]} is gone")
 
 
+def test_of_several_published_heads_gone_the_newest_is_named(app: Flask) -> None:
+    """How much was cut shows in the one line: the furthest published head that is gone."""
+    append_events(app, 6)
+    sixth = published(app)
+    append_events(app, 2)
+    eighth = published(app)
+    rewind(app, 5)
+    assert_broken(verify(app, *anchored(sixth + eighth)), "1/6", f"the published head {eighth[0]} is gone")
+
+
 def test_rows_appended_after_a_rewind_are_not_the_published_ones(app: Flask) -> None:
     """Deleted and rewound, then the portal appends again up to the same position: the MAC differs."""
     append_events(app, 8)
@@ -180,10 +272,12 @@ def test_every_row_deleted_and_the_head_zeroed_is_never_intact(app: Flask) -> No
     assert_broken(verify(app, *anchored(head)), "1/1", f"the published head {head[0]} is gone")
 
 
-def test_the_head_row_deleted_is_broken_not_a_traceback(app: Flask) -> None:
+@pytest.mark.parametrize("lane", [1, 2, LANES])
+def test_the_head_row_deleted_is_broken_not_a_traceback(app: Flask, lane: int) -> None:
+    """Every lane is walked, the last one too, used or not."""
     append_events(app, 4)
-    execute(app, "DELETE FROM audit_chain_head WHERE id = 1")
-    assert_broken(verify(app), "1/1", "chain head row is missing")
+    execute(app, "DELETE FROM audit_chain_head WHERE id = :lane", lane=lane)
+    assert_broken(verify(app), f"{lane}/1", "the lane's chain head row is missing")
 
 
 def test_a_dropped_table_is_broken_not_a_traceback(app: Flask) -> None:
@@ -215,6 +309,23 @@ def test_a_malformed_expected_head_is_a_usage_error(app: Flask, value: str) -> N
     result = verify(app, "--expect-head", value)
     assert result.exit_code == 2
     assert "is not [LANE/]POSITION:MAC" in result.output or "lanes are 1 to" in result.output
+
+
+MAC = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "text, head",
+    [
+        (f"1:{MAC}", Head(1, 1, MAC)),  # lane 1 when left out, as the single chain's heads were written
+        (f"7:{MAC[:MAC_MIN_HEX]}", Head(1, 7, MAC[:MAC_MIN_HEX])),
+        (f" 64/3:{MAC.upper()} ", Head(LANES, 3, MAC)),
+        (f"5/1:{MAC}", Head(5, 1, MAC)),
+    ],
+)
+def test_a_published_head_reads_back_as_the_row_it_names(text: str, head: Head) -> None:
+    """Every lane and every position from the first, as the log and /metrics publish them."""
+    assert Head.parse(text) == head
 
 
 def test_each_event_publishes_the_new_head_in_its_log_line_and_metrics(
@@ -260,6 +371,63 @@ def test_a_writer_takes_a_free_lane_instead_of_waiting(pg_app: Flask) -> None:
         assert [tuple(row) for row in lanes] == [(1, 2), (2, 2)]
     result = verify(app)
     assert result.exit_code == 0 and "intact: 4 rows; heads 1/2:" in result.output and " 2/2:" in result.output
+
+
+def test_rows_outside_every_lane_are_found_the_first_named(app: Flask) -> None:
+    """A row no lane's walk reaches (lane 0, or past the last) is an insertion too; of several, the
+    first by lane and position is named."""
+    append_events(app, 3)
+    for lane, position in ((LANES + 1, 1), (0, 5), (0, 2)):
+        execute(
+            app,
+            "INSERT INTO audit_events (lane, position, at, actor, action, outcome, channel, client, prev_hash,"
+            " chain_hash) SELECT :lane, :position, at, actor, action, outcome, channel, client, prev_hash,"
+            " chain_hash FROM audit_events WHERE lane = 1 AND position = 2",
+            lane=lane,
+            position=position,
+        )
+    assert_broken(verify(app), "0/2", "a row outside every lane")
+
+
+@pytest.mark.postgres
+def test_the_trail_lists_newest_first_across_lanes(pg_app: Flask) -> None:
+    """Lanes fill side by side, so what a supervisor reads newest first is ordered by time, not by
+    lane: lane 1, then lane 2 while lane 1 is held, then lane 1 again."""
+    app = pg_app
+    with app.app_context():
+        record(Event("verification", "failure", "cli", actor="staff:1"))
+        with db.engine.connect() as holder:
+            holder.execute(sa.text("SELECT * FROM audit_chain_head WHERE id = 1 FOR UPDATE"))
+            record(Event("verification", "failure", "cli", actor="staff:2"))
+            holder.rollback()
+        record(Event("verification", "failure", "cli", actor="staff:3"))
+        with db.engine.connect() as connection:
+            listed = [(row["lane"], row["actor"]) for row in audit_events(connection, Filter())]
+    assert listed == [(1, "staff:3"), (2, "staff:2"), (1, "staff:1")]
+
+
+@pytest.mark.postgres
+def test_a_writer_that_finds_every_lane_taken_waits_for_one(pg_app: Flask) -> None:
+    """Every lane but the last held by transactions that have not committed: the next append takes
+    the last lane. Then every lane held: the next append waits for a lane (it is not lost, and does
+    not fail) and lands once one is let go. Each row in the last lane verifies as any other."""
+    app = pg_app
+    append_events(app, 1)
+    with app.app_context(), db.engine.connect() as holder:
+        holder.execute(sa.text("SELECT * FROM audit_chain_head WHERE id < :last FOR UPDATE"), {"last": LANES})
+        append_events(app, 1)
+        holder.execute(sa.text("SELECT * FROM audit_chain_head FOR UPDATE"))
+        writer = threading.Thread(target=append_events, args=(app, 1))
+        writer.start()
+        writer.join(1)
+        assert writer.is_alive()  # waiting for a lane
+        holder.rollback()
+    writer.join(30)
+    assert not writer.is_alive()
+    result = verify(app)
+    assert result.exit_code == 0 and "intact: 3 rows" in result.output and f" {LANES}/1:" in result.output, (
+        result.output
+    )
 
 
 def test_verify_catches_a_row_inserted_behind_the_apps_back(app: Flask) -> None:

@@ -4,6 +4,7 @@ whether or not the person exists; successes and malformed input are never counte
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 import pytest
@@ -350,3 +351,108 @@ def test_people_are_counted_per_ipv4_24_or_ipv6_64_and_the_trail_keeps_a_24_or_4
     assert recorded_client(address) == recorded_as
     # An IPv6 zone names an interface of the sender's machine, nothing about a client.
     assert recorded_client("fe80::1%eth0") is None
+
+
+OTHER = {"last_name": "O'Brien", "date_of_birth": "1955-12-24", "zip_code": "80202"}
+OTHER_ROW = patient_row(
+    record_id="R-2", last_name="O'Brien", ssn="987-65-4321", zip="80202", date_of_birth="1955-12-24"
+)
+STRANGER, THIRD = {**UNKNOWN, "last_name": "Other"}, {**UNKNOWN, "last_name": "Third"}
+# Attempts (person, last four, address, status) against one budget set to one a day: the refusal,
+# then someone the budget does not count (another person, address or network) is served.
+ONE_PERSON = [(KNOWN, "0000", "10.6.0.1", 200), (KNOWN, "0000", "10.7.0.1", 429), (UNKNOWN, "0000", "10.8.0.1", 200)]
+ONE_ADDRESS = [
+    (UNKNOWN, "0000", "10.6.0.1", 200),
+    (STRANGER, "0000", "10.6.0.1", 429),
+    (THIRD, "0000", "10.6.0.2", 200),
+]
+# A failure and the same person again are not more people; a second person from the network is.
+ONE_NETWORK = [
+    (UNKNOWN, "0000", "10.6.0.1", 200),
+    (KNOWN, RIGHT_LAST4, "10.6.0.3", 303),
+    (KNOWN, RIGHT_LAST4, "10.6.0.4", 303),
+    (OTHER, "4321", "10.6.0.2", 429),
+    (OTHER, "4321", "10.7.0.1", 303),
+]
+EVERYONE = [(UNKNOWN, "0000", "10.6.0.1", 200), (STRANGER, "0000", "10.7.0.1", 429), (THIRD, "0000", "10.8.0.1", 429)]
+
+
+@pytest.mark.parametrize(
+    "setting, attempts, scope",
+    [
+        ("VERIFY_LIMIT_PERSON", ONE_PERSON, "verify-person-public"),
+        ("VERIFY_LIMIT_PERSON_SHARED", ONE_PERSON, "verify-person"),
+        ("VERIFY_LIMIT_CLIENT", ONE_ADDRESS, "verify-client"),
+        ("VERIFY_LIMIT_CLIENT_ATTEMPTS", ONE_ADDRESS, "verify-client-attempts"),
+        ("VERIFY_LIMIT_CLIENT_PEOPLE", ONE_NETWORK, "verify-client-people"),
+        ("VERIFY_LIMIT_GLOBAL", EVERYONE, "verify-global"),
+    ],
+)
+def test_each_budget_counts_its_own_and_its_refusal_is_recorded_under_its_name(
+    database_url: str, setting: str, attempts: list[tuple[dict[str, str], str, str, int]], scope: str
+) -> None:
+    """A budget spends only for what it counts. The trail says which budget refused (the dashboard
+    and an investigation read it), and only a network that verified many people is sent to the call
+    center instead of being told to wait."""
+    app = throttled_app(database_url, **{setting: "1 per day"})
+    assert import_patients(app, [OTHER_ROW]) == []
+    answers = [attempt(app, person, last4, address) for person, last4, address, _ in attempts]
+    assert [status for status, _, _ in answers] == [status for *_, status in attempts]
+    with app.app_context():
+        outcomes = db.session.scalars(
+            select(AuditEvent.outcome).where(AuditEvent.action == "verification").order_by(AuditEvent.position)
+        ).all()
+    refused = [status for status, _, _ in answers].index(429)
+    assert outcomes[refused] == f"throttled:{scope}"
+    sent_to_call_center = "Many different people have already been checked" in answers[refused][1]
+    assert sent_to_call_center == (scope == throttle.PEOPLE_SCOPE)
+
+
+def test_budgets_with_one_key_and_one_limit_count_apart(database_url: str) -> None:
+    """The site's and the shared person budget, and the client's failure and attempt budgets, key on
+    the same values: set to the same limit, each still counts its own (one unit an attempt)."""
+    app = throttled_app(database_url, **{name: "3 per hour" for name in (
+        "VERIFY_LIMIT_PERSON", "VERIFY_LIMIT_PERSON_SHARED", "VERIFY_LIMIT_CLIENT", "VERIFY_LIMIT_CLIENT_ATTEMPTS")})  # fmt: skip
+    assert [attempt(app, KNOWN, "0000", "10.9.0.1")[0] for _ in range(4)] == [200, 200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    "setting, attempts, retry_after",
+    [
+        ("VERIFY_LIMIT_CLIENT", ONE_ADDRESS[:2], (3000, 3001)),  # the rest of the window, rounded up
+        ("VERIFY_LIMIT_PERSON", ONE_PERSON[:2], (3600, 3600)),  # strangers share it: the whole window
+        ("VERIFY_LIMIT_PERSON_SHARED", ONE_PERSON[:2], (3600, 3600)),
+    ],
+)
+def test_a_refusal_says_when_to_come_back_and_never_when_others_tried(
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    attempts: list[tuple[dict[str, str], str, str, int]],
+    retry_after: tuple[int, int],
+) -> None:
+    """Retry-After on a client's budget: never before its window ends (a client that obeys is not
+    refused again), at most a second after. On a person's, the whole window whenever it started:
+    the seconds left would tell whoever types a name and birth date when someone last tried. The
+    clock stands still but for the ten minutes between the two attempts."""
+    app = throttled_app(database_url, **{setting: "1 per hour"})
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    (person, last4, address, _), (again, again_last4, again_address, _) = attempts
+    assert attempt(app, person, last4, address)[0] == 200
+    clock[0] += 600
+    status, _, seconds = attempt(app, again, again_last4, again_address)
+    assert status == 429 and seconds is not None and retry_after[0] <= int(seconds) <= retry_after[1]
+
+
+@pytest.mark.redis
+def test_portals_sharing_one_redis_under_other_prefixes_count_apart(tmp_path) -> None:
+    """RATELIMIT_KEY_PREFIX keeps the budgets of portals (or test runs) that share one Redis apart."""
+    limits = {"RATELIMIT_STORAGE_URI": REDIS_URL, "VERIFY_LIMIT_PERSON": "1 per 15 minutes"}
+    first = make_app(f"sqlite:///{tmp_path / 'a.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **limits)
+    keys = {name: first.config[name] for name in ("IDENTIFIER_KEY", "CODE_KEY", "SECRET_KEY")}
+    second = make_app(
+        f"sqlite:///{tmp_path / 'b.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **limits, **keys
+    )
+    assert [attempt(first, UNKNOWN, "0000", "10.3.0.1")[0] for _ in range(2)] == [200, 429]
+    assert attempt(second, UNKNOWN, "0000", "10.3.0.2")[0] == 200
