@@ -54,6 +54,7 @@ import os
 import random
 import secrets
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 
@@ -312,16 +313,153 @@ def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, float]:
     return dead, pages, time.perf_counter() - began
 
 
-def measure_claims(url: str, cipher, patient_ids: list[int], clients: int) -> tuple[list[float], float, dict]:  # type: ignore[no-untyped-def]
+_worker: dict = {}  # in each claim-client process: the cipher and the barrier all of them start on
+
+
+def _claim_worker_start(code_key: str, barrier) -> None:  # type: ignore[no-untyped-def]
+    from portal.claims import CodeCipher
+    from portal.config import decode_key
+    from portal.identity import Keyring
+
+    _worker["cipher"] = CodeCipher(Keyring(1, {1: decode_key(code_key, "CODE_KEY")}))
+    _worker["barrier"] = barrier
+
+
+def _claim_round(url: str, assignments: list[list[int]]) -> tuple[list[float], float, dict, dict, float]:
+    """In a claim-client process: one thread a list of people, each first claiming one code
+    untimed (its connection and backend warmed), then all processes' threads let go together.
+    Returns (latencies, wall seconds, outcomes, codes told, CPU seconds of its backends)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url, hide_parameters=True, pool_size=clients + 2, max_overflow=0)
+    engine = sa.create_engine(url, hide_parameters=True, pool_size=len(assignments) + 1, max_overflow=0)
+    backends: list[int] = []
+
+    @sa.event.listens_for(engine, "connect")
+    def _backend(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        with connection.cursor() as cursor:
+            backends.append(cursor.execute("SELECT pg_backend_pid()").fetchone()[0])
+
     try:
-        claimer = Claimer(engine, cipher)
-        elapsed = claimer.run([patient_ids[i::clients] for i in range(clients)])
-        return claimer.latencies, elapsed, dict(claimer.outcomes)
+        claimer = Claimer(engine, _worker["cipher"])
+        elapsed = claimer.run(assignments, ready=lambda: _worker["barrier"].wait(300), warmup=1)
+        database = sum(b.cpu_seconds(pid) for pid in backends)  # their whole lives: this round's
+        return claimer.latencies, elapsed, dict(claimer.outcomes), dict(claimer.returned), database
     finally:
         engine.dispose()
+
+
+class ClaimClients:
+    """``clients`` concurrent claimers as threads in ``processes`` processes (each with its own
+    engine and interpreter), so that the clients' Python does not queue on one GIL and the
+    latency measured is the portal's and the database's. A round opens fresh connections (one a
+    client, so that the sizes' schemas never hold 32 each at once), warms each with one claim,
+    then times the rest."""
+
+    def __init__(self, bench: b.Bench, code_key: str, clients: int, processes: int) -> None:
+        self.clients, self.processes = clients, max(1, min(processes, clients))
+        barrier = b._SPAWN.Barrier(self.processes)
+        self.pool = ProcessPoolExecutor(
+            self.processes, mp_context=b._SPAWN, initializer=_claim_worker_start, initargs=(code_key, barrier)
+        )
+        bench.callback(self.pool.shutdown, cancel_futures=True)
+        self.returned: dict[tuple[str, int], set[str]] = {}  # (schema's URL, person) -> codes told
+        self.database_seconds = 0.0  # CPU of the PostgreSQL backends that served the rounds so far
+
+    def run(self, url: str, people: list[int]) -> tuple[list[float], float, Counter]:
+        """Claims for ``people`` (the first ``clients`` of them the untimed warm-up); returns
+        (latencies, wall seconds, outcomes)."""
+        lists = [people[i :: self.clients] for i in range(self.clients)]
+        futures = [self.pool.submit(_claim_round, url, lists[k :: self.processes]) for k in range(self.processes)]
+        latencies: list[float] = []
+        elapsed, outcomes = 0.0, Counter()
+        for future in futures:
+            mine, seconds, counted, returned, database = future.result()
+            self.database_seconds += database
+            latencies += mine
+            elapsed = max(elapsed, seconds)
+            outcomes.update(counted)
+            for person, codes in returned.items():
+                self.returned.setdefault((url, person), set()).update(codes)
+        return latencies, elapsed, outcomes
+
+    def problems(self) -> list[str]:
+        """A person told two codes, or a code told to two people, over every round (each size's
+        schema on its own: they hold the same people and codes)."""
+        told = Counter((url, code) for (url, _), codes in self.returned.items() for code in codes)
+        found = []
+        several = sum(1 for codes in self.returned.values() if len(codes) > 1)
+        if several:
+            found.append(f"{several} people were told two different codes")
+        twice = sum(1 for n in told.values() if n > 1)
+        if twice:
+            found.append(f"{twice} codes were told to two different people")
+        return found
+
+
+class Share:
+    """Where the machine went while each size was measured, summed over its rounds: load
+    average, this run's Python (the clients), the PostgreSQL backends serving that size (its
+    schema's connections, by application_name), and every other process (other jobs, and
+    PostgreSQL's own background work)."""
+
+    def __init__(self, bench: b.Bench, urls: dict[int, str]) -> None:
+        import sqlalchemy as sa
+
+        self.bench = bench
+        self.engines = {size: sa.create_engine(url, isolation_level="AUTOCOMMIT") for size, url in urls.items()}
+        for engine in self.engines.values():
+            bench.callback(engine.dispose)
+        self.totals: dict[int, list[float]] = {size: [0.0, 0.0, 0.0, 0.0] for size in urls}
+        self.loads: dict[int, list[float]] = {size: [] for size in urls}
+
+    def _backends(self, size: int) -> dict[int, float]:
+        import sqlalchemy as sa
+
+        with self.engines[size].connect() as connection:
+            pids = connection.scalars(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = current_setting('application_name')"
+                    " AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        return {pid: b.cpu_seconds(pid) for pid in pids}
+
+    def measure(self, size: int, work, database=None):  # type: ignore[no-untyped-def]
+        """Run ``work()`` for ``size`` and add up where the CPU went meanwhile. ``database``: the
+        CPU seconds its PostgreSQL backends used so far, when they do not outlive ``work``."""
+        self.loads[size].append(os.getloadavg()[0])
+        before, backends = self.bench.cpu.snapshot(), self._backends(size)
+        served = database() if database else 0.0
+        result = work()
+        after = self.bench.cpu.snapshot()
+        if database:
+            served = database() - served
+        else:
+            served = sum(cpu - backends.get(pid, 0.0) for pid, cpu in self._backends(size).items())
+        self.loads[size].append(os.getloadavg()[0])
+        wall, busy, ours = (a - z for a, z in zip(after, before, strict=True))
+        for n, value in enumerate((wall, busy, ours, served)):
+            self.totals[size][n] += value
+        return result
+
+    def rows(self) -> list[tuple]:
+        rows = []
+        for size, (wall, busy, ours, database) in self.totals.items():
+            loads = self.loads[size]
+            rows.append(
+                (
+                    f"{size:,}",
+                    f"{wall:.0f} s",
+                    f"{min(loads):.1f}–{max(loads):.1f}",
+                    f"{busy / wall:.2f}",
+                    f"{ours / wall:.2f}",
+                    f"{database / wall:.2f}",
+                    f"{max(0.0, busy - ours - database) / wall:.2f}",
+                )
+            )
+        return rows
+
+    HEADER = ("size", "measured for", "load avg (1 min)", "cores busy", "this run", "its PostgreSQL", "others")
 
 
 def storage(url: str, tables: list[str]) -> dict[str, tuple[int, int, int]]:
@@ -456,6 +594,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="alternating lookup rounds per size")
     parser.add_argument("--lookups", type=int, default=500, help="find_patient calls per round")
     parser.add_argument("--clients", type=int, default=32, help="concurrent claimers")
+    parser.add_argument("--claim-processes", type=int, default=8, help="processes the claimers run in")
+    parser.add_argument("--claim-rounds", type=int, default=3, help="alternating claim rounds per level and size")
     parser.add_argument("--claims", type=int, default=384, help="claims measured per level and size")
     parser.add_argument("--limit-store", default=b.BENCH_REDIS, help="Redis for the limit-store weighing ('' skips)")
     parser.add_argument("--audit-rows", type=int, help="audit rows for the purge (default: the largest size; 0 skips)")
@@ -465,7 +605,13 @@ def main() -> int:
     else:
         sizes = [10_000, 1_000_000, 10_000_000] if args.full else [10_000, 200_000]
     audit_rows = sizes[-1] if args.audit_rows is None else args.audit_rows
-    extra = args.claims * len(LEVELS)  # people left to claim with at 95 %, at the smallest size too
+    per_level = args.claims + args.claim_rounds * args.clients  # measured, and a warm-up claim a client a round
+    extra = per_level * len(LEVELS)  # people left to claim with at 95 %, at the smallest size too
+    if sizes[0] - sizes[0] * LEVELS[-1] // 100 < per_level:
+        b.say(
+            f"FAIL: {per_level} claims a level do not fit in the {100 - LEVELS[-1]} % of {sizes[0]:,} codes left free"
+        )
+        return 2
 
     b.say(f"scale_bench  {b.machine_line()}")
     problem = b.postgres_reachable(args.database_url)
@@ -492,7 +638,7 @@ def main() -> int:
             windows = []
             for level in LEVELS:
                 start = size * level // 100
-                windows.append(range(start + 1, start + args.claims + 2 * args.clients + 1))
+                windows.append(range(start + 1, start + per_level + 2 * args.clients + 1))
             began = time.perf_counter()
             fill_codes(urls[size], cipher, size, windows)
             built.append(
@@ -516,9 +662,10 @@ def main() -> int:
         for run, _close in runners.values():
             run()  # warm-up: connections, statement compilation, the probed pages in cache
         found: dict[int, tuple[list[float], float, int]] = {size: ([], 0.0, 0) for size in sizes}
+        lookup_share = Share(bench, urls)
         for _ in range(args.rounds):
             for size, (run, _close) in runners.items():
-                latencies, wall, wrong = run()
+                latencies, wall, wrong = lookup_share.measure(size, run)
                 before = found[size]
                 found[size] = (before[0] + latencies, before[1] + wall, before[2] + wrong)
         lookup_rows, lookup_p50 = [], {}
@@ -537,16 +684,34 @@ def main() -> int:
             )
             ok = ok and not wrong
         b.say(b.table(lookup_rows, ["patients", "lookup p50", "p99", "lookups/s (1 client)", "wrong answers"]))
+        b.say(b.table(lookup_share.rows(), ["lookups: " + Share.HEADER[0], *Share.HEADER[1:]]))
 
-        # Claims: level by level, every size at each level.
+        # Claims: level by level; at each level every size is set up, then measured in rounds
+        # alternating between the sizes (the order reversed each round), so that what else the
+        # machine is doing falls on every size alike.
         claim_rows, claim_p50 = [], {}
         taken = {size: size + extra for size in sizes}  # people claim from the top of the id range down
+        clients = ClaimClients(bench, bench.keys["CODE_KEY"], args.clients, args.claim_processes)
+        claim_share = Share(bench, urls)
+        per_round = -(-args.claims // args.claim_rounds)
         for level in LEVELS:
+            scans = {size: claim_up_to(urls[size], size, size * level // 100) for size in sizes}
+            results: dict[int, tuple[list[float], float, Counter]] = {size: ([], 0.0, Counter()) for size in sizes}
+            for round_ in range(args.claim_rounds):
+                for size in sizes if round_ % 2 == 0 else sizes[::-1]:
+                    count = min(per_round, args.claims - round_ * per_round) + args.clients
+                    people = list(range(taken[size], taken[size] - count, -1))
+                    taken[size] -= count
+                    latencies, elapsed, outcomes = claim_share.measure(
+                        size,
+                        lambda: clients.run(urls[size], people),  # noqa: B023
+                        lambda: clients.database_seconds,
+                    )
+                    had = results[size]
+                    results[size] = (had[0] + latencies, had[1] + elapsed, had[2] + outcomes)
             for size in sizes:
-                dead, pages, setup = claim_up_to(urls[size], size, size * level // 100)
-                people = list(range(taken[size], taken[size] - args.claims, -1))
-                taken[size] -= args.claims
-                latencies, elapsed, outcomes = measure_claims(urls[size], cipher, people, args.clients)
+                dead, pages, setup = scans[size]
+                latencies, elapsed, outcomes = results[size]
                 ordered = sorted(latencies)
                 claim_p50[(level, size)] = b.percentile(ordered, 50)
                 claim_rows.append(
@@ -575,6 +740,19 @@ def main() -> int:
                 ],
             )
         )
+        b.say(
+            f"claims: {args.clients} clients as threads in {clients.processes} processes,"
+            f" {args.claim_rounds} alternating rounds a level, one untimed claim a client a round"
+        )
+        b.say(b.table(claim_share.rows(), ["claims: " + Share.HEADER[0], *Share.HEADER[1:]]))
+        told = clients.problems()
+        for line in told:
+            b.say(f"  problem: {line}")
+        b.say(
+            f"{'FAIL' if told else 'PASS'}: {len(clients.returned):,} people claimed, each told one code,"
+            " no code told to two"
+        )
+        ok = ok and not told
         gauge = {size: pool_gauge_seconds(envs[size]) for size in sizes}
         same = all(agree for *_, agree in gauge.values())
         b.say(f"{'PASS' if same else 'FAIL'}: the pool counts the database keeps equal counting the rows, every size")
