@@ -24,16 +24,25 @@ How the rows are made, fast:
 What is measured:
 
 * lookups: ``portal.identity.find_patient`` in-process, 1 client, half hits, half misses (wrong
-  last four), rounds alternating between the sizes. Each person's Argon2id is computed once
-  beforehand with the real parameters, so the timed part is the database work (the scheme query
-  and the digest's index probe); a production lookup adds one hash, the same at every size
-  (``verify_bench.py`` measures it).
-* claims: ``portal.claims.claim_code`` from ``--clients`` threads on distinct people (claims_bench's
-  Claimer) with 10 %, 50 % and 95 % of the pool claimed. Claims reach each level as real ones do
-  (UPDATEs, in the claim query's order). A claimed code's entry stays in the partial index of free
-  codes, dead, until VACUUM removes it, and every claim walks past the dead ones: the claims since
-  the last VACUUM are the ones autovacuum lets pile up (threshold + scale factor x rows, the table's
-  own settings, else the server's), then one scan marks them dead as the claims one by one would.
+  last four), rounds alternating between the sizes (the order reversed each round). Each person's
+  Argon2id is computed once beforehand with the real parameters, so the timed part is the
+  database work (the scheme query and the digest's index probe); a production lookup adds one
+  hash, the same at every size (``verify_bench.py`` measures it). Printed beside: the pages the
+  probe reads for a hit and a miss (``EXPLAIN (ANALYZE, BUFFERS)``).
+* claims: ``portal.claims.claim_code`` from ``--clients`` threads spread over
+  ``--claim-processes`` processes (claims_bench's Claimer in each; one Python process would be a
+  queue on its GIL), on distinct people, with 10 %, 50 % and 95 % of the pool claimed. Claims
+  reach each level as real ones do (UPDATEs, in the claim query's order). A claimed code's entry
+  stays in the partial index of free codes, dead, until VACUUM removes it, and every claim walks
+  past the dead ones: the claims since the last VACUUM are the ones autovacuum lets pile up
+  (threshold + scale factor x rows, the table's own settings, else the server's), then one scan
+  marks them dead as the claims one by one would. At each level every size is set up first,
+  then measured in ``--claim-rounds`` rounds alternating between the sizes (the order reversed
+  each round); each round opens fresh connections and warms each with one untimed claim.
+  Printed beside each: the pages the claim's scan reads before and after the rounds, the oldest
+  snapshot another session held then, and the CPU the PostgreSQL backends spent a claim. For
+  every size, lookups and claims alike: the load average and where the machine's CPU went
+  while it was measured (this run, its PostgreSQL backends, everything else).
 * storage: heap and index bytes per row (``pg_relation_size``), after the build, and the pool's
   after the claims; the audit trail's with ``--audit-rows`` rows (default: the largest size) COPYed
   into the largest schema, where ``portal purge`` is then timed, routine and at programme end.
@@ -257,6 +266,31 @@ def lookups(env: dict, hits: list, misses: list, digests: dict, count: int, rng:
     return run, close
 
 
+def lookup_pages(url: str, samples: int = 50) -> tuple[float, float]:
+    """Pages the lookup's query reads, by ``EXPLAIN (ANALYZE, BUFFERS)`` (cached or not): the
+    median over ``samples`` real people's digests (a hit: the index's levels and the row) and as
+    many random ones (a miss: the index's levels only)."""
+    import statistics
+
+    import sqlalchemy as sa
+
+    from portal.identity import PATIENT_BY_DIGEST
+
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        compiled = PATIENT_BY_DIGEST.compile(connection)
+        probe = f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}"
+        digests = connection.scalars(
+            sa.text("SELECT lookup_digest FROM patients ORDER BY id LIMIT :n"), {"n": samples}
+        ).all()
+        pages: dict[bool, list[int]] = {True: [], False: []}
+        for hit, digest in [(True, d) for d in digests] + [(False, os.urandom(32)) for _ in digests]:
+            found = connection.exec_driver_sql(probe, {**compiled.params, "digest": digest}).scalar()[0]["Plan"]
+            pages[hit].append(found["Shared Hit Blocks"] + found["Shared Read Blocks"])
+    engine.dispose()
+    return statistics.median(pages[True]), statistics.median(pages[False])
+
+
 def dead_allowed(connection, rows: int) -> int:  # type: ignore[no-untyped-def]
     """Dead rows autovacuum lets ``activation_codes`` gather before it runs: the table's own
     threshold and scale factor (a migration may set them), else the server's."""
@@ -278,10 +312,34 @@ def dead_allowed(connection, rows: int) -> int:  # type: ignore[no-untyped-def]
     return int(threshold + scale * rows)
 
 
-def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, float]:
+FREE_SCAN = (  # the claim's search for a free code (portal.claims._take_free), without its lock
+    "SELECT id FROM activation_codes WHERE patient_id IS NULL AND enroll_by >= CURRENT_DATE"
+    " ORDER BY enroll_by, id LIMIT 1"
+)
+
+
+def scan_pages(connection) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """Pages the claim's scan for a free code reads now (``EXPLAIN (ANALYZE, BUFFERS)``, cached or
+    not), and the oldest snapshot another session holds on the database: while one older than
+    the claims since the last VACUUM is open, no scan can mark their entries dead."""
+    import sqlalchemy as sa
+
+    plan = connection.scalar(sa.text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {FREE_SCAN}"))[0]["Plan"]
+    oldest = connection.execute(
+        sa.text(
+            "SELECT application_name, age(backend_xmin), extract(epoch FROM now() - xact_start)"
+            " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_xmin IS NOT NULL ORDER BY age(backend_xmin) DESC LIMIT 1"
+        )
+    ).first()
+    held = f"{oldest[1]:,} xids behind ({oldest[0] or '?'}, {oldest[2] or 0:.0f} s)" if oldest else "none"
+    return plan["Shared Hit Blocks"] + plan["Shared Read Blocks"], held
+
+
+def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, str, float]:
     """Claim codes (ids in claim order) up to ``target`` as claims do, with the last ones not yet
     vacuumed away; returns (how many are dead in the free-code index, pages a claim's scan then
-    reads, seconds)."""
+    reads, the oldest other snapshot then, seconds)."""
     import sqlalchemy as sa
 
     began = time.perf_counter()
@@ -302,15 +360,10 @@ def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, float]:
         # one scan does the same here. It cannot while an older snapshot may still see those rows
         # (any long transaction on the server): then every claim reads the row behind each dead
         # entry, and the pages the next scan reads (printed) say so.
-        free = (
-            "SELECT id FROM activation_codes WHERE patient_id IS NULL AND enroll_by >= CURRENT_DATE"
-            " ORDER BY enroll_by, id LIMIT 1"
-        )
-        connection.execute(sa.text(free))
-        plan = connection.scalar(sa.text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {free}"))[0]["Plan"]
-        pages = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+        connection.execute(sa.text(FREE_SCAN))
+        pages, held = scan_pages(connection)
     engine.dispose()
-    return dead, pages, time.perf_counter() - began
+    return dead, pages, held, time.perf_counter() - began
 
 
 _worker: dict = {}  # in each claim-client process: the cipher and the barrier all of them start on
@@ -411,6 +464,7 @@ class Share:
             bench.callback(engine.dispose)
         self.totals: dict[int, list[float]] = {size: [0.0, 0.0, 0.0, 0.0] for size in urls}
         self.loads: dict[int, list[float]] = {size: [] for size in urls}
+        self.last_database = 0.0  # the PostgreSQL CPU seconds of the last measurement
 
     def _backends(self, size: int) -> dict[int, float]:
         import sqlalchemy as sa
@@ -438,6 +492,7 @@ class Share:
             served = sum(cpu - backends.get(pid, 0.0) for pid, cpu in self._backends(size).items())
         self.loads[size].append(os.getloadavg()[0])
         wall, busy, ours = (a - z for a, z in zip(after, before, strict=True))
+        self.last_database = served
         for n, value in enumerate((wall, busy, ours, served)):
             self.totals[size][n] += value
         return result
@@ -618,6 +673,8 @@ def main() -> int:
     if problem:
         b.say(f"FAIL: PostgreSQL at --database-url is unreachable ({problem})")
         return 1
+    import sqlalchemy as sa
+
     from portal.claims import CodeCipher
     from portal.config import decode_key
     from portal.identity import Keyring
@@ -663,9 +720,9 @@ def main() -> int:
             run()  # warm-up: connections, statement compilation, the probed pages in cache
         found: dict[int, tuple[list[float], float, int]] = {size: ([], 0.0, 0) for size in sizes}
         lookup_share = Share(bench, urls)
-        for _ in range(args.rounds):
-            for size, (run, _close) in runners.items():
-                latencies, wall, wrong = lookup_share.measure(size, run)
+        for round_ in range(args.rounds):
+            for size in sizes if round_ % 2 == 0 else sizes[::-1]:
+                latencies, wall, wrong = lookup_share.measure(size, runners[size][0])
                 before = found[size]
                 found[size] = (before[0] + latencies, before[1] + wall, before[2] + wrong)
         lookup_rows, lookup_p50 = [], {}
@@ -673,6 +730,7 @@ def main() -> int:
             latencies, wall, wrong = found[size]
             ordered = sorted(latencies)
             lookup_p50[size] = b.percentile(ordered, 50)
+            hit_pages, miss_pages = lookup_pages(urls[size])
             lookup_rows.append(
                 (
                     f"{size:,}",
@@ -680,10 +738,16 @@ def main() -> int:
                     b.ms(b.percentile(ordered, 99)),
                     f"{len(ordered) / wall:,.0f}",
                     wrong,
+                    f"{hit_pages:.0f} / {miss_pages:.0f}",
                 )
             )
             ok = ok and not wrong
-        b.say(b.table(lookup_rows, ["patients", "lookup p50", "p99", "lookups/s (1 client)", "wrong answers"]))
+        b.say(
+            b.table(
+                lookup_rows,
+                ["patients", "lookup p50", "p99", "lookups/s (1 client)", "wrong answers", "pages a hit / a miss"],
+            )
+        )
         b.say(b.table(lookup_share.rows(), ["lookups: " + Share.HEADER[0], *Share.HEADER[1:]]))
 
         # Claims: level by level; at each level every size is set up, then measured in rounds
@@ -697,6 +761,7 @@ def main() -> int:
         for level in LEVELS:
             scans = {size: claim_up_to(urls[size], size, size * level // 100) for size in sizes}
             results: dict[int, tuple[list[float], float, Counter]] = {size: ([], 0.0, Counter()) for size in sizes}
+            served = dict.fromkeys(sizes, 0.0)  # CPU of the PostgreSQL backends that served the claims
             for round_ in range(args.claim_rounds):
                 for size in sizes if round_ % 2 == 0 else sizes[::-1]:
                     count = min(per_round, args.claims - round_ * per_round) + args.clients
@@ -707,16 +772,26 @@ def main() -> int:
                         lambda: clients.run(urls[size], people),  # noqa: B023
                         lambda: clients.database_seconds,
                     )
+                    served[size] += claim_share.last_database
                     had = results[size]
                     results[size] = (had[0] + latencies, had[1] + elapsed, had[2] + outcomes)
             for size in sizes:
-                dead, pages, setup = scans[size]
+                dead, pages, held, setup = scans[size]
                 latencies, elapsed, outcomes = results[size]
+                engine = sa.create_engine(urls[size])
+                with engine.connect() as connection:
+                    pages_after, held_after = scan_pages(connection)
+                engine.dispose()
+                b.say(
+                    f"  {level} % of {size:,}: oldest other snapshot on the database at the scan before the"
+                    f" claims: {held}; after them: {held_after}"
+                )
                 ordered = sorted(latencies)
                 claim_p50[(level, size)] = b.percentile(ordered, 50)
                 claim_rows.append(
                     (
-                        f"{level} %", f"{size:,}", f"{dead:,}", f"{pages:,}", b.ms(claim_p50[(level, size)]),
+                        f"{level} %", f"{size:,}", f"{dead:,}", f"{pages:,} / {pages_after:,}",
+                        b.ms(served[size] / outcomes["claimed"]), b.ms(claim_p50[(level, size)]),
                         b.ms(b.percentile(ordered, 99)), f"{len(ordered) / elapsed:,.0f}",
                         outcomes.get("pool busy (retried)", 0), f"{setup:.0f} s",
                     )
@@ -731,7 +806,8 @@ def main() -> int:
                     "claimed",
                     "codes",
                     "dead in free index",
-                    "pages a scan reads",
+                    "pages a scan reads (before / after)",
+                    "PostgreSQL CPU a claim",
                     "claim p50",
                     "p99",
                     "claims/s",
@@ -813,7 +889,7 @@ def main() -> int:
         ratio_rows = [(name, rows[0][col], rows[-1][col]) for name, rows, col in figures]
         for level in LEVELS:
             mine = [r for r in claim_rows if r[0] == f"{level} %"]
-            for name, col in (("claim p50", 4), ("claim p99", 5), ("claims/s", 6)):
+            for name, col in (("claim p50", 5), ("claim p99", 6), ("claims/s", 7), ("PostgreSQL CPU a claim", 4)):
                 ratio_rows.append((f"{name} at {level} % claimed", mine[0][col], mine[-1][col]))
         for label, table in (("patients", "patients"), ("codes", "activation_codes")):
             per_row = [(h + i) / r for r, h, i in (stored[small][table], stored[largest][table])]
