@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import benchlib as b
 
@@ -43,16 +44,24 @@ class Claimer:
         self.latencies: list[float] = []  # seconds from asking to holding a code, retries included
         self.stop = threading.Event()  # set on Ctrl+C: the client threads finish their current claim only
 
-    def run(self, assignments: list[list[int]]) -> float:
-        """One thread per list of patient ids; returns wall seconds from the common start."""
+    def run(self, assignments: list[list[int]], ready: Callable[[], object] | None = None, warmup: int = 0) -> float:
+        """One thread per list of patient ids; returns wall seconds from the common start.
+
+        Each thread first claims for its list's first ``warmup`` people, untimed (its connection
+        opened and its backend's caches filled, as in a running server), then waits for the
+        others; ``ready`` is called once they all wait, before they are let go (another process's
+        clients can be lined up to start together with these)."""
         barrier = threading.Barrier(len(assignments) + 1)
         errors: list[BaseException] = []
         threads = [
-            threading.Thread(target=self._client, args=(ids, barrier, errors), daemon=True) for ids in assignments
+            threading.Thread(target=self._client, args=(ids, warmup, barrier, errors), daemon=True)
+            for ids in assignments
         ]
         for thread in threads:
             thread.start()
         try:
+            if ready is not None:
+                ready()
             barrier.wait()
             began = time.perf_counter()
             for thread in threads:
@@ -68,36 +77,21 @@ class Claimer:
             raise errors[0]
         return elapsed
 
-    def _client(self, ids: list[int], barrier: threading.Barrier, errors: list[BaseException]) -> None:
+    def _client(self, ids: list[int], warmup: int, barrier: threading.Barrier, errors: list[BaseException]) -> None:
         from sqlalchemy.orm import Session
-
-        from portal.claims import PoolBusy, PoolEmpty, claim_code
-        from portal.models import Patient
 
         mine: dict[int, set[str]] = defaultdict(set)
         outcomes: Counter[str] = Counter()
         latencies: list[float] = []
         try:
             with Session(self.engine) as session:
+                for patient_id in ids[:warmup]:
+                    self._claim(session, patient_id, mine, outcomes, [])
                 barrier.wait()
-                for patient_id in ids:
+                for patient_id in ids[warmup:]:
                     if self.stop.is_set():
                         break
-                    began = time.perf_counter()
-                    for _attempt in range(3):  # PoolBusy says retrying is safe; a person would retry
-                        try:
-                            patient = session.get_one(Patient, patient_id)
-                            mine[patient_id].add(claim_code(session, self.cipher, patient).code)
-                            latencies.append(time.perf_counter() - began)
-                            outcomes["claimed"] += 1
-                            break
-                        except PoolEmpty:
-                            outcomes["pool empty"] += 1
-                            break
-                        except PoolBusy:
-                            outcomes["pool busy (retried)"] += 1
-                        finally:
-                            session.rollback()
+                    self._claim(session, patient_id, mine, outcomes, latencies)
         except BaseException as error:
             errors.append(error)
         with self.lock:
@@ -105,6 +99,27 @@ class Claimer:
                 self.returned[patient_id] |= codes
             self.outcomes.update(outcomes)
             self.latencies += latencies
+
+    def _claim(self, session, patient_id: int, mine, outcomes, latencies: list[float]) -> None:  # type: ignore[no-untyped-def]
+        """One person's claim as a person makes it: retried on PoolBusy (it says retrying is safe)."""
+        from portal.claims import PoolBusy, PoolEmpty, claim_code
+        from portal.models import Patient
+
+        began = time.perf_counter()
+        for _attempt in range(3):
+            try:
+                patient = session.get_one(Patient, patient_id)
+                mine[patient_id].add(claim_code(session, self.cipher, patient).code)
+                latencies.append(time.perf_counter() - began)
+                outcomes["claimed"] += 1
+                return
+            except PoolEmpty:
+                outcomes["pool empty"] += 1
+                return
+            except PoolBusy:
+                outcomes["pool busy (retried)"] += 1
+            finally:
+                session.rollback()
 
 
 def audit(engine, cipher, claimer: Claimer) -> list[str]:  # type: ignore[no-untyped-def]

@@ -24,16 +24,25 @@ How the rows are made, fast:
 What is measured:
 
 * lookups: ``portal.identity.find_patient`` in-process, 1 client, half hits, half misses (wrong
-  last four), rounds alternating between the sizes. Each person's Argon2id is computed once
-  beforehand with the real parameters, so the timed part is the database work (the scheme query
-  and the digest's index probe); a production lookup adds one hash, the same at every size
-  (``verify_bench.py`` measures it).
-* claims: ``portal.claims.claim_code`` from ``--clients`` threads on distinct people (claims_bench's
-  Claimer) with 10 %, 50 % and 95 % of the pool claimed. Claims reach each level as real ones do
-  (UPDATEs, in the claim query's order). A claimed code's entry stays in the partial index of free
-  codes, dead, until VACUUM removes it, and every claim walks past the dead ones: the claims since
-  the last VACUUM are the ones autovacuum lets pile up (threshold + scale factor x rows, the table's
-  own settings, else the server's), then one scan marks them dead as the claims one by one would.
+  last four), rounds alternating between the sizes (the order reversed each round). Each person's
+  Argon2id is computed once beforehand with the real parameters, so the timed part is the
+  database work (the scheme query and the digest's index probe); a production lookup adds one
+  hash, the same at every size (``verify_bench.py`` measures it). Printed beside: the pages the
+  probe reads for a hit and a miss (``EXPLAIN (ANALYZE, BUFFERS)``).
+* claims: ``portal.claims.claim_code`` from ``--clients`` threads spread over
+  ``--claim-processes`` processes (claims_bench's Claimer in each; one Python process would be a
+  queue on its GIL), on distinct people, with 10 %, 50 % and 95 % of the pool claimed. Claims
+  reach each level as real ones do (UPDATEs, in the claim query's order). A claimed code's entry
+  stays in the partial index of free codes, dead, until VACUUM removes it, and every claim walks
+  past the dead ones: the claims since the last VACUUM are the ones autovacuum lets pile up
+  (threshold + scale factor x rows, the table's own settings, else the server's), then one scan
+  marks them dead as the claims one by one would. At each level every size is set up first,
+  then measured in ``--claim-rounds`` rounds alternating between the sizes (the order reversed
+  each round); each round opens fresh connections and warms each with one untimed claim.
+  Printed beside each: the pages the claim's scan reads before and after the rounds, the oldest
+  snapshot another session held then, and the CPU the PostgreSQL backends spent a claim. For
+  every size, lookups and claims alike: the load average and where the machine's CPU went
+  while it was measured (this run, its PostgreSQL backends, everything else).
 * storage: heap and index bytes per row (``pg_relation_size``), after the build, and the pool's
   after the claims; the audit trail's with ``--audit-rows`` rows (default: the largest size) COPYed
   into the largest schema, where ``portal purge`` is then timed, routine and at programme end.
@@ -54,6 +63,7 @@ import os
 import random
 import secrets
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 
@@ -256,6 +266,31 @@ def lookups(env: dict, hits: list, misses: list, digests: dict, count: int, rng:
     return run, close
 
 
+def lookup_pages(url: str, samples: int = 50) -> tuple[float, float]:
+    """Pages the lookup's query reads, by ``EXPLAIN (ANALYZE, BUFFERS)`` (cached or not): the
+    median over ``samples`` real people's digests (a hit: the index's levels and the row) and as
+    many random ones (a miss: the index's levels only)."""
+    import statistics
+
+    import sqlalchemy as sa
+
+    from portal.identity import PATIENT_BY_DIGEST
+
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        compiled = PATIENT_BY_DIGEST.compile(connection)
+        probe = f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}"
+        digests = connection.scalars(
+            sa.text("SELECT lookup_digest FROM patients ORDER BY id LIMIT :n"), {"n": samples}
+        ).all()
+        pages: dict[bool, list[int]] = {True: [], False: []}
+        for hit, digest in [(True, d) for d in digests] + [(False, os.urandom(32)) for _ in digests]:
+            found = connection.exec_driver_sql(probe, {**compiled.params, "digest": digest}).scalar()[0]["Plan"]
+            pages[hit].append(found["Shared Hit Blocks"] + found["Shared Read Blocks"])
+    engine.dispose()
+    return statistics.median(pages[True]), statistics.median(pages[False])
+
+
 def dead_allowed(connection, rows: int) -> int:  # type: ignore[no-untyped-def]
     """Dead rows autovacuum lets ``activation_codes`` gather before it runs: the table's own
     threshold and scale factor (a migration may set them), else the server's."""
@@ -277,10 +312,34 @@ def dead_allowed(connection, rows: int) -> int:  # type: ignore[no-untyped-def]
     return int(threshold + scale * rows)
 
 
-def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, float]:
+FREE_SCAN = (  # the claim's search for a free code (portal.claims._take_free), without its lock
+    "SELECT id FROM activation_codes WHERE patient_id IS NULL AND enroll_by >= CURRENT_DATE"
+    " ORDER BY enroll_by, id LIMIT 1"
+)
+
+
+def scan_pages(connection) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """Pages the claim's scan for a free code reads now (``EXPLAIN (ANALYZE, BUFFERS)``, cached or
+    not), and the oldest snapshot another session holds on the database: while one older than
+    the claims since the last VACUUM is open, no scan can mark their entries dead."""
+    import sqlalchemy as sa
+
+    plan = connection.scalar(sa.text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {FREE_SCAN}"))[0]["Plan"]
+    oldest = connection.execute(
+        sa.text(
+            "SELECT application_name, age(backend_xmin), extract(epoch FROM now() - xact_start)"
+            " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_xmin IS NOT NULL ORDER BY age(backend_xmin) DESC LIMIT 1"
+        )
+    ).first()
+    held = f"{oldest[1]:,} xids behind ({oldest[0] or '?'}, {oldest[2] or 0:.0f} s)" if oldest else "none"
+    return plan["Shared Hit Blocks"] + plan["Shared Read Blocks"], held
+
+
+def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, str, float]:
     """Claim codes (ids in claim order) up to ``target`` as claims do, with the last ones not yet
     vacuumed away; returns (how many are dead in the free-code index, pages a claim's scan then
-    reads, seconds)."""
+    reads, the oldest other snapshot then, seconds)."""
     import sqlalchemy as sa
 
     began = time.perf_counter()
@@ -301,27 +360,161 @@ def claim_up_to(url: str, size: int, target: int) -> tuple[int, int, float]:
         # one scan does the same here. It cannot while an older snapshot may still see those rows
         # (any long transaction on the server): then every claim reads the row behind each dead
         # entry, and the pages the next scan reads (printed) say so.
-        free = (
-            "SELECT id FROM activation_codes WHERE patient_id IS NULL AND enroll_by >= CURRENT_DATE"
-            " ORDER BY enroll_by, id LIMIT 1"
-        )
-        connection.execute(sa.text(free))
-        plan = connection.scalar(sa.text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {free}"))[0]["Plan"]
-        pages = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+        connection.execute(sa.text(FREE_SCAN))
+        pages, held = scan_pages(connection)
     engine.dispose()
-    return dead, pages, time.perf_counter() - began
+    return dead, pages, held, time.perf_counter() - began
 
 
-def measure_claims(url: str, cipher, patient_ids: list[int], clients: int) -> tuple[list[float], float, dict]:  # type: ignore[no-untyped-def]
+_worker: dict = {}  # in each claim-client process: the cipher and the barrier all of them start on
+
+
+def _claim_worker_start(code_key: str, barrier) -> None:  # type: ignore[no-untyped-def]
+    from portal.claims import CodeCipher
+    from portal.config import decode_key
+    from portal.identity import Keyring
+
+    _worker["cipher"] = CodeCipher(Keyring(1, {1: decode_key(code_key, "CODE_KEY")}))
+    _worker["barrier"] = barrier
+
+
+def _claim_round(url: str, assignments: list[list[int]]) -> tuple[list[float], float, dict, dict, float]:
+    """In a claim-client process: one thread a list of people, each first claiming one code
+    untimed (its connection and backend warmed), then all processes' threads let go together.
+    Returns (latencies, wall seconds, outcomes, codes told, CPU seconds of its backends)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url, hide_parameters=True, pool_size=clients + 2, max_overflow=0)
+    engine = sa.create_engine(url, hide_parameters=True, pool_size=len(assignments) + 1, max_overflow=0)
+    backends: list[int] = []
+
+    @sa.event.listens_for(engine, "connect")
+    def _backend(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        with connection.cursor() as cursor:
+            backends.append(cursor.execute("SELECT pg_backend_pid()").fetchone()[0])
+
     try:
-        claimer = Claimer(engine, cipher)
-        elapsed = claimer.run([patient_ids[i::clients] for i in range(clients)])
-        return claimer.latencies, elapsed, dict(claimer.outcomes)
+        claimer = Claimer(engine, _worker["cipher"])
+        elapsed = claimer.run(assignments, ready=lambda: _worker["barrier"].wait(300), warmup=1)
+        database = sum(b.cpu_seconds(pid) for pid in backends)  # their whole lives: this round's
+        return claimer.latencies, elapsed, dict(claimer.outcomes), dict(claimer.returned), database
     finally:
         engine.dispose()
+
+
+class ClaimClients:
+    """``clients`` concurrent claimers as threads in ``processes`` processes (each with its own
+    engine and interpreter), so that the clients' Python does not queue on one GIL and the
+    latency measured is the portal's and the database's. A round opens fresh connections (one a
+    client, so that the sizes' schemas never hold 32 each at once), warms each with one claim,
+    then times the rest."""
+
+    def __init__(self, bench: b.Bench, code_key: str, clients: int, processes: int) -> None:
+        self.clients, self.processes = clients, max(1, min(processes, clients))
+        barrier = b._SPAWN.Barrier(self.processes)
+        self.pool = ProcessPoolExecutor(
+            self.processes, mp_context=b._SPAWN, initializer=_claim_worker_start, initargs=(code_key, barrier)
+        )
+        bench.callback(self.pool.shutdown, cancel_futures=True)
+        self.returned: dict[tuple[str, int], set[str]] = {}  # (schema's URL, person) -> codes told
+        self.database_seconds = 0.0  # CPU of the PostgreSQL backends that served the rounds so far
+
+    def run(self, url: str, people: list[int]) -> tuple[list[float], float, Counter]:
+        """Claims for ``people`` (the first ``clients`` of them the untimed warm-up); returns
+        (latencies, wall seconds, outcomes)."""
+        lists = [people[i :: self.clients] for i in range(self.clients)]
+        futures = [self.pool.submit(_claim_round, url, lists[k :: self.processes]) for k in range(self.processes)]
+        latencies: list[float] = []
+        elapsed, outcomes = 0.0, Counter()
+        for future in futures:
+            mine, seconds, counted, returned, database = future.result()
+            self.database_seconds += database
+            latencies += mine
+            elapsed = max(elapsed, seconds)
+            outcomes.update(counted)
+            for person, codes in returned.items():
+                self.returned.setdefault((url, person), set()).update(codes)
+        return latencies, elapsed, outcomes
+
+    def problems(self) -> list[str]:
+        """A person told two codes, or a code told to two people, over every round (each size's
+        schema on its own: they hold the same people and codes)."""
+        told = Counter((url, code) for (url, _), codes in self.returned.items() for code in codes)
+        found = []
+        several = sum(1 for codes in self.returned.values() if len(codes) > 1)
+        if several:
+            found.append(f"{several} people were told two different codes")
+        twice = sum(1 for n in told.values() if n > 1)
+        if twice:
+            found.append(f"{twice} codes were told to two different people")
+        return found
+
+
+class Share:
+    """Where the machine went while each size was measured, summed over its rounds: load
+    average, this run's Python (the clients), the PostgreSQL backends serving that size (its
+    schema's connections, by application_name), and every other process (other jobs, and
+    PostgreSQL's own background work)."""
+
+    def __init__(self, bench: b.Bench, urls: dict[int, str]) -> None:
+        import sqlalchemy as sa
+
+        self.bench = bench
+        self.engines = {size: sa.create_engine(url, isolation_level="AUTOCOMMIT") for size, url in urls.items()}
+        for engine in self.engines.values():
+            bench.callback(engine.dispose)
+        self.totals: dict[int, list[float]] = {size: [0.0, 0.0, 0.0, 0.0] for size in urls}
+        self.loads: dict[int, list[float]] = {size: [] for size in urls}
+        self.last_database = 0.0  # the PostgreSQL CPU seconds of the last measurement
+
+    def _backends(self, size: int) -> dict[int, float]:
+        import sqlalchemy as sa
+
+        with self.engines[size].connect() as connection:
+            pids = connection.scalars(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = current_setting('application_name')"
+                    " AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        return {pid: b.cpu_seconds(pid) for pid in pids}
+
+    def measure(self, size: int, work, database=None):  # type: ignore[no-untyped-def]
+        """Run ``work()`` for ``size`` and add up where the CPU went meanwhile. ``database``: the
+        CPU seconds its PostgreSQL backends used so far, when they do not outlive ``work``."""
+        self.loads[size].append(os.getloadavg()[0])
+        before, backends = self.bench.cpu.snapshot(), self._backends(size)
+        served = database() if database else 0.0
+        result = work()
+        after = self.bench.cpu.snapshot()
+        if database:
+            served = database() - served
+        else:
+            served = sum(cpu - backends.get(pid, 0.0) for pid, cpu in self._backends(size).items())
+        self.loads[size].append(os.getloadavg()[0])
+        wall, busy, ours = (a - z for a, z in zip(after, before, strict=True))
+        self.last_database = served
+        for n, value in enumerate((wall, busy, ours, served)):
+            self.totals[size][n] += value
+        return result
+
+    def rows(self) -> list[tuple]:
+        rows = []
+        for size, (wall, busy, ours, database) in self.totals.items():
+            loads = self.loads[size]
+            rows.append(
+                (
+                    f"{size:,}",
+                    f"{wall:.0f} s",
+                    f"{min(loads):.1f}–{max(loads):.1f}",
+                    f"{busy / wall:.2f}",
+                    f"{ours / wall:.2f}",
+                    f"{database / wall:.2f}",
+                    f"{max(0.0, busy - ours - database) / wall:.2f}",
+                )
+            )
+        return rows
+
+    HEADER = ("size", "measured for", "load avg (1 min)", "cores busy", "this run", "its PostgreSQL", "others")
 
 
 def storage(url: str, tables: list[str]) -> dict[str, tuple[int, int, int]]:
@@ -456,6 +649,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="alternating lookup rounds per size")
     parser.add_argument("--lookups", type=int, default=500, help="find_patient calls per round")
     parser.add_argument("--clients", type=int, default=32, help="concurrent claimers")
+    parser.add_argument("--claim-processes", type=int, default=8, help="processes the claimers run in")
+    parser.add_argument("--claim-rounds", type=int, default=3, help="alternating claim rounds per level and size")
     parser.add_argument("--claims", type=int, default=384, help="claims measured per level and size")
     parser.add_argument("--limit-store", default=b.BENCH_REDIS, help="Redis for the limit-store weighing ('' skips)")
     parser.add_argument("--audit-rows", type=int, help="audit rows for the purge (default: the largest size; 0 skips)")
@@ -465,13 +660,21 @@ def main() -> int:
     else:
         sizes = [10_000, 1_000_000, 10_000_000] if args.full else [10_000, 200_000]
     audit_rows = sizes[-1] if args.audit_rows is None else args.audit_rows
-    extra = args.claims * len(LEVELS)  # people left to claim with at 95 %, at the smallest size too
+    per_level = args.claims + args.claim_rounds * args.clients  # measured, and a warm-up claim a client a round
+    extra = per_level * len(LEVELS)  # people left to claim with at 95 %, at the smallest size too
+    if sizes[0] - sizes[0] * LEVELS[-1] // 100 < per_level:
+        b.say(
+            f"FAIL: {per_level} claims a level do not fit in the {100 - LEVELS[-1]} % of {sizes[0]:,} codes left free"
+        )
+        return 2
 
     b.say(f"scale_bench  {b.machine_line()}")
     problem = b.postgres_reachable(args.database_url)
     if problem:
         b.say(f"FAIL: PostgreSQL at --database-url is unreachable ({problem})")
         return 1
+    import sqlalchemy as sa
+
     from portal.claims import CodeCipher
     from portal.config import decode_key
     from portal.identity import Keyring
@@ -492,7 +695,7 @@ def main() -> int:
             windows = []
             for level in LEVELS:
                 start = size * level // 100
-                windows.append(range(start + 1, start + args.claims + 2 * args.clients + 1))
+                windows.append(range(start + 1, start + per_level + 2 * args.clients + 1))
             began = time.perf_counter()
             fill_codes(urls[size], cipher, size, windows)
             built.append(
@@ -516,9 +719,10 @@ def main() -> int:
         for run, _close in runners.values():
             run()  # warm-up: connections, statement compilation, the probed pages in cache
         found: dict[int, tuple[list[float], float, int]] = {size: ([], 0.0, 0) for size in sizes}
-        for _ in range(args.rounds):
-            for size, (run, _close) in runners.items():
-                latencies, wall, wrong = run()
+        lookup_share = Share(bench, urls)
+        for round_ in range(args.rounds):
+            for size in sizes if round_ % 2 == 0 else sizes[::-1]:
+                latencies, wall, wrong = lookup_share.measure(size, runners[size][0])
                 before = found[size]
                 found[size] = (before[0] + latencies, before[1] + wall, before[2] + wrong)
         lookup_rows, lookup_p50 = [], {}
@@ -526,6 +730,7 @@ def main() -> int:
             latencies, wall, wrong = found[size]
             ordered = sorted(latencies)
             lookup_p50[size] = b.percentile(ordered, 50)
+            hit_pages, miss_pages = lookup_pages(urls[size])
             lookup_rows.append(
                 (
                     f"{size:,}",
@@ -533,25 +738,60 @@ def main() -> int:
                     b.ms(b.percentile(ordered, 99)),
                     f"{len(ordered) / wall:,.0f}",
                     wrong,
+                    f"{hit_pages:.0f} / {miss_pages:.0f}",
                 )
             )
             ok = ok and not wrong
-        b.say(b.table(lookup_rows, ["patients", "lookup p50", "p99", "lookups/s (1 client)", "wrong answers"]))
+        b.say(
+            b.table(
+                lookup_rows,
+                ["patients", "lookup p50", "p99", "lookups/s (1 client)", "wrong answers", "pages a hit / a miss"],
+            )
+        )
+        b.say(b.table(lookup_share.rows(), ["lookups: " + Share.HEADER[0], *Share.HEADER[1:]]))
 
-        # Claims: level by level, every size at each level.
+        # Claims: level by level; at each level every size is set up, then measured in rounds
+        # alternating between the sizes (the order reversed each round), so that what else the
+        # machine is doing falls on every size alike.
         claim_rows, claim_p50 = [], {}
         taken = {size: size + extra for size in sizes}  # people claim from the top of the id range down
+        clients = ClaimClients(bench, bench.keys["CODE_KEY"], args.clients, args.claim_processes)
+        claim_share = Share(bench, urls)
+        per_round = -(-args.claims // args.claim_rounds)
         for level in LEVELS:
+            scans = {size: claim_up_to(urls[size], size, size * level // 100) for size in sizes}
+            results: dict[int, tuple[list[float], float, Counter]] = {size: ([], 0.0, Counter()) for size in sizes}
+            served = dict.fromkeys(sizes, 0.0)  # CPU of the PostgreSQL backends that served the claims
+            for round_ in range(args.claim_rounds):
+                for size in sizes if round_ % 2 == 0 else sizes[::-1]:
+                    count = min(per_round, args.claims - round_ * per_round) + args.clients
+                    people = list(range(taken[size], taken[size] - count, -1))
+                    taken[size] -= count
+                    latencies, elapsed, outcomes = claim_share.measure(
+                        size,
+                        lambda: clients.run(urls[size], people),  # noqa: B023
+                        lambda: clients.database_seconds,
+                    )
+                    served[size] += claim_share.last_database
+                    had = results[size]
+                    results[size] = (had[0] + latencies, had[1] + elapsed, had[2] + outcomes)
             for size in sizes:
-                dead, pages, setup = claim_up_to(urls[size], size, size * level // 100)
-                people = list(range(taken[size], taken[size] - args.claims, -1))
-                taken[size] -= args.claims
-                latencies, elapsed, outcomes = measure_claims(urls[size], cipher, people, args.clients)
+                dead, pages, held, setup = scans[size]
+                latencies, elapsed, outcomes = results[size]
+                engine = sa.create_engine(urls[size])
+                with engine.connect() as connection:
+                    pages_after, held_after = scan_pages(connection)
+                engine.dispose()
+                b.say(
+                    f"  {level} % of {size:,}: oldest other snapshot on the database at the scan before the"
+                    f" claims: {held}; after them: {held_after}"
+                )
                 ordered = sorted(latencies)
                 claim_p50[(level, size)] = b.percentile(ordered, 50)
                 claim_rows.append(
                     (
-                        f"{level} %", f"{size:,}", f"{dead:,}", f"{pages:,}", b.ms(claim_p50[(level, size)]),
+                        f"{level} %", f"{size:,}", f"{dead:,}", f"{pages:,} / {pages_after:,}",
+                        b.ms(served[size] / outcomes["claimed"]), b.ms(claim_p50[(level, size)]),
                         b.ms(b.percentile(ordered, 99)), f"{len(ordered) / elapsed:,.0f}",
                         outcomes.get("pool busy (retried)", 0), f"{setup:.0f} s",
                     )
@@ -566,7 +806,8 @@ def main() -> int:
                     "claimed",
                     "codes",
                     "dead in free index",
-                    "pages a scan reads",
+                    "pages a scan reads (before / after)",
+                    "PostgreSQL CPU a claim",
                     "claim p50",
                     "p99",
                     "claims/s",
@@ -575,6 +816,19 @@ def main() -> int:
                 ],
             )
         )
+        b.say(
+            f"claims: {args.clients} clients as threads in {clients.processes} processes,"
+            f" {args.claim_rounds} alternating rounds a level, one untimed claim a client a round"
+        )
+        b.say(b.table(claim_share.rows(), ["claims: " + Share.HEADER[0], *Share.HEADER[1:]]))
+        told = clients.problems()
+        for line in told:
+            b.say(f"  problem: {line}")
+        b.say(
+            f"{'FAIL' if told else 'PASS'}: {len(clients.returned):,} people claimed, each told one code,"
+            " no code told to two"
+        )
+        ok = ok and not told
         gauge = {size: pool_gauge_seconds(envs[size]) for size in sizes}
         same = all(agree for *_, agree in gauge.values())
         b.say(f"{'PASS' if same else 'FAIL'}: the pool counts the database keeps equal counting the rows, every size")
@@ -635,7 +889,7 @@ def main() -> int:
         ratio_rows = [(name, rows[0][col], rows[-1][col]) for name, rows, col in figures]
         for level in LEVELS:
             mine = [r for r in claim_rows if r[0] == f"{level} %"]
-            for name, col in (("claim p50", 4), ("claim p99", 5), ("claims/s", 6)):
+            for name, col in (("claim p50", 5), ("claim p99", 6), ("claims/s", 7), ("PostgreSQL CPU a claim", 4)):
                 ratio_rows.append((f"{name} at {level} % claimed", mine[0][col], mine[-1][col]))
         for label, table in (("patients", "patients"), ("codes", "activation_codes")):
             per_row = [(h + i) / r for r, h, i in (stored[small][table], stored[largest][table])]
