@@ -508,7 +508,7 @@ def test_console_verifications_have_their_own_budgets(database_url: str) -> None
     other = {**PERSON, "last_name": "Someone"}
     assert verify_call(client, **other, ssn_last4="0000").status_code == 429  # this agent's failures
     assert lookup(app.test_client(), **PERSON, ssn_last4="6789").status_code == 303  # the website is unaffected
-    assert any(r.action == "verification" and r.outcome.startswith("throttled") for r in audit_rows(app))
+    assert [outcome for _, outcome in refusals(app)] == ["throttled:verify-person-agent", "throttled:agent-failures"]
     supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
     assert "alice (agent)</a>: 2 refused" in supervisor.get("/agent/dashboard").get_data(as_text=True)
 

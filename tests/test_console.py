@@ -432,6 +432,21 @@ def test_the_audit_trail_names_staff_by_username_and_role(app: Flask) -> None:
     assert len(export) == 2
 
 
+def test_the_audit_trails_filters_take_days_from_2000_01_01_to_9999_12_30(app: Flask) -> None:
+    """The first and last days it can hold are taken; a day either side is refused with the reason."""
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    for query, status in (
+        ("since=2000-01-01", 200),
+        ("since=1999-12-31", 400),
+        ("until=9999-12-30", 200),
+        ("until=9999-12-31", 400),
+        ("since=2000-01-01&until=2000-01-01", 200),
+    ):
+        answer = supervisor.get(f"/agent/audit?{query}")
+        assert answer.status_code == status, query
+        assert ("Enter a date from 2000-01-01 on." in text(answer)) is (status == 400), query
+
+
 FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(1+1)*cmd|' /C calc'!A0", "\tcmd", "\rcmd"]
 
 

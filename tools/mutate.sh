@@ -64,6 +64,8 @@ done
 # test (a minute or more each on two busy cores): they are checked against the access, login and
 # session tests.
 own_tests[agent/auth]="tests/test_agent.py -k 'console_route or 403 or factor or disabled or totp or login or session or network or switched or code_of_other or full_call'"
+# A caller's code reported used by someone else (the reissue and its budget): tests/test_recovery.py.
+own_tests[agent/calls]="tests/test_agent.py tests/test_console.py tests/test_recovery.py -k 'not live_server'"
 # The dashboard's own tests are in tests/test_dashboard.py; the pool's warnings in tests/test_console.py.
 own_tests[agent/dashboard]="tests/test_dashboard.py tests/test_console.py -k 'not live_server'"
 # Signing in runs in nearly every console test, so each surviving mutant of the login view ran all of
