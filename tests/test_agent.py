@@ -530,6 +530,9 @@ def test_each_staff_login_refusal_names_its_limit_and_an_accounts_budget_is_its_
     for name in ("x1", "x2"):  # the address's third and fourth failures
         assert FAILED in login(app.test_client(), bob, username=name).get_data(as_text=True)
     assert login(app.test_client(), bob, steps_ahead=1).status_code == 429
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "192.0.2.7"  # another address's budget is its own
+    assert login(elsewhere, bob, steps_ahead=1).status_code == 303
     assert [outcome for _, outcome in refusals(app)] == [
         "throttled:staff-login-account",
         "throttled:staff-login-client",
