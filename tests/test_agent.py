@@ -508,9 +508,56 @@ def test_console_verifications_have_their_own_budgets(database_url: str) -> None
     other = {**PERSON, "last_name": "Someone"}
     assert verify_call(client, **other, ssn_last4="0000").status_code == 429  # this agent's failures
     assert lookup(app.test_client(), **PERSON, ssn_last4="6789").status_code == 303  # the website is unaffected
-    assert any(r.action == "verification" and r.outcome.startswith("throttled") for r in audit_rows(app))
+    assert [outcome for _, outcome in refusals(app)] == ["throttled:verify-person-agent", "throttled:agent-failures"]
     supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
     assert "alice (agent)</a>: 2 refused" in supervisor.get("/agent/dashboard").get_data(as_text=True)
+
+
+def refusals(app: Flask) -> list[tuple[str, str]]:
+    """Who the trail says a limit refused, and which limit: supervisors read one from the other."""
+    return [(r.actor, r.outcome) for r in audit_rows(app) if r.outcome.startswith("throttled")]
+
+
+def test_each_staff_login_refusal_names_its_limit_and_an_accounts_budget_is_its_own(database_url: str) -> None:
+    """The account's budget counts the name however its case is typed; another account's is apart."""
+    app = make_app(database_url, STAFF_LOGIN_LIMIT_ACCOUNT="2 per hour", STAFF_LOGIN_LIMIT_CLIENT="4 per hour")
+    alice, bob = make_staff(app), make_staff(app, "bob")
+    for typed in ("Alice", "ALICE"):
+        wrong = login(app.test_client(), alice, username=typed, password="wrong password!!")
+        assert FAILED in wrong.get_data(as_text=True)
+    assert login(app.test_client(), alice).status_code == 429  # even the right factors
+    assert signed_in(app, bob)
+    for name in ("x1", "x2"):  # the address's third and fourth failures
+        assert FAILED in login(app.test_client(), bob, username=name).get_data(as_text=True)
+    assert login(app.test_client(), bob, steps_ahead=1).status_code == 429
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "192.0.2.7"  # another address's budget is its own
+    assert login(elsewhere, bob, steps_ahead=1).status_code == 303
+    assert [outcome for _, outcome in refusals(app)] == [
+        "throttled:staff-login-account",
+        "throttled:staff-login-client",
+    ]
+
+
+def test_an_agents_verification_budgets_are_the_agents_own_and_each_refusal_names_its_limit(
+    database_url: str,
+) -> None:
+    """Failures count in the agent's failure budget, successes too in their attempt budget; one
+    agent spending theirs leaves another's whole."""
+    app = make_app(database_url, AGENT_VERIFY_LIMIT_FAILURES="2 per day", AGENT_VERIFY_LIMIT_ATTEMPTS="3 per day")
+    assert import_patients(app, [patient_row()]) == []
+    alice, bob = make_staff(app), make_staff(app, "bob")
+    alice_client, bob_client = signed_in(app, alice), signed_in(app, bob)
+    for name in ("One", "Two"):
+        assert verify_call(alice_client, **{**PERSON, "last_name": name}, ssn_last4="0000").status_code == 200
+    assert verify_call(alice_client, **{**PERSON, "last_name": "Three"}, ssn_last4="0000").status_code == 429
+    for _ in range(3):
+        assert verify_call(bob_client, **PERSON, ssn_last4="6789").status_code == 303
+    assert verify_call(bob_client, **PERSON, ssn_last4="6789").status_code == 429
+    assert refusals(app) == [
+        (f"staff:{alice.id}", "throttled:agent-failures"),
+        (f"staff:{bob.id}", "throttled:agent-attempts"),
+    ]
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -690,6 +737,28 @@ def test_lost_letter_lookups_count_against_the_agent_found_or_not(database_url: 
     outcomes = [r.outcome for r in audit_rows(app) if r.action == "letter-reissue"]
     assert outcomes == ["requested", "already-requested", "not-identified"]
     assert [r.outcome for r in audit_rows(app) if r.action == "verification"] == ["throttled:agent-locates"]
+
+
+def test_lost_letter_lookups_count_in_the_persons_console_budget_and_in_the_agents_own(database_url: str) -> None:
+    """A lookup that identifies no one is a failure for that name and birth date, in the budget a
+    console verification of them uses, whichever agent asks; the look-ups themselves are the agent's."""
+    app = make_app(database_url, AGENT_VERIFY_LIMIT_PERSON="2 per day", AGENT_LOCATE_LIMIT="3 per day")
+    import_patients(app, [patient_row(record_id="R-LOST", ssn="", **NO_SSN_ROW)])
+    alice, bob = make_staff(app), make_staff(app, "bob")
+    alice_client, bob_client = signed_in(app, alice), signed_in(app, bob)
+    for _ in range(2):
+        assert post_form(alice_client, "/agent/letter", "/agent/", **{**NO_SSN, "zip_code": "99999"}).status_code == 200
+    assert post_form(bob_client, "/agent/letter", "/agent/", **NO_SSN).status_code == 429
+    assert verify_call(bob_client, **NO_SSN, ssn_last4="0000").status_code == 429
+    born_later = {**NO_SSN, "date_of_birth": "1961-07-20"}  # someone else of that name
+    assert post_form(alice_client, "/agent/letter", "/agent/", **born_later).status_code == 200
+    assert post_form(alice_client, "/agent/letter", "/agent/", **{**NO_SSN, "last_name": "Other"}).status_code == 429
+    assert post_form(bob_client, "/agent/letter", "/agent/", **{**NO_SSN, "last_name": "Other"}).status_code == 200
+    assert refusals(app) == [
+        (f"staff:{bob.id}", "throttled:verify-person-agent"),
+        (f"staff:{bob.id}", "throttled:verify-person-agent"),
+        (f"staff:{alice.id}", "throttled:agent-locates"),
+    ]
 
 
 def test_a_letter_requested_recently_is_not_flagged_again(database_url: str) -> None:

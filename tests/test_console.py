@@ -293,6 +293,11 @@ def token_on(visitor: Visitor, path: str) -> str:
 # --- staff changes: confirmed, approved, never one's own ----------------------------------------
 
 
+def flashes(page: str) -> list[str]:
+    """The one-time messages a page shows above its content, whole."""
+    return re.findall(r'<p class="notice" role="status">(.*?)</p>', page)
+
+
 def staff_row(app: Flask, username: str) -> Staff:
     with app.app_context():
         return db.session.scalars(select(Staff).where(Staff.username == username)).one()
@@ -318,6 +323,9 @@ def test_a_supervisors_account_changes_only_with_a_second_supervisors_approval(a
     assert not staff_row(app, "boss2").disabled
 
     assert "1 change to a supervisor's account waits for your approval" in text(approving.get("/agent/"))
+    listed = text(approving.get("/agent/staff"))  # the request, on the staff page of whoever may approve it
+    assert "boss1 asked at" in listed and ": disable boss2 (supervisor)." in listed
+    assert f'href="{review}">Review and approve' in listed
     assert "waits for your approval" not in text(asking.get("/agent/"))
     assert "boss1 asked on" in text(approving.get(review))
     done = post_form(approving, review, "/agent/")
@@ -325,7 +333,8 @@ def test_a_supervisors_account_changes_only_with_a_second_supervisors_approval(a
     assert staff_row(app, "boss2").disabled
     assert target.get("/agent/").headers["Location"] == "/agent/login"  # their sessions ended
     again = post_form(approving, review, "/agent/")  # a reload or a second approver: nothing more
-    assert again.status_code == 303 and "already approved or has lapsed" in text(approving.get("/agent/staff"))
+    assert (again.status_code, again.headers["Location"]) == (303, "/agent/staff")
+    assert flashes(text(approving.get("/agent/staff"))) == ["That request was already approved or has lapsed."]
     rows = [(r.actor, r.action, r.outcome) for r in audit_rows(app) if "staff" in r.action and "login" not in r.action]
     assert rows == [
         (f"staff:{first.id}", "staff-approval-requested", f"disable:staff:{second.id}"),
@@ -421,6 +430,21 @@ def test_the_audit_trail_names_staff_by_username_and_role(app: Flask) -> None:
         (f"staff:{alice.id}", "alice", "agent")
     }
     assert len(export) == 2
+
+
+def test_the_audit_trails_filters_take_days_from_2000_01_01_to_9999_12_30(app: Flask) -> None:
+    """The first and last days it can hold are taken; a day either side is refused with the reason."""
+    supervisor = signed_in(app, make_staff(app, "boss", "supervisor"))
+    for query, status in (
+        ("since=2000-01-01", 200),
+        ("since=1999-12-31", 400),
+        ("until=9999-12-30", 200),
+        ("until=9999-12-31", 400),
+        ("since=2000-01-01&until=2000-01-01", 200),
+    ):
+        answer = supervisor.get(f"/agent/audit?{query}")
+        assert answer.status_code == status, query
+        assert ("Enter a date from 2000-01-01 on." in text(answer)) is (status == 400), query
 
 
 FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(1+1)*cmd|' /C calc'!A0", "\tcmd", "\rcmd"]

@@ -191,6 +191,8 @@ def test_an_agent_beyond_the_reissue_budget_gets_429_and_changes_nothing(databas
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
     assert codes_on(alice.get("/agent/call/caller").get_data(as_text=True)) == {"REC-0002"}
     assert [outcome for _, _, outcome, _ in trail(app, "code-reissue")] == ["success", "success", "throttled"]
+    refused = [outcome for _, _, outcome, _ in trail(app, "verification") if outcome.startswith("throttled")]
+    assert refused == ["throttled:agent-reissue"]  # the trail names the limit
     # The budget is the agent's: another agent may still help this caller.
     bob = signed_in(app, make_staff(app, "bob"))
     assert report(bob, reported_row(on_the_line(app, bob))).status_code == 303

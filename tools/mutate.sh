@@ -72,6 +72,14 @@ done
 # test (a minute or more each on two busy cores): they are checked against the access, login and
 # session tests.
 own_tests[agent/auth]="tests/test_agent.py -k 'console_route or 403 or factor or disabled or totp or login or session or network or switched or code_of_other or full_call'"
+# A caller's code reported used by someone else (the reissue and its budget): tests/test_recovery.py.
+own_tests[agent/calls]="tests/test_agent.py tests/test_console.py tests/test_recovery.py -k 'not live_server'"
+# The dashboard's own tests are in tests/test_dashboard.py; the pool's warnings in tests/test_console.py.
+own_tests[agent/dashboard]="tests/test_dashboard.py tests/test_console.py -k 'not live_server'"
+# The login budgets are counted at every sign-in, in nearly every console test, so each surviving
+# mutant of them ran all of them: they are checked against the login, password, session and sign-out
+# tests (and the home page's).
+own_tests[agent/account]="tests/test_agent.py tests/test_console.py -k 'not live_server and (login or password or logout or factor or session or disabled or totp or code_of_other or top_bar or approval or throttled)'"
 all_modules=(identity hashing_slots claims security config throttle network api/auth api/errors api/openapi
   api/validation api/views partner_keys staff "${console[@]}" audit verification alerts retention letters
   sealing ops logs events)
