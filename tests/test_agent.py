@@ -160,9 +160,7 @@ def test_an_account_disabled_or_removed_in_the_database_has_no_session_left(app:
 
 
 @pytest.mark.parametrize("user_id", ["{id}", "{id}:", "{id}:x", ":1", "x:1"])
-def test_a_session_naming_its_account_without_a_session_version_loads_no_one(
-    sqlite_app: Flask, user_id: str
-) -> None:
+def test_a_session_naming_its_account_without_a_session_version_loads_no_one(sqlite_app: Flask, user_id: str) -> None:
     """Such as a cookie signed before sessions carried their version: signed in, it loads no one."""
     account = make_staff(sqlite_app)
     client = signed_in(sqlite_app, account)
