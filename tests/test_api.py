@@ -19,6 +19,7 @@ from launch import free_port
 from sqlalchemy import select, update
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from portal import partner_keys
 from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR
 from portal.audit import spreadsheet_safe
 from portal.extensions import db
@@ -363,6 +364,18 @@ def test_a_key_works_on_its_last_day_and_not_after(app: Flask, client: FlaskClie
         row = db.session.query(ApiKey).one()
     assert key_state(row, midnight - timedelta(microseconds=1)) == "active"
     assert key_state(row, midnight) == "expired"
+
+
+def test_a_key_is_used_to_the_last_moment_of_its_last_day_and_refused_the_day_after(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request with the key itself, late on its last day and at the next day's midnight (UTC)."""
+    last_day = utcnow().date() + timedelta(days=3)
+    key = create_api_key(app, expires=last_day.isoformat())
+    midnight = datetime.combine(last_day + timedelta(days=1), time(), UTC)
+    for now, status in [(midnight - timedelta(seconds=1), 200), (midnight, 401), (midnight + timedelta(days=1), 401)]:
+        monkeypatch.setattr(partner_keys, "utcnow", lambda now=now: now)
+        assert call(client, key, "GET", "/program").status_code == status, now
 
 
 @pytest.mark.parametrize(
