@@ -33,7 +33,7 @@ from portal.extensions import db
 from portal.models import Staff, StaffApproval, utcnow
 from portal.programme import load_programme
 from portal.services import EXTENSION
-from portal.staff import passwords
+from portal.staff import StaffError, approve, passwords, request_approval
 from portal.stats import PoolOutlook
 
 PERSON = {"last_name": "García-López", "zip_code": "10001"}  # born 1980-04-23, SSN ending 6789
@@ -357,6 +357,28 @@ def test_a_request_no_one_approved_within_a_day_lapses(app: Flask) -> None:
     approving = signed_in(app, third)
     assert post_form(approving, f"/agent/staff/approvals/{waiting.id}", "/agent/").status_code == 303
     assert not staff_row(app, "boss2").disabled
+
+
+def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records_who(sqlite_app: Flask) -> None:
+    """``staff.approve`` holds the rule on its own, whatever page or command calls it."""
+    first, second, third = (make_staff(sqlite_app, name, "supervisor") for name in ("boss1", "boss2", "boss3"))
+    agent = make_staff(sqlite_app, "alice", "agent")
+    with sqlite_app.app_context():
+        row = {account.username: db.session.get_one(Staff, account.id) for account in (first, second, third, agent)}
+        waiting = request_approval(db.session, "disable", row["boss2"], row["boss1"])
+        for who in ("boss1", "boss2", "alice"):  # its requester, its target, an agent
+            with pytest.raises(StaffError) as refused:
+                approve(db.session, waiting.id, row[who])
+            assert str(refused.value) == (
+                "A request must be approved by a second supervisor: not its requester or its target."
+            ), who
+        approved = approve(db.session, waiting.id, row["boss3"])
+        assert (approved.approved_by, approved.approved_at is not None) == (third.id, True)
+        assert db.session.get_one(StaffApproval, waiting.id).approved_by == third.id
+        for gone in (waiting.id, waiting.id + 1):  # approved already; no such request
+            with pytest.raises(StaffError) as refused:
+                approve(db.session, gone, row["boss3"])
+            assert str(refused.value) == "That request was already approved or has lapsed."
 
 
 def test_nobody_changes_their_own_account_in_the_console(app: Flask) -> None:
