@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from test_agent import audit_rows, verify_call
 from test_stats import TODAY, known_history
 
-from portal import schema
+from portal import schema, staff
 from portal.agent.forms import spoken_date
 from portal.app import create_app
 from portal.config import ConfigError
@@ -33,7 +33,7 @@ from portal.extensions import db
 from portal.models import Staff, StaffApproval, utcnow
 from portal.programme import load_programme
 from portal.services import EXTENSION
-from portal.staff import StaffError, approve, passwords, request_approval
+from portal.staff import StaffError, approve, passwords, pending_approvals, request_approval
 from portal.stats import PoolOutlook
 
 PERSON = {"last_name": "García-López", "zip_code": "10001"}  # born 1980-04-23, SSN ending 6789
@@ -359,8 +359,11 @@ def test_a_request_no_one_approved_within_a_day_lapses(app: Flask) -> None:
     assert not staff_row(app, "boss2").disabled
 
 
-def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records_who(sqlite_app: Flask) -> None:
-    """``staff.approve`` holds the rule on its own, whatever page or command calls it."""
+def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records_who(
+    sqlite_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``staff.approve`` holds the rule on its own, whatever page or command calls it, and of two
+    supervisors approving at the same moment only one does."""
     first, second, third = (make_staff(sqlite_app, name, "supervisor") for name in ("boss1", "boss2", "boss3"))
     agent = make_staff(sqlite_app, "alice", "agent")
     with sqlite_app.app_context():
@@ -372,10 +375,18 @@ def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records
             assert str(refused.value) == (
                 "A request must be approved by a second supervisor: not its requester or its target."
             ), who
+        other = request_approval(db.session, "reset-mfa", row["boss1"], row["boss2"])
+        read_by_two = pending_approvals(db.session)  # what a second approver read at the same moment
         approved = approve(db.session, waiting.id, row["boss3"])
         assert (approved.approved_by, approved.approved_at is not None) == (third.id, True)
+        assert [approval.id for approval in pending_approvals(db.session)] == [other.id]  # this one alone
+        monkeypatch.setattr(staff, "pending_approvals", lambda session: read_by_two)
+        with pytest.raises(StaffError) as late:  # its second tab (or a second approver) finds it approved on writing
+            approve(db.session, waiting.id, row["boss3"])
+        assert str(late.value) == "That request was already approved or has lapsed."
+        monkeypatch.undo()
         assert db.session.get_one(StaffApproval, waiting.id).approved_by == third.id
-        for gone in (waiting.id, waiting.id + 1):  # approved already; no such request
+        for gone in (waiting.id, other.id + 1):  # approved already; no such request
             with pytest.raises(StaffError) as refused:
                 approve(db.session, gone, row["boss3"])
             assert str(refused.value) == "That request was already approved or has lapsed."
