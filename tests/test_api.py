@@ -341,7 +341,16 @@ def test_a_revoked_key_is_refused_on_its_next_request(app: Flask, client: FlaskC
     assert result.exit_code == 0 and "revoked" in result.output
     assert_problem(call(client, key, "GET", "/program"), 401)
     assert "revoked" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
-    assert app.test_cli_runner().invoke(args=["revoke-api-key", "99"]).exit_code == 1
+    missing = app.test_cli_runner().invoke(args=["revoke-api-key", "99"])
+    assert missing.exit_code == 1 and "no key 99" in missing.output
+
+
+@pytest.mark.parametrize("change", ["é", "\x00", "ü" * 43])
+def test_a_key_with_other_characters_is_refused_like_any_wrong_key(client: FlaskClient, key: str, change: str) -> None:
+    """Whatever a header carries in the key's place is a 401, never a 500."""
+    prefix, secret = key.split(".")
+    for wrong in (f"{prefix}.{secret[:-1]}{change}", f"{prefix}.{change}", change):
+        assert_problem(call(client, wrong, "GET", "/program"), 401)
 
 
 def test_an_expired_key_is_refused(app: Flask, client: FlaskClient, key: str) -> None:
