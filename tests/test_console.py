@@ -375,7 +375,12 @@ def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records
             assert str(refused.value) == (
                 "A request must be approved by a second supervisor: not its requester or its target."
             ), who
+        assert request_approval(db.session, "disable", row["boss2"], row["boss3"]).id == waiting.id  # still one
         other = request_approval(db.session, "reset-mfa", row["boss1"], row["boss2"])
+        assert other.id != waiting.id
+        with pytest.raises(StaffError) as unknown:
+            request_approval(db.session, "delete", row["boss2"], row["boss1"])
+        assert str(unknown.value) == "action must be one of disable, enable, reset-mfa"
         read_by_two = pending_approvals(db.session)  # what a second approver read at the same moment
         approved = approve(db.session, waiting.id, row["boss3"])
         assert (approved.approved_by, approved.approved_at is not None) == (third.id, True)
