@@ -340,7 +340,7 @@ def test_a_revoked_key_is_refused_on_its_next_request(app: Flask, client: FlaskC
     result = app.test_cli_runner().invoke(args=["revoke-api-key", "1"])
     assert result.exit_code == 0 and "revoked" in result.output
     assert_problem(call(client, key, "GET", "/program"), 401)
-    assert "revoked" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
+    assert app.test_cli_runner().invoke(args=["list-api-keys"]).output.split("\t")[6] == "revoked"
     missing = app.test_cli_runner().invoke(args=["revoke-api-key", "99"])
     assert missing.exit_code == 1 and "no key 99" in missing.output
 
@@ -385,6 +385,18 @@ def test_a_key_is_used_to_the_last_moment_of_its_last_day_and_refused_the_day_af
     for now, status in [(midnight - timedelta(seconds=1), 200), (midnight, 401), (midnight + timedelta(days=1), 401)]:
         monkeypatch.setattr(partner_keys, "utcnow", lambda now=now: now)
         assert call(client, key, "GET", "/program").status_code == status, now
+
+
+def test_a_keys_last_use_is_written_once_a_minute_at_most(
+    app: Flask, client: FlaskClient, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = utcnow().replace(microsecond=0)
+    for seconds, written in [(0, 0), (59, 0), (60, 60), (61, 60), (120, 120)]:
+        monkeypatch.setattr(partner_keys, "utcnow", lambda seconds=seconds: start + timedelta(seconds=seconds))
+        assert call(client, key, "GET", "/program").status_code == 200
+        with app.app_context():
+            last_used = db.session.scalars(select(ApiKey.last_used_at)).one()
+        assert last_used == start + timedelta(seconds=written), seconds
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,8 @@ from portal.events import Event, record
 from portal.extensions import db
 from portal.models import Staff, StaffApproval, utcnow
 from portal.programme import load_programme
-from portal.services import EXTENSION
-from portal.staff import StaffError, approve, passwords, pending_approvals, request_approval
+from portal.services import EXTENSION, services
+from portal.staff import StaffError, apply_action, approve, passwords, pending_approvals, request_approval
 from portal.stats import PoolOutlook
 
 PERSON = {"last_name": "García-López", "zip_code": "10001"}  # born 1980-04-23, SSN ending 6789
@@ -380,6 +380,9 @@ def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records
         assert other.id != waiting.id
         with pytest.raises(StaffError) as unknown:
             request_approval(db.session, "delete", row["boss2"], row["boss1"])
+        assert str(unknown.value) == "action must be one of disable, enable, reset-mfa"
+        with pytest.raises(StaffError) as unknown:
+            apply_action(db.session, services().totp, "delete", row["alice"])
         assert str(unknown.value) == "action must be one of disable, enable, reset-mfa"
         read_by_two = pending_approvals(db.session)  # what a second approver read at the same moment
         approved = approve(db.session, waiting.id, row["boss3"])
