@@ -412,8 +412,21 @@ def test_a_keys_last_use_is_written_once_a_minute_at_most(
 def test_a_key_cannot_be_made_with_a_bad_setting(app: Flask, args: list[str]) -> None:
     result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", "P", *args])
     assert result.exit_code != 0
+    if "lots" in args:
+        assert "rate 'lots' is not a limit such as 120/minute" in result.output
     with app.app_context():
         assert db.session.query(ApiKey).count() == 0
+
+
+def test_a_partners_name_is_1_to_80_characters(app: Flask) -> None:
+    for partner in ("", "   ", "p" * 81):
+        result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", partner, "--scope", "verify"])
+        assert result.exit_code == 2 and "partner must be 1 to 80 characters" in result.output, partner
+    for partner in ("p" * 80, " Partner "):
+        create = ["create-api-key", "--partner", partner, "--scope", "verify"]
+        assert app.test_cli_runner().invoke(args=create).exit_code == 0
+    with app.app_context():
+        assert db.session.scalars(select(ApiKey.partner).order_by(ApiKey.id)).all() == ["p" * 80, "Partner"]
 
 
 # --- Limits and headers ---------------------------------------------------------------------------
