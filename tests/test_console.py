@@ -33,7 +33,7 @@ from portal.extensions import db
 from portal.models import Staff, StaffApproval, utcnow
 from portal.programme import load_programme
 from portal.services import EXTENSION, services
-from portal.staff import StaffError, apply_action, approve, passwords, pending_approvals, request_approval
+from portal.staff import StaffError, apply_action, approve, list_staff, passwords, pending_approvals, request_approval
 from portal.stats import PoolOutlook
 
 PERSON = {"last_name": "García-López", "zip_code": "10001"}  # born 1980-04-23, SSN ending 6789
@@ -398,6 +398,13 @@ def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records
             with pytest.raises(StaffError) as refused:
                 approve(db.session, gone, row["boss3"])
             assert str(refused.value) == "That request was already approved or has lapsed."
+
+
+def test_staff_are_listed_by_username(sqlite_app: Flask) -> None:
+    for name in ("zed", "amy", "kim"):
+        make_staff(sqlite_app, name, ready=False)
+    with sqlite_app.app_context():
+        assert [staff.username for staff in list_staff(db.session)] == ["amy", "kim", "zed"]
 
 
 def test_nobody_changes_their_own_account_in_the_console(app: Flask) -> None:
