@@ -418,6 +418,17 @@ def test_a_key_cannot_be_made_with_a_bad_setting(app: Flask, args: list[str]) ->
         assert db.session.query(ApiKey).count() == 0
 
 
+def test_a_key_has_one_or_both_scopes_and_nothing_else(app: Flask) -> None:
+    """The command offers only these; ``create_key`` holds the rule for any other caller."""
+    with app.app_context():
+        for scopes in ([], ["verify", "admin"]):
+            with pytest.raises(partner_keys.InvalidKeySetting, match=r"^scopes must be among: verify, claim$"):
+                partner_keys.create_key(db.session, "P", scopes, "10/minute")
+        assert partner_keys.create_key(db.session, "P", ["claim", "verify", "claim"], "10/minute").row.scopes == (
+            "verify claim"
+        )
+
+
 def test_a_partners_name_is_1_to_80_characters(app: Flask) -> None:
     for partner in ("", "   ", "p" * 81):
         result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", partner, "--scope", "verify"])
