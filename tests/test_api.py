@@ -414,6 +414,8 @@ def test_a_key_cannot_be_made_with_a_bad_setting(app: Flask, args: list[str]) ->
     assert result.exit_code != 0
     if "lots" in args:
         assert "rate 'lots' is not a limit such as 120/minute" in result.output
+    if "2001-01-01" in args:
+        assert "Invalid value: the expiry date has passed\n" in result.output
     with app.app_context():
         assert db.session.query(ApiKey).count() == 0
 
