@@ -19,13 +19,12 @@ from launch import free_port
 from sqlalchemy import select, update
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from portal import partner_keys
 from portal.api.validation import BOTH_FACTORS, NEITHER_FACTOR
 from portal.audit import spreadsheet_safe
 from portal.extensions import db
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
-from portal.partner_keys import key_state
+from portal.partner_keys import InvalidKeySetting, create_key, key_state
 from portal.services import services
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001", "ssn_last4": "6789"}
@@ -383,7 +382,7 @@ def test_a_key_is_used_to_the_last_moment_of_its_last_day_and_refused_the_day_af
     key = create_api_key(app, expires=last_day.isoformat())
     midnight = datetime.combine(last_day + timedelta(days=1), time(), UTC)
     for now, status in [(midnight - timedelta(seconds=1), 200), (midnight, 401), (midnight + timedelta(days=1), 401)]:
-        monkeypatch.setattr(partner_keys, "utcnow", lambda now=now: now)
+        monkeypatch.setattr("portal.partner_keys.utcnow", lambda now=now: now)
         assert call(client, key, "GET", "/program").status_code == status, now
 
 
@@ -392,7 +391,7 @@ def test_a_keys_last_use_is_written_once_a_minute_at_most(
 ) -> None:
     start = utcnow().replace(microsecond=0)
     for seconds, written in [(0, 0), (59, 0), (60, 60), (61, 60), (120, 120)]:
-        monkeypatch.setattr(partner_keys, "utcnow", lambda seconds=seconds: start + timedelta(seconds=seconds))
+        monkeypatch.setattr("portal.partner_keys.utcnow", lambda seconds=seconds: start + timedelta(seconds=seconds))
         assert call(client, key, "GET", "/program").status_code == 200
         with app.app_context():
             last_used = db.session.scalars(select(ApiKey.last_used_at)).one()
@@ -424,11 +423,9 @@ def test_a_key_has_one_or_both_scopes_and_nothing_else(app: Flask) -> None:
     """The command offers only these; ``create_key`` holds the rule for any other caller."""
     with app.app_context():
         for scopes in ([], ["verify", "admin"]):
-            with pytest.raises(partner_keys.InvalidKeySetting, match=r"^scopes must be among: verify, claim$"):
-                partner_keys.create_key(db.session, "P", scopes, "10/minute")
-        assert partner_keys.create_key(db.session, "P", ["claim", "verify", "claim"], "10/minute").row.scopes == (
-            "verify claim"
-        )
+            with pytest.raises(InvalidKeySetting, match=r"^scopes must be among: verify, claim$"):
+                create_key(db.session, "P", scopes, "10/minute")
+        assert create_key(db.session, "P", ["claim", "verify", "claim"], "10/minute").row.scopes == "verify claim"
 
 
 def test_a_partners_name_is_1_to_80_characters(app: Flask) -> None:
