@@ -802,11 +802,17 @@ def test_staff_commands_enrol_list_reset_and_disable(app: Flask) -> None:
     assert reset.exit_code == 0 and "otpauth://" in reset.output
     assert client.get("/agent/").headers["Location"] == "/agent/login"  # sessions ended
     assert FAILED in login(app.test_client(), account, steps_ahead=1).get_data(as_text=True)  # old secret
+    given = re.search(r"^password: (\S+)$.*secret=([A-Z2-7]+)", reset.output, re.MULTILINE | re.DOTALL)
+    assert given
+    password, secret = given.groups()
+    again = signed_in(app, Account("carol", password, secret, 1))
+    assert again.get("/agent/").headers["Location"] == "/agent/password"  # the reset password is changed first
 
     assert "carol" in runner.invoke(args=["list-staff"]).output
     assert runner.invoke(args=["disable-staff", "carol"]).exit_code == 0
     assert "disabled" in runner.invoke(args=["list-staff"]).output
-    assert runner.invoke(args=["disable-staff", "nobody"]).exit_code == 2
+    nobody = runner.invoke(args=["disable-staff", "nobody"])
+    assert nobody.exit_code == 2 and "Error: no such staff member" in nobody.output
     rows = [(r.actor.split(":")[0], r.action, r.outcome, r.channel) for r in audit_rows(app) if r.channel == "cli"]
     assert rows == [
         ("cli", "create-staff", "staff:1", "cli"),

@@ -34,7 +34,7 @@ from portal.hashing_slots import HashingBusy
 from portal.idempotency import InProgress, Reused
 from portal.importer import import_codes
 from portal.models import ApiKey, Verification, utcnow
-from portal.partner_keys import key_state
+from portal.partner_keys import InvalidKeySetting, create_key, key_state
 from portal.services import services
 from portal.throttle import LimitStoreDown, Throttled
 
@@ -389,8 +389,17 @@ def test_a_revoked_key_is_refused_on_its_next_request(app: Flask, client: FlaskC
     result = app.test_cli_runner().invoke(args=["revoke-api-key", "1"])
     assert result.exit_code == 0 and "revoked" in result.output
     assert_problem(call(client, key, "GET", "/program"), 401)
-    assert "revoked" in app.test_cli_runner().invoke(args=["list-api-keys"]).output
-    assert app.test_cli_runner().invoke(args=["revoke-api-key", "99"]).exit_code == 1
+    assert app.test_cli_runner().invoke(args=["list-api-keys"]).output.split("\t")[6] == "revoked"
+    missing = app.test_cli_runner().invoke(args=["revoke-api-key", "99"])
+    assert missing.exit_code == 1 and "no key 99" in missing.output
+
+
+@pytest.mark.parametrize("change", ["é", "\x00", "ü" * 43])
+def test_a_key_with_other_characters_is_refused_like_any_wrong_key(client: FlaskClient, key: str, change: str) -> None:
+    """Whatever a header carries in the key's place is a 401, never a 500."""
+    prefix, secret = key.split(".")
+    for wrong in (f"{prefix}.{secret[:-1]}{change}", f"{prefix}.{change}", change):
+        assert_problem(call(client, wrong, "GET", "/program"), 401)
 
 
 def test_an_expired_key_is_refused(app: Flask, client: FlaskClient, key: str) -> None:
@@ -415,6 +424,30 @@ def test_a_key_works_on_its_last_day_and_not_after(app: Flask, client: FlaskClie
     assert key_state(row, midnight) == "expired"
 
 
+def test_a_key_is_used_to_the_last_moment_of_its_last_day_and_refused_the_day_after(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request with the key itself, late on its last day and at the next day's midnight (UTC)."""
+    last_day = utcnow().date() + timedelta(days=3)
+    key = create_api_key(app, expires=last_day.isoformat())
+    midnight = datetime.combine(last_day + timedelta(days=1), time(), UTC)
+    for now, status in [(midnight - timedelta(seconds=1), 200), (midnight, 401), (midnight + timedelta(days=1), 401)]:
+        monkeypatch.setattr("portal.partner_keys.utcnow", lambda now=now: now)
+        assert call(client, key, "GET", "/program").status_code == status, now
+
+
+def test_a_keys_last_use_is_written_once_a_minute_at_most(
+    app: Flask, client: FlaskClient, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = utcnow().replace(microsecond=0)
+    for seconds, written in [(0, 0), (59, 0), (60, 60), (61, 60), (120, 120)]:
+        monkeypatch.setattr("portal.partner_keys.utcnow", lambda seconds=seconds: start + timedelta(seconds=seconds))
+        assert call(client, key, "GET", "/program").status_code == 200
+        with app.app_context():
+            last_used = db.session.scalars(select(ApiKey.last_used_at)).one()
+        assert last_used == start + timedelta(seconds=written), seconds
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -428,8 +461,32 @@ def test_a_key_works_on_its_last_day_and_not_after(app: Flask, client: FlaskClie
 def test_a_key_cannot_be_made_with_a_bad_setting(app: Flask, args: list[str]) -> None:
     result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", "P", *args])
     assert result.exit_code != 0
+    if "lots" in args:
+        assert "rate 'lots' is not a limit such as 120/minute" in result.output
+    if "2001-01-01" in args:
+        assert "Invalid value: the expiry date has passed\n" in result.output
     with app.app_context():
         assert db.session.query(ApiKey).count() == 0
+
+
+def test_a_key_has_one_or_both_scopes_and_nothing_else(app: Flask) -> None:
+    """The command offers only these; ``create_key`` holds the rule for any other caller."""
+    with app.app_context():
+        for scopes in ([], ["verify", "admin"]):
+            with pytest.raises(InvalidKeySetting, match=r"^scopes must be among: verify, claim$"):
+                create_key(db.session, "P", scopes, "10/minute")
+        assert create_key(db.session, "P", ["claim", "verify", "claim"], "10/minute").row.scopes == "verify claim"
+
+
+def test_a_partners_name_is_1_to_80_characters(app: Flask) -> None:
+    for partner in ("", "   ", "p" * 81):
+        result = app.test_cli_runner().invoke(args=["create-api-key", "--partner", partner, "--scope", "verify"])
+        assert result.exit_code == 2 and "Invalid value: partner must be 1 to 80 characters\n" in result.output, partner
+    for partner in ("p" * 80, " Partner "):
+        create = ["create-api-key", "--partner", partner, "--scope", "verify"]
+        assert app.test_cli_runner().invoke(args=create).exit_code == 0
+    with app.app_context():
+        assert db.session.scalars(select(ApiKey.partner).order_by(ApiKey.id)).all() == ["p" * 80, "Partner"]
 
 
 # --- Limits and headers ---------------------------------------------------------------------------

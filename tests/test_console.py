@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from test_agent import audit_rows, verify_call
 from test_stats import TODAY, known_history
 
-from portal import schema
+from portal import schema, staff
 from portal.agent.forms import spoken_date
 from portal.app import create_app
 from portal.config import ConfigError
@@ -32,8 +32,8 @@ from portal.events import Event, record
 from portal.extensions import db
 from portal.models import Staff, StaffApproval, utcnow
 from portal.programme import load_programme
-from portal.services import EXTENSION
-from portal.staff import passwords
+from portal.services import EXTENSION, services
+from portal.staff import StaffError, apply_action, approve, list_staff, passwords, pending_approvals, request_approval
 from portal.stats import PoolOutlook
 
 PERSON = {"last_name": "García-López", "zip_code": "10001"}  # born 1980-04-23, SSN ending 6789
@@ -366,6 +366,54 @@ def test_a_request_no_one_approved_within_a_day_lapses(app: Flask) -> None:
     approving = signed_in(app, third)
     assert post_form(approving, f"/agent/staff/approvals/{waiting.id}", "/agent/").status_code == 303
     assert not staff_row(app, "boss2").disabled
+
+
+def test_approval_itself_takes_a_second_supervisor_a_waiting_request_and_records_who(
+    sqlite_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``staff.approve`` holds the rule on its own, whatever page or command calls it, and of two
+    supervisors approving at the same moment only one does."""
+    first, second, third = (make_staff(sqlite_app, name, "supervisor") for name in ("boss1", "boss2", "boss3"))
+    agent = make_staff(sqlite_app, "alice", "agent")
+    with sqlite_app.app_context():
+        row = {account.username: db.session.get_one(Staff, account.id) for account in (first, second, third, agent)}
+        waiting = request_approval(db.session, "disable", row["boss2"], row["boss1"])
+        for who in ("boss1", "boss2", "alice"):  # its requester, its target, an agent
+            with pytest.raises(StaffError) as refused:
+                approve(db.session, waiting.id, row[who])
+            assert str(refused.value) == (
+                "A request must be approved by a second supervisor: not its requester or its target."
+            ), who
+        assert request_approval(db.session, "disable", row["boss2"], row["boss3"]).id == waiting.id  # still one
+        other = request_approval(db.session, "reset-mfa", row["boss1"], row["boss2"])
+        assert other.id != waiting.id
+        with pytest.raises(StaffError) as unknown:
+            request_approval(db.session, "delete", row["boss2"], row["boss1"])
+        assert str(unknown.value) == "action must be one of disable, enable, reset-mfa"
+        with pytest.raises(StaffError) as unknown:
+            apply_action(db.session, services().totp, "delete", row["alice"])
+        assert str(unknown.value) == "action must be one of disable, enable, reset-mfa"
+        read_by_two = pending_approvals(db.session)  # what a second approver read at the same moment
+        approved = approve(db.session, waiting.id, row["boss3"])
+        assert (approved.approved_by, approved.approved_at is not None) == (third.id, True)
+        assert [approval.id for approval in pending_approvals(db.session)] == [other.id]  # this one alone
+        monkeypatch.setattr(staff, "pending_approvals", lambda session: read_by_two)
+        with pytest.raises(StaffError) as late:  # its second tab (or a second approver) finds it approved on writing
+            approve(db.session, waiting.id, row["boss3"])
+        assert str(late.value) == "That request was already approved or has lapsed."
+        monkeypatch.undo()
+        assert db.session.get_one(StaffApproval, waiting.id).approved_by == third.id
+        for gone in (waiting.id, other.id + 1):  # approved already; no such request
+            with pytest.raises(StaffError) as refused:
+                approve(db.session, gone, row["boss3"])
+            assert str(refused.value) == "That request was already approved or has lapsed."
+
+
+def test_staff_are_listed_by_username(sqlite_app: Flask) -> None:
+    for name in ("zed", "amy", "kim"):
+        make_staff(sqlite_app, name, ready=False)
+    with sqlite_app.app_context():
+        assert [staff.username for staff in list_staff(db.session)] == ["amy", "kim", "zed"]
 
 
 def test_nobody_changes_their_own_account_in_the_console(app: Flask) -> None:
