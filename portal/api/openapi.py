@@ -21,7 +21,7 @@ from portal.exposure import FIELDS
 from portal.identity import EARLIEST_BIRTH_DATE
 from portal.sandbox import SANDBOX_PEOPLE
 
-VERSION = "1.2.0"  # CHANGELOG.md, "Partner API"
+VERSION = "1.3.0"  # CHANGELOG.md, "Partner API"
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe's keys
 
 
