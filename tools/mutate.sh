@@ -7,6 +7,10 @@
 #                                        its path under portal/ without .py
 #   tools/mutate.sh --survivors [MODULE...]  only the mutants that survived the last run, or that no test
 #                                        called (after new tests)
+#   tools/mutate.sh --functions GLOB MODULE...  only the mutants of the functions GLOB names, in
+#                                        mutmut's spelling: 'x_events*', 'xǁGroupCommitǁ*'
+#   MUTATE_TESTS="tests/a.py tests/b.py" tools/mutate.sh MODULE  against these tests instead of the
+#                                        module's own (a wider selection for one run)
 #   tools/mutate.sh --results            the surviving mutants of the last run (mutmut results)
 #   tools/mutate.sh --show NAME          the diff of one mutant (mutmut show NAME)
 #
@@ -84,8 +88,9 @@ all_modules=(identity hashing_slots claims security config throttle network api/
   api/validation api/views partner_keys staff "${console[@]}" audit verification alerts retention letters
   sealing ops logs events)
 
-survivors=false
+survivors=false functions='*'
 if [[ ${1:-} == --survivors ]]; then survivors=true; shift; fi
+if [[ ${1:-} == --functions ]]; then functions=$2; shift 2; fi
 modules=("$@")
 [[ ${#modules[@]} -gt 0 ]] || modules=("${all_modules[@]}")
 for module in "${modules[@]}"; do
@@ -94,7 +99,7 @@ done
 
 declare -A mapped=()  # the test selections mapped afresh in this run
 run_module() {  # run_module MODULE: mutmut over one module's mutants, with its own tests
-  local module=$1 tests=${own_tests[$1]:-} patterns=()
+  local module=$1 tests=${MUTATE_TESTS:-${own_tests[$1]:-}} patterns=()
   # mutmut keeps one map of tests to functions (mutmut-stats.json) and, finding it made from
   # another selection of tests, forgets every module's results: each selection keeps its own map,
   # which the modules sharing it (the API's) share.
@@ -105,7 +110,7 @@ run_module() {  # run_module MODULE: mutmut over one module's mutants, with its 
     mapfile -t patterns < <("$venv/bin/python" -c \
       'import json, sys; print("\n".join(k for k, v in json.load(open(sys.argv[1]))["exit_code_by_key"].items() if v in (0, 5, 33)))' "$meta")
   else
-    patterns=("portal.${module//\//.}.*")
+    patterns=("portal.${module//\//.}.$functions")
     # A full run maps tests to functions afresh: mutmut keeps the old map for functions it thinks
     # unchanged, and after a rewrite (new functions) that map sent their mutants to too few tests.
     [[ -n ${mapped[$own_map]:-} ]] || rm -f "$own_map"
