@@ -33,12 +33,24 @@ from flask import Flask
 from live import LiveServer, Visitor, all_at_once
 from sqlalchemy.exc import DBAPIError
 
-from portal.audit import FIELDS, LANES, MAC_MIN_HEX, BrokenLink, Filter, GroupCommit, Head, genesis, heads
+from portal.audit import (
+    FIELDS,
+    LANES,
+    MAC_MIN_HEX,
+    BrokenLink,
+    Filter,
+    GroupCommit,
+    Head,
+    genesis,
+    heads,
+    spreadsheet_safe,
+    throttled_staff,
+)
 from portal.audit import events as audit_events
 from portal.config import decode_key, write_development_secrets
 from portal.events import Event, connection_lost, record
 from portal.extensions import db
-from portal.models import AuditEvent
+from portal.models import AuditEvent, utcnow
 from portal.services import services
 
 WRITERS = 4
@@ -389,6 +401,84 @@ def test_rows_outside_every_lane_are_found_the_first_named(app: Flask) -> None:
     assert_broken(verify(app), "0/2", "a row outside every lane")
 
 
+def dated(app: Flask, events: list[Event]) -> None:
+    """The events recorded, each row then dated at its event's ``at``: lane 1's rows, in this order."""
+    with app.app_context():
+        for event in events:
+            record(event)
+        row = AuditEvent.__table__.c
+        for position, event in enumerate(events, start=1):
+            db.session.execute(sa.update(AuditEvent).where(row.lane == 1, row.position == position).values(at=event.at))
+        db.session.commit()
+
+
+def test_the_dashboards_throttled_staff_are_staff_refused_by_a_limit_since_then_most_first(app: Flask) -> None:
+    """Counted per member of staff over every limit's name, from ``since`` itself on; a refusal of
+    someone else, a refusal before ``since`` and a failure are not counted."""
+    since = utcnow() - timedelta(hours=24)
+
+    def by(actor: str, outcome: str, at: datetime) -> Event:
+        return Event("verification", outcome, "agent", actor=actor, at=at)
+
+    dated(
+        app,
+        [
+            by("staff:1", "throttled:agent-failures", since),
+            by("staff:2", "throttled:agent-locates", since + timedelta(hours=1)),
+            by("staff:2", "throttled:verify-person-agent", since + timedelta(hours=2)),
+            by("staff:2", "failure", since + timedelta(hours=3)),
+            by("staff:3", "throttled:agent-failures", since - timedelta(microseconds=1)),
+            *[by("anonymous", "throttled:verify-person", since + timedelta(hours=4))] * 3,
+            by("staff:1", "success", since + timedelta(hours=5)),
+        ],
+    )
+    with app.app_context(), db.engine.connect() as connection:
+        assert throttled_staff(connection, since) == [("staff:2", 2), ("staff:1", 1)]
+
+
+def test_the_trails_filters_narrow_it_from_since_to_before_until_newest_first(app: Flask) -> None:
+    """Each filter keeps its equal rows only, ``since`` itself in and ``until`` itself out; rows of
+    one time (a batch written together) are listed by lane, then position, newest first."""
+    since = utcnow() - timedelta(days=1)
+    until, hour = since + timedelta(hours=5), since + timedelta(hours=1)
+    dated(
+        app,
+        [
+            Event("verification", "success", "agent", "ref-1", actor="staff:1", at=since),
+            Event("verification", "failure", "agent", "ref-1", actor="staff:2", at=since + timedelta(hours=2)),
+            Event("exposure", "viewed", "agent", "ref-2", actor="staff:1", at=hour),
+            Event("verification", "success", "agent", actor="staff:1", at=until),
+            Event("verification", "success", "agent", actor="staff:1", at=since - timedelta(microseconds=1)),
+            Event("verification", "failure", "agent", "ref-1", actor="staff:1", at=hour),
+            Event("verification", "failure", "agent", "ref-1", actor="staff:1", at=hour),
+        ],
+    )
+    execute(app, "UPDATE audit_events SET lane = 2, position = 1 WHERE lane = 1 AND position = 6")
+
+    def listed(limit: int | None = None, **narrowed: Any) -> list[str]:
+        with app.app_context(), db.engine.connect() as connection:
+            rows = audit_events(connection, Filter(**{"since": since, "until": until, **narrowed}), limit)
+            return [f"{row['lane']}/{row['position']}" for row in rows]
+
+    assert listed() == ["1/2", "2/1", "1/7", "1/3", "1/1"]
+    assert listed(since=None, until=None) == ["1/4", "1/2", "2/1", "1/7", "1/3", "1/1", "1/5"]
+    assert listed(actor="staff:1") == ["2/1", "1/7", "1/3", "1/1"]
+    assert listed(action="verification") == ["1/2", "2/1", "1/7", "1/1"]
+    assert listed(record_ref="ref-1") == ["1/2", "2/1", "1/7", "1/1"]
+    assert listed(actor="staff:1", action="verification", record_ref="ref-1") == ["2/1", "1/7", "1/1"]
+    assert listed(2) == ["1/2", "2/1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [(None, ""), ("", ""), (7, "7"), ("staff:7", "staff:7"), ("a=b", "a=b"), ("=1+1", "'=1+1"), ("-7", "'-7")],
+)
+def test_an_exported_cell_is_its_value_as_text_made_inert_when_a_spreadsheet_would_run_it(
+    value: object, cell: str
+) -> None:
+    assert spreadsheet_safe(value) == cell
+
+
 @pytest.mark.postgres
 def test_the_trail_lists_newest_first_across_lanes(pg_app: Flask) -> None:
     """Lanes fill side by side, so what a supervisor reads newest first is ordered by time, not by
@@ -607,6 +697,26 @@ def test_a_batch_whose_commit_may_have_taken_is_not_written_again() -> None:
     assert batches == [["a"], ["b", "c", "d"]]  # no batch of one after the failed one
     assert outcomes.pop("a") == "wrote a"
     assert all(isinstance(outcomes[item], ConnectionDied) for item in "bcd")
+
+
+def test_an_item_that_fails_written_alone_is_not_written_again() -> None:
+    def write(batch: list[str]) -> list[str]:
+        if "bad" in batch:
+            raise ValueError("a value the table refuses")
+        return [f"wrote {item}" for item in batch]
+
+    batches, outcomes = grouped(write, ["bad", "b", "c"])
+    assert batches == [["bad"], ["b", "c"]]
+    assert isinstance(outcomes.pop("bad"), ValueError)
+    assert outcomes == {item: f"wrote {item}" for item in "bc"}
+
+
+@pytest.mark.parametrize("results", [[], ["wrote a", "wrote b"]], ids=["too-few", "too-many"])
+def test_a_write_that_returns_other_than_one_result_per_item_is_an_error(results: list[str]) -> None:
+    """Never an item handed another's result (its head), nor a result without its item."""
+    writer = GroupCommit[str, str](lambda batch: results, lambda error: False)
+    with pytest.raises(ValueError, match="zip"):
+        writer.submit("a")
 
 
 @pytest.mark.postgres
