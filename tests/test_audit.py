@@ -50,7 +50,7 @@ from portal.audit import events as audit_events
 from portal.config import decode_key, write_development_secrets
 from portal.events import Event, connection_lost, record
 from portal.extensions import db
-from portal.models import AuditEvent, utcnow
+from portal.models import AuditChainHead, AuditEvent, utcnow
 from portal.services import services
 
 WRITERS = 4
@@ -389,7 +389,7 @@ def test_rows_outside_every_lane_are_found_the_first_named(app: Flask) -> None:
     """A row no lane's walk reaches (lane 0, or past the last) is an insertion too; of several, the
     first by lane and position is named."""
     append_events(app, 3)
-    for lane, position in ((LANES + 1, 1), (0, 5), (0, 2)):
+    for lane, position, first in ((LANES + 1, 1, f"{LANES + 1}/1"), (0, 5, "0/5"), (0, 2, "0/2")):
         execute(
             app,
             "INSERT INTO audit_events (lane, position, at, actor, action, outcome, channel, client, prev_hash,"
@@ -398,7 +398,25 @@ def test_rows_outside_every_lane_are_found_the_first_named(app: Flask) -> None:
             lane=lane,
             position=position,
         )
-    assert_broken(verify(app), "0/2", "a row outside every lane")
+        assert_broken(verify(app), first, "a row outside every lane")
+
+
+def test_the_last_lanes_rows_are_walked_as_a_lane(app: Flask) -> None:
+    """Lane 64 is a lane like lane 1: its rows are counted and its head named, never taken for rows
+    outside every lane. (SQLite writes lane 1 only: lane 64's row is chained here as the portal would.)"""
+    append_events(app, 2)
+    row = {name: None for name in FIELDS} | {"position": 1, "at": utcnow(), "actor": "cli:x", "action": "purge"}
+    row |= {"outcome": "success", "channel": "cli"}
+    with app.app_context(), db.engine.begin() as connection:
+        chain_hash = services().audit.link(genesis(LANES), row)
+        connection.execute(
+            sa.insert(AuditEvent).values(**row, lane=LANES, prev_hash=genesis(LANES), chain_hash=chain_hash)
+        )
+        head = AuditChainHead.__table__.c
+        connection.execute(sa.update(AuditChainHead).where(head.id == LANES).values(position=1, last_hash=chain_hash))
+    result = verify(app)
+    assert result.exit_code == 0, result.output
+    assert "intact: 3 rows; heads 1/2:" in result.output and f" {LANES}/1:{chain_hash.hex()}" in result.output
 
 
 def dated(app: Flask, events: list[Event]) -> None:
