@@ -685,6 +685,13 @@ def grouped(write: Callable[[list[str]], list[str]], items: list[str]) -> tuple[
     return [sorted(batch) for batch in batches], outcomes
 
 
+def refusing_bad(batch: list[str]) -> list[str]:
+    """A write that the table refuses when its batch holds "bad"."""
+    if "bad" in batch:
+        raise ValueError("a value the table refuses")
+    return [f"wrote {item}" for item in batch]
+
+
 def test_what_arrives_during_a_write_goes_in_the_next_one_together() -> None:
     batches, outcomes = grouped(lambda batch: [f"wrote {item}" for item in batch], ["a", "b", "c", "d"])
     assert batches == [["a"], ["b", "c", "d"]]
@@ -692,12 +699,7 @@ def test_what_arrives_during_a_write_goes_in_the_next_one_together() -> None:
 
 
 def test_a_failing_item_fails_alone_and_its_batch_mates_are_written() -> None:
-    def write(batch: list[str]) -> list[str]:
-        if "bad" in batch:
-            raise ValueError("a value the table refuses")
-        return [f"wrote {item}" for item in batch]
-
-    batches, outcomes = grouped(write, ["a", "b", "bad", "c"])
+    batches, outcomes = grouped(refusing_bad, ["a", "b", "bad", "c"])
     assert batches[:2] == [["a"], ["b", "bad", "c"]] and sorted(batches[2:]) == [["b"], ["bad"], ["c"]]
     assert isinstance(outcomes.pop("bad"), ValueError)
     assert outcomes == {item: f"wrote {item}" for item in "abc"}
@@ -718,12 +720,7 @@ def test_a_batch_whose_commit_may_have_taken_is_not_written_again() -> None:
 
 
 def test_an_item_that_fails_written_alone_is_not_written_again() -> None:
-    def write(batch: list[str]) -> list[str]:
-        if "bad" in batch:
-            raise ValueError("a value the table refuses")
-        return [f"wrote {item}" for item in batch]
-
-    batches, outcomes = grouped(write, ["bad", "b", "c"])
+    batches, outcomes = grouped(refusing_bad, ["bad", "b", "c"])
     assert batches == [["bad"], ["b", "c"]]
     assert isinstance(outcomes.pop("bad"), ValueError)
     assert outcomes == {item: f"wrote {item}" for item in "bc"}
