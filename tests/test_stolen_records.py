@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import time
+from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
-from portal.models import AuditEvent, Patient
+from portal.models import AuditEvent, HourlyCount, Patient, utcnow
 from portal.services import services
+from portal.stats import hour_of
 
 PHONE = "1-800-555-0100"  # conftest's programme file
 
@@ -402,6 +404,27 @@ def test_an_agent_account_verifying_many_callers_raises_an_alert_that_names_it(
     for n in (0, 0, 1, 2):  # the first caller twice: one person
         assert post_form(agent, "/agent/call", "/agent/call", **typed(person(n))).status_code == 303
     assert alert_lines(caplog) == [("agent-people", f"staff:{alice.id}", 3)]
+
+
+def test_claims_spread_over_many_networks_raise_the_site_wide_alert_against_the_usual_claims(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thief claiming from a new network each time stays under every per-network count: the
+    site-wide claim rate catches them, at ten times the claims the hourly counts remember (two in
+    the week before: 2/7 a day, so the third claim of the day, not the floor's second)."""
+    app = stolen_app(database_url, tmp_path, ALERT_CLAIM_FLOOR="2 per day")
+    with app.app_context():
+        this_hour = hour_of(utcnow())
+        for hours in (1, 30):
+            past = this_hour - timedelta(hours=hours)
+            db.session.add(HourlyCount(hour=past, action="claim", outcome="success", channel="public", count=1))
+        db.session.commit()
+    caplog.set_level(logging.INFO, logger="portal")
+    for n in range(3):
+        browser = at(app, f"198.51.100.{n + 1}")
+        assert verified(lookup(browser, **typed(person(n))))
+        assert browser.post("/claim", data={"csrf_token": csrf(browser, "/exposure")}).status_code == 303
+    assert alert_lines(caplog) == [("claim-rate", None, 3)]
 
 
 def test_with_attack_detection_down_the_attempt_is_answered_recorded_and_the_gap_logged(
