@@ -13,8 +13,8 @@ import logging
 import re
 import secrets
 import time
-from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 

@@ -60,8 +60,10 @@ declare -A own_tests=(
   # Events are raised by every surface: besides their own two files, the tests that read what an
   # event leaves (the actor, head and fields of its row, the alerts it raises, the step-up), not the
   # hundreds of others that merely raise events (each surviving mutant of `record` would run them all).
+  # The alerts' key prefix is checked on Redis only (test_throttle.py, planted by hand).
   [events]="tests/test_events.py tests/test_logs.py
     tests/test_audit.py::test_each_event_publishes_the_new_head_in_its_log_line_and_metrics
+    tests/test_audit.py::test_an_event_the_database_refuses_fails_alone_and_its_batch_mates_are_written
     tests/test_audit.py::test_the_public_site_leaves_its_trail_under_a_session_pseudonym
     tests/test_audit.py::test_every_link_is_the_documented_hmac_that_an_auditor_can_recompute
     tests/test_audit.py::test_threads_of_one_process_share_commits_and_keep_one_unbroken_chain
@@ -70,6 +72,9 @@ declare -A own_tests=(
     tests/test_alerts.py::test_a_thief_through_the_site_is_logged_counted_and_shown
     tests/test_stolen_records.py::test_on_alert_a_success_side_alert_makes_every_claim_ask_for_the_letter
     tests/test_stolen_records.py::test_on_alert_a_step_up_that_cannot_be_read_asks_for_the_letter
+    tests/test_stolen_records.py::test_an_agent_account_verifying_many_callers_raises_an_alert_that_names_it
+    tests/test_stolen_records.py::test_claims_spread_over_many_networks_raise_the_site_wide_alert_against_the_usual_claims
+    tests/test_stolen_records.py::test_with_attack_detection_down_the_attempt_is_answered_recorded_and_the_gap_logged
     tests/test_throttle.py::test_every_attempt_is_recorded_with_who_made_it_and_from_where"
 )
 # Without the fuzzing of every body (three quarters of the file's time, run again by every surviving
