@@ -688,6 +688,21 @@ def test_an_event_the_database_refuses_fails_alone_and_its_batch_mates_are_writt
     assert heads.pop("refused") is None and all(heads.values()) and len(heads) == 3
 
 
+def test_an_alert_goes_out_even_when_its_events_row_cannot_be_written(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alert is raised once a window, by the event whose count reaches the threshold: if that
+    event's row is refused (a database struggling under the very flood that raises it), the alert
+    is still logged, or it would never be raised in that window."""
+    app = make_app(database_url, ALERT_CLIENT_FAILURES="1 per year")
+    execute(app, "DROP TABLE audit_events")
+    caplog.set_level(logging.INFO, logger="portal")
+    with app.app_context(), pytest.raises(DBAPIError):
+        record(Event("verification", "failure", "public", client="192.0.2.1"))
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "portal.alerts"]
+    assert [(line["alert"], line["subject"]) for line in lines] == [("client-failures", "192.0.2.1")]
+
+
 def test_no_imported_identifier_reaches_the_audit_table_its_export_or_the_logs(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
