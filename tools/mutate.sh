@@ -64,6 +64,7 @@ declare -A own_tests=(
   [events]="tests/test_events.py tests/test_logs.py
     tests/test_audit.py::test_each_event_publishes_the_new_head_in_its_log_line_and_metrics
     tests/test_audit.py::test_an_event_the_database_refuses_fails_alone_and_its_batch_mates_are_written
+    tests/test_audit.py::test_an_alert_goes_out_even_when_its_events_row_cannot_be_written
     tests/test_audit.py::test_the_public_site_leaves_its_trail_under_a_session_pseudonym
     tests/test_audit.py::test_every_link_is_the_documented_hmac_that_an_auditor_can_recompute
     tests/test_audit.py::test_threads_of_one_process_share_commits_and_keep_one_unbroken_chain
