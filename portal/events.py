@@ -115,9 +115,10 @@ def record(event: Event) -> None:
         # The new head goes out with the line: the log, kept apart from the database, is what
         # shows a later truncation of the trail (``portal audit verify --expect-head``).
         write(log, logging.INFO, Fields({**vars(entry), "audit_head": head}))
-    for alert in raised:
-        alerts.announce(alert)
-        metrics.observe_event("alert", alert.kind, alert.channel)
+        # Whatever the write did: an alert is raised once a window, by this event alone.
+        for alert in raised:
+            alerts.announce(alert)
+            metrics.observe_event("alert", alert.kind, alert.channel)
 
 
 def _write_events(events: list[Written]) -> list[Head]:

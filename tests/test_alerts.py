@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import REDIS_URL, import_patients, lookup, make_app, patient_row
 from flask import Flask
+from flask.testing import FlaskClient
 from limits.storage import MemoryStorage, storage_from_string
 from test_dashboard import signed_in
 from test_public import add_codes, post_with_token
@@ -172,6 +174,7 @@ def test_a_live_alert_is_logged_counted_and_raised_once(database_url: str, caplo
     assert import_patients(app, [patient_row()]) == []
     caplog.set_level(logging.INFO, logger="portal")
     client = app.test_client()
+    before = event_metrics(client)
     for _ in range(4):
         lookup(client, last_name="Nobody", date_of_birth="1970-01-01", zip_code="10001", ssn_last4="0000")
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "portal.alerts"]
@@ -179,6 +182,18 @@ def test_a_live_alert_is_logged_counted_and_raised_once(database_url: str, caplo
     with app.app_context():
         counted = db.session.scalar(sa.select(HourlyCount.count).where(HourlyCount.action == "alert"))
     assert counted == 1
+    after = event_metrics(client)  # (the counters are the process's: what these requests added)
+    assert {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)} == {
+        'portal_verifications_total{channel="public",outcome="failure"}': 4,
+        'portal_alerts_total{channel="public",kind="client-failures"}': 1,
+    }
+
+
+def event_metrics(client: FlaskClient) -> dict[str, float]:
+    """The events' and alerts' counters as /metrics shows them."""
+    text = client.get("/metrics").get_data(as_text=True)
+    found = re.findall(r"^(portal_(?:verifications|claims|alerts)_total\{.*\}) (\S+)$", text, re.MULTILINE)
+    return {name: float(value) for name, value in found}
 
 
 # --- Successes: the thief who holds the stolen records ----------------------------------------

@@ -757,6 +757,77 @@ def test_a_lost_connection_is_told_apart_from_a_refused_write(pg_app: Flask, tri
             assert connection.scalar(sa.text("SELECT count(*) FROM audit_events")) == 0
 
 
+REFUSE_A_ROW = {  # a trigger refusing the rows of one outcome, as a check constraint or a full disk would
+    "sqlite": "CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.outcome = 'refused' "
+    "BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    "postgresql": "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF NEW.outcome = 'refused' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$; "
+    "CREATE TRIGGER refuse BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse()",
+}
+
+
+def test_an_event_the_database_refuses_fails_alone_and_its_batch_mates_are_written(
+    app: Flask, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's own writer: three events queue behind one being written and go in together; the
+    database refuses one of them, which is no lost connection, so the other two are written alone
+    and only the refused one fails, its line with no head (it is in no trail)."""
+    with app.app_context(), db.engine.begin() as connection:
+        connection.exec_driver_sql(REFUSE_A_ROW[connection.dialect.name])
+    writer: GroupCommit[Any, Head] = app.extensions["portal.audit_writer"]
+    write, writing, release, batches = writer._write, threading.Event(), threading.Event(), []
+
+    def held(batch: list[Any]) -> list[Head]:
+        batches.append(len(batch))
+        if len(batches) == 1:
+            writing.set()
+            release.wait(30)
+        return write(batch)
+
+    monkeypatch.setattr(writer, "_write", held)
+    caplog.set_level(logging.INFO, logger="portal.events")
+    failed: dict[str, Exception] = {}
+
+    def submit(outcome: str) -> None:
+        with app.app_context():
+            try:
+                record(Event("verification", outcome, "cli"))
+            except DBAPIError as error:
+                failed[outcome] = error
+
+    threads = [threading.Thread(target=submit, args=(outcome,)) for outcome in ("first", "a", "refused", "b")]
+    threads[0].start()
+    writing.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.3)  # the other three wait for the first's write
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert batches == [1, 3, 1, 1, 1] and list(failed) == ["refused"]
+    with app.app_context():
+        written = db.session.scalars(sa.select(AuditEvent.outcome)).all()
+    assert sorted(written) == ["a", "b", "first"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "portal.events"]
+    heads = {line["outcome"]: line["audit_head"] for line in lines}
+    assert heads.pop("refused") is None and all(heads.values()) and len(heads) == 3
+
+
+def test_an_alert_goes_out_even_when_its_events_row_cannot_be_written(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alert is raised once a window, by the event whose count reaches the threshold: if that
+    event's row is refused (a database struggling under the very flood that raises it), the alert
+    is still logged, or it would never be raised in that window."""
+    app = make_app(database_url, ALERT_CLIENT_FAILURES="1 per year")
+    execute(app, "DROP TABLE audit_events")
+    caplog.set_level(logging.INFO, logger="portal")
+    with app.app_context(), pytest.raises(DBAPIError):
+        record(Event("verification", "failure", "public", client="192.0.2.1"))
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "portal.alerts"]
+    assert [(line["alert"], line["subject"]) for line in lines] == [("client-failures", "192.0.2.1")]
+
+
 def test_no_imported_identifier_reaches_the_audit_table_its_export_or_the_logs(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import csrf_token, import_patients, lookup, make_app, patient_row
+from flask import Flask
+
+from portal.events import Event, record
+from portal.extensions import db
+from portal.models import AuditEvent
 
 
 def event_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
@@ -86,3 +93,24 @@ def test_events_and_requests_are_written_without_any_logging_set_up(database_url
         ("POST", "public.lookup", 200, "INFO"),
     ]
     assert requests[1]["request_id"] == written[0]["request_id"] and requests[1]["time"].endswith("Z")
+
+
+def test_a_commands_events_name_its_user_cut_to_40_characters_or_unknown(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside a request the actor is the command line's user (cut to fit the trail's column);
+    a user with no name (a container's bare uid) is still recorded, as unknown."""
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("LOGNAME", "operator-" + "x" * 60)
+    with app.app_context():
+        record(Event("import", "started", "cli"))
+        monkeypatch.delenv("LOGNAME")
+        monkeypatch.setattr(pwd, "getpwuid", no_such_user)
+        record(Event("import", "finished", "cli"))
+        actors = dict(db.session.execute(sa.select(AuditEvent.outcome, AuditEvent.actor)).all())
+    assert actors == {"started": "cli:operator-" + "x" * 31, "finished": "cli:unknown"}
+
+
+def no_such_user(uid: int) -> pwd.struct_passwd:
+    raise KeyError(f"getpwuid(): uid not found: {uid}")

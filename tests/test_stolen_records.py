@@ -8,10 +8,13 @@ thief against gunicorn on Redis.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,9 @@ from portal.config import DEFAULTS
 from portal.extensions import db
 from portal.identity import format_reference
 from portal.importer import import_codes
-from portal.models import AuditEvent, Patient
+from portal.models import AuditEvent, HourlyCount, Patient, utcnow
 from portal.services import services
+from portal.stats import hour_of
 
 PHONE = "1-800-555-0100"  # conftest's programme file
 
@@ -378,6 +382,67 @@ def test_on_alert_a_step_up_that_cannot_be_read_asks_for_the_letter(
     assert browser.post("/claim", data={"csrf_token": csrf(browser, "/exposure")}).status_code == 400
     answer = browser.post("/claim", data={"csrf_token": csrf(browser, "/exposure"), "reference": reference_of(app, 0)})
     assert answer.headers["Location"] == "/code"
+
+
+def alert_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str | None, int]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "portal.alerts"]
+    return [(line["alert"], line["subject"], line["count"]) for line in lines]
+
+
+def test_an_agent_account_verifying_many_callers_raises_an_alert_that_names_it(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Right answers are watched too: a stolen agent account reading out the stolen records, one
+    caller after another, raises the agent alert under that account's name (the event's actor is
+    the signed-in agent, which detection must see); another agent's callers are their own count."""
+    app = stolen_app(database_url, tmp_path, ALERT_AGENT_PEOPLE="3 per year")
+    alice, bob = make_staff(app), make_staff(app, "bob")
+    agent, other = signed_in(app, alice), signed_in(app, bob)
+    caplog.set_level(logging.INFO, logger="portal")
+    for n in range(2):
+        assert post_form(other, "/agent/call", "/agent/call", **typed(person(n))).status_code == 303
+    for n in (0, 0, 1, 2):  # the first caller twice: one person
+        assert post_form(agent, "/agent/call", "/agent/call", **typed(person(n))).status_code == 303
+    assert alert_lines(caplog) == [("agent-people", f"staff:{alice.id}", 3)]
+
+
+def test_claims_spread_over_many_networks_raise_the_site_wide_alert_against_the_usual_claims(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thief claiming from a new network each time stays under every per-network count: the
+    site-wide claim rate catches them, at ten times the claims the hourly counts remember (two in
+    the week before: 2/7 a day, so the third claim of the day, not the floor's second)."""
+    app = stolen_app(database_url, tmp_path, ALERT_CLAIM_FLOOR="2 per day")
+    with app.app_context():
+        this_hour = hour_of(utcnow())
+        for hours in (1, 30):
+            past = this_hour - timedelta(hours=hours)
+            db.session.add(HourlyCount(hour=past, action="claim", outcome="success", channel="public", count=1))
+        db.session.commit()
+    caplog.set_level(logging.INFO, logger="portal")
+    for n in range(3):
+        browser = at(app, f"198.51.100.{n + 1}")
+        assert verified(lookup(browser, **typed(person(n))))
+        assert browser.post("/claim", data={"csrf_token": csrf(browser, "/exposure")}).status_code == 303
+    assert alert_lines(caplog) == [("claim-rate", None, 3)]
+
+
+def test_with_attack_detection_down_the_attempt_is_answered_recorded_and_the_gap_logged(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detection counts in the limit store: while it is down the person is answered and the event
+    written as ever, and the operators read why no alert can come (the limits fall back to memory)."""
+    app = stolen_app(database_url, tmp_path)
+
+    def store_down(*_args: Any) -> list[Any]:
+        raise RedisError("alert store lost")
+
+    monkeypatch.setattr(app.extensions["portal.detector"], "observe", store_down)
+    caplog.set_level(logging.INFO, logger="portal")
+    assert verified(lookup(at(app, "192.0.2.1"), **typed(person(0))))
+    assert outcomes(app, "verification") == ["success"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["attack detection unavailable: RedisError"]
 
 
 def test_an_agent_verifies_no_more_people_than_the_attempt_budget_successes_included(

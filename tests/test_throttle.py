@@ -19,7 +19,7 @@ import portal.identity
 from portal import throttle, verification
 from portal.errors import RETRY_AFTER_SECONDS
 from portal.extensions import db, limiter
-from portal.models import AuditEvent
+from portal.models import AuditEvent, HourlyCount
 from portal.network import client_key, client_network, recorded_client
 
 KNOWN = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
@@ -456,3 +456,24 @@ def test_portals_sharing_one_redis_under_other_prefixes_count_apart(tmp_path) ->
     )
     assert [attempt(first, UNKNOWN, "0000", "10.3.0.1")[0] for _ in range(2)] == [200, 429]
     assert attempt(second, UNKNOWN, "0000", "10.3.0.2")[0] == 200
+
+
+@pytest.mark.redis
+def test_portals_sharing_one_redis_under_other_prefixes_raise_their_own_alerts(tmp_path) -> None:
+    """Attack detection counts in the same store as the limits, under the same prefix: another
+    portal's failures from an address never add up to an alert here."""
+    settings = {"RATELIMIT_STORAGE_URI": REDIS_URL, "ALERT_CLIENT_FAILURES": "2 per year"}
+    first = make_app(f"sqlite:///{tmp_path / 'a.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **settings)
+    keys = {name: first.config[name] for name in ("IDENTIFIER_KEY", "CODE_KEY", "SECRET_KEY")}
+    second = make_app(
+        f"sqlite:///{tmp_path / 'b.sqlite3'}", RATELIMIT_KEY_PREFIX=secrets.token_hex(4), **settings, **keys
+    )
+
+    def counted_alerts(app: Flask) -> int:
+        with app.app_context():
+            return sum(db.session.scalars(select(HourlyCount.count).where(HourlyCount.action == "alert")))
+
+    assert [attempt(app, UNKNOWN, "0000", "10.3.0.9")[0] for app in (first, second)] == [200, 200]
+    assert (counted_alerts(first), counted_alerts(second)) == (0, 0)
+    assert attempt(second, UNKNOWN, "0000", "10.3.0.9")[0] == 200
+    assert (counted_alerts(first), counted_alerts(second)) == (0, 1)

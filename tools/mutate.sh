@@ -57,7 +57,26 @@ declare -A own_tests=(
   [alerts]="tests/test_alerts.py"
   [retention]="tests/test_purge.py"
   [letters]="tests/test_agent.py tests/test_import.py"
-  [events]="tests/test_events.py tests/test_logs.py"
+  # Events are raised by every surface: besides their own two files, the tests that read what an
+  # event leaves (the actor, head and fields of its row, the alerts it raises, the step-up), not the
+  # hundreds of others that merely raise events (each surviving mutant of `record` would run them all).
+  # The alerts' key prefix is checked on Redis only (test_throttle.py, planted by hand).
+  [events]="tests/test_events.py tests/test_logs.py
+    tests/test_audit.py::test_each_event_publishes_the_new_head_in_its_log_line_and_metrics
+    tests/test_audit.py::test_an_event_the_database_refuses_fails_alone_and_its_batch_mates_are_written
+    tests/test_audit.py::test_an_alert_goes_out_even_when_its_events_row_cannot_be_written
+    tests/test_audit.py::test_the_public_site_leaves_its_trail_under_a_session_pseudonym
+    tests/test_audit.py::test_every_link_is_the_documented_hmac_that_an_auditor_can_recompute
+    tests/test_audit.py::test_threads_of_one_process_share_commits_and_keep_one_unbroken_chain
+    tests/test_agent.py::test_the_audit_trails_days_are_whole_and_inclusive_and_other_actors_show_as_they_are
+    tests/test_alerts.py::test_a_live_alert_is_logged_counted_and_raised_once
+    tests/test_alerts.py::test_a_thief_through_the_site_is_logged_counted_and_shown
+    tests/test_stolen_records.py::test_on_alert_a_success_side_alert_makes_every_claim_ask_for_the_letter
+    tests/test_stolen_records.py::test_on_alert_a_step_up_that_cannot_be_read_asks_for_the_letter
+    tests/test_stolen_records.py::test_an_agent_account_verifying_many_callers_raises_an_alert_that_names_it
+    tests/test_stolen_records.py::test_claims_spread_over_many_networks_raise_the_site_wide_alert_against_the_usual_claims
+    tests/test_stolen_records.py::test_with_attack_detection_down_the_attempt_is_answered_recorded_and_the_gap_logged
+    tests/test_throttle.py::test_every_attempt_is_recorded_with_who_made_it_and_from_where"
 )
 # Without the fuzzing of every body (three quarters of the file's time, run again by every surviving
 # mutant); it finds answers of 500, which the other tests of the file look for status by status.
