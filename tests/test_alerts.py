@@ -185,6 +185,11 @@ def test_a_live_alert_is_logged_counted_and_raised_once(database_url: str, caplo
 
 STORES = [pytest.param("memory", id="memory"), pytest.param("redis", id="redis", marks=pytest.mark.redis)]
 MakeDetector = Callable[..., alerts.Detector]
+Curve = Callable[[datetime], float]  # the usual count a minute at a moment
+
+
+def no_history(_: datetime) -> float:
+    return 0.0
 
 
 @pytest.fixture(params=STORES)
@@ -194,12 +199,12 @@ def make_detector(request: pytest.FixtureRequest) -> MakeDetector:
     memory = MemoryStorage()
     prefix = f"test-{secrets.token_hex(6)}"  # a test's own keys on the shared Redis
 
-    def make(usual_claims_per_minute: float = 0.0, **settings: Any) -> alerts.Detector:
+    def make(usual_failures: Curve = no_history, usual_claims: Curve = no_history, **settings: Any) -> alerts.Detector:
         return alerts.Detector(
             alerts.Thresholds.from_config({**DEFAULTS, **settings}),
             memory if request.param == "memory" else storage_from_string(REDIS_URL),
-            lambda _: 0.0,
-            lambda _: usual_claims_per_minute,
+            usual_failures,
+            usual_claims,
             client_key,
             client_network,
             prefix,
@@ -281,12 +286,99 @@ def test_the_same_person_verified_again_is_counted_once(make_detector: MakeDetec
     assert kinds_raised(detector, others) == [(3, kind)]  # four others make five people
 
 
-def test_the_claim_rate_is_measured_against_its_usual_curve(make_detector: MakeDetector) -> None:
-    """Two claims a minute usually: ten times that, not the floor of five, raises the alert."""
-    _, event, _ = SIGNALS["claim-rate"]
-    detector = make_detector(usual_claims_per_minute=2.0, ALERT_CLAIM_FLOOR="5 per minute")
-    claims = [event(n, DAY + timedelta(seconds=n)) for n in range(30)]
-    assert [n for n, kind in kinds_raised(detector, claims) if kind == "claim-rate"] == [19]
+@pytest.mark.parametrize(("kind", "usual"), [("claim-rate", "claims"), ("failure-rate", "failures")])
+def test_a_site_wide_rate_is_measured_against_its_usual_curve(
+    make_detector: MakeDetector, kind: str, usual: str
+) -> None:
+    """1.5 a minute usually at this hour, 15 in a window of ten minutes: ten times that, not the
+    floor of five (nor the usual of another hour), raises the alert."""
+    setting, event, _ = {**SIGNALS, **FAILURES}[kind]
+    detector = make_detector(**{f"usual_{usual}": lambda at: 1.5 if at.hour == 0 else 0.0, setting: "5 per 10 minutes"})
+    events = [event(n, DAY + timedelta(seconds=n)) for n in range(200)]
+    assert [n for n, k in kinds_raised(detector, events) if k == kind] == [149]
+
+
+# --- Failures: someone guessing ------------------------------------------------------------------
+
+# kind: its setting, the n-th event that counts towards it at a moment, and what the alert names.
+FAILURES: dict[str, tuple[str, Callable[[int, datetime], Seen], str | None]] = {
+    "failure-rate": (
+        "ALERT_FAILURE_FLOOR",
+        lambda n, at: Seen(at, "verification", "failure", "public", f"10.{n % 250}.0.1", None),
+        None,
+    ),
+    "person-limits": (  # refused by the person's limit on one surface, or by the one they share
+        "ALERT_PERSON_LIMITS",
+        lambda n, at: Seen(
+            at, "verification", "throttled:verify-person" + ("-public" if n % 2 else ""), "public", f"10.{n}.0.1", None
+        ),
+        None,
+    ),
+    "client-failures": (
+        "ALERT_CLIENT_FAILURES",
+        lambda n, at: Seen(at, "verification", "failure", "public", f"2001:db8:bad:1:{n + 1:x}::1", None),
+        "2001:db8:bad:1::/64",
+    ),
+    "partner-failures": (
+        "ALERT_PARTNER_FAILURES",
+        lambda n, at: Seen(at, "verification", "failure", "api", f"203.0.113.{n + 1}", "api-key:7"),
+        "api-key:7",
+    ),
+    "agent-failures": (
+        "ALERT_AGENT_FAILURES",
+        lambda n, at: Seen(at, "verification", "failure", "agent", "10.0.0.5", "staff:3"),
+        "staff:3",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", FAILURES)
+def test_each_failure_signal_fires_at_its_threshold_once_a_window_and_starts_no_step_up(
+    make_detector: MakeDetector, kind: str
+) -> None:
+    """Only its own signal: a partner's failures are no agent's (whose threshold is five in ten
+    minutes by default), and a guesser, who holds nothing, is no reason to ask for the letter."""
+    setting, event, subject = FAILURES[kind]
+    detector = make_detector(**{setting: "5 per minute"})
+    minute = DAY.replace(hour=10)
+    assert kinds_raised(detector, [event(n, minute + timedelta(seconds=n)) for n in range(12)]) == [(4, kind)]
+    later = [event(n, minute + timedelta(minutes=1, seconds=n)) for n in range(5)]
+    assert [alert for e in later for alert in observe(detector, e)] == [
+        alerts.Alert(kind, later[0].channel, 5, 60, minute + timedelta(minutes=1), subject)
+    ]
+    assert not detector.step_up_active(minute + timedelta(minutes=1))
+
+
+def test_only_failed_and_refused_verifications_count_as_guessing(make_detector: MakeDetector) -> None:
+    """A refusal by another limit is a failure, but not a person's limit; a success, a claim that
+    hands out nothing and any other event are no guessing."""
+    detector = make_detector(
+        ALERT_FAILURE_FLOOR="3 per minute", ALERT_PERSON_LIMITS="1 per minute", ALERT_CLIENT_FAILURES="3 per minute"
+    )
+    at = DAY.replace(hour=10)
+    others = [("verification", "success"), ("verification", "viewed"), ("exposure", "failure"), ("claim", "failure")]
+    others += [("claim", outcome) for outcome in ("repeat", "pool-empty", "busy", "letter-mismatch")]
+    assert kinds_raised(detector, [Seen(at, *other, "public", "192.0.2.9", None) for other in others * 3]) == []
+    refused = [Seen(at, "verification", "throttled:verify-client", "public", "192.0.2.9", None)] * 3
+    assert kinds_raised(detector, refused) == [(2, "failure-rate"), (2, "client-failures")]
+
+
+def test_the_usual_rate_is_read_once_an_hour_unless_its_time_ran_out() -> None:
+    """A process reads the week's counts again only for another hour (a replayed day sees its own
+    past) or once its time-to-live is over; in between, every event gets the rate it read."""
+    reads: list[datetime] = []
+
+    def read(at: datetime) -> float:
+        reads.append(at)
+        return at.hour + at.minute / 100
+
+    rate, ten = alerts.CachedRate(read), DAY.replace(hour=10)
+    moments = [ten + timedelta(minutes=m, seconds=s, microseconds=m * s) for m in (0, 1, 59) for s in (0, 1, 59)]
+    assert [rate(at) for at in moments] == [10.0] * 9 and reads == [ten]
+    assert rate(ten + timedelta(hours=1)) == 11.0 and rate(ten + timedelta(minutes=30)) == 10.3
+    assert reads == [ten, ten + timedelta(hours=1), ten + timedelta(minutes=30)]
+    expired = alerts.CachedRate(read, ttl=0)
+    assert [expired(ten), expired(ten + timedelta(minutes=1))] == [10.0, 10.01]
 
 
 def stolen_claims(start: datetime, typos: bool) -> History:
