@@ -284,6 +284,8 @@ def test_the_same_person_verified_again_is_counted_once(make_detector: MakeDetec
     others = [event(n, DAY + timedelta(minutes=1, seconds=n)) for n in range(1, 6)]
     assert kinds_raised(detector, again) == []
     assert kinds_raised(detector, others) == [(3, kind)]  # four others make five people
+    alone = make_detector(**{setting: "1 per hour"})
+    assert kinds_raised(alone, [event(0, DAY + timedelta(days=1, seconds=s)) for s in range(3)]) == [(0, kind)]
 
 
 @pytest.mark.parametrize(("kind", "usual"), [("claim-rate", "claims"), ("failure-rate", "failures")])
@@ -350,17 +352,56 @@ def test_each_failure_signal_fires_at_its_threshold_once_a_window_and_starts_no_
 
 
 def test_only_failed_and_refused_verifications_count_as_guessing(make_detector: MakeDetector) -> None:
-    """A refusal by another limit is a failure, but not a person's limit; a success, a claim that
-    hands out nothing and any other event are no guessing."""
+    """A refusal by another limit is a failure, but not a person's limit; a claim that hands out
+    nothing and any other event are no guessing, and nothing but a success counts a person."""
     detector = make_detector(
-        ALERT_FAILURE_FLOOR="3 per minute", ALERT_PERSON_LIMITS="1 per minute", ALERT_CLIENT_FAILURES="3 per minute"
+        ALERT_FAILURE_FLOOR="3 per minute",
+        ALERT_PERSON_LIMITS="1 per minute",
+        ALERT_CLIENT_FAILURES="3 per minute",
+        ALERT_CLIENT_PEOPLE="1 per minute",
     )
     at = DAY.replace(hour=10)
-    others = [("verification", "success"), ("verification", "viewed"), ("exposure", "failure"), ("claim", "failure")]
+    others = [("verification", "viewed"), ("exposure", "failure"), ("claim", "failure")]
     others += [("claim", outcome) for outcome in ("repeat", "pool-empty", "busy", "letter-mismatch")]
-    assert kinds_raised(detector, [Seen(at, *other, "public", "192.0.2.9", None) for other in others * 3]) == []
-    refused = [Seen(at, "verification", "throttled:verify-client", "public", "192.0.2.9", None)] * 3
+    events = [Seen(at, *other, "public", "192.0.2.9", None, f"ref-{n}") for n, other in enumerate(others * 3)]
+    assert kinds_raised(detector, events) == []
+    refused = [Seen(at, "verification", "throttled:verify-client", "public", "192.0.2.9", None, "ref-0")] * 3
     assert kinds_raised(detector, refused) == [(2, "failure-rate"), (2, "client-failures")]
+
+
+def test_each_success_counts_for_its_own_channels_subject_only(make_detector: MakeDetector) -> None:
+    """The network signals count the public site: a partner's server and the call center verify and
+    claim for many people each, and are counted per key and per agent (an agent's claims not at all)."""
+    each = "1 per hour"
+    detector = make_detector(
+        ALERT_CLIENT_PEOPLE=each, ALERT_CLIENT_CLAIMS=each, ALERT_PARTNER_CLAIMS=each, ALERT_AGENT_PEOPLE=each
+    )
+    successes = [
+        e
+        for n, (channel, actor) in enumerate([("api", "api-key:7"), ("agent", "staff:3"), ("public", None)])
+        for e in person(DAY, channel, f"192.0.2.{n + 1}", actor, f"ref-{n}")
+    ]
+    raised = [(n, alert.kind, alert.subject) for n, e in enumerate(successes) for alert in observe(detector, e)]
+    assert raised == [
+        (1, "partner-claims", "api-key:7"),
+        (2, "agent-people", "staff:3"),
+        (4, "client-people", "192.0.2.0/24"),
+        (5, "client-claims", "192.0.2.0/24"),
+    ]
+
+
+def test_a_partners_and_an_agents_failures_count_for_their_own_key_only(make_detector: MakeDetector) -> None:
+    """Per key on its own channel: an agent's failures are no partner's, and a failure without a
+    key (or on the public site) is counted for no key."""
+    detector = make_detector(ALERT_PARTNER_FAILURES="1 per minute", ALERT_AGENT_FAILURES="1 per minute")
+    at = DAY.replace(hour=10)
+    failures = [("agent", "staff:3"), ("api", "api-key:7"), ("public", "x"), ("api", None), ("agent", None)]
+    raised = [
+        (n, alert.kind, alert.subject)
+        for n, (channel, actor) in enumerate(failures)
+        for alert in observe(detector, Seen(at, "verification", "failure", channel, "192.0.2.9", actor))
+    ]
+    assert raised == [(0, "agent-failures", "staff:3"), (1, "partner-failures", "api-key:7")]
 
 
 def test_the_usual_rate_is_read_once_an_hour_unless_its_time_ran_out() -> None:
@@ -455,6 +496,39 @@ def test_processes_share_the_counts_the_alerts_and_the_step_up(make_detector: Ma
         raised += observe(one if n % 2 else two, event(n, at)) + observe(two if n % 2 else one, event(n, at))
     assert [(a.kind, a.count) for a in raised] == [("client-people", 6)]
     assert one.step_up_active(DAY + timedelta(minutes=1)) and two.step_up_active(DAY + timedelta(minutes=1))
+
+
+def test_processes_raise_the_success_share_once_and_then_ask_the_store_no_more(make_detector: MakeDetector) -> None:
+    """The share's alert is flagged in the store for the whole window, so the other process does not
+    raise it again; each process asks for that flag once, and its later successes only count."""
+    one, two = (make_detector(ALERT_SUCCESS_SHARE_MINIMUM="6 per hour") for _ in range(2))
+    raised = []
+    for n in range(12):
+        at = DAY + timedelta(minutes=n)
+        raised += observe(one if n % 2 else two, Seen(at, "verification", "success", "public", f"10.{n}.0.1", None))
+    assert [(a.kind, a.count) for a in raised] == [("success-share", 6)]
+    flag = f"{one.key_prefix}:success-share:-:{int(DAY.timestamp()) // 3600}:raised"
+    assert one.counters.get(flag) == 2  # once by the process that raised it, once by the other
+
+
+def test_the_success_share_alerts_only_above_its_share(make_detector: MakeDetector) -> None:
+    """19 successes and a failure are 95 %, the default share, and not above it: the 20th success is."""
+    detector = make_detector(ALERT_SUCCESS_SHARE_MINIMUM="19 per hour")
+    verifications = [Seen(DAY, "verification", "failure", "public", "10.0.0.1", None)]
+    verifications += [Seen(DAY, "verification", "success", "public", f"10.{n}.0.1", None) for n in range(20)]
+    assert kinds_raised(detector, verifications) == [(20, "success-share")]
+
+
+def test_portals_sharing_one_store_under_other_prefixes_count_apart() -> None:
+    store = MemoryStorage()
+    thresholds = alerts.Thresholds.from_config({**DEFAULTS, "ALERT_CLIENT_FAILURES": "2 per minute"})
+    one, other = (
+        alerts.Detector(thresholds, store, no_history, no_history, client_key, client_network, prefix)
+        for prefix in ("one", "other")
+    )
+    failure = Seen(DAY, "verification", "failure", "public", "192.0.2.9", None)
+    assert kinds_raised(one, [failure]) == kinds_raised(other, [failure]) == []
+    assert kinds_raised(one, [failure]) == [(0, "client-failures")]
 
 
 def test_a_thief_through_the_site_is_logged_counted_and_shown(
