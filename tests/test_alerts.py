@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -509,6 +510,7 @@ def test_processes_raise_the_success_share_once_and_then_ask_the_store_no_more(m
     assert [(a.kind, a.count) for a in raised] == [("success-share", 6)]
     flag = f"{one.key_prefix}:success-share:-:{int(DAY.timestamp()) // 3600}:raised"
     assert one.counters.get(flag) == 2  # once by the process that raised it, once by the other
+    assert one.counters.get_expiry(flag) > time.time() + 3600  # beyond any moment of its window
 
 
 def test_the_success_share_alerts_only_above_its_share(make_detector: MakeDetector) -> None:
