@@ -285,7 +285,7 @@ def test_the_same_person_verified_again_is_counted_once(make_detector: MakeDetec
     others = [event(n, DAY + timedelta(minutes=1, seconds=n)) for n in range(1, 6)]
     assert kinds_raised(detector, again) == []
     assert kinds_raised(detector, others) == [(3, kind)]  # four others make five people
-    alone = make_detector(**{setting: "1 per hour"})
+    alone = make_detector(**{setting: "1 per hour"})  # at a threshold of one, a repeat is still no second alert
     assert kinds_raised(alone, [event(0, DAY + timedelta(days=1, seconds=s)) for s in range(3)]) == [(0, kind)]
 
 
