@@ -9,6 +9,7 @@ import logging
 import random
 import re
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -200,6 +201,11 @@ def event_metrics(client: FlaskClient) -> dict[str, float]:
 
 STORES = [pytest.param("memory", id="memory"), pytest.param("redis", id="redis", marks=pytest.mark.redis)]
 MakeDetector = Callable[..., alerts.Detector]
+Curve = Callable[[datetime], float]  # the usual count a minute at a moment
+
+
+def no_history(_: datetime) -> float:
+    return 0.0
 
 
 @pytest.fixture(params=STORES)
@@ -209,12 +215,12 @@ def make_detector(request: pytest.FixtureRequest) -> MakeDetector:
     memory = MemoryStorage()
     prefix = f"test-{secrets.token_hex(6)}"  # a test's own keys on the shared Redis
 
-    def make(usual_claims_per_minute: float = 0.0, **settings: Any) -> alerts.Detector:
+    def make(usual_failures: Curve = no_history, usual_claims: Curve = no_history, **settings: Any) -> alerts.Detector:
         return alerts.Detector(
             alerts.Thresholds.from_config({**DEFAULTS, **settings}),
             memory if request.param == "memory" else storage_from_string(REDIS_URL),
-            lambda _: 0.0,
-            lambda _: usual_claims_per_minute,
+            usual_failures,
+            usual_claims,
             client_key,
             client_network,
             prefix,
@@ -294,14 +300,142 @@ def test_the_same_person_verified_again_is_counted_once(make_detector: MakeDetec
     others = [event(n, DAY + timedelta(minutes=1, seconds=n)) for n in range(1, 6)]
     assert kinds_raised(detector, again) == []
     assert kinds_raised(detector, others) == [(3, kind)]  # four others make five people
+    alone = make_detector(**{setting: "1 per hour"})  # at a threshold of one, a repeat is still no second alert
+    assert kinds_raised(alone, [event(0, DAY + timedelta(days=1, seconds=s)) for s in range(3)]) == [(0, kind)]
 
 
-def test_the_claim_rate_is_measured_against_its_usual_curve(make_detector: MakeDetector) -> None:
-    """Two claims a minute usually: ten times that, not the floor of five, raises the alert."""
-    _, event, _ = SIGNALS["claim-rate"]
-    detector = make_detector(usual_claims_per_minute=2.0, ALERT_CLAIM_FLOOR="5 per minute")
-    claims = [event(n, DAY + timedelta(seconds=n)) for n in range(30)]
-    assert [n for n, kind in kinds_raised(detector, claims) if kind == "claim-rate"] == [19]
+@pytest.mark.parametrize(("kind", "usual"), [("claim-rate", "claims"), ("failure-rate", "failures")])
+def test_a_site_wide_rate_is_measured_against_its_usual_curve(
+    make_detector: MakeDetector, kind: str, usual: str
+) -> None:
+    """1.5 a minute usually at this hour, 15 in a window of ten minutes: ten times that, not the
+    floor of five (nor the usual of another hour), raises the alert."""
+    setting, event, _ = {**SIGNALS, **FAILURES}[kind]
+    detector = make_detector(**{f"usual_{usual}": lambda at: 1.5 if at.hour == 0 else 0.0, setting: "5 per 10 minutes"})
+    events = [event(n, DAY + timedelta(seconds=n)) for n in range(200)]
+    assert [n for n, k in kinds_raised(detector, events) if k == kind] == [149]
+
+
+# --- Failures: someone guessing ------------------------------------------------------------------
+
+# kind: its setting, the n-th event that counts towards it at a moment, and what the alert names.
+FAILURES: dict[str, tuple[str, Callable[[int, datetime], Seen], str | None]] = {
+    "failure-rate": (
+        "ALERT_FAILURE_FLOOR",
+        lambda n, at: Seen(at, "verification", "failure", "public", f"10.{n % 250}.0.1", None),
+        None,
+    ),
+    "person-limits": (  # refused by the person's limit on one surface, or by the one they share
+        "ALERT_PERSON_LIMITS",
+        lambda n, at: Seen(
+            at, "verification", "throttled:verify-person" + ("-public" if n % 2 else ""), "public", f"10.{n}.0.1", None
+        ),
+        None,
+    ),
+    "client-failures": (
+        "ALERT_CLIENT_FAILURES",
+        lambda n, at: Seen(at, "verification", "failure", "public", f"2001:db8:bad:1:{n + 1:x}::1", None),
+        "2001:db8:bad:1::/64",
+    ),
+    "partner-failures": (
+        "ALERT_PARTNER_FAILURES",
+        lambda n, at: Seen(at, "verification", "failure", "api", f"203.0.113.{n + 1}", "api-key:7"),
+        "api-key:7",
+    ),
+    "agent-failures": (
+        "ALERT_AGENT_FAILURES",
+        lambda n, at: Seen(at, "verification", "failure", "agent", "10.0.0.5", "staff:3"),
+        "staff:3",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", FAILURES)
+def test_each_failure_signal_fires_at_its_threshold_once_a_window_and_starts_no_step_up(
+    make_detector: MakeDetector, kind: str
+) -> None:
+    """Only its own signal: a partner's failures are no agent's (whose threshold is five in ten
+    minutes by default), and a guesser, who holds nothing, is no reason to ask for the letter."""
+    setting, event, subject = FAILURES[kind]
+    detector = make_detector(**{setting: "5 per minute"})
+    minute = DAY.replace(hour=10)
+    assert kinds_raised(detector, [event(n, minute + timedelta(seconds=n)) for n in range(12)]) == [(4, kind)]
+    later = [event(n, minute + timedelta(minutes=1, seconds=n)) for n in range(5)]
+    assert [alert for e in later for alert in observe(detector, e)] == [
+        alerts.Alert(kind, later[0].channel, 5, 60, minute + timedelta(minutes=1), subject)
+    ]
+    assert not detector.step_up_active(minute + timedelta(minutes=1))
+
+
+def test_only_failed_and_refused_verifications_count_as_guessing(make_detector: MakeDetector) -> None:
+    """A refusal by another limit is a failure, but not a person's limit; a claim that hands out
+    nothing and any other event are no guessing, and nothing but a success counts a person."""
+    detector = make_detector(
+        ALERT_FAILURE_FLOOR="3 per minute",
+        ALERT_PERSON_LIMITS="1 per minute",
+        ALERT_CLIENT_FAILURES="3 per minute",
+        ALERT_CLIENT_PEOPLE="1 per minute",
+    )
+    at = DAY.replace(hour=10)
+    others = [("verification", "viewed"), ("exposure", "failure"), ("claim", "failure")]
+    others += [("claim", outcome) for outcome in ("repeat", "pool-empty", "busy", "letter-mismatch")]
+    events = [Seen(at, *other, "public", "192.0.2.9", None, f"ref-{n}") for n, other in enumerate(others * 3)]
+    assert kinds_raised(detector, events) == []
+    refused = [Seen(at, "verification", "throttled:verify-client", "public", "192.0.2.9", None, "ref-0")] * 3
+    assert kinds_raised(detector, refused) == [(2, "failure-rate"), (2, "client-failures")]
+
+
+def test_each_success_counts_for_its_own_channels_subject_only(make_detector: MakeDetector) -> None:
+    """The network signals count the public site: a partner's server and the call center verify and
+    claim for many people each, and are counted per key and per agent (an agent's claims not at all)."""
+    each = "1 per hour"
+    detector = make_detector(
+        ALERT_CLIENT_PEOPLE=each, ALERT_CLIENT_CLAIMS=each, ALERT_PARTNER_CLAIMS=each, ALERT_AGENT_PEOPLE=each
+    )
+    successes = [
+        e
+        for n, (channel, actor) in enumerate([("api", "api-key:7"), ("agent", "staff:3"), ("public", None)])
+        for e in person(DAY, channel, f"192.0.2.{n + 1}", actor, f"ref-{n}")
+    ]
+    raised = [(n, alert.kind, alert.subject) for n, e in enumerate(successes) for alert in observe(detector, e)]
+    assert raised == [
+        (1, "partner-claims", "api-key:7"),
+        (2, "agent-people", "staff:3"),
+        (4, "client-people", "192.0.2.0/24"),
+        (5, "client-claims", "192.0.2.0/24"),
+    ]
+
+
+def test_a_partners_and_an_agents_failures_count_for_their_own_key_only(make_detector: MakeDetector) -> None:
+    """Per key on its own channel: an agent's failures are no partner's, and a failure without a
+    key (or on the public site) is counted for no key."""
+    detector = make_detector(ALERT_PARTNER_FAILURES="1 per minute", ALERT_AGENT_FAILURES="1 per minute")
+    at = DAY.replace(hour=10)
+    failures = [("agent", "staff:3"), ("api", "api-key:7"), ("public", "x"), ("api", None), ("agent", None)]
+    raised = [
+        (n, alert.kind, alert.subject)
+        for n, (channel, actor) in enumerate(failures)
+        for alert in observe(detector, Seen(at, "verification", "failure", channel, "192.0.2.9", actor))
+    ]
+    assert raised == [(0, "agent-failures", "staff:3"), (1, "partner-failures", "api-key:7")]
+
+
+def test_the_usual_rate_is_read_once_an_hour_unless_its_time_ran_out() -> None:
+    """A process reads the week's counts again only for another hour (a replayed day sees its own
+    past) or once its time-to-live is over; in between, every event gets the rate it read."""
+    reads: list[datetime] = []
+
+    def read(at: datetime) -> float:
+        reads.append(at)
+        return at.hour + at.minute / 100
+
+    rate, ten = alerts.CachedRate(read), DAY.replace(hour=10)
+    moments = [ten + timedelta(minutes=m, seconds=s, microseconds=m * s) for m in (0, 1, 59) for s in (0, 1, 59)]
+    assert [rate(at) for at in moments] == [10.0] * 9 and reads == [ten]
+    assert rate(ten + timedelta(hours=1)) == 11.0 and rate(ten + timedelta(minutes=30)) == 10.3
+    assert reads == [ten, ten + timedelta(hours=1), ten + timedelta(minutes=30)]
+    expired = alerts.CachedRate(read, ttl=0)
+    assert [expired(ten), expired(ten + timedelta(minutes=1))] == [10.0, 10.01]
 
 
 def stolen_claims(start: datetime, typos: bool) -> History:
@@ -378,6 +512,40 @@ def test_processes_share_the_counts_the_alerts_and_the_step_up(make_detector: Ma
         raised += observe(one if n % 2 else two, event(n, at)) + observe(two if n % 2 else one, event(n, at))
     assert [(a.kind, a.count) for a in raised] == [("client-people", 6)]
     assert one.step_up_active(DAY + timedelta(minutes=1)) and two.step_up_active(DAY + timedelta(minutes=1))
+
+
+def test_processes_raise_the_success_share_once_and_then_ask_the_store_no_more(make_detector: MakeDetector) -> None:
+    """The share's alert is flagged in the store for the whole window, so the other process does not
+    raise it again; each process asks for that flag once, and its later successes only count."""
+    one, two = (make_detector(ALERT_SUCCESS_SHARE_MINIMUM="6 per hour") for _ in range(2))
+    raised = []
+    for n in range(12):
+        at = DAY + timedelta(minutes=n)
+        raised += observe(one if n % 2 else two, Seen(at, "verification", "success", "public", f"10.{n}.0.1", None))
+    assert [(a.kind, a.count) for a in raised] == [("success-share", 6)]
+    flag = f"{one.key_prefix}:success-share:-:{int(DAY.timestamp()) // 3600}:raised"
+    assert one.counters.get(flag) == 2  # once by the process that raised it, once by the other
+    assert one.counters.get_expiry(flag) > time.time() + 3600  # beyond any moment of its window
+
+
+def test_the_success_share_alerts_only_above_its_share(make_detector: MakeDetector) -> None:
+    """19 successes and a failure are 95 %, the default share, and not above it: the 20th success is."""
+    detector = make_detector(ALERT_SUCCESS_SHARE_MINIMUM="19 per hour")
+    verifications = [Seen(DAY, "verification", "failure", "public", "10.0.0.1", None)]
+    verifications += [Seen(DAY, "verification", "success", "public", f"10.{n}.0.1", None) for n in range(20)]
+    assert kinds_raised(detector, verifications) == [(20, "success-share")]
+
+
+def test_portals_sharing_one_store_under_other_prefixes_count_apart() -> None:
+    store = MemoryStorage()
+    thresholds = alerts.Thresholds.from_config({**DEFAULTS, "ALERT_CLIENT_FAILURES": "2 per minute"})
+    one, other = (
+        alerts.Detector(thresholds, store, no_history, no_history, client_key, client_network, prefix)
+        for prefix in ("one", "other")
+    )
+    failure = Seen(DAY, "verification", "failure", "public", "192.0.2.9", None)
+    assert kinds_raised(one, [failure]) == kinds_raised(other, [failure]) == []
+    assert kinds_raised(one, [failure]) == [(0, "client-failures")]
 
 
 def test_a_thief_through_the_site_is_logged_counted_and_shown(
