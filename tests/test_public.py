@@ -20,6 +20,7 @@ from conftest import csrf_token, import_patients, lookup, patient_row
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.test import TestResponse
 
 import portal.identity
@@ -514,6 +515,25 @@ def test_a_session_cookie_signed_longer_ago_than_its_lifetime_verifies_no_one(
     replayed = app.test_client()
     replayed.set_cookie(COOKIE, signed_then)
     assert replayed.get("/exposure").status_code == status
+
+
+@pytest.mark.parametrize("signed_with, status", [("the app's key", 303), ("another key", 400)])
+def test_a_csrf_token_signed_as_flask_wtf_signs_it_passes_and_under_another_key_does_not(
+    app: Flask, signed_with: str, status: int
+) -> None:
+    """CSRF tokens are signed by a serializer built once (``security.csrf_serializer``), not
+    Flask-WTF's own: a form served before a deploy must still submit after it, so both sign alike."""
+    assert import_patients(app, [patient_row()]) == []
+    client = app.test_client()
+    served = csrf_token(client)
+    with client.session_transaction() as session:
+        raw = session["csrf_token"]
+    flask_wtfs = URLSafeTimedSerializer(app.secret_key, salt="wtf-csrf-token")  # Flask-WTF's, as it builds it
+    assert flask_wtfs.loads(served) == raw
+    secret = app.secret_key if signed_with == "the app's key" else "another key of at least 32 characters"
+    token = URLSafeTimedSerializer(secret, salt="wtf-csrf-token").dumps(raw)
+    fields = dict(last_name="Garcia-Lopez", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
+    assert client.post("/lookup", data={**fields, "reference": "", "csrf_token": token}).status_code == status
 
 
 def test_exposure_without_verification_redirects_to_the_lookup(client: FlaskClient) -> None:
