@@ -130,7 +130,9 @@ def run_child(
         out = tmp / "callgrind.out"
         command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *command]
     try:
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # One string hash seed for every run: dict and set layouts, and so the counts, do not vary with it.
+        child_env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env)
     except subprocess.CalledProcessError as error:
         raise SystemExit(f"the measured process failed:\n{error.stderr[-3000:]}") from error
     finally:
