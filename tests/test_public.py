@@ -6,17 +6,21 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import itsdangerous.timed
 import pytest
 import sqlalchemy as sa
 from babel.dates import format_date
 from conftest import csrf_token, import_patients, lookup, patient_row
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.test import TestResponse
 
 import portal.identity
@@ -472,6 +476,64 @@ def test_the_session_cookie_holds_only_an_opaque_token(app: Flask) -> None:
     tampered = app.test_client()
     tampered.set_cookie(COOKIE, raw[:-2] + ("AA" if not raw.endswith("AA") else "BB"))
     assert tampered.get("/exposure").status_code == 303
+
+
+def test_a_session_cookie_in_flasks_own_format_still_opens_and_one_of_ours_opens_in_flasks(app: Flask) -> None:
+    """The portal signs sessions with a serializer of its own (built once, no compression attempt):
+    cookies made before it, compressed or not, must still open (nobody is signed out at a deploy),
+    and its cookies are Flask's format, signed with the same key."""
+    assert import_patients(app, [patient_row()]) == []
+    client = verify(app, last_name="Garcia-Lopez", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
+    stock = SecureCookieSessionInterface().get_signing_serializer(app)
+    assert stock is not None
+    ours = _cookie(client)
+    data = stock.loads(ours, max_age=app.config["PERMANENT_SESSION_LIFETIME"])
+    assert set(data) == {"verification", "_permanent"}
+
+    for extra in ({}, {"_flashes": [("message", "a message said once " * 5)]}):  # the second compresses
+        earlier = stock.dumps({**data, **extra})
+        assert earlier.startswith(".") == bool(extra)
+        before_the_change = app.test_client()
+        before_the_change.set_cookie(COOKIE, earlier)
+        assert before_the_change.get("/exposure").status_code == 200
+
+
+@pytest.mark.parametrize("minutes_ago, status", [(14, 200), (16, 303)])
+def test_a_session_cookie_signed_longer_ago_than_its_lifetime_verifies_no_one(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, minutes_ago: int, status: int
+) -> None:
+    """The cookie's own signed time stamp ends it after 15 minutes, whatever the browser keeps (a
+    copied cookie, a clock set back), even while the verification behind it is still live."""
+    assert import_patients(app, [patient_row()]) == []
+    client = verify(app, last_name="Garcia-Lopez", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
+    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    data = serializer.loads(_cookie(client))
+    now = time.time()
+    monkeypatch.setattr(itsdangerous.timed.time, "time", lambda: now - minutes_ago * 60)
+    signed_then = serializer.dumps(data)
+    monkeypatch.undo()
+    replayed = app.test_client()
+    replayed.set_cookie(COOKIE, signed_then)
+    assert replayed.get("/exposure").status_code == status
+
+
+@pytest.mark.parametrize("signed_with, status", [("the app's key", 303), ("another key", 400)])
+def test_a_csrf_token_signed_as_flask_wtf_signs_it_passes_and_under_another_key_does_not(
+    app: Flask, signed_with: str, status: int
+) -> None:
+    """CSRF tokens are signed by a serializer built once (``security.csrf_serializer``), not
+    Flask-WTF's own: a form served before a deploy must still submit after it, so both sign alike."""
+    assert import_patients(app, [patient_row()]) == []
+    client = app.test_client()
+    served = csrf_token(client)
+    with client.session_transaction() as session:
+        raw = session["csrf_token"]
+    flask_wtfs = URLSafeTimedSerializer(app.secret_key, salt="wtf-csrf-token")  # Flask-WTF's, as it builds it
+    assert flask_wtfs.loads(served) == raw
+    secret = app.secret_key if signed_with == "the app's key" else "another key of at least 32 characters"
+    token = URLSafeTimedSerializer(secret, salt="wtf-csrf-token").dumps(raw)
+    fields = dict(last_name="Garcia-Lopez", date_of_birth="1980-04-23", zip_code="10001", ssn_last4="6789")
+    assert client.post("/lookup", data={**fields, "reference": "", "csrf_token": token}).status_code == status
 
 
 def test_exposure_without_verification_redirects_to_the_lookup(client: FlaskClient) -> None:
