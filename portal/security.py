@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from functools import cache
+from functools import lru_cache
 from ipaddress import ip_network
 from typing import Any
 
@@ -179,7 +179,7 @@ class SessionSerializer(URLSafeTimedSerializer):
         return base64_encode(Serializer.dump_payload(self, obj))
 
 
-@cache
+@lru_cache(maxsize=16)  # one key in production; bounded for the many apps of a test run
 def csrf_serializer(secret_key: str | bytes, salt: str) -> SessionSerializer:
     """What Flask-WTF signs and checks CSRF tokens with, built once per key and salt.
 
