@@ -100,7 +100,8 @@ def test_the_birth_date_pattern_names_every_real_date_from_1900_to_today() -> No
     for day in days:
         text = day.isoformat()
         assert bool(pattern.fullmatch(text)) == accepted(parse_birth_date, text), text
-    for text in ("1980-02-30", "1981-02-29", "1900-02-29", "2000-13-01", "2000-00-10", "2000-04-31", "80-01-01"):
+    refused = ("1980-02-30", "1981-02-29", "1900-02-29", "1896-02-29", "2000-13-01", "2000-00-10", "2000-04-31")
+    for text in (*refused, "80-01-01", "4-02-29"):
         assert not pattern.fullmatch(text) and not accepted(parse_birth_date, text), text
 
 
@@ -327,6 +328,11 @@ def test_every_answer_the_api_gives_is_one_the_document_describes(tmp_path: Any)
         answer("POST", path, slow, json=body)
         assert answer("POST", path, slow, json=body).status_code == 429
     assert answer("POST", "/verifications", keys["claim",], json=person).status_code == 403
+    # The invalid-fields example is the answer to the example person without a birth date.
+    problems = document["components"]["responses"]["Problem422"]["content"]["application/problem+json"]
+    without = {name: value for name, value in person.items() if name != "date_of_birth"}
+    errors = answer("POST", "/verifications", key, json=without).get_json()["errors"]
+    assert errors == problems["examples"]["invalid-fields"]["value"]["errors"]
     assert answer("POST", "/verifications", key, json={**person, "ssn_last4": "0000"}).get_json() == {"verified": False}
     token = answer("POST", "/verifications", key, json=person, **retried).get_json()["claim_token"]
     replayed = answer("POST", "/verifications", key, json=person, **retried)
