@@ -165,7 +165,7 @@ def test_the_reference_page_passes_axe_and_the_csp_at_both_widths(
 # --- The document: valid OpenAPI, its examples valid, and the answers it describes the real ones ----
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def document() -> dict[str, Any]:
     return openapi.document(date.today())
 
