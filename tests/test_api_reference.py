@@ -352,3 +352,18 @@ def test_every_answer_the_api_gives_is_one_the_document_describes(tmp_path: Any)
         ("/claims", "post"): {409},
         ("/program", "get"): {503},
     }
+
+
+def test_each_problem_schema_refuses_another_statuss_type_title_or_status(document: dict[str, Any]) -> None:
+    """A problem answer's schema names its own types, titles and status: a partner's validator tells a
+    problem of one status from another's by any of the three."""
+    for slug, kind in PROBLEMS.items():
+        answer = document["components"]["responses"][f"Problem{kind.status}"]["content"]["application/problem+json"]
+        own = answer["examples"][slug]["value"]
+        assert not schema_errors(document, answer["schema"], own)
+        for other in PROBLEMS.values():
+            if other.status == kind.status:
+                continue
+            changed = {"type": own["type"].replace(slug, other.slug), "title": other.title, "status": other.status}
+            for field, value in changed.items():
+                assert schema_errors(document, answer["schema"], {**own, field: value}), (slug, field, other.slug)
