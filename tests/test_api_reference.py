@@ -7,20 +7,27 @@ from __future__ import annotations
 import html
 import re
 import subprocess
+from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
 import pytest
+import schemathesis
 from browser import LiveServer, PageAudit
-from conftest import make_app
+from conftest import create_api_key, import_patients, make_app, numbered
 from flask import Flask
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openapi_checks import check_operation_answer, resolve, schema_errors
 
 from portal.api import openapi
 from portal.api.errors import PROBLEMS
 from portal.api.validation import CLAIM_FIELDS
+from portal.extensions import db
 from portal.identity import InvalidIdentifier, normalise_reference, normalise_ssn_last4, normalise_zip, parse_birth_date
+from portal.importer import import_codes
+from portal.sandbox import NO_SSN_PERSON, SANDBOX_PEOPLE
+from portal.services import services
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,8 @@ def test_the_birth_date_pattern_names_every_real_date_from_1900_to_today() -> No
     for day in days:
         text = day.isoformat()
         assert bool(pattern.fullmatch(text)) == accepted(parse_birth_date, text), text
-    for text in ("1980-02-30", "1981-02-29", "1900-02-29", "2000-13-01", "2000-00-10", "2000-04-31", "80-01-01"):
+    refused = ("1980-02-30", "1981-02-29", "1900-02-29", "1896-02-29", "2000-13-01", "2000-00-10", "2000-04-31")
+    for text in (*refused, "80-01-01", "4-02-29"):
         assert not pattern.fullmatch(text) and not accepted(parse_birth_date, text), text
 
 
@@ -152,3 +160,210 @@ def test_the_reference_page_passes_axe_and_the_csp_at_both_widths(
             audit.check(page, f"api-reference-{width}")
     finally:
         context.close()
+
+
+# --- The document: valid OpenAPI, its examples valid, and the answers it describes the real ones ----
+
+
+@pytest.fixture
+def document() -> dict[str, Any]:
+    return openapi.document(date.today())
+
+
+def references(node: Any) -> Iterator[str]:
+    """Every ``$ref`` in ``node``, however deep."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            yield node["$ref"]
+        for value in node.values():
+            yield from references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from references(value)
+
+
+def test_the_document_is_valid_openapi_3_1_and_each_component_is_used_and_each_reference_names_one(
+    document: dict[str, Any],
+) -> None:
+    schemathesis.openapi.from_dict(document).validate()  # against OpenAPI 3.1's own schema
+    named = set(references(document))
+    components = {f"#/components/{kind}/{name}" for kind in ("parameters", "headers", "responses", "schemas")
+                  for name in document["components"][kind]}  # fmt: skip
+    # The problems of no operation (a wrong path or method, an internal error) are components alone.
+    assert named == components - {f"#/components/responses/Problem{status}" for status in (404, 405, 500)}
+    schemes = set(document["components"]["securitySchemes"])
+    links = set()
+    for methods in document["paths"].values():
+        for operation in methods.values():
+            assert operation["security"] and all(set(need) <= schemes for need in operation["security"])
+            for answer in operation["responses"].values():
+                links |= {link["operationId"] for link in answer.get("links", {}).values()}
+    assert links <= {
+        operation["operationId"] for methods in document["paths"].values() for operation in methods.values()
+    }
+
+
+def test_every_example_is_valid_against_its_own_schema(document: dict[str, Any]) -> None:
+    """The examples partners copy are answers and requests the schemas allow, each of its own kind."""
+    media = []
+    for methods in document["paths"].values():
+        for operation in methods.values():
+            media += operation["requestBody"]["content"].values() if "requestBody" in operation else []
+            for answer in operation["responses"].values():
+                media += resolve(document, answer)["content"].values()
+    media += [
+        content for answer in document["components"]["responses"].values() for content in answer["content"].values()
+    ]
+    assert sum(len(medium["examples"]) for medium in media) > len(PROBLEMS)
+    for medium in media:
+        for name, example in medium["examples"].items():
+            assert example["summary"], name
+            assert not schema_errors(document, medium["schema"], example["value"]), name
+    for parameter in document["components"]["parameters"].values():
+        assert not schema_errors(document, parameter["schema"], parameter["example"])
+        assert parameter["in"] == "header" and parameter["required"] is False
+
+
+def test_the_verification_examples_are_the_sandbox_people_and_verify_there(tmp_path: Any) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'portal.sqlite3'}")
+    assert import_patients(app, list(SANDBOX_PEOPLE)) == []
+    key = create_api_key(app, "verify")
+    with app.app_context():
+        reference = services().hasher.letter_reference(NO_SSN_PERSON)
+    examples = openapi.document(date.today())["paths"]["/verifications"]["post"]["requestBody"]["content"]
+    bodies = {name: dict(example["value"]) for name, example in examples["application/json"]["examples"].items()}
+    assert bodies["reference"]["reference"] == openapi.EXAMPLE_REFERENCE  # the letter's own, on each portal
+    bodies["reference"]["reference"] = reference
+    assert set(bodies) == {"ssn", "spelling", "reference"}
+    for name, body in bodies.items():
+        answer = app.test_client().post("/api/v1/verifications", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert answer.get_json()["verified"] is True, name
+
+
+# What each operation may answer, as partners are told: its successes and its problems' statuses.
+STATUSES = {
+    ("/verifications", "post"): {200, 400, 401, 403, 409, 413, 415, 422, 429, 503},
+    ("/claims", "post"): {200, 201, 400, 401, 403, 409, 413, 415, 422, 429, 503},
+    ("/program", "get"): {200, 401, 429, 503},
+}
+
+
+def test_each_operation_documents_the_statuses_it_answers_and_needs_a_key_and_a_body(document: dict[str, Any]) -> None:
+    for (path, method), statuses in STATUSES.items():
+        operation = document["paths"][path][method]
+        assert list(operation["responses"]) == [str(status) for status in sorted(statuses)], (path, method)
+        for status in statuses - {200, 201}:
+            assert operation["responses"][str(status)] == {"$ref": f"#/components/responses/Problem{status}"}
+        assert operation["security"] == [{"partnerKey": []}]
+        if method == "post":
+            assert operation["requestBody"]["required"] is True
+    assert sum(len(methods) for methods in document["paths"].values()) == len(STATUSES)
+
+
+def test_each_problem_type_is_documented_under_its_status_with_its_title_detail_and_example(
+    document: dict[str, Any],
+) -> None:
+    answers = document["components"]["responses"]
+    assert set(answers) == {f"Problem{kind.status}" for kind in PROBLEMS.values()}
+    for slug, kind in PROBLEMS.items():
+        answer = answers[f"Problem{kind.status}"]
+        assert f"`{slug}`: {kind.detail}" in answer["description"]
+        example = answer["content"]["application/problem+json"]["examples"][slug]
+        assert example["summary"] == kind.title
+        assert example["value"]["type"] == f"http://127.0.0.1:5000/api/v1/docs#problem-{slug}"
+        assert (example["value"]["title"], example["value"]["status"], example["value"]["detail"]) == (
+            kind.title, kind.status, kind.detail,
+        )  # fmt: skip
+        assert ("errors" in example["value"]) == (slug == "invalid-fields")
+    for name, answer in answers.items():
+        examples = answer["content"]["application/problem+json"]["examples"]
+        assert {PROBLEMS[slug].status for slug in examples} == {int(name.removeprefix("Problem"))}
+    # The headers each problem may carry: the key's rate on all but those answered before the key
+    # is read (tests/test_api.py checks that they are sent).
+    rate = {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+    expected = {401: {"WWW-Authenticate"}, 404: set(), 405: {"Allow"}, 409: {"Retry-After"} | rate,
+                429: {"Retry-After"} | rate, 503: {"Retry-After"} | rate}  # fmt: skip
+    for name, answer in answers.items():
+        status = int(name.removeprefix("Problem"))
+        assert set(answer["headers"]) == {"Content-Language"} | expected.get(status, rate), name
+        required = {
+            header for header in answer["headers"] if resolve(document, answer["headers"][header]).get("required")
+        }
+        assert required == {"Content-Language"} | ({"Retry-After"} if status in (409, 429, 503) else set()), name
+
+
+def test_every_answer_the_api_gives_is_one_the_document_describes(tmp_path: Any) -> None:
+    """Real answers of each operation, success and refusal, against the document: a documented
+    status, a body its schema allows, the headers it names (required ones present). The answers no
+    request can cheaply provoke here (409, and 503 on a verification) are checked in tests/test_api.py
+    from the errors that cause them."""
+    app = make_app(f"sqlite:///{tmp_path / 'portal.sqlite3'}")
+    assert import_patients(app, list(SANDBOX_PEOPLE)) == []
+    with app.app_context():
+        rows = [{"code": "IDP-DOC-0001", "enroll_by": "2030-01-01", "product": "Protect 24"}]
+        import_codes(db.session, services().cipher, numbered(rows), on_reject=lambda *_: None)
+    keys = {scopes: create_api_key(app, *scopes) for scopes in (("verify", "claim"), ("verify",), ("claim",))}
+    key, slow = keys["verify", "claim"], create_api_key(app, rate="1/hour")
+    document = openapi.document(date.today())
+    client = app.test_client()
+    seen: dict[tuple[str, str], set[int]] = {operation: set() for operation in STATUSES}
+
+    def answer(method: str, path: str, key: str | None, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = client.open(
+            f"/api/v1{path}", method=method, headers={**headers, **kwargs.pop("headers", {})}, **kwargs
+        )
+        check_operation_answer(document, path, method, response)
+        seen[path, method.lower()].add(response.status_code)
+        return response
+
+    person, other = openapi.EXAMPLE_PERSON, openapi._sandbox_body(SANDBOX_PEOPLE[1])
+    retried = {"headers": {"Idempotency-Key": "doc-1"}}
+    for path, body in (("/verifications", person), ("/claims", {"claim_token": "x"})):
+        answer("POST", path, key, data=b"{", content_type="application/json")  # 400
+        answer("POST", path, None, json=body)  # 401
+        answer("POST", path, key, json={**body, "x": "y" * 5000})  # 413
+        answer("POST", path, key, data="a=b")  # 415
+        answer("POST", path, key, json={})  # 422
+        answer("POST", path, slow, json=body)
+        assert answer("POST", path, slow, json=body).status_code == 429
+    assert answer("POST", "/verifications", keys["claim",], json=person).status_code == 403
+    # The invalid-fields example is the answer to the example person without a birth date.
+    problems = document["components"]["responses"]["Problem422"]["content"]["application/problem+json"]
+    without = {name: value for name, value in person.items() if name != "date_of_birth"}
+    errors = answer("POST", "/verifications", key, json=without).get_json()["errors"]
+    assert errors == problems["examples"]["invalid-fields"]["value"]["errors"]
+    assert answer("POST", "/verifications", key, json={**person, "ssn_last4": "0000"}).get_json() == {"verified": False}
+    token = answer("POST", "/verifications", key, json=person, **retried).get_json()["claim_token"]
+    replayed = answer("POST", "/verifications", key, json=person, **retried)
+    assert replayed.headers["Idempotent-Replayed"] == "true" and replayed.get_json()["claim_token"] == token
+    assert answer("POST", "/verifications", key, json=other, **retried).status_code == 422  # the key reused
+    second = answer("POST", "/verifications", key, json=other).get_json()["claim_token"]
+    assert answer("POST", "/claims", keys["verify",], json={"claim_token": token}).status_code == 403
+    assert [answer("POST", "/claims", key, json={"claim_token": token}).status_code for _ in "12"] == [201, 200]
+    assert answer("POST", "/claims", key, json={"claim_token": second}).status_code == 503  # no code left
+    for language in ("en", "es"):
+        program = answer("GET", "/program", key, headers={"Accept-Language": language})
+        assert program.headers["Content-Language"] == language
+    answer("GET", "/program", None)
+    answer("GET", "/program", slow)
+    assert {operation: STATUSES[operation] - statuses for operation, statuses in seen.items()} == {
+        ("/verifications", "post"): {409, 503},
+        ("/claims", "post"): {409},
+        ("/program", "get"): {503},
+    }
+
+
+def test_each_problem_schema_refuses_another_statuss_type_title_or_status(document: dict[str, Any]) -> None:
+    """A problem answer's schema names its own types, titles and status: a partner's validator tells a
+    problem of one status from another's by any of the three."""
+    for slug, kind in PROBLEMS.items():
+        answer = document["components"]["responses"][f"Problem{kind.status}"]["content"]["application/problem+json"]
+        own = answer["examples"][slug]["value"]
+        assert not schema_errors(document, answer["schema"], own)
+        for other in PROBLEMS.values():
+            if other.status == kind.status:
+                continue
+            changed = {"type": own["type"].replace(slug, other.slug), "title": other.title, "status": other.status}
+            for field, value in changed.items():
+                assert schema_errors(document, answer["schema"], {**own, field: value}), (slug, field, other.slug)

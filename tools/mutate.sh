@@ -139,10 +139,12 @@ run_module() {  # run_module MODULE: mutmut over one module's mutants, with its 
   rm -f mutants/mutmut-stats.json
   [[ ! -f $own_map ]] || cp "$own_map" mutants/mutmut-stats.json
   # mutmut reads its test selection from setup.cfg only: this module's is set on its loaded
-  # configuration before the run starts. Two children: the machine has two cores, shared.
+  # configuration before the run starts. Two children: the machine has two cores, shared. Every
+  # test starts with the portal's caches empty (tools/fresh_caches.py).
   "$venv/bin/python" - "$tests" "${MUTATE_CHILDREN:-2}" "${patterns[@]}" <<'PY' || true
 import shlex
 import sys
+from pathlib import Path
 
 from mutmut.__main__ import cli
 from mutmut.configuration import config
@@ -150,6 +152,8 @@ from mutmut.configuration import config
 tests, children, *patterns = sys.argv[1:]
 if tests:
     config().pytest_add_cli_args_test_selection[:] = shlex.split(tests)
+sys.path.insert(0, str(Path("tools").resolve()))
+config().pytest_add_cli_args.extend(["-p", "fresh_caches"])
 cli(["run", "--max-children", children, *patterns])
 PY
   [[ ! -f mutants/mutmut-stats.json ]] || cp mutants/mutmut-stats.json "$own_map"

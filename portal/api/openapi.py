@@ -21,7 +21,7 @@ from portal.exposure import FIELDS
 from portal.identity import EARLIEST_BIRTH_DATE
 from portal.sandbox import SANDBOX_PEOPLE
 
-VERSION = "1.3.0"  # CHANGELOG.md, "Partner API"
+VERSION = "1.3.1"  # CHANGELOG.md, "Partner API"
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe's keys
 
 
@@ -147,9 +147,12 @@ PROBLEM_HEADERS = {
     401: ("WWW-Authenticate",),
     405: ("Allow",),
     409: ("Retry-After",),
-    429: ("Retry-After", *RATE_HEADERS),
+    429: ("Retry-After",),
     503: ("Retry-After",),
 }
+# Answered before a key is read, so never counted by its rate: no X-RateLimit-*. Every other problem
+# may come after the key's rate counted the request, and then carries them.
+UNCOUNTED = (401, 404, 405)
 
 
 def _problem_response(status: int) -> dict[str, Any]:
@@ -160,6 +163,7 @@ def _problem_response(status: int) -> dict[str, Any]:
         "headers": {
             "Content-Language": _ref("Content-Language", "headers"),
             **{name: _ref(name, "headers") for name in PROBLEM_HEADERS.get(status, ())},
+            **{name: _ref(name, "headers") for name in RATE_HEADERS if status not in UNCOUNTED},
         },
         "content": {
             "application/problem+json": {
