@@ -126,21 +126,29 @@ def test_answers_do_not_reveal_how_often_others_failed(database_url: str) -> Non
     assert "Retry-After" not in answers[0].headers
 
 
-def test_a_limit_store_lost_while_counting_refuses_the_attempt(
+def test_a_limit_store_lost_while_counting_refuses_the_attempt_and_keeps_none_of_its_units(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reading when a spent budget resets needs the limit store; without it, nothing is answered."""
-    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per 15 minutes")
+    """Reading when a spent budget resets needs the limit store; without it, nothing is answered,
+    the trail says why, and the units the attempt was seen to take are given back, as for any
+    refusal: a store that fails now and then must not spend a person's budget."""
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per 15 minutes", VERIFY_LIMIT_PERSON="2 per hour")
     assert attempt(app, KNOWN, "0000", "10.4.0.1")[0] == 200
 
     def store_gone(*_args: Any) -> float:
         raise ConnectionError("limit store lost")
 
-    with app.app_context():
-        monkeypatch.setattr(throttle.limit_store(), "get_expiry", store_gone)
-    status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.1")
+    with app.app_context(), monkeypatch.context() as patched:
+        patched.setattr(throttle.limit_store(), "get_expiry", store_gone)
+        status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.1")
     assert (status, retry_after) == (503, str(RETRY_AFTER_SECONDS))
     assert "García" not in body
+    assert [attempt(app, KNOWN, "0000", "10.4.0.2")[0] for _ in range(2)] == [200, 429]  # one failure of two left
+    with app.app_context():
+        outcomes = db.session.scalars(
+            select(AuditEvent.outcome).where(AuditEvent.action == "verification").order_by(AuditEvent.position)
+        ).all()
+    assert outcomes == ["failure", "limit-store-down", "failure", "throttled:verify-person-public"]
 
 
 def test_one_client_address_is_limited_across_people(database_url: str) -> None:
