@@ -213,7 +213,8 @@ def _retry_after(store: Storage, hold: _Hold, item: RateLimitItem) -> int:
 
 
 def _give_back(holds: Sequence[_Hold]) -> None:
-    """Best effort: a unit that cannot be given back (store lost) errs on the side of counting."""
+    """Best effort: a unit that cannot be given back (store lost) errs on the side of counting. A
+    counter whose window ended meanwhile is made again below zero, for a second only (its expiry)."""
     store = limit_store()
     try:
         _add(store, [(hold, 1) for hold in holds], -1)

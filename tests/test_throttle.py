@@ -464,3 +464,24 @@ def test_portals_sharing_one_redis_under_other_prefixes_count_apart(tmp_path) ->
     )
     assert [attempt(first, UNKNOWN, "0000", "10.3.0.1")[0] for _ in range(2)] == [200, 429]
     assert attempt(second, UNKNOWN, "0000", "10.3.0.2")[0] == 200
+
+
+def test_a_unit_given_back_after_its_window_ended_lends_the_next_window_nothing_after_a_second(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A success whose lookup outlived its window gives its unit back to a counter already gone: the
+    counter made again below zero lends a failure for a second at most, never for the new window."""
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per hour")
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    find_patient = verification.find_patient
+
+    def outlives_the_window(*args: Any) -> Any:
+        clock[0] += 3600
+        return find_patient(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(verification, "find_patient", outlives_the_window)
+        assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.80")[0] == 303
+    clock[0] += 1.5
+    assert [attempt(app, UNKNOWN, "0000", "192.0.2.80")[0] for _ in range(2)] == [200, 429]
