@@ -485,3 +485,20 @@ def test_a_unit_given_back_after_its_window_ended_lends_the_next_window_nothing_
         assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.80")[0] == 303
     clock[0] += 1.5
     assert [attempt(app, UNKNOWN, "0000", "192.0.2.80")[0] for _ in range(2)] == [200, 429]
+
+
+def test_a_failure_leaves_no_trace_of_the_person_in_the_people_budget(database_url: str) -> None:
+    """The people budget marks each person a network verified; a failure's mark is removed with it,
+    so the store never says who was tried (in memory as on Redis: test_attacks.py)."""
+    app = throttled_app(database_url)
+    with app.app_context():
+        member = throttle.person_key(portal.identity.IdentityClaim.from_input(**KNOWN, ssn_last4=RIGHT_LAST4))
+
+    def marks() -> list[str]:
+        with app.app_context():
+            return [key for key in throttle.limit_store().storage if key.endswith(f"/{member}")]
+
+    assert attempt(app, KNOWN, "0000", "192.0.2.90")[0] == 200
+    assert marks() == []
+    assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.90")[0] == 303
+    assert len(marks()) == 1
