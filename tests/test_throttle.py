@@ -249,7 +249,8 @@ def test_only_marked_views_run_the_limiters_after_request_work(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Flask-Limiter's after-request and teardown passes (headers, state reset) run for the views
-    marked with_limiter_hooks, and for no other page (portal.throttle.init_app)."""
+    marked with_limiter_hooks, and for no other page (portal.throttle.init_app); the portal's own
+    after-request work (the request id, the security headers) runs for every page."""
     seen: list[str] = []
     for name in ("_Limiter__inject_headers", "_Limiter__release_context"):
         original = getattr(Limiter, name)
@@ -268,12 +269,14 @@ def test_only_marked_views_run_the_limiters_after_request_work(
         return "ok"
 
     client = app.test_client()
-    for path in ("/", "/lookup", "/exposure", "/no-such-page"):
-        client.get(path)
-    assert lookup(client, **UNKNOWN, ssn_last4="0000").status_code == 200
+    answers = [client.get(path) for path in ("/", "/lookup", "/exposure", "/no-such-page")]
+    answers.append(lookup(client, **UNKNOWN, ssn_last4="0000"))
+    assert answers[-1].status_code == 200
     assert seen == []
-    assert [client.get("/limited").status_code for _ in range(2)] == [200, 429]
+    answers += [client.get("/limited") for _ in range(2)]
+    assert [answer.status_code for answer in answers[-2:]] == [200, 429]
     assert seen == ["inject_headers GET /limited", "release_context GET /limited"] * 2
+    assert all("X-Request-ID" in answer.headers and "Content-Security-Policy" in answer.headers for answer in answers)
 
 
 def test_successes_count_against_the_clients_attempt_budget(database_url: str) -> None:
