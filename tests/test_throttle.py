@@ -505,3 +505,22 @@ def test_a_failure_leaves_no_trace_of_the_person_in_the_people_budget(database_u
     assert marks() == []
     assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.90")[0] == 303
     assert len(marks()) == 1
+
+
+def test_a_limit_store_lost_while_adding_gives_nothing_back(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a store lost while adding took the units is not known: none is given back, even once
+    it answers again, since giving back units never taken would lend the next attempts some."""
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per hour")
+    with app.app_context():
+        store = throttle.limit_store()
+    incr = store.incr
+
+    def adding_lost(key: str, expiry: int, amount: int = 1) -> int:
+        if amount > 0:
+            raise ConnectionError("limit store lost")
+        return incr(key, expiry, amount=amount)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "incr", adding_lost)
+        assert attempt(app, UNKNOWN, "0000", "192.0.2.100")[0] == 503
+    assert [attempt(app, UNKNOWN, "0000", "192.0.2.100")[0] for _ in range(2)] == [200, 429]
