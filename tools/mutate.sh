@@ -56,7 +56,7 @@ declare -A own_tests=(
     tests/test_api.py::test_a_verified_person_gets_their_exposure_and_a_claim_token"
   [alerts]="tests/test_alerts.py"
   [retention]="tests/test_purge.py"
-  [letters]="tests/test_agent.py tests/test_import.py"
+  [letters]="tests/test_agent.py tests/test_import.py tests/test_sealing.py"
   [events]="tests/test_events.py tests/test_logs.py"
 )
 # Without the fuzzing of every body (three quarters of the file's time, run again by every surviving
