@@ -184,13 +184,17 @@ def _reserve(budgets: Sequence[Budget], refused: Event) -> list[_Hold]:
     store = limit_store()
     counted = [(_Hold(budget, counter), item) for budget in budgets for counter, item in _counters(budget)]
     holds = [hold for hold, _item in counted]
+    counts: list[int] | None = None
     try:
         counts = _add(store, [(hold, item.get_expiry()) for hold, item in counted], 1)
         spent_at = next(((hold, item) for (hold, item), count in zip(counted, counts, strict=True)
                          if count > item.amount), None)  # fmt: skip
         retry_after = _retry_after(store, *spent_at) if spent_at else 0
     except (store.base_exceptions, OSError) as error:  # the store's own errors, and a lost socket
-        # Whether the units were taken is not known: they stay counted, erring on the side of counting.
+        # Lost while adding, whether the units were taken is not known: they stay counted, erring on
+        # the side of counting. Lost after, they were: given back (best effort), as by any refusal.
+        if counts is not None:
+            _give_back(holds)
         record(replace(refused, outcome="limit-store-down"))
         raise LimitStoreDown() from error
     if spent_at is not None:
@@ -209,7 +213,8 @@ def _retry_after(store: Storage, hold: _Hold, item: RateLimitItem) -> int:
 
 
 def _give_back(holds: Sequence[_Hold]) -> None:
-    """Best effort: a unit that cannot be given back (store lost) errs on the side of counting."""
+    """Best effort: a unit that cannot be given back (store lost) errs on the side of counting. A
+    counter whose window ended meanwhile is made again below zero, for a second only (its expiry)."""
     store = limit_store()
     try:
         _add(store, [(hold, 1) for hold in holds], -1)

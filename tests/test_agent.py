@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
 import re
 import secrets
@@ -20,7 +22,7 @@ import pyotp
 import pytest
 from agent_helpers import NEW_PASSWORD, Account, login, make_staff, post_form, signed_in
 from argon2 import PasswordHasher
-from conftest import REDIS_URL, csrf_token, import_patients, lookup, make_app, patient_row
+from conftest import REDIS_URL, csrf_token, hkdf_sha256, import_patients, lookup, make_app, patient_row
 from flask import Flask
 from limits.storage import MemoryStorage
 from sqlalchemy import func, select, update
@@ -31,7 +33,7 @@ from portal.agent import auth as console_auth
 from portal.agent.auth import LOGIN_AT, OPEN_ENDPOINTS, SEEN_AT
 from portal.config import ConfigError
 from portal.extensions import db
-from portal.identity import format_reference
+from portal.identity import Keyring, format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
 from portal.services import services
@@ -732,9 +734,26 @@ def test_lost_letter_lookups_count_against_the_agent_found_or_not(database_url: 
         assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 200
     assert post_form(client, "/agent/letter", "/agent/", **{**NO_SSN, "zip_code": "99999"}).status_code == 200
     assert post_form(client, "/agent/letter", "/agent/", **NO_SSN).status_code == 429
-    outcomes = [r.outcome for r in audit_rows(app) if r.action == "letter-reissue"]
-    assert outcomes == ["requested", "already-requested", "not-identified"]
+    with app.app_context():
+        public_id = db.session.scalar(select(Patient.public_id))
+    rows = [(r.outcome, r.record_ref) for r in audit_rows(app) if r.action == "letter-reissue"]
+    assert rows == [("requested", public_id), ("already-requested", public_id), ("not-identified", None)]
     assert [r.outcome for r in audit_rows(app) if r.action == "verification"] == ["throttled:agent-locates"]
+
+
+def test_a_letter_record_is_found_by_the_documented_hmac_so_records_already_stored_are_still_found(
+    app: Flask,
+) -> None:
+    """SECURITY.md, *Lost letters*: HMAC-SHA256 under the identifier key's HKDF subkey
+    `letter-locate` of the normalised last name, birth date and ZIP, joined by U+001F. Written out
+    here (as tests/test_sealing.py writes out the sealed record id), so that it cannot drift: a
+    record stored before an upgrade must still be found after it."""
+    assert import_patients(app, [patient_row(record_id="R-LOST", ssn="", **NO_SSN_ROW)]) == []
+    with app.app_context():
+        master = Keyring.from_config(app.config, "IDENTIFIER_KEY").keys[1]
+        stored = db.session.scalar(select(LetterRecord.locate_digest))
+    message = "\x1f".join(("odegard", "1961-07-19", "20002")).encode()
+    assert stored == hmac.new(hkdf_sha256(master, b"portal/letter-locate"), message, hashlib.sha256).digest()
 
 
 def test_lost_letter_lookups_count_in_the_persons_console_budget_and_in_the_agents_own(database_url: str) -> None:

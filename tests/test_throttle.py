@@ -126,21 +126,29 @@ def test_answers_do_not_reveal_how_often_others_failed(database_url: str) -> Non
     assert "Retry-After" not in answers[0].headers
 
 
-def test_a_limit_store_lost_while_counting_refuses_the_attempt(
+def test_a_limit_store_lost_while_counting_refuses_the_attempt_and_keeps_none_of_its_units(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reading when a spent budget resets needs the limit store; without it, nothing is answered."""
-    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per 15 minutes")
+    """Reading when a spent budget resets needs the limit store; without it, nothing is answered,
+    the trail says why, and the units the attempt was seen to take are given back, as for any
+    refusal: a store that fails now and then must not spend a person's budget."""
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per 15 minutes", VERIFY_LIMIT_PERSON="2 per hour")
     assert attempt(app, KNOWN, "0000", "10.4.0.1")[0] == 200
 
     def store_gone(*_args: Any) -> float:
         raise ConnectionError("limit store lost")
 
-    with app.app_context():
-        monkeypatch.setattr(throttle.limit_store(), "get_expiry", store_gone)
-    status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.1")
+    with app.app_context(), monkeypatch.context() as patched:
+        patched.setattr(throttle.limit_store(), "get_expiry", store_gone)
+        status, body, retry_after = attempt(app, KNOWN, RIGHT_LAST4, "10.4.0.1")
     assert (status, retry_after) == (503, str(RETRY_AFTER_SECONDS))
     assert "García" not in body
+    assert [attempt(app, KNOWN, "0000", "10.4.0.2")[0] for _ in range(2)] == [200, 429]  # one failure of two left
+    with app.app_context():
+        outcomes = db.session.scalars(
+            select(AuditEvent.outcome).where(AuditEvent.action == "verification").order_by(AuditEvent.position)
+        ).all()
+    assert outcomes == ["failure", "limit-store-down", "failure", "throttled:verify-person-public"]
 
 
 def test_one_client_address_is_limited_across_people(database_url: str) -> None:
@@ -241,7 +249,8 @@ def test_only_marked_views_run_the_limiters_after_request_work(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Flask-Limiter's after-request and teardown passes (headers, state reset) run for the views
-    marked with_limiter_hooks, and for no other page (portal.throttle.init_app)."""
+    marked with_limiter_hooks, and for no other page (portal.throttle.init_app); the portal's own
+    after-request work (the request id, the security headers) runs for every page."""
     seen: list[str] = []
     for name in ("_Limiter__inject_headers", "_Limiter__release_context"):
         original = getattr(Limiter, name)
@@ -260,12 +269,14 @@ def test_only_marked_views_run_the_limiters_after_request_work(
         return "ok"
 
     client = app.test_client()
-    for path in ("/", "/lookup", "/exposure", "/no-such-page"):
-        client.get(path)
-    assert lookup(client, **UNKNOWN, ssn_last4="0000").status_code == 200
+    answers = [client.get(path) for path in ("/", "/lookup", "/exposure", "/no-such-page")]
+    answers.append(lookup(client, **UNKNOWN, ssn_last4="0000"))
+    assert answers[-1].status_code == 200
     assert seen == []
-    assert [client.get("/limited").status_code for _ in range(2)] == [200, 429]
+    answers += [client.get("/limited") for _ in range(2)]
+    assert [answer.status_code for answer in answers[-2:]] == [200, 429]
     assert seen == ["inject_headers GET /limited", "release_context GET /limited"] * 2
+    assert all("X-Request-ID" in answer.headers and "Content-Security-Policy" in answer.headers for answer in answers)
 
 
 def test_successes_count_against_the_clients_attempt_budget(database_url: str) -> None:
@@ -477,3 +488,60 @@ def test_portals_sharing_one_redis_under_other_prefixes_raise_their_own_alerts(t
     assert (counted_alerts(first), counted_alerts(second)) == (0, 0)
     assert attempt(second, UNKNOWN, "0000", "10.3.0.9")[0] == 200
     assert (counted_alerts(first), counted_alerts(second)) == (0, 1)
+
+
+def test_a_unit_given_back_after_its_window_ended_lends_the_next_window_nothing_after_a_second(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A success whose lookup outlived its window gives its unit back to a counter already gone: the
+    counter made again below zero lends a failure for a second at most, never for the new window."""
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per hour")
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    find_patient = verification.find_patient
+
+    def outlives_the_window(*args: Any) -> Any:
+        clock[0] += 3600
+        return find_patient(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(verification, "find_patient", outlives_the_window)
+        assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.80")[0] == 303
+    clock[0] += 1.5
+    assert [attempt(app, UNKNOWN, "0000", "192.0.2.80")[0] for _ in range(2)] == [200, 429]
+
+
+def test_a_failure_leaves_no_trace_of_the_person_in_the_people_budget(database_url: str) -> None:
+    """The people budget marks each person a network verified; a failure's mark is removed with it,
+    so the store never says who was tried (in memory as on Redis: test_attacks.py)."""
+    app = throttled_app(database_url)
+    with app.app_context():
+        member = throttle.person_key(portal.identity.IdentityClaim.from_input(**KNOWN, ssn_last4=RIGHT_LAST4))
+
+    def marks() -> list[str]:
+        with app.app_context():
+            return [key for key in throttle.limit_store().storage if key.endswith(f"/{member}")]
+
+    assert attempt(app, KNOWN, "0000", "192.0.2.90")[0] == 200
+    assert marks() == []
+    assert attempt(app, KNOWN, RIGHT_LAST4, "192.0.2.90")[0] == 303
+    assert len(marks()) == 1
+
+
+def test_a_limit_store_lost_while_adding_gives_nothing_back(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a store lost while adding took the units is not known: none is given back, even once
+    it answers again, since giving back units never taken would lend the next attempts some."""
+    app = throttled_app(database_url, VERIFY_LIMIT_CLIENT="1 per hour")
+    with app.app_context():
+        store = throttle.limit_store()
+    incr = store.incr
+
+    def adding_lost(key: str, expiry: int, amount: int = 1) -> int:
+        if amount > 0:
+            raise ConnectionError("limit store lost")
+        return incr(key, expiry, amount=amount)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "incr", adding_lost)
+        assert attempt(app, UNKNOWN, "0000", "192.0.2.100")[0] == 503
+    assert [attempt(app, UNKNOWN, "0000", "192.0.2.100")[0] for _ in range(2)] == [200, 429]

@@ -56,7 +56,7 @@ declare -A own_tests=(
     tests/test_api.py::test_a_verified_person_gets_their_exposure_and_a_claim_token"
   [alerts]="tests/test_alerts.py"
   [retention]="tests/test_purge.py"
-  [letters]="tests/test_agent.py tests/test_import.py"
+  [letters]="tests/test_agent.py tests/test_import.py tests/test_sealing.py"
   # Events are raised by every surface: besides their own two files, the tests that read what an
   # event leaves (the actor, head and fields of its row, the alerts it raises, the step-up), not the
   # hundreds of others that merely raise events (each surviving mutant of `record` would run them all).
