@@ -77,3 +77,13 @@ def test_two_trusted_proxies_give_the_client_address_scheme_and_host(
         environ = {**forwarded, "REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": f"198.51.100.66, 203.0.113.9, {last_hop}"}
         seen = app.test_client().get("/seen", base_url="http://notice.example.org", environ_base=environ)
         assert seen.get_data(as_text=True) == f"{peer} http notice.example.org"
+
+
+def test_a_page_that_sets_its_own_cache_control_is_still_never_stored(production_app: Flask) -> None:
+    """The security headers come after every view: a view's own caching header gives way to
+    no-store, and each header comes once."""
+    production_app.add_url_rule("/own", "own", lambda: ("x", 200, {"Cache-Control": "public, max-age=600"}))
+    response = production_app.test_client().get("/own", base_url="https://notice.example.org")
+    assert response.headers.get_all("Cache-Control") == ["no-store"]
+    for name in ("Content-Security-Policy", "X-Content-Type-Options", "Strict-Transport-Security"):
+        assert len(response.headers.get_all(name)) == 1, name
