@@ -248,6 +248,25 @@ def test_a_code_one_step_either_side_of_the_clock_is_accepted_and_no_further_one
     assert [accepted(steps) for steps in (-1, 1)] == [True] * 2  # the second a later step than the first
 
 
+def test_a_code_is_judged_at_the_time_given_not_the_clocks(sqlite_app: Flask) -> None:
+    """``now`` is the login's time (the tests' frozen clock): an hour back, the hour-old code holds
+    and the current one does not."""
+    account = make_staff(sqlite_app)
+    totp, then = pyotp.TOTP(account.secret), time.time() - 3600
+    with sqlite_app.app_context():
+        for code, accepted in ((totp.now(), False), (totp.at(then), True)):
+            staff = authenticate(db.session, services().totp, account.username, NEW_PASSWORD, code, then)
+            assert (staff is not None) is accepted
+
+
+@pytest.mark.parametrize("code", ["١٢٣٤٥٦", "１２３４５６", "12345²"])
+def test_a_code_of_digits_from_other_scripts_is_a_failed_login_not_an_error(sqlite_app: Flask, code: str) -> None:
+    """Python calls these digits; the constant-time comparison takes ASCII only."""
+    account = make_staff(sqlite_app)
+    with sqlite_app.app_context():
+        assert authenticate(db.session, services().totp, account.username, NEW_PASSWORD, code) is None
+
+
 def test_a_password_is_rehashed_at_login_when_its_parameters_rise_and_only_then(sqlite_app: Flask) -> None:
     current, weaker = make_staff(sqlite_app, "current"), make_staff(sqlite_app, "weaker")
     with sqlite_app.app_context():
