@@ -582,6 +582,12 @@ def test_a_repeat_lost_letter_request_says_when_and_when_it_arrives(app: Flask) 
     assert result and "write to Privacy Office, P.O. Box 1" in result.group(0) and "escalate" not in result.group(0)
 
 
+def test_a_lost_letter_form_that_cannot_be_read_is_sent_back_with_its_reason(sqlite_app: Flask) -> None:
+    client = signed_in(sqlite_app, make_staff(sqlite_app))
+    answer = post_form(client, "/agent/letter", "/agent/letter", **NO_SSN, date_of_birth="19/07/1961")
+    assert answer.status_code == 400 and "That date does not exist: check the month and the day" in text(answer)
+
+
 def test_the_letter_delivery_time_is_a_checked_programme_setting(tmp_path: Path) -> None:
     for value, ok in (("5", True), ("0", False), ('"soon"', False), ("true", False)):
         path = tmp_path / "programme.toml"
