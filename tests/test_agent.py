@@ -35,7 +35,7 @@ from portal.identity import format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
 from portal.services import services
-from portal.staff import authenticate, passwords
+from portal.staff import StaffError, authenticate, normalise_username, passwords
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
@@ -838,6 +838,14 @@ def test_staff_commands_enrol_list_reset_and_disable(app: Flask) -> None:
         ("cli", "reset-staff-mfa", "staff:1", "cli"),
         ("cli", "disable-staff", "staff:1", "cli"),
     ]
+
+
+@pytest.mark.parametrize("typed", ["", "bad name", "-alice", "a" * 65, "ålice"])
+def test_an_unusable_username_is_refused_with_what_a_username_is(typed: str) -> None:
+    with pytest.raises(StaffError) as refused:
+        normalise_username(typed)
+    assert str(refused.value) == "a username is 1 to 64 lower-case letters, digits, dots, dashes or underscores"
+    assert normalise_username(" Alice.B_2-x ") == "alice.b_2-x"
 
 
 def test_a_code_of_other_characters_is_a_failed_login_not_an_error(app: Flask) -> None:
