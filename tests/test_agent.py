@@ -37,7 +37,7 @@ from portal.identity import Keyring, format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
 from portal.services import services
-from portal.staff import authenticate, passwords
+from portal.staff import StaffError, authenticate, normalise_username, passwords
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
@@ -248,6 +248,25 @@ def test_a_code_one_step_either_side_of_the_clock_is_accepted_and_no_further_one
 
     assert [accepted(steps) for steps in (-5, -2, 2)] == [False] * 3
     assert [accepted(steps) for steps in (-1, 1)] == [True] * 2  # the second a later step than the first
+
+
+def test_a_code_is_judged_at_the_time_given_not_the_clocks(sqlite_app: Flask) -> None:
+    """``now`` is the login's time (the tests' frozen clock): an hour back, the hour-old code holds
+    and the current one does not."""
+    account = make_staff(sqlite_app)
+    totp, then = pyotp.TOTP(account.secret), time.time() - 3600
+    with sqlite_app.app_context():
+        for code, accepted in ((totp.now(), False), (totp.at(then), True)):
+            staff = authenticate(db.session, services().totp, account.username, NEW_PASSWORD, code, then)
+            assert (staff is not None) is accepted
+
+
+@pytest.mark.parametrize("code", ["١٢٣٤٥٦", "１２３４５６", "12345²"])
+def test_a_code_of_digits_from_other_scripts_is_a_failed_login_not_an_error(sqlite_app: Flask, code: str) -> None:
+    """Python calls these digits; the constant-time comparison takes ASCII only."""
+    account = make_staff(sqlite_app)
+    with sqlite_app.app_context():
+        assert authenticate(db.session, services().totp, account.username, NEW_PASSWORD, code) is None
 
 
 def test_a_password_is_rehashed_at_login_when_its_parameters_rise_and_only_then(sqlite_app: Flask) -> None:
@@ -838,6 +857,14 @@ def test_staff_commands_enrol_list_reset_and_disable(app: Flask) -> None:
         ("cli", "reset-staff-mfa", "staff:1", "cli"),
         ("cli", "disable-staff", "staff:1", "cli"),
     ]
+
+
+@pytest.mark.parametrize("typed", ["", "bad name", "-alice", "a" * 65, "ålice"])
+def test_an_unusable_username_is_refused_with_what_a_username_is(typed: str) -> None:
+    with pytest.raises(StaffError) as refused:
+        normalise_username(typed)
+    assert str(refused.value) == "a username is 1 to 64 lower-case letters, digits, dots, dashes or underscores"
+    assert normalise_username(" Alice.B_2-x ") == "alice.b_2-x"
 
 
 def test_a_code_of_other_characters_is_a_failed_login_not_an_error(app: Flask) -> None:

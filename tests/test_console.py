@@ -209,6 +209,45 @@ def test_a_weak_new_password_is_refused_with_a_reason(sqlite_app: Flask, new: st
     assert answer.status_code == 400 and message in text(answer), text(answer)
 
 
+def test_a_strong_password_of_12_or_of_128_characters_is_taken() -> None:
+    """The bounds are inclusive: 12 characters is enough, and 128 is not too many."""
+    holder = Staff(username="alice", password_hash=passwords.hash(NEW_PASSWORD))
+    for new in ("plum tractor", secrets.token_urlsafe(96)):  # the first of zxcvbn's score 3, the least taken
+        staff.check_new_password(new, holder)  # no WeakPassword
+
+
+@pytest.mark.parametrize("username, new", [("zbrzezinski", "zbrzezinski12"), ("alice", "supervisorpassword!")])
+def test_a_password_made_of_the_username_or_the_portals_words_is_too_easy_to_guess(username: str, new: str) -> None:
+    """Each would pass as an unknown word: the account's own name and the portal's words are guessed first."""
+    holder = Staff(username=username, password_hash=passwords.hash(NEW_PASSWORD))
+    with pytest.raises(staff.WeakPassword, match="too easy to guess"):
+        staff.check_new_password(new, holder)
+
+
+@pytest.mark.parametrize(
+    "new, message",
+    [
+        (NEW_PASSWORD, "That is the password you have now (or were given). Choose a new one."),
+        (
+            "password1234",
+            "That password is too easy to guess: it is common, on lists of breached passwords or follows a "
+            "pattern (This is a very common password). A few unrelated words work well.",
+        ),
+        (
+            "consoleagent",  # zxcvbn gives no warning of its own here
+            "That password is too easy to guess: it is common, on lists of breached passwords or follows a "
+            "pattern. A few unrelated words work well.",
+        ),
+    ],
+)
+def test_a_refused_password_is_told_in_whole_sentences(new: str, message: str) -> None:
+    """zxcvbn's warning, when it has one, is put in brackets without its own full stop."""
+    holder = Staff(username="alice", password_hash=passwords.hash(NEW_PASSWORD))
+    with pytest.raises(staff.WeakPassword) as refused:
+        staff.check_new_password(new, holder)
+    assert str(refused.value) == message
+
+
 def test_the_initial_password_and_a_wrong_current_one_are_refused(sqlite_app: Flask) -> None:
     account = make_staff(sqlite_app, ready=False)
     client = signed_in(sqlite_app, account)
@@ -493,6 +532,8 @@ def test_the_audit_trails_filters_take_days_from_2000_01_01_to_9999_12_30(app: F
         answer = supervisor.get(f"/agent/audit?{query}")
         assert answer.status_code == status, query
         assert ("Enter a date from 2000-01-01 on." in text(answer)) is (status == 400), query
+    unreadable = supervisor.get("/agent/audit?since=2000-13-01")  # no date to check against the range
+    assert unreadable.status_code == 400 and "Not a valid date value." in text(unreadable)
 
 
 FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(1+1)*cmd|' /C calc'!A0", "\tcmd", "\rcmd"]
@@ -539,6 +580,12 @@ def test_a_repeat_lost_letter_request_says_when_and_when_it_arrives(app: Flask) 
     assert 'href="/agent/call">verify them with its last 4 digits' in unknown
     result = re.search(r'id="letter-result">.*?</div>', unknown, re.S)
     assert result and "write to Privacy Office, P.O. Box 1" in result.group(0) and "escalate" not in result.group(0)
+
+
+def test_a_lost_letter_form_that_cannot_be_read_is_sent_back_with_its_reason(sqlite_app: Flask) -> None:
+    client = signed_in(sqlite_app, make_staff(sqlite_app))
+    answer = post_form(client, "/agent/letter", "/agent/letter", **NO_SSN, date_of_birth="19/07/1961")
+    assert answer.status_code == 400 and "That date does not exist: check the month and the day" in text(answer)
 
 
 def test_the_letter_delivery_time_is_a_checked_programme_setting(tmp_path: Path) -> None:

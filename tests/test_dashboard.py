@@ -95,6 +95,17 @@ def test_a_bad_period_is_a_400(app: Flask, query: str) -> None:
     assert signed_in(app, "supervisor").get(f"/agent/dashboard?{query}").status_code == 400
 
 
+def test_the_dashboard_reaches_back_to_2000_01_01_and_92_days_and_no_further(app: Flask) -> None:
+    client = signed_in(app, "supervisor")
+    for query, status in (
+        ("day=2000-01-01&days=1", 200),
+        ("day=1999-12-31&days=1", 400),
+        ("days=92", 200),
+        ("days=93", 400),
+    ):
+        assert client.get(f"/agent/dashboard?{query}").status_code == status, query
+
+
 def test_bar_geometry_follows_the_figures() -> None:
     assert [nice_ceiling(v) for v in (0, 1, 3, 10, 11, 240, 5001)] == [1, 1, 5, 10, 20, 500, 10000]
     chart = bar_chart("c", "Things per day", ["Mon", "Tue"], [Series("Good", [10, 5]), Series("Bad", [0, 2])])
