@@ -11,6 +11,7 @@ import secrets
 import stat
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -37,7 +38,7 @@ from portal.identity import Keyring, format_reference
 from portal.importer import import_codes
 from portal.models import AuditEvent, LetterRecord, Patient, Staff, Verification, utcnow
 from portal.services import services
-from portal.staff import StaffError, authenticate, normalise_username, passwords
+from portal.staff import StaffError, authenticate, create_staff, normalise_username, passwords
 
 PERSON = {"last_name": "García-López", "date_of_birth": "1980-04-23", "zip_code": "10001"}
 FAILED = "The username, password or code is not right"
@@ -820,6 +821,26 @@ def test_a_letter_requested_recently_is_not_flagged_again(database_url: str) -> 
 
 
 # --- staff commands ------------------------------------------------------------------------------
+
+
+def test_an_enrolment_names_the_account_and_the_console_in_the_authenticator(app: Flask) -> None:
+    """The authenticator app lists the code under the console's name and the username (what the
+    agent picks among their accounts); an unknown role or a taken username is refused by name."""
+    with app.app_context():
+        enrolment = create_staff(db.session, services().totp, " Erin ", "agent")
+        uri = urllib.parse.urlsplit(enrolment.otpauth_uri)
+        assert (uri.scheme, uri.netloc, urllib.parse.unquote(uri.path)) == (
+            "otpauth",
+            "totp",
+            "/Patient portal console:erin",
+        )
+        assert urllib.parse.parse_qs(uri.query)["issuer"] == ["Patient portal console"]
+        assert enrolment.staff.must_change_password and enrolment.staff.role == "agent"
+        with pytest.raises(StaffError, match=r"^role must be one of agent, supervisor$"):
+            create_staff(db.session, services().totp, "frank", "admin")
+        with pytest.raises(StaffError, match=r"^that username is taken$"):
+            create_staff(db.session, services().totp, "ERIN", "supervisor")
+        assert db.session.scalar(select(func.count(Staff.id)).where(Staff.username.in_(["erin", "frank"]))) == 1
 
 
 def test_staff_commands_enrol_list_reset_and_disable(app: Flask) -> None:

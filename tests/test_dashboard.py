@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import re
 import urllib.parse
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pyotp
 import pytest
@@ -17,6 +17,8 @@ from flask.testing import FlaskClient
 from test_public import _check_headers
 from test_stats import TODAY, known_history
 
+from portal import stats
+from portal.agent.dashboard import charts
 from portal.charts import Series, bar_chart, nice_ceiling
 from portal.extensions import db
 from portal.models import Staff
@@ -118,3 +120,56 @@ def test_bar_geometry_follows_the_figures() -> None:
     assert [t.label for t in bar_chart("e", "T", ["x"], [Series("S", [2])]).ticks] == ["0", "1", "2"]
     assert chart.rows == [["Mon", "10", "0"], ["Tue", "5", "2"]]
     assert chart.description == "Bar chart of things per day from Mon to Tue. In total: 15 good, 2 bad. Busiest: Mon."
+
+
+def test_each_chart_is_titled_headed_and_filled_from_its_own_figures() -> None:
+    """The dashboard's six charts, in order, each with its title, its table's header and each
+    period's row read from the right figure: a series drawn from another figure, or mislabelled, fails."""
+    last = datetime(2026, 11, 30, tzinfo=UTC)
+
+    def figures(start: datetime, base: int) -> stats.Figures:  # verified = base + 1 … reissued = base + 8
+        return stats.Figures(start, *(base + n for n in range(1, 9)))
+
+    summary = stats.Summary(
+        first=date(2026, 11, 29),
+        last=last.date(),
+        days=[figures(last - timedelta(days=1), 0), figures(last, 10)],
+        hours=[figures(last + timedelta(hours=hour), 100 + 10 * hour) for hour in range(24)],
+        claims_by_surface={"public": 7, "agent": 3, "api": 2, "kiosk": 1},
+        pool=None,  # type: ignore[arg-type]  # not charted
+    )
+    drawn = {chart.id: chart for chart in charts(summary)}
+    assert list(drawn) == [
+        "verifications-daily", "claims-daily", "verifications-hourly", "claims-hourly", "misuse-daily", "claims-surface"
+    ]  # fmt: skip
+    table = {name: (chart.title, chart.columns, chart.rows) for name, chart in drawn.items()}
+    verifications = ["Succeeded", "Failed", "Refused by a limit"]
+    claims = ["Exposures viewed", "Codes claimed", "Refused, pool empty"]
+    assert table["verifications-daily"] == (
+        "Verifications per day",
+        ["Day", *verifications],
+        [["2026-11-29", "1", "2", "3"], ["2026-11-30", "11", "12", "13"]],
+    )
+    assert table["claims-daily"] == (
+        "Exposures viewed and claims per day", ["Day", *claims],
+        [["2026-11-29", "4", "5", "6"], ["2026-11-30", "14", "15", "16"]],
+    )  # fmt: skip
+    assert table["misuse-daily"] == (
+        "Codes reported used by someone else, and reissued, per day",
+        ["Day", "Reported used by someone else", "Revoked and reissued"],
+        [["2026-11-29", "7", "8"], ["2026-11-30", "17", "18"]],
+    )
+    hourly = {"verifications-hourly": ("Verifications per hour on 2026-11-30", verifications, 1),
+              "claims-hourly": ("Exposures viewed and claims per hour on 2026-11-30", claims, 4)}  # fmt: skip
+    for name, (title, series, first_figure) in hourly.items():
+        expected = [[f"{h:02}:00", *(str(100 + 10 * h + first_figure + n) for n in range(3))] for h in range(24)]
+        assert table[name] == (title, ["Hour (UTC)", *series], expected)
+        assert drawn[name].description.startswith(
+            f"Bar chart of {title[0].lower()}{title[1:]} from 00:00 to 23:00 (UTC)."
+        )
+    assert "(UTC)" not in drawn["verifications-daily"].description
+    assert table["claims-surface"] == (
+        "Codes claimed by surface",
+        ["Surface", "Codes claimed"],
+        [["Web", "7"], ["Call center", "3"], ["Partner API", "2"], ["kiosk", "1"]],
+    )
