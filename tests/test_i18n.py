@@ -111,8 +111,8 @@ def test_the_language_follows_the_browser(client: FlaskClient, accept: str, expe
 def test_each_request_is_answered_in_its_own_browsers_language_however_often_it_was_seen(
     client: FlaskClient, database_url: str
 ) -> None:
-    """The match for a header is kept per process: it still decides only the requests that send it,
-    and only among the languages the app serves."""
+    """A browser's language decides only the requests that send it, however often it was seen, and
+    only among the languages the app serves."""
     for accept, expected in [("fr", "fr"), ("es", "es"), ("fr", "fr"), ("de", "en"), ("es", "es"), ("fr", "fr")]:
         assert html_lang(client.get("/", headers={"Accept-Language": accept}).get_data(as_text=True)) == expected
     two_languages = make_app(database_url, LANGUAGES=["en", "es"]).test_client()
