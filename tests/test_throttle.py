@@ -235,6 +235,17 @@ def test_limits_are_shared_between_app_servers_through_redis(tmp_path) -> None:
     assert _restart_after_three_failures(f"sqlite:///{tmp_path / 'b.sqlite3'}", "memory://") == 200
 
 
+@pytest.mark.redis
+def test_the_limit_store_reads_its_replies_with_the_c_parser(tmp_path) -> None:
+    """hiredis is a declared dependency for speed: a lookup makes three round trips, an API call five,
+    and redis-py's pure-Python reader costs measurably more of each (bench/README.md)."""
+    from redis._parsers import _HiredisParser
+
+    make_app(f"sqlite:///{tmp_path / 'portal.sqlite3'}", RATELIMIT_STORAGE_URI=REDIS_URL)
+    connection = limiter.storage.storage.connection_pool.get_connection()  # type: ignore[attr-defined]
+    assert isinstance(connection._parser, _HiredisParser), type(connection._parser)
+
+
 def test_no_limit_relies_on_flask_limiters_before_request_pass(database_url: str) -> None:
     """The before-request pass of Flask-Limiter is dropped (portal.throttle.init_app): it is the only
     place default, application and blueprint limits are checked, so none may be declared."""
