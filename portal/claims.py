@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import ColumnElement, Update, func, select, update
+from sqlalchemy import ColumnElement, Update, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -109,20 +109,21 @@ def _reveal(cipher: CodeCipher, row: ActivationCode) -> ClaimedCode:
     return ClaimedCode(cipher.open(row), row.product, row.enroll_by, row.claimed_at, row.id)
 
 
-def _held_by(patient: Patient) -> tuple[ColumnElement[bool], ...]:
-    """The person's code; a revoked one is theirs no more to use."""
-    return ActivationCode.patient_id == patient.id, ActivationCode.revoked_at.is_(None)
+# The person's code; a revoked one is theirs no more to use. Built once: every verified page asks.
+_HELD = (ActivationCode.patient_id == bindparam("patient_id"), ActivationCode.revoked_at.is_(None))
+HELD_CODE = select(ActivationCode).where(*_HELD)
+HELD_CODE_ID = select(ActivationCode.id).where(*_HELD)
 
 
 def code_of(session: Session, cipher: CodeCipher, patient: Patient) -> ClaimedCode | None:
     """The code this person holds, if any."""
-    row = session.scalar(select(ActivationCode).where(*_held_by(patient)))
+    row = session.scalar(HELD_CODE, {"patient_id": patient.id})
     return _reveal(cipher, row) if row else None
 
 
 def holds_code(session: Session, patient: Patient) -> bool:
     """Whether this person holds a code, for a page that only says so: neither loaded nor opened."""
-    return session.scalar(select(ActivationCode.id).where(*_held_by(patient))) is not None
+    return session.scalar(HELD_CODE_ID, {"patient_id": patient.id}) is not None
 
 
 def claim_code(session: Session, cipher: CodeCipher, patient: Patient, today: date | None = None) -> ClaimedCode:

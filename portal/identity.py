@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Row, bindparam, delete, insert, select, update
+from sqlalchemy import Row, Select, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -477,6 +477,20 @@ def start_verification(
     return token
 
 
+def _live_verification(api_key: bool) -> Select[tuple[Verification]]:
+    v = Verification
+    return select(v).where(
+        v.token_digest == bindparam("digest"),
+        v.expires_at > bindparam("now"),
+        v.channel == bindparam("channel"),
+        v.api_key_id == bindparam("api_key_id") if api_key else v.api_key_id.is_(None),
+    )
+
+
+# Built once: the exposure page and every claim run one, and building it cost as much as running it.
+LIVE_VERIFICATION = {False: _live_verification(api_key=False), True: _live_verification(api_key=True)}
+
+
 def live_verification(
     session: Session, token: str | None, channel: str, api_key_id: int | None = None
 ) -> Verification | None:
@@ -485,12 +499,8 @@ def live_verification(
     if not token or len(token) > 100:
         return None
     return session.scalar(
-        select(Verification).where(
-            Verification.token_digest == _token_digest(token),
-            Verification.expires_at > utcnow(),
-            Verification.channel == channel,
-            Verification.api_key_id.is_(None) if api_key_id is None else Verification.api_key_id == api_key_id,
-        )
+        LIVE_VERIFICATION[api_key_id is not None],
+        {"digest": _token_digest(token), "now": utcnow(), "channel": channel, "api_key_id": api_key_id},
     )
 
 
