@@ -726,7 +726,7 @@ def floor_verdict(name: str, rounds: Rounds) -> None:
 
 # --- Load generator ------------------------------------------------------------------------------
 
-_CSRF = re.compile(rb'name="csrf_token"[^>]*value="([^"]+)"')
+CSRF = re.compile(rb'name="csrf_token"[^>]*value="([^"]+)"')
 
 
 class GetPage:
@@ -762,7 +762,7 @@ class Lookup:
 
     def __call__(self, client: _Client, n: int) -> tuple[str, bool]:
         status, headers, body = client.request("GET", "/lookup")
-        match = _CSRF.search(body)
+        match = CSRF.search(body)
         if status != 200 or not match:
             return f"GET {status}", _retry_after_ok(status, headers)
         cookie = _cookies(headers)
