@@ -9,7 +9,7 @@ Catalogues are the committed ``.po`` files, compiled in memory when the app star
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from io import BytesIO
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 from flask import Flask, current_app, g, has_request_context, redirect, request, url_for
 from flask_babel import Domain, get_locale
+from werkzeug.datastructures import LanguageAccept
+from werkzeug.http import parse_accept_header
 from werkzeug.wrappers import Response
 
 from portal.config import ConfigError
@@ -63,11 +65,23 @@ class CompiledCatalogs(Domain):
 
 def select_locale() -> Locale:
     """The visitor's pick for this visit, else the best match for their browser, else the default."""
-    languages = current_app.config["LANGUAGES"]
-    chosen = request.cookies.get(cookie_name(current_app))
+    # Every read of ``current_app`` or ``request`` is a lookup of the proxy: each is looked up once.
+    app, req = current_app._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]
+    languages = app.config["LANGUAGES"]
+    chosen = req.cookies.get(cookie_name(app))
     if chosen not in languages:
-        chosen = request.accept_languages.best_match(languages) or current_app.config["BABEL_DEFAULT_LOCALE"]
+        accepted = req.environ.get("HTTP_ACCEPT_LANGUAGE", "")
+        chosen = _browser_language(accepted, tuple(languages)) or app.config["BABEL_DEFAULT_LOCALE"]
     return _locale(chosen)
+
+
+@lru_cache(maxsize=256)
+def _browser_language(accepted: str, languages: tuple[str, ...]) -> str | None:
+    """The best of ``languages`` for an ``Accept-Language`` header, as Werkzeug's
+    ``request.accept_languages.best_match`` finds it. Browsers send few distinct headers, so each
+    is parsed and matched once a process: on every request that was about a tenth of the
+    landing page's instructions. At most 256 kept, whatever headers are sent."""
+    return parse_accept_header(accepted, LanguageAccept).best_match(languages)
 
 
 def cookie_name(app: Flask) -> str:
