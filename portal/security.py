@@ -8,12 +8,15 @@ from ipaddress import ip_network
 from typing import Any
 
 import flask_wtf.csrf
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import Serializer, Signer, TimestampSigner, URLSafeTimedSerializer, want_bytes
 from itsdangerous.encoding import base64_encode
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import BadRequest
+from werkzeug.http import parse_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.utils import cached_property
 
 from portal.network import VIA_PROXY, Network, parse_address, within
 
@@ -43,6 +46,7 @@ def init_app(app: Flask) -> None:
     if hops:
         networks = [ip_network(network, strict=False) for network in app.config["TRUSTED_PROXY_NETWORKS"]]
         app.wsgi_app = TrustedProxies(app.wsgi_app, hops, networks)  # type: ignore[method-assign]
+    app.request_class = CookiesFromEnviron
     app.session_interface = SignedCookieSessions()
     flask_wtf.csrf.URLSafeTimedSerializer = csrf_serializer  # type: ignore[assignment]
     app.after_request(add_security_headers)
@@ -119,6 +123,19 @@ class _GuardedInput:
             return read(*args)
         except Exception as error:  # servers raise their own parse errors (gunicorn: ParseException)
             raise BadRequest() from error
+
+
+class CookiesFromEnviron(Request):
+    """Flask's request, its cookies parsed from the WSGI environ's one ``HTTP_COOKIE`` value.
+
+    Werkzeug finds the Cookie header by walking every header of the environ, and the session and
+    the language read the cookies on every request. A WSGI server joins repeated Cookie headers
+    into that one value, so the cookies are the same.
+    """
+
+    @cached_property
+    def cookies(self) -> ImmutableMultiDict[str, str]:
+        return parse_cookie(self.environ.get("HTTP_COOKIE", ""), cls=self.dict_storage_class)
 
 
 class SignedCookieSessions(SecureCookieSessionInterface):
