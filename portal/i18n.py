@@ -17,7 +17,7 @@ from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
-from flask import Flask, current_app, g, has_request_context, redirect, request, url_for
+from flask import Flask, Request, current_app, g, has_request_context, redirect, request, url_for
 from flask_babel import Domain, get_locale
 from werkzeug.datastructures import LanguageAccept
 from werkzeug.http import parse_accept_header
@@ -99,14 +99,16 @@ def _this_page() -> str:
     return url_for("public.index")
 
 
-def switch_language() -> Response | None:
-    """``GET any-page?lang=es``: remember the pick for the visit and show the same page again, cleanly."""
+def switch_language(req: Request) -> Response | None:
+    """``GET any-page?lang=es``: remember the pick for the visit and show the same page again, cleanly.
+
+    A step of the app's one before-request hook (``portal/app.py``), which passes it the request."""
     # Not on the console's or the operators' pages: a redirect there would answer paths that must
     # stay a 404 to whoever is outside their networks (an unknown path goes to the start page).
-    if request.method != "GET" or SWITCH_PARAMETER not in request.args or request.blueprint not in (None, "public"):
+    if req.method != "GET" or SWITCH_PARAMETER not in req.args or req.blueprint not in (None, "public"):
         return None
     response = redirect(_this_page(), 303)
-    chosen = request.args[SWITCH_PARAMETER]
+    chosen = req.args[SWITCH_PARAMETER]
     if chosen in current_app.config["LANGUAGES"]:
         # No expiry: the browser forgets it when the visit ends. It says only which language was picked.
         response.set_cookie(
@@ -139,7 +141,6 @@ def init_app(app: Flask) -> None:
         )
     babel.domain_instance = CompiledCatalogs()  # the same for every app: it reads the app's own catalogues
     app.extensions["portal.catalogs"] = {(code, DOMAIN): compile_catalog(code) for code in app.config["LANGUAGES"]}
-    app.before_request(switch_language)
     app.jinja_env.globals["language_links"] = language_links
 
 
