@@ -5,7 +5,8 @@ command's entry point and the tests do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 from inspect import iscoroutinefunction
 from typing import Any
 
@@ -29,8 +30,19 @@ from portal.public.views import bp as public_bp
 from portal.services import EXTENSION, build_services, services
 
 
+class Portal(Flask):
+    """Flask, asking once per function whether it is a coroutine function: Flask asks of every
+    hook and view it runs (``ensure_sync``), seven times a landing page."""
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return self.async_to_sync(func) if _is_coroutine_function(func) else func
+
+
+_is_coroutine_function = lru_cache(maxsize=1024)(iscoroutinefunction)
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    app = Flask(
+    app = Portal(
         "portal",  # the package: its instance folder, and the ``portal`` logger the app logs to
         template_folder=asset_dir("templates"),
         static_folder=asset_dir("static"),

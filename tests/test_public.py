@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.test import TestResponse
 
+import portal.app
 import portal.identity
 from portal.config import DEFAULTS
 from portal.extensions import csrf, db
@@ -733,6 +734,21 @@ def test_one_hook_before_and_one_after_every_request_do_the_work_of_several(app:
         assert response.headers["Cache-Control"] == "no-store", label
         ids.add(response.headers["X-Request-ID"])
     assert len(ids | {landing.headers["X-Request-ID"]}) == 3
+
+
+def test_flask_asks_once_a_function_whether_it_is_a_coroutine_and_still_runs_async_views(app: Flask) -> None:
+    async def later() -> str:
+        return "later"
+
+    app.add_url_rule("/later", "later", later)
+    client = app.test_client()
+    client.get("/")
+    before = portal.app._is_coroutine_function.cache_info()
+    assert client.get("/").status_code == 200 and client.get("/later").get_data(as_text=True) == "later"
+    after = portal.app._is_coroutine_function.cache_info()
+    assert after.misses == before.misses + 1  # the new view, once; the page's hooks and view not again
+    assert client.get("/later").get_data(as_text=True) == "later"
+    assert portal.app._is_coroutine_function.cache_info().misses == after.misses
 
 
 def test_csrf_exemptions_are_looked_up_only_for_the_methods_checked(
