@@ -105,7 +105,9 @@ def switch_language(req: Request) -> Response | None:
     A step of the app's one before-request hook (``portal/app.py``), which passes it the request."""
     # Not on the console's or the operators' pages: a redirect there would answer paths that must
     # stay a 404 to whoever is outside their networks (an unknown path goes to the start page).
-    if req.method != "GET" or SWITCH_PARAMETER not in req.args or req.blueprint not in (None, "public"):
+    # The query string is parsed only when there is one: the landing page has none.
+    asked = req.method == "GET" and req.query_string and SWITCH_PARAMETER in req.args
+    if not asked or req.blueprint not in (None, "public"):
         return None
     response = redirect(_this_page(), 303)
     chosen = req.args[SWITCH_PARAMETER]

@@ -11,7 +11,7 @@ from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po, write_po
 from conftest import PROGRAMME_TOML, csrf_token, import_patients, lookup, make_app, patient_row
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 from readability import flesch_kincaid_grade
 from werkzeug import Request
@@ -160,6 +160,15 @@ def test_a_link_on_every_page_switches_the_language_for_the_visit(app: Flask, cl
     # A pick the site does not offer changes nothing.
     client.get("/?lang=xx")
     assert html_lang(client.get("/").get_data(as_text=True)) == "es"
+
+
+def test_the_switch_reads_the_query_string_only_when_there_is_one(app: Flask, client: FlaskClient) -> None:
+    parsed: list[bool] = []
+    app.after_request(lambda response: parsed.append("args" in request.__dict__) or response)
+    client.get("/")
+    client.get("/?utm=x")
+    assert parsed == [False, True]
+    assert client.get("/?utm=x&lang=fr").status_code == 303
 
 
 def test_the_switch_never_leads_off_the_site(client: FlaskClient) -> None:
