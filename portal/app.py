@@ -5,11 +5,12 @@ command's entry point and the tests do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 from inspect import iscoroutinefunction
 from typing import Any
 
-from flask import Flask, g
+from flask import Flask, Response, g, request
 from flask.cli import FlaskGroup
 from flask_babel import get_locale
 from limits.storage import storage_from_string
@@ -29,8 +30,19 @@ from portal.public.views import bp as public_bp
 from portal.services import EXTENSION, build_services, services
 
 
+class Portal(Flask):
+    """Flask, asking once per function whether it is a coroutine function: Flask asks of every
+    hook and view it runs (``ensure_sync``), seven times a landing page."""
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return self.async_to_sync(func) if _is_coroutine_function(func) else func
+
+
+_is_coroutine_function = lru_cache(maxsize=1024)(iscoroutinefunction)
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    app = Flask(
+    app = Portal(
         "portal",  # the package: its instance folder, and the ``portal`` logger the app logs to
         template_folder=asset_dir("templates"),
         static_folder=asset_dir("static"),
@@ -64,6 +76,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     events.init_app(app)
     telemetry.init_app(app)
     security.init_app(app)
+    # One hook before every request and one after it, each doing the work of several: every hook
+    # costs Flask a lookup and a check of whether it is a coroutine, and every ``request`` read in
+    # one a lookup of the proxy. The request is looked up once and passed on.
+    app.before_request(_before_request)
+    app.after_request(_after_request)
     throttle.init_app(app)
     cli.init_app(app)
     errors.init_app(app, routing_errors={"/api/": api_errors.http_problem})  # any version's 404 in JSON
@@ -75,6 +92,25 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(agent_bp, url_prefix="/agent")
     ops.init_app(app)
     return app
+
+
+def _before_request() -> Response | None:
+    """The CSRF check (a refused request goes no further), a language switch's redirect, the request id."""
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    security.check_csrf(req)
+    switched = i18n.switch_language(req)
+    if switched is not None:
+        return switched
+    telemetry.start_request(req)
+    return None
+
+
+def _after_request(response: Response) -> Response:
+    """The security headers, then the X-Request-ID, the metrics and the request's log line."""
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    security.add_security_headers(req, response)
+    telemetry.finish_request(req, response)
+    return response
 
 
 def _close_session(_error: BaseException | None) -> None:

@@ -9,7 +9,7 @@ Catalogues are the committed ``.po`` files, compiled in memory when the app star
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from io import BytesIO
 from pathlib import Path
 
@@ -17,8 +17,10 @@ from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
-from flask import Flask, current_app, g, has_request_context, redirect, request, url_for
+from flask import Flask, Request, current_app, g, has_request_context, redirect, request, url_for
 from flask_babel import Domain, get_locale
+from werkzeug.datastructures import LanguageAccept
+from werkzeug.http import parse_accept_header
 from werkzeug.wrappers import Response
 
 from portal.config import ConfigError
@@ -63,11 +65,23 @@ class CompiledCatalogs(Domain):
 
 def select_locale() -> Locale:
     """The visitor's pick for this visit, else the best match for their browser, else the default."""
-    languages = current_app.config["LANGUAGES"]
-    chosen = request.cookies.get(cookie_name(current_app))
+    # Every read of ``current_app`` or ``request`` is a lookup of the proxy: each is looked up once.
+    app, req = current_app._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]
+    languages = app.config["LANGUAGES"]
+    chosen = req.cookies.get(cookie_name(app))
     if chosen not in languages:
-        chosen = request.accept_languages.best_match(languages) or current_app.config["BABEL_DEFAULT_LOCALE"]
+        accepted = req.environ.get("HTTP_ACCEPT_LANGUAGE", "")
+        chosen = _browser_language(accepted, tuple(languages)) or app.config["BABEL_DEFAULT_LOCALE"]
     return _locale(chosen)
+
+
+@lru_cache(maxsize=256)
+def _browser_language(accepted: str, languages: tuple[str, ...]) -> str | None:
+    """The best of ``languages`` for an ``Accept-Language`` header, as Werkzeug's
+    ``request.accept_languages.best_match`` finds it. Browsers send few distinct headers, so each
+    is parsed and matched once a process: on every request that was about a tenth of the
+    landing page's instructions. At most 256 kept, whatever headers are sent."""
+    return parse_accept_header(accepted, LanguageAccept).best_match(languages)
 
 
 def cookie_name(app: Flask) -> str:
@@ -85,14 +99,18 @@ def _this_page() -> str:
     return url_for("public.index")
 
 
-def switch_language() -> Response | None:
-    """``GET any-page?lang=es``: remember the pick for the visit and show the same page again, cleanly."""
+def switch_language(req: Request) -> Response | None:
+    """``GET any-page?lang=es``: remember the pick for the visit and show the same page again, cleanly.
+
+    A step of the app's one before-request hook (``portal/app.py``), which passes it the request."""
     # Not on the console's or the operators' pages: a redirect there would answer paths that must
     # stay a 404 to whoever is outside their networks (an unknown path goes to the start page).
-    if request.method != "GET" or SWITCH_PARAMETER not in request.args or request.blueprint not in (None, "public"):
+    # The query string is parsed only when there is one: the landing page has none.
+    asked = req.method == "GET" and req.query_string and SWITCH_PARAMETER in req.args
+    if not asked or req.blueprint not in (None, "public"):
         return None
     response = redirect(_this_page(), 303)
-    chosen = request.args[SWITCH_PARAMETER]
+    chosen = req.args[SWITCH_PARAMETER]
     if chosen in current_app.config["LANGUAGES"]:
         # No expiry: the browser forgets it when the visit ends. It says only which language was picked.
         response.set_cookie(
@@ -125,7 +143,6 @@ def init_app(app: Flask) -> None:
         )
     babel.domain_instance = CompiledCatalogs()  # the same for every app: it reads the app's own catalogues
     app.extensions["portal.catalogs"] = {(code, DOMAIN): compile_catalog(code) for code in app.config["LANGUAGES"]}
-    app.before_request(switch_language)
     app.jinja_env.globals["language_links"] = language_links
 
 

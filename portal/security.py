@@ -8,13 +8,17 @@ from ipaddress import ip_network
 from typing import Any
 
 import flask_wtf.csrf
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, current_app
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import Serializer, Signer, TimestampSigner, URLSafeTimedSerializer, want_bytes
 from itsdangerous.encoding import base64_encode
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import BadRequest
+from werkzeug.http import parse_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.utils import cached_property
 
+from portal.extensions import csrf
 from portal.network import VIA_PROXY, Network, parse_address, within
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -43,9 +47,14 @@ def init_app(app: Flask) -> None:
     if hops:
         networks = [ip_network(network, strict=False) for network in app.config["TRUSTED_PROXY_NETWORKS"]]
         app.wsgi_app = TrustedProxies(app.wsgi_app, hops, networks)  # type: ignore[method-assign]
+    app.request_class = CookiesFromEnviron
     app.session_interface = SignedCookieSessions()
     flask_wtf.csrf.URLSafeTimedSerializer = csrf_serializer  # type: ignore[assignment]
-    app.after_request(add_security_headers)
+    # Flask-WTF's own before-request hook gives way to check_csrf, which the app's one hook calls
+    # (portal/app.py): the same check, but the view's exemption is looked up only for the methods
+    # that are checked, not on every GET as that hook does.
+    before = app.before_request_funcs.get(None, [])
+    before[:] = [hook for hook in before if hook.__module__ != flask_wtf.csrf.__name__]
 
 
 class TrustedProxies:
@@ -121,6 +130,19 @@ class _GuardedInput:
             raise BadRequest() from error
 
 
+class CookiesFromEnviron(Request):
+    """Flask's request, its cookies parsed from the WSGI environ's one ``HTTP_COOKIE`` value.
+
+    Werkzeug finds the Cookie header by walking every header of the environ, and the session and
+    the language read the cookies on every request. A WSGI server joins repeated Cookie headers
+    into that one value, so the cookies are the same.
+    """
+
+    @cached_property
+    def cookies(self) -> ImmutableMultiDict[str, str]:
+        return parse_cookie(self.environ.get("HTTP_COOKIE", ""), cls=self.dict_storage_class)
+
+
 class SignedCookieSessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, in Flask's format, with their serializer built once per app.
 
@@ -190,12 +212,20 @@ def csrf_serializer(secret_key: str | bytes, salt: str) -> SessionSerializer:
     return SessionSerializer(secret_key, salt=salt, signer_kwargs={"digest_method": hashlib.sha1})
 
 
-def add_security_headers(response: Response) -> Response:
+def check_csrf(req: Request) -> None:
+    """Flask-WTF's check of every request (a 400 without a valid token), for the methods it checks
+    (``WTF_CSRF_METHODS``: POST, PUT, PATCH, DELETE), except its exempt views and blueprints."""
+    config = current_app.config
+    if req.method in config["WTF_CSRF_METHODS"] and config["WTF_CSRF_ENABLED"] and config["WTF_CSRF_CHECK_DEFAULT"]:
+        csrf.protect(apply_exemptions=True)
+
+
+def add_security_headers(req: Request, response: Response) -> None:
+    """The same hardening on every response, the view's own or an error page, after its view."""
     headers = response.headers
     headers.extend(SECURITY_HEADERS)
-    if request.is_secure:
+    if req.is_secure:
         headers["Strict-Transport-Security"] = HSTS
-    if request.endpoint != "static":
+    if req.endpoint != "static":
         # Pages may show a person's exposure or code: never keep them in any cache.
         headers["Cache-Control"] = "no-store"
-    return response

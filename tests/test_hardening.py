@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import production_variables
-from flask import Flask, request
+from flask import Flask, Request, request
+from werkzeug.test import EnvironBuilder
 
 from portal import schema
 from portal.app import create_app
@@ -87,3 +89,23 @@ def test_a_page_that_sets_its_own_cache_control_is_still_never_stored(production
     assert response.headers.get_all("Cache-Control") == ["no-store"]
     for name in ("Content-Security-Policy", "X-Content-Type-Options", "Strict-Transport-Security"):
         assert len(response.headers.get_all(name)) == 1, name
+
+
+class _NoWalk(dict[str, Any]):
+    """A WSGI environ whose headers may be read one by one but not walked through."""
+
+    def items(self) -> Any:
+        raise AssertionError("every header walked to find one")
+
+
+@pytest.mark.parametrize(
+    "cookie", ["", "lang=es", "__Host-portal=abc.def; lang=fr", 'a="quoted \\"x\\""; b=2; a=3', "bad; =x; lang=es"]
+)
+def test_the_cookies_are_read_from_the_environ_as_werkzeug_reads_them(production_app: Flask, cookie: str) -> None:
+    """The session and the language read the cookies on every request: from the one HTTP_COOKIE
+    value, with Werkzeug's result, not by walking every header of the environ to find it."""
+    environ = EnvironBuilder(headers={"Cookie": cookie} if cookie else {}).get_environ()
+    werkzeugs = Request(environ).cookies
+    ours = production_app.request_class(_NoWalk(environ)).cookies
+    assert isinstance(production_app.request_class(environ), Request)
+    assert ours.to_dict(flat=False) == werkzeugs.to_dict(flat=False) and type(ours) is type(werkzeugs)

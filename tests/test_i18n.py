@@ -11,9 +11,10 @@ from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po, write_po
 from conftest import PROGRAMME_TOML, csrf_token, import_patients, lookup, make_app, patient_row
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 from readability import flesch_kincaid_grade
+from werkzeug import Request
 
 from portal import exposure, i18n
 from portal.config import ConfigError
@@ -119,6 +120,25 @@ def test_each_request_is_answered_in_its_own_browsers_language_however_often_it_
     assert html_lang(two_languages.get("/", headers={"Accept-Language": "fr"}).get_data(as_text=True)) == "en"
 
 
+@pytest.mark.parametrize(
+    "accept",
+    ["fr-CA,fr;q=0.8", "ES", "de, es;q=0.1, fr;q=0.2", "en;q=0, fr;q=0", "*", "es;q=0.5, fr;q=0.5", "x;;q=,", ""],
+)
+def test_the_browsers_language_is_matched_as_werkzeug_matches_it(accept: str) -> None:
+    languages = ["en", "es", "fr"]
+    werkzeugs = Request.from_values(headers={"Accept-Language": accept}).accept_languages.best_match(languages)
+    assert i18n._browser_language(accept, tuple(languages)) == werkzeugs
+
+
+def test_each_accept_language_header_is_matched_once_a_process(client: FlaskClient) -> None:
+    """Browsers send few distinct headers: each is parsed and matched once, and at most 256 are kept."""
+    i18n._browser_language.cache_clear()
+    for _ in range(3):
+        assert html_lang(client.get("/", headers={"Accept-Language": "fr-CA,fr;q=0.8"}).get_data(as_text=True)) == "fr"
+    info = i18n._browser_language.cache_info()
+    assert (info.misses, info.hits, info.maxsize) == (1, 2, 256)
+
+
 def test_a_link_on_every_page_switches_the_language_for_the_visit(app: Flask, client: FlaskClient) -> None:
     english = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
     assert 'href="/?lang=es" lang="es" hreflang="es">Español</a>' in english
@@ -140,6 +160,15 @@ def test_a_link_on_every_page_switches_the_language_for_the_visit(app: Flask, cl
     # A pick the site does not offer changes nothing.
     client.get("/?lang=xx")
     assert html_lang(client.get("/").get_data(as_text=True)) == "es"
+
+
+def test_the_switch_reads_the_query_string_only_when_there_is_one(app: Flask, client: FlaskClient) -> None:
+    parsed: list[bool] = []
+    app.after_request(lambda response: parsed.append("args" in request.__dict__) or response)
+    client.get("/")
+    client.get("/?utm=x")
+    assert parsed == [False, True]
+    assert client.get("/?utm=x&lang=fr").status_code == 303
 
 
 def test_the_switch_never_leads_off_the_site(client: FlaskClient) -> None:

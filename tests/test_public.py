@@ -17,15 +17,16 @@ import pytest
 import sqlalchemy as sa
 from babel.dates import format_date
 from conftest import csrf_token, import_patients, lookup, patient_row
-from flask import Flask
+from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.test import TestResponse
 
+import portal.app
 import portal.identity
 from portal.config import DEFAULTS
-from portal.extensions import db
+from portal.extensions import csrf, db
 from portal.identity import format_reference
 from portal.importer import import_codes
 from portal.models import ActivationCode, Base, Patient, Verification, utcnow
@@ -706,6 +707,70 @@ def test_security_headers_on_every_page(app: Flask) -> None:
         "404": 404, "405": 405, "413": 413, "static": 200,
         "/exposure": 200, "/claim": 303, "/code": 200, "503 pool empty": 503,
     }  # fmt: skip
+
+
+LANDING_HEADERS = [
+    "Content-Type", "Content-Length", "Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy",
+    "Cross-Origin-Opener-Policy", "Permissions-Policy", "Cache-Control", "X-Request-ID", "Vary",
+]  # fmt: skip
+
+
+def test_one_hook_before_and_one_after_every_request_do_the_work_of_several(app: Flask, client: FlaskClient) -> None:
+    """The CSRF check, the language switch and the request id run in the portal's one hook before
+    a request, the security headers, X-Request-ID, metrics and log line in its one hook after:
+    every hook Flask runs costs it a lookup and a coroutine check. What they send is unchanged:
+    the landing page's headers in their order, and a switch's redirect or a refused form has the
+    same security headers and a request id of its own."""
+    assert len(app.before_request_funcs[None]) == 1
+    assert [hook.__name__ for hook in app.after_request_funcs[None]][:1] == ["_after_request"]
+    landing = client.get("/")
+    assert [name for name, _ in landing.headers] == LANDING_HEADERS
+    assert re.fullmatch(r"[0-9a-f]{32}", landing.headers["X-Request-ID"])
+    switched, refused = client.get("/?lang=es"), client.post("/lookup", data=GOOD)
+    assert (switched.status_code, refused.status_code) == (303, 400)
+    ids = set()
+    for label, response in (("switched", switched), ("refused", refused)):
+        _check_headers(label, response)
+        assert response.headers["Cache-Control"] == "no-store", label
+        ids.add(response.headers["X-Request-ID"])
+    assert len(ids | {landing.headers["X-Request-ID"]}) == 3
+
+
+def test_flask_asks_once_a_function_whether_it_is_a_coroutine_and_still_runs_async_views(app: Flask) -> None:
+    async def later() -> str:
+        return "later"
+
+    app.add_url_rule("/later", "later", later)
+    client = app.test_client()
+    client.get("/")
+    before = portal.app._is_coroutine_function.cache_info()
+    assert client.get("/").status_code == 200 and client.get("/later").get_data(as_text=True) == "later"
+    after = portal.app._is_coroutine_function.cache_info()
+    assert after.misses == before.misses + 1  # the new view, once; the page's hooks and view not again
+    assert client.get("/later").get_data(as_text=True) == "later"
+    assert portal.app._is_coroutine_function.cache_info().misses == after.misses
+
+
+def test_csrf_exemptions_are_looked_up_only_for_the_methods_checked(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flask-WTF's own hook looked a view's exemption up on every GET before it looked at the
+    method; the portal's asks only for POST, PUT, PATCH and DELETE, and refuses the same forms."""
+    looked_up: list[str] = []
+    is_exempt = csrf._is_exempt
+
+    def recorded() -> bool:
+        looked_up.append(request.method)
+        return is_exempt()
+
+    monkeypatch.setattr(csrf, "_is_exempt", recorded)
+    assert client.get("/").status_code == 200 and client.get("/lookup").status_code == 200
+    assert looked_up == []
+    assert FORM_EXPIRED_TEXT in page(client.post("/lookup", data=GOOD))
+    assert client.post("/sign-out").status_code == 400
+    assert looked_up == ["POST", "POST"]
+    app.config["WTF_CSRF_ENABLED"] = False  # switched off at run time (bench/ablation_app.py): not checked
+    assert client.post("/sign-out").status_code != 400
 
 
 def test_hsts_only_over_https(app: Flask, client: FlaskClient) -> None:
