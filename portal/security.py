@@ -50,11 +50,6 @@ def init_app(app: Flask) -> None:
     app.request_class = CookiesFromEnviron
     app.session_interface = SignedCookieSessions()
     flask_wtf.csrf.URLSafeTimedSerializer = csrf_serializer  # type: ignore[assignment]
-    # Flask-WTF's own before-request hook gives way to check_csrf, which the app's one hook calls
-    # (portal/app.py): the same check, but the view's exemption is looked up only for the methods
-    # that are checked, not on every GET as that hook does.
-    before = app.before_request_funcs.get(None, [])
-    before[:] = [hook for hook in before if hook.__module__ != flask_wtf.csrf.__name__]
 
 
 class TrustedProxies:
@@ -214,9 +209,13 @@ def csrf_serializer(secret_key: str | bytes, salt: str) -> SessionSerializer:
 
 def check_csrf(req: Request) -> None:
     """Flask-WTF's check of every request (a 400 without a valid token), for the methods it checks
-    (``WTF_CSRF_METHODS``: POST, PUT, PATCH, DELETE), except its exempt views and blueprints."""
+    (``WTF_CSRF_METHODS``: POST, PUT, PATCH, DELETE), except its exempt views and blueprints.
+
+    Called by the app's one before-request hook (``portal/app.py``), as Flask-WTF documents for a
+    hook of one's own (``WTF_CSRF_CHECK_DEFAULT`` off, ``protect(apply_exemptions=True)``): its own
+    hook looks the view's exemption up on every GET before it looks at the method."""
     config = current_app.config
-    if req.method in config["WTF_CSRF_METHODS"] and config["WTF_CSRF_ENABLED"] and config["WTF_CSRF_CHECK_DEFAULT"]:
+    if req.method in config["WTF_CSRF_METHODS"] and config["WTF_CSRF_ENABLED"]:
         csrf.protect(apply_exemptions=True)
 
 
