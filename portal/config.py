@@ -62,8 +62,6 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_COOKIE_SECURE": True,
     "PERMANENT_SESSION_LIFETIME": 15 * 60,
     "WTF_CSRF_TIME_LIMIT": 60 * 60,
-    # Flask-WTF's own hook stands aside: the portal's calls its check (portal/security.py check_csrf).
-    "WTF_CSRF_CHECK_DEFAULT": False,
     "BABEL_DEFAULT_LOCALE": "en",
     # The languages offered (each needs a catalogue in portal/translations); the default is among them.
     "LANGUAGES": ["en", "es", "fr"],
