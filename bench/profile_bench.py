@@ -95,12 +95,19 @@ _OWNERS = [(name, re.compile(pattern)) for name, pattern in OWNERS]
 
 
 def folded_samples(path: Path) -> Counter[str]:
-    """py-spy's raw (collapsed) output: one ``frame;frame;... count`` line per distinct stack."""
+    """py-spy's raw (collapsed) output: one ``frame;frame;... count`` line per distinct stack.
+
+    A line without a count (seen once: a frame's name broken over two lines) is left out and said."""
     samples: Counter[str] = Counter()
+    malformed = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack:
+        if stack and count.isdigit():
             samples[stack] += int(count)
+        elif line.strip():
+            malformed += 1
+    if malformed:
+        b.say(f"  {path.name}: {malformed} line(s) without a sample count left out")
     return samples
 
 
