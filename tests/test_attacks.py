@@ -269,10 +269,18 @@ def test_what_a_failure_leaves_in_the_limit_store_is_bounded(tmp_path: Path) -> 
     store = redis.Redis.from_url(REDIS_URL)
     client = app.test_client()
     counts = []
+    alerts: set[bytes] = set()
     for n in range(6):
         assert lookup(client, **{**KNOWN, "last_name": f"Stranger{chr(65 + n)}"}, ssn_last4=WRONG).status_code == 200
-        counts.append(len(store.keys(f"*{prefix}*")))
+        keys = store.keys(f"*{prefix}*")
+        # Attack detection's counters are per time window, not per failure: a CI run crossed into a
+        # new minute between two failures and met two more keys there. They are bounded apart.
+        alerts |= {key for key in keys if b":alert:" in key}
+        counts.append(len(keys) - sum(b":alert:" in key for key in keys))
     assert {after - before for before, after in itertools.pairwise(counts)} == {3}, counts
+    # Three signals a failure counts (by client, the failure rate, the success share), each in at
+    # most the two windows the loop can span.
+    assert 3 <= len(alerts) <= 6, alerts
     person_counters = store.keys(f"*{prefix}*verify-person*")
     assert max(store.memory_usage(key) or 0 for key in person_counters) <= PERSON_COUNTER_BYTES
     assert all(0 < store.ttl(key) <= 366 * 24 * 3600 for key in store.keys(f"*{prefix}*")), "every counter expires"
